@@ -1,0 +1,1 @@
+"""One module per `graphkit` subcommand (add_parser + run)."""

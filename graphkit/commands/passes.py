@@ -1,0 +1,36 @@
+"""`graphkit passes`: list every pass with its options, from the code's docstrings."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+
+from graphkit.commands._common import console
+from graphkit.passes import load_all
+from graphkit.passes.base import option_type_name
+
+
+def describe_passes(verbose: bool = True) -> str:
+    """Text listing of every registered pass: name, docstring, options with types."""
+    lines = []
+    for name, info in sorted(load_all().items()):
+        tag = "  [changes outputs]" if info.changes_outputs else ""
+        lines.append(f"{name}{tag}")
+        body = info.doc if verbose else info.summary
+        lines.extend("    " + line for line in body.splitlines())
+        for opt, param in info.options.items():
+            default = "required" if param.default is inspect.Parameter.empty else f"default {param.default!r}"
+            lines.append(f"    - {opt}: {option_type_name(param)} ({default})")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("passes", help="list every pass, its options and what it does")
+    p.add_argument("--short", action="store_true", help="one line per pass")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    console.print(describe_passes(verbose=not args.short), markup=False)
+    return 0

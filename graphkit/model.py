@@ -1,0 +1,133 @@
+"""Load and save ONNX models safely.
+
+Loading turns every way a file can be wrong (missing, not ONNX, truncated, external data
+missing) into one GraphkitError sentence. Saving is atomic (temporary file, then rename)
+and switches to external data when the model would pass protobuf's 2 GB limit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import onnx
+
+from graphkit.errors import GraphkitError
+
+PROTOBUF_LIMIT = 2**31 - 1
+# Leave headroom: the serialized size is not exactly the sum of the tensors.
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+
+def load_model(path: str | os.PathLike, load_external_data: bool = True) -> onnx.ModelProto:
+    """Read an ONNX model, or raise GraphkitError with one sentence saying why it cannot be."""
+    p = Path(path)
+    if not p.exists():
+        raise GraphkitError(f"model file {p} does not exist")
+    if p.is_dir():
+        raise GraphkitError(f"{p} is a directory, not an ONNX model file")
+    try:
+        model = onnx.load(str(p), load_external_data=load_external_data)
+    except FileNotFoundError as exc:
+        raise GraphkitError(f"{p} refers to external data that is missing ({exc.filename})") from None
+    except Exception as exc:  # protobuf raises DecodeError and friends
+        raise GraphkitError(
+            f"{p} is not a readable ONNX model (the file is truncated or not ONNX: "
+            f"{type(exc).__name__})"
+        ) from None
+    if not model.graph.node and not model.graph.output:
+        raise GraphkitError(f"{p} is not an ONNX model (no graph found in it)")
+    if model.ir_version == 0:
+        raise GraphkitError(f"{p} is not an ONNX model (no IR version in it)")
+    return model
+
+
+def model_size_bytes(model: onnx.ModelProto) -> int:
+    """Size of the model if serialized in one piece, counting tensors kept outside."""
+    return model.ByteSize()
+
+
+def save_model(
+    model: onnx.ModelProto,
+    path: str | os.PathLike,
+    external_data: bool | None = None,
+    ir_version: int | None = None,
+) -> Path:
+    """Write a model atomically; large models get their weights in `<name>.data` beside it.
+
+    external_data=None decides by size. ir_version lowers the IR for consumers that refuse
+    new ones (pnnx reads IR <= 13).
+    """
+    out = Path(path)
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.exists():
+        raise GraphkitError(f"output directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise GraphkitError(f"output directory {parent} is not writable")
+    if ir_version is not None and model.ir_version > ir_version:
+        model = onnx.ModelProto.FromString(model.SerializeToString()) if model.ByteSize() < PROTOBUF_LIMIT else model
+        model.ir_version = ir_version
+    if external_data is None:
+        external_data = model_size_bytes(model) > EXTERNAL_DATA_THRESHOLD
+    tmpdir = tempfile.mkdtemp(prefix=".graphkit-", dir=parent)
+    try:
+        tmp_model = Path(tmpdir) / out.name
+        data_name = out.name + ".data"
+        if external_data:
+            onnx.save_model(
+                model,
+                str(tmp_model),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=data_name,
+                size_threshold=1024,
+            )
+            os.replace(Path(tmpdir) / data_name, parent / data_name)
+        else:
+            onnx.save_model(model, str(tmp_model))
+        os.replace(tmp_model, out)
+    except OSError as exc:
+        raise GraphkitError(f"could not write {out}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return out
+
+
+def model_hash(model: onnx.ModelProto) -> str:
+    """A stable fingerprint of the graph and weights, recorded in calibration tables."""
+    h = hashlib.sha256()
+    for init in model.graph.initializer:
+        h.update(init.name.encode())
+        h.update(init.raw_data or onnx.numpy_helper.to_array(init).tobytes())
+    for node in model.graph.node:
+        h.update(node.op_type.encode())
+        h.update("|".join(node.input).encode())
+        h.update("|".join(node.output).encode())
+    return h.hexdigest()[:16]
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file so that readers never see half of it."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    out = Path(path)
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.exists():
+        raise GraphkitError(f"output directory {parent} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".graphkit-", dir=parent)
+    except OSError as exc:
+        raise GraphkitError(f"output directory {parent} is not writable ({exc.strerror})") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out

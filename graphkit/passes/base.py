@@ -1,0 +1,148 @@
+"""The pass interface: a named function from a model to a PassResult, with typed options.
+
+A pass is registered with `@register("name")` on a function whose keyword-only arguments
+are its options (type hints and defaults are the option schema, the docstring is what
+`graphkit passes` prints). Passes whose purpose is to change the outputs (strip-flip-test,
+select-outputs, extract) say so with `changes_outputs=True` and tell the verifier which
+old tensor each kept output must equal through `PassResult.output_map`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import onnx
+
+from graphkit.errors import GraphkitError
+
+
+@dataclass
+class PassResult:
+    """What a pass returns: the new model and a plain account of what it changed."""
+
+    model: onnx.ModelProto
+    changed: bool
+    notes: list[str] = field(default_factory=list)
+    # new output name -> tensor name in the model before the pass that it must equal.
+    # None means "outputs keep their names and must all be equal".
+    output_map: dict[str, str] | None = None
+
+
+@dataclass
+class PassInfo:
+    name: str
+    func: Callable[..., PassResult]
+    changes_outputs: bool
+    options: dict[str, inspect.Parameter]
+
+    @property
+    def doc(self) -> str:
+        return inspect.cleandoc(self.func.__doc__ or "(no description)")
+
+    @property
+    def summary(self) -> str:
+        return self.doc.splitlines()[0]
+
+
+REGISTRY: dict[str, PassInfo] = {}
+
+
+def register(name: str, changes_outputs: bool = False) -> Callable:
+    """Register a pass under `name`; its keyword-only parameters become its options."""
+
+    def wrap(func: Callable[..., PassResult]) -> Callable[..., PassResult]:
+        sig = inspect.signature(func)
+        options = {
+            p.name: p for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY
+        }
+        if name in REGISTRY:
+            raise RuntimeError(f"pass {name!r} registered twice")
+        REGISTRY[name] = PassInfo(name, func, changes_outputs, options)
+        return func
+
+    return wrap
+
+
+def get_pass(name: str) -> PassInfo:
+    """Look a pass up by name, suggesting the closest one when it does not exist."""
+    from graphkit.passes import load_all
+
+    load_all()
+    if name in REGISTRY:
+        return REGISTRY[name]
+    close = difflib.get_close_matches(name, list(REGISTRY), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise GraphkitError(f"unknown pass '{name}'{hint}; `graphkit passes` lists them")
+
+
+def option_type_name(param: inspect.Parameter) -> str:
+    ann = param.annotation
+    if ann is inspect.Parameter.empty:
+        return "any"
+    if isinstance(ann, str):
+        return ann
+    return getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+
+
+def validate_options(info: PassInfo, options: dict[str, Any] | None) -> dict[str, Any]:
+    """Check option names and types against the pass signature; return the options."""
+    options = dict(options or {})
+    hints = typing.get_type_hints(info.func)
+    for key, value in options.items():
+        if key not in info.options:
+            close = difflib.get_close_matches(key, list(info.options), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            known = ", ".join(info.options) or "none"
+            raise GraphkitError(
+                f"pass '{info.name}' has no option '{key}'{hint}; its options are: {known}"
+            )
+        expected = hints.get(key)
+        if expected is not None and not _matches(value, expected):
+            raise GraphkitError(
+                f"option '{key}' of pass '{info.name}' must be "
+                f"{option_type_name(info.options[key])}, got {type(value).__name__} {value!r}"
+            )
+    for key, param in info.options.items():
+        if param.default is inspect.Parameter.empty and key not in options:
+            raise GraphkitError(f"pass '{info.name}' needs option '{key}'")
+    return options
+
+
+def _matches(value: Any, expected: Any) -> bool:
+    """A small runtime type check covering the annotations passes use."""
+    if expected is Any:
+        return True
+    origin = typing.get_origin(expected)
+    args = typing.get_args(expected)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", typing.Union)):
+        return any(_matches(value, a) for a in args)
+    if expected is type(None):
+        return value is None
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        return not args or all(_matches(v, args[0]) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            return False
+        if not args:
+            return True
+        return all(_matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items())
+    if isinstance(expected, type):
+        return isinstance(value, expected)
+    return True
+
+
+def count_ops(model: onnx.ModelProto) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts

@@ -1,0 +1,1 @@
+"""Executors: run a model and hand back outputs or chosen intermediate tensors."""

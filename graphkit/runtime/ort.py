@@ -1,0 +1,144 @@
+"""Run ONNX models in onnxruntime's CPU provider, including any intermediate tensor.
+
+Intermediate tensors are exposed by adding them as graph outputs on a copy of the model;
+their types come from shape inference, so the copy stays valid.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+from graphkit.errors import GraphkitError
+from graphkit.model import EXTERNAL_DATA_THRESHOLD, save_model
+
+ONNX_TO_NUMPY = {
+    TensorProto.FLOAT: np.float32,
+    TensorProto.FLOAT16: np.float16,
+    TensorProto.DOUBLE: np.float64,
+    TensorProto.INT8: np.int8,
+    TensorProto.UINT8: np.uint8,
+    TensorProto.INT32: np.int32,
+    TensorProto.INT64: np.int64,
+    TensorProto.BOOL: np.bool_,
+}
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    return opts
+
+
+def make_session(
+    model: onnx.ModelProto, threads: int | None = None, optimize: bool = True
+) -> ort.InferenceSession:
+    """An onnxruntime CPU session for an in-memory model (via a temp file when > 2 GB)."""
+    opts = session_options(threads)
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        if model.ByteSize() < EXTERNAL_DATA_THRESHOLD:
+            return ort.InferenceSession(
+                model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+            )
+        with tempfile.TemporaryDirectory() as tmp:
+            path = save_model(model, Path(tmp) / "model.onnx", external_data=True)
+            return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise GraphkitError(f"onnxruntime cannot load the model: {msg}") from None
+
+
+def graph_input_names(model: onnx.ModelProto) -> list[str]:
+    """Real inputs: graph inputs that are not initializers (old exporters list both)."""
+    inits = {i.name for i in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in inits]
+
+
+def input_shape(vi: onnx.ValueInfoProto, dynamic: int = 1) -> list[int]:
+    """Concrete shape of a graph input, with `dynamic` for unknown dims."""
+    dims = []
+    for d in vi.type.tensor_type.shape.dim:
+        dims.append(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else dynamic)
+    return dims
+
+
+def sample_inputs(
+    model: onnx.ModelProto, seed: int = 0, dynamic_dim: int = 1
+) -> dict[str, np.ndarray]:
+    """Random inputs of the right dtype and shape: images for ints (0..255), N(0,1) floats."""
+    rng = np.random.default_rng(seed)
+    names = set(graph_input_names(model))
+    feeds = {}
+    for vi in model.graph.input:
+        if vi.name not in names:
+            continue
+        elem = vi.type.tensor_type.elem_type
+        dtype = ONNX_TO_NUMPY.get(elem)
+        if dtype is None:
+            raise GraphkitError(
+                f"input '{vi.name}' has type {TensorProto.DataType.Name(elem)}, "
+                "which graphkit cannot generate samples for"
+            )
+        shape = input_shape(vi, dynamic_dim)
+        if np.issubdtype(dtype, np.integer):
+            feeds[vi.name] = rng.integers(0, 256, size=shape).astype(dtype)
+        elif dtype == np.bool_:
+            feeds[vi.name] = rng.integers(0, 2, size=shape).astype(bool)
+        else:
+            feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
+    return feeds
+
+
+def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of `model` whose graph outputs are exactly `names` (any tensors in it)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    known = {vi.name: vi for vi in copy.graph.output}
+    missing = [n for n in names if n not in known]
+    if missing:
+        try:
+            inferred = onnx.shape_inference.infer_shapes(copy)
+        except Exception:
+            inferred = copy
+        for vi in list(inferred.graph.value_info) + list(inferred.graph.input):
+            known.setdefault(vi.name, vi)
+    del copy.graph.output[:]
+    for n in names:
+        if n in known and known[n].type.tensor_type.elem_type:
+            copy.graph.output.append(known[n])
+        else:
+            copy.graph.output.append(helper.make_empty_tensor_value_info(n))
+    return copy
+
+
+def run(
+    model: onnx.ModelProto,
+    feeds: dict[str, np.ndarray],
+    outputs: list[str] | None = None,
+    threads: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Run once and return the named tensors (default: the graph outputs)."""
+    target = model if outputs is None else with_outputs(model, outputs)
+    sess = make_session(target, threads=threads, optimize=outputs is None)
+    names = [o.name for o in sess.get_outputs()]
+    try:
+        values = sess.run(names, feeds)
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise GraphkitError(f"onnxruntime failed to run the model: {msg}") from None
+    return dict(zip(names, values))
+
+
+def default_threads() -> int:
+    return max(1, os.cpu_count() or 1)

@@ -1,0 +1,21 @@
+"""Shared fixtures: where the real assets are, small models built in code."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+def assets_dir() -> Path:
+    return Path(os.environ.get("GRAPHKIT_ASSETS", "../shared/assets")).resolve()
+
+
+@pytest.fixture(scope="session")
+def assets() -> Path:
+    """The shared real assets (COCO-MINI, pose models); skip where they are absent."""
+    path = assets_dir()
+    if not (path / "MANIFEST.md").exists():
+        pytest.skip(f"real assets not found at {path} (set GRAPHKIT_ASSETS)")
+    return path
