@@ -12,6 +12,7 @@ import pkgutil
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 
 from graphkit import __version__
 from graphkit.errors import GraphkitError
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except GraphkitError as exc:
-        err_console.print(f"[bold red]graphkit: error:[/] {exc}")
+        err_console.print(f"[bold red]graphkit: error:[/] {escape(str(exc))}", soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err_console.print("graphkit: interrupted; no output was written")

@@ -46,8 +46,16 @@ def load_model(path: str | os.PathLike, load_external_data: bool = True) -> onnx
 
 
 def model_size_bytes(model: onnx.ModelProto) -> int:
-    """Size of the model if serialized in one piece, counting tensors kept outside."""
-    return model.ByteSize()
+    """Size of the model if serialized in one piece, counting tensors kept outside.
+
+    Summed per tensor and per node: protobuf's own ByteSize() fails on messages over 2 GB,
+    which are exactly the ones this is asked about.
+    """
+    g = model.graph
+    total = sum(init.ByteSize() for init in g.initializer)
+    total += sum(node.ByteSize() for node in g.node)
+    total += sum(vi.ByteSize() for vi in list(g.input) + list(g.output) + list(g.value_info))
+    return total + sum(f.ByteSize() for f in model.functions)
 
 
 def save_model(
@@ -68,7 +76,7 @@ def save_model(
     if not os.access(parent, os.W_OK):
         raise GraphkitError(f"output directory {parent} is not writable")
     if ir_version is not None and model.ir_version > ir_version:
-        model = onnx.ModelProto.FromString(model.SerializeToString()) if model.ByteSize() < PROTOBUF_LIMIT else model
+        model = onnx.ModelProto.FromString(model.SerializeToString()) if model_size_bytes(model) < PROTOBUF_LIMIT else model
         model.ir_version = ir_version
     if external_data is None:
         external_data = model_size_bytes(model) > EXTERNAL_DATA_THRESHOLD
@@ -109,6 +117,12 @@ def model_hash(model: onnx.ModelProto) -> str:
     return h.hexdigest()[:16]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write a text file so that readers never see half of it."""
     return atomic_write_bytes(path, text.encode("utf-8"))
@@ -126,6 +140,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -10,22 +10,28 @@ A pipeline file is either a list of steps or a mapping with `passes:` and option
 
 After each pass the model must pass the onnx checker and shape inference, and (unless
 verification is off) give the same outputs in onnxruntime as the model before the pass, on
-random inputs of the right dtype and shape. A pass that fails is rolled back and the run
-stops with one sentence naming the pass, the output and the difference.
+random inputs of the right dtype and shape (int32 images get 0..255). Every output is
+compared (max abs difference per output, allowed 1e-4 + 1e-3 * max|output|); a pass that
+renames inputs/outputs or changes them on purpose says which old tensor each new one must
+equal. A pass that fails is rolled back and the run stops with one sentence naming the
+pass, the output and the difference. Each step reports nodes before/after, what the pass
+did, ops removed/added, its time and the per-output differences.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import onnx
 import yaml
 
 from graphkit.errors import GraphkitError
+from graphkit.passes._graphutil import skeleton
 from graphkit.passes.base import PassInfo, count_ops, get_pass, validate_options
 from graphkit.runtime import ort as ort_rt
 
@@ -69,6 +75,7 @@ class StepReport:
     max_abs_diff: dict[str, float] | None  # per output; None when not verified
     ops_removed: dict[str, int] = field(default_factory=dict)
     ops_added: dict[str, int] = field(default_factory=dict)
+    verify_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -129,28 +136,110 @@ def load_pipeline(path: str | Path) -> Pipeline:
     return parse_pipeline(data, str(p))
 
 
-def check_model(model: onnx.ModelProto, who: str) -> onnx.ModelProto:
-    """onnx checker + shape inference; returns the model with inferred shapes."""
+def check_model(model: onnx.ModelProto, who: str) -> None:
+    """onnx checker + shape inference, on a copy without the big weights."""
+    light = skeleton(model)
     try:
-        if model.ByteSize() < ort_rt.EXTERNAL_DATA_THRESHOLD:
-            onnx.checker.check_model(model)
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception as exc:
+        onnx.checker.check_model(light, full_check=True)  # full_check = + shape inference
+    except Exception as exc:  # noqa: BLE001 - checker and inference raise many types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise GraphkitError(f"{who} produced an invalid model: {first}") from None
-    return inferred
 
 
 def _feeds_for(
-    before: onnx.ModelProto, after: onnx.ModelProto, base_feeds: dict[str, np.ndarray]
+    before: onnx.ModelProto,
+    after: onnx.ModelProto,
+    base_feeds: dict[str, np.ndarray],
+    input_map: dict[str, str] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Inputs for both models; new inputs of `after` (e.g. after extract) come from `before`."""
+    """Inputs for both models.
+
+    Renamed inputs (input_map) get the old input's data; inputs that only `after` has
+    (e.g. after extract) are computed by running `before` up to those tensors.
+    """
+    input_map = input_map or {}
     after_inputs = ort_rt.graph_input_names(after)
-    missing = [n for n in after_inputs if n not in base_feeds]
-    feeds_after = {n: base_feeds[n] for n in after_inputs if n in base_feeds}
+    feeds_after = {}
+    missing = []
+    for n in after_inputs:
+        src = input_map.get(n, n)
+        if src in base_feeds:
+            feeds_after[n] = base_feeds[src]
+        else:
+            missing.append(n)
     if missing:
         feeds_after.update(ort_rt.run(before, base_feeds, outputs=missing))
     return base_feeds, feeds_after
+
+
+def sample_feeds(
+    before: onnx.ModelProto, after: onnx.ModelProto, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Sample inputs for `before`, shaped like `after`'s inputs where those are static.
+
+    A pass may fix a dynamic dim (fix-shapes); the new model only accepts the new size and
+    the old one accepts it too, so both run on the same data.
+    """
+    feeds = ort_rt.sample_inputs(before, seed=seed)
+    after_shapes = {vi.name: ort_rt.input_shape(vi, dynamic=0) for vi in after.graph.input}
+    rng = np.random.default_rng(seed + 1)
+    for name, arr in list(feeds.items()):
+        shape = after_shapes.get(name)
+        if shape is None or len(shape) != arr.ndim or list(arr.shape) == shape:
+            continue
+        if 0 in shape:
+            continue
+        if np.issubdtype(arr.dtype, np.integer):
+            feeds[name] = rng.integers(0, 256, size=shape).astype(arr.dtype)
+        elif arr.dtype == np.bool_:
+            feeds[name] = rng.integers(0, 2, size=shape).astype(bool)
+        else:
+            feeds[name] = rng.standard_normal(shape).astype(arr.dtype)
+    return feeds
+
+
+class OutputCache:
+    """The last model's outputs on the last feeds: each verified pass then runs once."""
+
+    def __init__(self) -> None:
+        self.model: onnx.ModelProto | None = None
+        self.feeds: dict[str, np.ndarray] = {}
+        self.values: dict[str, np.ndarray] = {}
+
+    def get(
+        self, model: onnx.ModelProto, feeds: dict[str, np.ndarray], names: list[str]
+    ) -> dict[str, np.ndarray] | None:
+        if model is not self.model or set(feeds) != set(self.feeds):
+            return None
+        if not all(np.array_equal(feeds[k], self.feeds[k]) for k in feeds):
+            return None
+        if not all(n in self.values for n in names):
+            return None
+        return self.values
+
+    def put(
+        self, model: onnx.ModelProto, feeds: dict[str, np.ndarray], values: dict[str, np.ndarray]
+    ) -> None:
+        self.model, self.feeds, self.values = model, dict(feeds), dict(values)
+
+
+def _run(
+    model: onnx.ModelProto,
+    feeds: dict[str, np.ndarray],
+    names: list[str],
+    cache: OutputCache | None,
+) -> dict[str, np.ndarray]:
+    hit = cache.get(model, feeds, names) if cache else None
+    if hit is not None:
+        return hit
+    graph_outputs = [o.name for o in model.graph.output]
+    if set(names) <= set(graph_outputs):
+        values = ort_rt.run(model, feeds)  # plain session: no shape inference, optimized
+    else:
+        values = ort_rt.run(model, feeds, outputs=names)
+    if cache is not None:
+        cache.put(model, feeds, values)
+    return values
 
 
 def compare(
@@ -158,13 +247,16 @@ def compare(
     after: onnx.ModelProto,
     output_map: dict[str, str] | None,
     feeds: dict[str, np.ndarray],
+    input_map: dict[str, str] | None = None,
+    tolerance: Tolerance | None = None,
+    cache: OutputCache | None = None,
 ) -> dict[str, tuple[float, float]]:
     """Max abs difference (and the allowed one) per output of `after`."""
     mapping = output_map or {o.name: o.name for o in after.graph.output}
-    feeds_before, feeds_after = _feeds_for(before, after, feeds)
-    old = ort_rt.run(before, feeds_before, outputs=list(dict.fromkeys(mapping.values())))
-    new = ort_rt.run(after, feeds_after, outputs=list(mapping))
-    tol = Tolerance()
+    feeds_before, feeds_after = _feeds_for(before, after, feeds, input_map)
+    old = _run(before, feeds_before, list(dict.fromkeys(mapping.values())), cache)
+    new = _run(after, feeds_after, list(mapping), cache)
+    tol = tolerance or Tolerance()
     result = {}
     for new_name, old_name in mapping.items():
         a, b = old[old_name], new[new_name]
@@ -172,14 +264,27 @@ def compare(
             raise GraphkitError(
                 f"output '{new_name}' changed shape from {list(a.shape)} to {list(b.shape)}"
             )
-        if a.dtype.kind in "fc":
-            diff = float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0
-            if np.isnan(a).any() != np.isnan(b).any():
-                diff = float("inf")
-        else:
-            diff = float(np.max(np.abs(a.astype(np.int64) - b.astype(np.int64)))) if a.size else 0.0
-        result[new_name] = (diff, tol.allowed(a))
+        if a.dtype != b.dtype:
+            raise GraphkitError(f"output '{new_name}' changed type from {a.dtype} to {b.dtype}")
+        result[new_name] = (max_abs_diff(a, b), tol.allowed(a))
     return result
+
+
+def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest elementwise |a - b|; inf where NaNs or infinities do not line up."""
+    if not a.size:
+        return 0.0
+    if a.dtype.kind in "fc":
+        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        if not np.array_equal(np.isnan(a64), np.isnan(b64)):
+            return float("inf")
+        finite = np.isfinite(a64) & np.isfinite(b64)
+        if not np.array_equal(a64[~finite & ~np.isnan(a64)], b64[~finite & ~np.isnan(a64)]):
+            return float("inf")
+        return float(np.max(np.abs(a64[finite] - b64[finite]), initial=0.0))
+    if a.dtype == np.bool_:
+        return float(np.any(a != b))
+    return float(np.max(np.abs(a.astype(np.int64) - b.astype(np.int64))))
 
 
 ProgressFn = Callable[[StepReport], None]
@@ -195,11 +300,15 @@ def run_pipeline(
     """Apply every step; verify each; stop at the first failure (the model is unchanged)."""
     reports: list[StepReport] = []
     current = model
+    cache = OutputCache()
     iterations = pipeline.max_iterations if pipeline.fixed_point else 1
     for iteration in range(1, iterations + 1):
         any_change = False
         for step in pipeline.steps:
-            report, current = run_step(current, step, verify, iteration, seed)
+            # after the first step the model is our own: without verification nothing
+            # needs the state before a pass, so passes may edit it in place (big models)
+            inplace = not verify and current is not model
+            report, current = run_step(current, step, verify, iteration, seed, cache, inplace)
             reports.append(report)
             any_change |= report.changed
             if on_step:
@@ -210,25 +319,50 @@ def run_pipeline(
 
 
 def run_step(
-    model: onnx.ModelProto, step: Step, verify: bool, iteration: int = 1, seed: int = 0
+    model: onnx.ModelProto,
+    step: Step,
+    verify: bool,
+    iteration: int = 1,
+    seed: int = 0,
+    cache: OutputCache | None = None,
+    inplace: bool = False,
 ) -> tuple[StepReport, onnx.ModelProto]:
     """Run one pass and verify it; raise GraphkitError (model untouched) if it is wrong."""
     info = step.info
     before_ops = count_ops(model)
+    nodes_before = len(model.graph.node)
     start = time.perf_counter()
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
+    if inplace:
+        work = model
+    else:
+        work = onnx.ModelProto()
+        work.CopyFrom(model)
     try:
         result = info.func(work, **step.options)
     except GraphkitError as exc:
         raise GraphkitError(f"pass '{step.name}' failed: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a pass bug must not leave a traceback or a file
+        msg = (str(exc).strip().splitlines() or [""])[0]
+        raise GraphkitError(
+            f"pass '{step.name}' crashed ({type(exc).__name__}: {msg}); the model was left "
+            "unchanged, please report this"
+        ) from None
+    # an unchanged model stays the same object (keeps the verification cache warm)
+    new = result.model if (result.changed or info.changes_outputs or inplace) else model
     seconds = time.perf_counter() - start
-    new = result.model
-    check_model(new, f"pass '{step.name}'")
+    if result.changed:
+        try:
+            check_model(new, f"pass '{step.name}'")
+        except GraphkitError as exc:
+            raise GraphkitError(f"{exc}; it was rolled back") from None
     diffs = None
+    verify_start = time.perf_counter()
     if verify and (result.changed or info.changes_outputs):
-        feeds = ort_rt.sample_inputs(model, seed=seed)
-        measured = compare(model, new, result.output_map, feeds)
+        feeds = sample_feeds(model, new, seed=seed)
+        try:
+            measured = compare(model, new, result.output_map, feeds, result.input_map, cache=cache)
+        except GraphkitError as exc:
+            raise GraphkitError(f"pass '{step.name}' was rolled back: {exc}") from None
         for out, (diff, allowed) in measured.items():
             if not diff <= allowed:
                 raise GraphkitError(
@@ -236,13 +370,14 @@ def run_step(
                     f"(allowed {allowed:.3g}); it was rolled back"
                 )
         diffs = {k: v[0] for k, v in measured.items()}
+    verify_seconds = time.perf_counter() - verify_start
     after_ops = count_ops(new)
     removed = {k: v - after_ops.get(k, 0) for k, v in before_ops.items() if v > after_ops.get(k, 0)}
     added = {k: v - before_ops.get(k, 0) for k, v in after_ops.items() if v > before_ops.get(k, 0)}
     report = StepReport(
         name=step.name,
         iteration=iteration,
-        nodes_before=len(model.graph.node),
+        nodes_before=nodes_before,
         nodes_after=len(new.graph.node),
         seconds=seconds,
         changed=result.changed,
@@ -250,5 +385,6 @@ def run_step(
         max_abs_diff=diffs,
         ops_removed=removed,
         ops_added=added,
+        verify_seconds=verify_seconds if diffs is not None else 0.0,
     )
     return report, new

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import tempfile
+import time
+from pathlib import Path
 
-from rich.table import Table
-
-from graphkit.commands._common import add_command, console
-from graphkit.model import atomic_write_text, load_model, save_model
 import graphkit.pipeline as pipeline_module
-from graphkit.pipeline import load_pipeline, run_pipeline
+from graphkit.commands._common import add_command, console
+from graphkit.errors import GraphkitError
+from graphkit.model import atomic_write_text, load_model, save_model
+from graphkit.pipeline import StepReport, load_pipeline, run_pipeline
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -18,49 +21,100 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("pipeline", help="pipeline YAML: a list of passes, each optionally with options")
     p.add_argument("model", help="input ONNX model")
     p.add_argument("-o", "--output", required=True, help="where to write the resulting model")
-    p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime output comparison")
+    p.add_argument(
+        "--no-verify", action="store_true", help="skip the onnxruntime output comparison"
+    )
     p.add_argument("--report", help="also write a JSON report of every step")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random sample inputs")
     return p
 
 
+def _check_writable(path: str, what: str) -> None:
+    """Fail before any work when the result could not be written (probes with a real file)."""
+    parent = Path(path).parent if str(Path(path).parent) else Path(".")
+    if not parent.is_dir():
+        raise GraphkitError(f"{what} directory {parent} does not exist")
+    if Path(path).is_dir():
+        raise GraphkitError(f"{what} path {path} is a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".graphkit-probe-", dir=parent)
+    except OSError:
+        raise GraphkitError(f"{what} directory {parent} is not writable") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def format_step(r: StepReport) -> list[str]:
+    """The lines `apply` prints for one pass run."""
+    label = r.name if r.iteration == 1 else f"{r.name} (round {r.iteration})"
+    if r.max_abs_diff is None:
+        verdict = "not compared" if r.changed else "no change"
+    else:
+        worst = max(r.max_abs_diff.values(), default=0.0)
+        verdict = f"verified, max |diff| {worst:.2e}"
+    lines = [
+        f"  {label:<24} {r.nodes_before:>5} -> {r.nodes_after:<5} {r.seconds * 1000:7.0f} ms  {verdict}"
+    ]
+    lines += [f"      {note}" for note in r.notes]
+    if r.ops_removed:
+        ops = ", ".join(f"{v} {k}" for k, v in sorted(r.ops_removed.items(), key=lambda kv: -kv[1]))
+        lines.append(f"      ops removed: {ops}")
+    if r.ops_added:
+        ops = ", ".join(f"{v} {k}" for k, v in sorted(r.ops_added.items(), key=lambda kv: -kv[1]))
+        lines.append(f"      ops added: {ops}")
+    if r.max_abs_diff and len(r.max_abs_diff) > 1:
+        per = ", ".join(f"{k}: {v:.2e}" for k, v in r.max_abs_diff.items())
+        lines.append(f"      per output: {per}")
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
+    _check_writable(args.output, "output")
+    if args.report:
+        _check_writable(args.report, "report")
     pipeline = load_pipeline(args.pipeline)
     model = load_model(args.model)
-    table = Table(title=f"graphkit apply {args.pipeline}", title_justify="left")
-    for col in ("pass", "nodes", "time", "max |diff|", "what changed"):
-        table.add_column(col)
+    verify = not args.no_verify
 
-    def on_step(r):
-        diff = "not run" if r.max_abs_diff is None else max(r.max_abs_diff.values(), default=0.0)
-        diff = diff if isinstance(diff, str) else f"{diff:.2e}"
-        changed = "; ".join(r.notes) if r.notes else ("changed" if r.changed else "no change")
-        label = r.name if r.iteration == 1 else f"{r.name} (#{r.iteration})"
-        console.print(
-            f"  {label:<22} {r.nodes_before:>5} -> {r.nodes_after:<5} "
-            f"{r.seconds * 1000:7.0f} ms  diff {diff:<9} {changed}"
-        )
-        table.add_row(label, f"{r.nodes_before} -> {r.nodes_after}", f"{r.seconds:.2f}s", diff, changed)
+    def on_step(r: StepReport) -> None:
+        for line in format_step(r):
+            console.print(line, markup=False, soft_wrap=True)
 
     before = len(model.graph.node)
-    with console.status("applying passes..."):
-        result, reports = run_pipeline(model, pipeline, verify=not args.no_verify, on_step=on_step)
-    save_model(result, args.output)
+    start = time.perf_counter()
     console.print(
-        f"[green]wrote {args.output}[/]: {before} -> {len(result.graph.node)} nodes, "
-        f"{len(reports)} pass runs"
+        f"graphkit apply {args.pipeline} to {args.model} ({before} nodes)",
+        markup=False,
+        soft_wrap=True,
+    )
+    result, reports = run_pipeline(model, pipeline, verify=verify, on_step=on_step, seed=args.seed)
+    total = time.perf_counter() - start
+    save_model(result, args.output)
+    worst = max(
+        (max(r.max_abs_diff.values(), default=0.0) for r in reports if r.max_abs_diff),
+        default=None,
+    )
+    check = "not verified" if not verify else f"max |diff| of any pass {worst or 0.0:.2e}"
+    console.print(
+        f"wrote {args.output}: {before} -> {len(result.graph.node)} nodes, "
+        f"{len(reports)} pass runs in {total:.2f}s, {check}",
+        markup=False,
+        soft_wrap=True,
     )
     if args.report:
-        atomic_write_text(
-            args.report,
-            json.dumps(
-                {
-                    "model": args.model,
-                    "output": args.output,
-                    "nodes_before": before,
-                    "nodes_after": len(result.graph.node),
-                    "steps": [r.as_dict() for r in reports],
-                },
-                indent=2,
-            ),
-        )
+        doc = {
+            "pipeline": args.pipeline,
+            "model": args.model,
+            "output": args.output,
+            "verified": verify,
+            "nodes_before": before,
+            "nodes_after": len(result.graph.node),
+            "seconds": total,
+            "steps": [r.as_dict() for r in reports],
+        }
+        try:
+            atomic_write_text(args.report, json.dumps(doc, indent=2))
+        except GraphkitError:
+            Path(args.output).unlink(missing_ok=True)
+            raise
     return 0

@@ -30,6 +30,8 @@ class PassResult:
     # new output name -> tensor name in the model before the pass that it must equal.
     # None means "outputs keep their names and must all be equal".
     output_map: dict[str, str] | None = None
+    # new graph input name -> the input of the model before the pass it replaces (rename).
+    input_map: dict[str, str] | None = None
 
 
 @dataclass

@@ -72,7 +72,7 @@ class CalibrationTable:
         return atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "table") -> "CalibrationTable":
+    def from_dict(cls, d: dict[str, Any], source: str = "table") -> CalibrationTable:
         if not isinstance(d, dict) or "activations" not in d or "method" not in d:
             raise GraphkitError(f"{source} is not a graphkit calibration table")
         version = d.get("schema_version")
@@ -95,7 +95,7 @@ class CalibrationTable:
         return cls(activations=acts, weights=weights, **rest)
 
     @classmethod
-    def load(cls, path: str | Path) -> "CalibrationTable":
+    def load(cls, path: str | Path) -> CalibrationTable:
         p = Path(path)
         if not p.exists():
             raise GraphkitError(f"calibration table {p} does not exist")

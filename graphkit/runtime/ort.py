@@ -16,7 +16,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from graphkit.errors import GraphkitError
-from graphkit.model import EXTERNAL_DATA_THRESHOLD, save_model
+from graphkit.model import EXTERNAL_DATA_THRESHOLD, model_size_bytes, save_model
 
 ONNX_TO_NUMPY = {
     TensorProto.FLOAT: np.float32,
@@ -47,7 +47,7 @@ def make_session(
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        if model.ByteSize() < EXTERNAL_DATA_THRESHOLD:
+        if model_size_bytes(model) < EXTERNAL_DATA_THRESHOLD:
             return ort.InferenceSession(
                 model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
             )

@@ -1,0 +1,134 @@
+"""Write one calibration table in each backend's int8 format, with a README saying how to use it.
+
+Targets: ncnn (pnnx conversion, ncnn2table table, ncnn2int8 model, run and checked here),
+tensorrt (explicit Q/DQ ONNX + legacy calibration cache), atc (AMCT record, quant config,
+Q/DQ ONNX, input-size gears), vacc (vamc build YAML + .npz calibration set), onnx (Q/DQ).
+The table may also be a TensorRT calibration cache. A table made for another model is
+refused; nothing is moved into --out-dir unless every target succeeded. See
+docs/exporters.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from graphkit.errors import GraphkitError
+from graphkit.model import atomic_write_text
+from graphkit.quant.exporters._common import ExportedFile, check_table
+from graphkit.quant.table import CalibrationTable
+
+TARGETS = {
+    "ncnn": "graphkit.quant.exporters.ncnn",
+    "tensorrt": "graphkit.quant.exporters.tensorrt",
+    "atc": "graphkit.quant.exporters.atc",
+    "vacc": "graphkit.quant.exporters.vacc",
+    "onnx": "graphkit.quant.exporters.onnx_qdq",
+}
+
+
+def parse_targets(text: str | Sequence[str]) -> list[str]:
+    """'ncnn,tensorrt' or a list -> validated target names (order kept, duplicates dropped)."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    out = []
+    for t in (i.strip().lower() for i in items):
+        if not t:
+            continue
+        if t == "all":
+            return list(TARGETS)
+        if t not in TARGETS:
+            raise GraphkitError(f"unknown export target '{t}' (known: {', '.join(TARGETS)}, all)")
+        if t not in out:
+            out.append(t)
+    if not out:
+        raise GraphkitError("no export target given")
+    return out
+
+
+def load_table(path: str | Path, model: onnx.ModelProto) -> CalibrationTable:
+    """A graphkit JSON table, or a TensorRT calibration cache converted to one.
+
+    A cache holds activations only, so the weight ranges are taken from the model
+    (symmetric absmax per output channel), as every calibration does.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise GraphkitError(f"calibration table {p} does not exist")
+    with open(p, "rb") as f:
+        head = f.read(4)
+    if head == b"TRT-":
+        from graphkit.quant.calibrate import weight_entries
+        from graphkit.quant.exporters.tensorrt import read_cache
+
+        table = read_cache(p)
+        table.weights = weight_entries(model)
+        return table
+    return CalibrationTable.load(p)
+
+
+def export_all(
+    table: CalibrationTable,
+    model: onnx.ModelProto,
+    targets: str | Sequence[str],
+    out_dir: str | Path,
+    *,
+    keep_float: Sequence[str] = (),
+    samples: Callable[[], Iterable[dict[str, np.ndarray]]] | None = None,
+    image_sizes: list[tuple[int, int]] | None = None,
+    trt_version: str = "10.13.0",
+    model_name: str = "model",
+    **options: object,
+) -> list[ExportedFile]:
+    """Write every target's files under out_dir (one sub-directory each) and README.md.
+
+    samples: a function returning a fresh iterable of ONNX feeds dicts (batch 1), used by
+    ncnn (calibrate the converted model) and vacc (the .npz calibration set).
+    image_sizes: (h, w) of the dataset's images, for ATC gears of variable-size models.
+    """
+    names = parse_targets(targets)
+    check_table(table, model, keep_float)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise GraphkitError(f"output directory {out} is a file")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # build everything in a scratch directory beside out_dir, move it in only when every
+    # target succeeded: a failing target leaves no half-exported directory behind
+    tmp = Path(tempfile.mkdtemp(prefix=".graphkit-export-", dir=out.parent))
+    try:
+        files: list[ExportedFile] = []
+        for name in names:
+            mod = importlib.import_module(TARGETS[name])
+            files += mod.export(
+                table,
+                model,
+                tmp,
+                keep_float=tuple(keep_float),
+                samples=samples,
+                image_sizes=image_sizes,
+                trt_version=trt_version,
+                **options,
+            )
+        out.mkdir(exist_ok=True)
+        for child in tmp.iterdir():
+            dest = out / child.name
+            if dest.is_dir():
+                shutil.rmtree(dest)
+            os.replace(child, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for f in files:
+        f.path = out / Path(f.path).relative_to(tmp)
+    from graphkit.quant.exporters.readme import readme_text
+
+    atomic_write_text(out / "README.md", readme_text(table, files, out, model_name))
+    return files
+
+
+__all__ = ["TARGETS", "ExportedFile", "export_all", "load_table", "parse_targets"]

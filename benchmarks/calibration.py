@@ -1,0 +1,257 @@
+"""Calibration speed and memory: graphkit against onnxruntime.quantization.quantize_static.
+
+One run, one model (efficientpose by default), the same train2017 person crops for every
+peer. Each peer runs in its own child process under an address-space cap (RLIMIT_AS), so
+a peer that runs out of memory is reported as such instead of taking the machine down.
+Per peer: wall time (data loading + calibration + writing the quantized model), peak RSS
+(ru_maxrss of that child, from wait4), at `--small` and at `--crops` crops. Plain FP32
+inference over the same crops (data loading + one session + run) is the time reference.
+
+onnxruntime peers: QDQ format, per-channel int8 weights, asymmetric uint8 activations
+(its symmetric int8 Entropy gives the same model as MinMax, see docs/calibration.md).
+
+    python benchmarks/calibration.py [--model efficientpose] [--crops 86] [--small 20]
+        [--mem-gb 8] [--json results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PEERS = [
+    "fp32",
+    "graphkit-minmax",
+    "graphkit-entropy",
+    "ort-minmax",
+    "ort-entropy",
+    "ort-percentile",
+]
+
+
+def assets() -> Path:
+    return Path(os.environ.get("GRAPHKIT_ASSETS", ROOT.parent / "shared" / "assets")).resolve()
+
+
+# ---------------------------------------------------------------------------------------
+# child side: one peer, prints a JSON line with its own timing
+def child(peer: str, model_name: str, crops: int, out_dir: str, mem_gb: float) -> None:
+    limit = int(mem_gb * 2**30)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    sys.path.insert(0, str(ROOT))
+    from graphkit.data import iter_samples, load_input_spec
+
+    model_path = assets() / "models" / f"{model_name}.onnx"
+    spec = load_input_spec(ROOT / "examples" / "models" / f"{model_name}.yaml").with_source(
+        limit=crops
+    )
+    out = Path(out_dir) / f"{peer}.onnx"
+    t0 = time.perf_counter()
+    if peer == "fp32":
+        from graphkit.model import load_model
+        from graphkit.runtime.ort import make_session
+
+        sess = make_session(load_model(model_path))
+        n = sum(1 for s in iter_samples(spec) if sess.run(None, s.feeds) is not None)
+    elif peer.startswith("graphkit-"):
+        from graphkit.model import load_model, save_model
+        from graphkit.quant.calibrate import calibrate
+        from graphkit.quant.qdq import insert_qdq
+
+        model = load_model(model_path)
+        table = calibrate(model, spec, method=peer.split("-", 1)[1])
+        table.save(Path(out_dir) / f"{peer}.json")
+        save_model(insert_qdq(model, table), out)
+        n = table.num_samples
+    else:
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self.it = (s.feeds for s in iter_samples(spec))
+                self.n = 0
+
+            def get_next(self):
+                feeds = next(self.it, None)
+                self.n += feeds is not None
+                return feeds
+
+        method = {
+            "ort-minmax": CalibrationMethod.MinMax,
+            "ort-entropy": CalibrationMethod.Entropy,
+            "ort-percentile": CalibrationMethod.Percentile,
+        }[peer]
+        reader = Reader()
+        quantize_static(
+            str(model_path),
+            str(out),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=method,
+        )
+        n = reader.n
+    print(json.dumps({"seconds": time.perf_counter() - t0, "samples": n}), flush=True)
+
+
+# ---------------------------------------------------------------------------------------
+# parent side
+def run_peer(peer: str, model: str, crops: int, mem_gb: float, timeout: float) -> dict:
+    """Run one peer in a child process; its peak RSS comes from wait4 on that child."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            peer,
+            "--model",
+            model,
+            "--crops",
+            str(crops),
+            "--out-dir",
+            tmp,
+            "--mem-gb",
+            str(mem_gb),
+        ]
+        env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+        out_path, err_path = Path(tmp) / "stdout", Path(tmp) / "stderr"
+        start = time.perf_counter()
+        with open(out_path, "w") as out_f, open(err_path, "w") as err_f:
+            proc = subprocess.Popen(cmd, stdout=out_f, stderr=err_f, env=env)
+            timer = threading.Timer(timeout, proc.kill)
+            timer.start()
+            try:
+                _, status, usage = os.wait4(proc.pid, 0)
+            finally:
+                timer.cancel()
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out, err = out_path.read_text(), err_path.read_text()
+    rss_mb = usage.ru_maxrss / 1024.0  # KiB on Linux
+    cpu_s = usage.ru_utime + usage.ru_stime  # robust to other jobs on the machine
+    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        if wall >= timeout:
+            return {
+                "peer": peer,
+                "crops": crops,
+                "status": f"timeout > {timeout:.0f} s",
+                "peak_rss_mb": rss_mb,
+            }
+        oom = any(
+            k in err for k in ("MemoryError", "bad_alloc", "Failed to allocate", "out of memory")
+        )
+        oom = oom or proc.returncode in (-9, -6)
+        tail = err.strip().splitlines()[-1] if err.strip() else f"exit {proc.returncode}"
+        status = f"out of memory (> {mem_gb:g} GB cap)" if oom else f"failed: {tail[:120]}"
+        return {
+            "peer": peer,
+            "crops": crops,
+            "status": status,
+            "peak_rss_mb": rss_mb,
+            "wall_s": wall,
+        }
+    info = json.loads(lines[-1])
+    return {
+        "peer": peer,
+        "crops": crops,
+        "status": "ok",
+        "seconds": info["seconds"],
+        "cpu_s": cpu_s,
+        "samples": info["samples"],
+        "peak_rss_mb": rss_mb,
+        "wall_s": wall,
+    }
+
+
+def fmt(r: dict | None) -> tuple[str, str]:
+    if r is None:
+        return "-", "-"
+    rss = f"{r['peak_rss_mb']:.0f} MB" if r.get("peak_rss_mb") else "-"
+    if r["status"] != "ok":
+        return r["status"], rss
+    return f"{r['seconds']:.1f} s (cpu {r['cpu_s']:.1f} s)", rss
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--model", default="efficientpose")
+    ap.add_argument("--crops", type=int, default=86)
+    ap.add_argument("--small", type=int, default=20)
+    ap.add_argument("--mem-gb", type=float, default=8.0)
+    ap.add_argument("--timeout", type=float, default=1200.0)
+    ap.add_argument("--peers", nargs="+", default=PEERS, choices=PEERS)
+    ap.add_argument("--json")
+    ap.add_argument("--child", choices=PEERS, help=argparse.SUPPRESS)
+    ap.add_argument("--out-dir", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args.child, args.model, args.crops, args.out_dir, args.mem_gb)
+        return 0
+    results = []
+    for crops in (args.small, args.crops):
+        for peer in args.peers:
+            r = run_peer(peer, args.model, crops, args.mem_gb, args.timeout)
+            results.append(r)
+            t, rss = fmt(r)
+            print(f"{args.model} {crops:3d} crops  {peer:18s} {t:>28s}  peak RSS {rss}", flush=True)
+    by = {(r["peer"], r["crops"]): r for r in results}
+
+    def val(peer, crops, key):
+        r = by.get((peer, crops))
+        return r.get(key) if r and r["status"] == "ok" else None
+
+    print("\nratios at", args.crops, "crops:")
+    ge_t, ge_m = (
+        val("graphkit-entropy", args.crops, "seconds"),
+        by.get(("graphkit-entropy", args.crops), {}).get("peak_rss_mb"),
+    )
+    fp_t = val("fp32", args.crops, "seconds")
+    for peer in ("ort-entropy", "ort-percentile", "ort-minmax"):
+        r = by.get((peer, args.crops))
+        if r is None:
+            continue
+        if r["status"] == "ok" and ge_t:
+            print(
+                f"  {peer}: time {r['seconds'] / ge_t:.1f}x graphkit-entropy, peak RSS "
+                f"{r['peak_rss_mb'] / ge_m:.1f}x"
+            )
+        else:
+            print(f"  {peer}: {r['status']} (graphkit-entropy: {ge_t:.1f} s, {ge_m:.0f} MB)")
+    for peer in ("graphkit-entropy", "graphkit-minmax", "ort-minmax"):
+        t, c = val(peer, args.crops, "seconds"), val(peer, args.crops, "cpu_s")
+        fc = val("fp32", args.crops, "cpu_s")
+        if fp_t and t:
+            print(f"  {peer} / fp32 inference: wall {t / fp_t:.2f}x, cpu {c / fc:.2f}x")
+    small_m = by.get(("graphkit-entropy", args.small), {}).get("peak_rss_mb")
+    if small_m and ge_m:
+        print(
+            f"  graphkit-entropy peak RSS {args.small} -> {args.crops} crops: {small_m:.0f} -> {ge_m:.0f} MB "
+            f"({100 * (ge_m / small_m - 1):+.1f}%)"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,117 @@
+"""`graphkit calibrate MODEL --data SPEC -o TABLE.json [--qdq OUT.onnx]`."""
+
+from __future__ import annotations
+
+import argparse
+
+import onnx
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+import graphkit.quant.calibrate as calibrate_module
+from graphkit.commands._common import add_command, console
+from graphkit.errors import GraphkitError
+from graphkit.model import load_model, save_model
+from graphkit.quant.calibrate import calibrate
+from graphkit.quant.calibrators import ALIASES, CALIBRATORS, canonical_method
+from graphkit.quant.qdq import insert_qdq
+from graphkit.quant.table import CalibrationTable
+from graphkit.runtime.ort import make_session
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = add_command(sub, "calibrate", calibrate_module)
+    p.add_argument("model", help="ONNX model to calibrate")
+    p.add_argument("--data", required=True, help="input spec YAML (see examples/models/)")
+    p.add_argument(
+        "--method",
+        default="mse",
+        choices=sorted([*CALIBRATORS, *ALIASES]),
+        help="activation calibrator (default: mse; entropy = entropy-trt, kl = kl-ncnn)",
+    )
+    p.add_argument("-o", "--output", required=True, help="where to write the JSON table")
+    p.add_argument("--qdq", help="also write a Q/DQ ONNX model (int8, runs in onnxruntime)")
+    p.add_argument("--workers", type=int, default=1, help="processes sharing the data (default 1)")
+    p.add_argument(
+        "--keep-float", nargs="+", default=[], metavar="NODE", help="nodes left in float"
+    )
+    p.add_argument("--limit", type=int, help="use only the first N samples of the spec")
+    p.add_argument(
+        "--percentile", type=float, help="percentile method: the kept %% of |x| (default 99.99)"
+    )
+    p.add_argument(
+        "--tensors",
+        default="quantizable",
+        choices=["quantizable", "all"],
+        help="observe the inputs of quantized layers (default) or every float tensor",
+    )
+    p.add_argument("--per-tensor-weights", action="store_true", help="one weight scale per layer")
+    p.add_argument(
+        "--bins", type=int, default=2048, help="histogram bins (power of two, default 2048)"
+    )
+    p.add_argument(
+        "--max-outputs-per-run",
+        type=int,
+        help="observe at most N tensors per pass over the data (less memory, more passes)",
+    )
+    add_export_arguments(p)
+    return p
+
+
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    """Hook for backend exporters (e.g. --target, --out-dir); none yet."""
+
+
+def export(args: argparse.Namespace, table: CalibrationTable, model: onnx.ModelProto) -> None:
+    """Hook called after the table is computed and before anything is written."""
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.workers < 1:
+        raise GraphkitError(f"--workers must be at least 1, got {args.workers}")
+    if args.bins < 8 or args.bins & (args.bins - 1):
+        raise GraphkitError(f"--bins must be a power of two of at least 8, got {args.bins}")
+    settings = {}
+    if args.percentile is not None:
+        if canonical_method(args.method) != "percentile":
+            raise GraphkitError("--percentile only applies to --method percentile")
+        settings["percentile"] = args.percentile
+    model = load_model(args.model)
+    columns = (
+        TextColumn("calibrating"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("samples"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("calibrate", total=None)
+        table = calibrate(
+            model,
+            args.data,
+            method=args.method,
+            settings=settings,
+            workers=args.workers,
+            limit=args.limit,
+            tensors=args.tensors,
+            keep_float=args.keep_float,
+            per_channel=not args.per_tensor_weights,
+            bins=args.bins,
+            max_outputs_per_run=args.max_outputs_per_run,
+            on_sample=lambda: progress.advance(task),
+            on_total=lambda n: progress.update(task, total=n),
+        )
+    table.model_path = args.model
+    qdq = None
+    if args.qdq:
+        qdq = insert_qdq(model, table, keep_float=args.keep_float)
+        make_session(qdq)  # refuse to write a model onnxruntime cannot load
+    export(args, table, model)
+    table.save(args.output)
+    if qdq is not None:
+        save_model(qdq, args.qdq)
+    console.print(
+        f"[green]wrote {args.output}[/]: {table.method}, {len(table.activations)} activations, "
+        f"{len(table.weights)} weights, {table.num_samples} samples"
+        + (f"; Q/DQ model {args.qdq}" if args.qdq else "")
+    )
+    return 0

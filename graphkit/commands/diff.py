@@ -1,0 +1,138 @@
+"""`graphkit diff REF QUANT --data SPEC.yaml`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich import box
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+import graphkit.evaluators.diff as diff_module
+from graphkit.commands._common import add_command, console
+from graphkit.errors import GraphkitError
+from graphkit.evaluators.diff import run_diff
+from graphkit.evaluators.metrics import finite_or_none
+from graphkit.model import atomic_write_text
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = add_command(sub, "diff", diff_module)
+    p.add_argument("ref", help="reference model: FP32 ONNX or ncnn .param")
+    p.add_argument("quant", help="quantized model: Q/DQ ONNX or ncnn int8 .param")
+    p.add_argument("--data", required=True, help="input spec YAML giving the real inputs")
+    p.add_argument("--limit", type=int, help="use only the first N samples")
+    p.add_argument("--html", help="write a self-contained HTML report here")
+    p.add_argument("--json", help="write every figure as JSON here")
+    p.add_argument("--table", help="graphkit calibration table: mark its thresholds on histograms")
+    p.add_argument(
+        "--per-layer",
+        action="store_true",
+        help="also quantize one layer at a time (others float) and measure each one's error",
+    )
+    p.add_argument("--per-layer-samples", type=int, default=8, help="samples for --per-layer")
+    p.add_argument("--top", type=int, default=25, help="rows in the terminal table (worst first)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit < 1:
+        raise GraphkitError("--limit must be at least 1")
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        from graphkit.data import count_samples, load_input_spec
+
+        spec = load_input_spec(args.data)
+        if args.limit is not None:
+            spec = spec.with_source(limit=args.limit)
+        samples = bar.add_task("comparing", total=count_samples(spec))
+        layers = bar.add_task("per-layer", total=None, visible=False)
+
+        def on_layer(_name: str) -> None:
+            bar.update(layers, visible=True, advance=1)
+
+        report = run_diff(
+            args.ref,
+            args.quant,
+            spec,
+            per_layer=args.per_layer,
+            per_layer_samples=args.per_layer_samples,
+            histograms=bool(args.html),
+            table=args.table,
+            on_sample=lambda: bar.advance(samples),
+            on_layer=on_layer,
+        )
+    data = report.to_dict()
+    t = Table(
+        title=f"per-tensor diff over {report.samples} samples (worst first)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    t.add_column("tensor", overflow="fold", ratio=1, min_width=20)
+    for col, just in (
+        ("op", "left"),
+        ("int8", "left"),
+        ("SQNR dB", "right"),
+        ("cosine", "right"),
+        ("max |err|", "right"),
+    ):
+        t.add_column(col, justify=just, no_wrap=True)
+    rows = report.worst_first()
+    for r in rows[: args.top]:
+        sq = finite_or_none(r.diff.sqnr_db)
+        t.add_row(
+            r.name + (" [output]" if r.is_output else ""),
+            r.op_type,
+            "yes" if r.quantized else "no",
+            "exact" if sq is None else f"{sq:.2f}",
+            f"{r.diff.cosine:.5f}",
+            f"{r.diff.max_abs_err:.4g}",
+        )
+    console.print(t)
+    if len(rows) > args.top:
+        console.print(f"... {len(rows) - args.top} more tensors (see --json / --html)")
+    s = data["summary"]
+    med = "n/a" if s["median_sqnr_db"] is None else f"{s['median_sqnr_db']:.2f} dB"
+    console.print(
+        f"{s['tensors']} tensors, {s['quantized_layers']} quantized layers, median SQNR {med}"
+    )
+    for name, m in s["outputs"].items():
+        sq = "exact" if m["sqnr_db"] is None else f"{m['sqnr_db']:.2f} dB"
+        console.print(f"output {name}: SQNR {sq}, cosine {m['cosine']:.5f}")
+    if report.per_layer:
+        pl = Table(
+            title="each layer quantized alone (worst first)",
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+        )
+        pl.add_column("layer", overflow="fold", ratio=1)
+        for col in ("op", "output SQNR dB", "own SQNR dB"):
+            pl.add_column(col, no_wrap=True)
+        from graphkit.evaluators.per_layer import sensitivity_order
+
+        for r in sensitivity_order(report.per_layer)[: args.top]:
+            pl.add_row(
+                r["node"],
+                r["op_type"],
+                "exact" if r["output_sqnr_db"] is None else f"{r['output_sqnr_db']:.2f}",
+                "-" if r["layer_sqnr_db"] is None else f"{r['layer_sqnr_db']:.2f}",
+            )
+        console.print(pl)
+    for note in report.notes:
+        console.print(f"note: {note}")
+    if args.json:
+        atomic_write_text(args.json, json.dumps(data, indent=1, allow_nan=False))
+        console.print(f"wrote {args.json}")
+    if args.html:
+        from graphkit.evaluators.report_html import render_html
+
+        atomic_write_text(args.html, render_html(data))
+        console.print(f"wrote {args.html}")
+    return 0

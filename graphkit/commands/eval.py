@@ -1,0 +1,91 @@
+"""`graphkit eval MODEL --model-config CFG.yaml --ann ANN.json --images DIR`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+import graphkit.evaluators.evaluate as evaluate_module
+from graphkit.commands._common import add_command, console
+from graphkit.errors import GraphkitError
+from graphkit.evaluators.evaluate import agreement_of, evaluate, prepare_spec
+from graphkit.model import atomic_write_text
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = add_command(sub, "eval", evaluate_module)
+    p.add_argument("model", help="ONNX model (FP32 or Q/DQ) or ncnn .param with its .bin beside")
+    p.add_argument("--model-config", required=True, help="input spec YAML with a decode: section")
+    p.add_argument("--ann", help="COCO person_keypoints json (default: the config's source.ann)")
+    p.add_argument("--images", help="image folder (default: the config's source.images)")
+    p.add_argument("--dets", help="person detections (COCO results json) instead of GT boxes")
+    p.add_argument("--backend", choices=("ort", "ncnn"), help="default: from the model file")
+    p.add_argument("--workers", type=int, default=1, help="processes to split the images over")
+    p.add_argument("--limit", type=int, help="evaluate only the first N person boxes")
+    p.add_argument("--json", help="write every figure and the per-person keypoints here")
+    p.add_argument("--results", help="write the COCO-format keypoint results here")
+    p.add_argument(
+        "--agreement-with",
+        help="an earlier --json of the FP32 model: also report the mean OKS agreement with it",
+    )
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.workers < 1:
+        raise GraphkitError("--workers must be at least 1")
+    reference = None
+    if args.agreement_with:
+        ref_path = Path(args.agreement_with)
+        try:
+            reference = json.loads(ref_path.read_text())
+            reference["predictions"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise GraphkitError(f"{ref_path} is not a graphkit eval --json file") from None
+    spec = prepare_spec(args.model_config, args.ann, args.images, args.dets, args.limit)
+    with Progress(
+        TextColumn("evaluating"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        from graphkit.data import count_samples
+
+        task = bar.add_task("eval", total=count_samples(spec))
+        result = evaluate(
+            args.model,
+            spec,
+            backend=args.backend,
+            workers=args.workers,
+            results_path=args.results,
+            on_sample=lambda: bar.advance(task),
+        )
+    if reference is not None:
+        result["agreement"] = agreement_of(reference, result)
+        result["agreement_with"] = args.agreement_with
+    t = Table(title=f"COCO keypoint AP: {args.model}", title_justify="left")
+    names = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50")
+    for n in names:
+        t.add_column(n, justify="right")
+    t.add_row(*(f"{result['stats'][n]:.4f}" for n in names))
+    console.print(t)
+    joints = sum(result["predicted_joints"])
+    console.print(
+        f"{result['samples']} person boxes on {result['image_count']} images, "
+        f"{'detections' if result['dets'] else 'ground-truth boxes'}, decode {result['decode']} "
+        f"({joints} of 17 COCO joints), {result['workers']} worker(s), {result['seconds']:.1f}s"
+    )
+    if reference is not None:
+        console.print(f"agreement (mean OKS with {args.agreement_with}): {result['agreement']:.4f}")
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result, indent=1))
+        console.print(f"wrote {args.json}")
+    if args.results:
+        console.print(f"wrote {args.results}")
+    return 0

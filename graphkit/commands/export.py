@@ -1,0 +1,119 @@
+"""`graphkit export TABLE MODEL --target ncnn,tensorrt,atc,vacc,onnx --out-dir DIR`."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+from pathlib import Path
+
+import graphkit.quant.exporters as exporters_module
+from graphkit.commands._common import add_command, console
+from graphkit.errors import GraphkitError
+from graphkit.model import load_model
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = add_command(sub, "export", exporters_module)
+    p.add_argument(
+        "table", help="graphkit calibration table (JSON) or a TensorRT calibration cache"
+    )
+    p.add_argument("model", help="the float ONNX model the table was made for")
+    add_export_arguments(p, required=True)
+    return p
+
+
+def add_export_arguments(p: argparse.ArgumentParser, required: bool = False) -> None:
+    """The export options, shared with `graphkit calibrate --target ... --out-dir ...`."""
+    p.add_argument(
+        "--target",
+        required=required,
+        help="comma-separated: ncnn, tensorrt, atc, vacc, onnx (or all)",
+    )
+    p.add_argument(
+        "--out-dir", required=required, help="directory for the backend files and README.md"
+    )
+    if not any(a.dest == "data" for a in p._actions):
+        p.add_argument(
+            "--data",
+            help="input spec YAML: calibrates the converted ncnn model, writes the vacc .npz "
+            "set and gives ATC gears their aspect ratios",
+        )
+    if not any(a.dest == "keep_float" for a in p._actions):
+        p.add_argument(
+            "--keep-float", nargs="+", default=[], metavar="NODE", help="layers kept in float"
+        )
+    p.add_argument("--trt-version", default="10.13.0", help="TensorRT version of the cache header")
+    p.add_argument(
+        "--export-limit",
+        type=int,
+        default=64,
+        help="samples used by the ncnn calibration and the vacc set (default 64)",
+    )
+    p.add_argument(
+        "--ncnn-8bit-3x3",
+        action="store_true",
+        help="127/absmax weights for 3x3 s1 convs too (ncnn2table uses 31/absmax for Winograd)",
+    )
+    p.add_argument("--gears", type=int, default=8, help="ATC gear count for variable-size inputs")
+
+
+def export_from_args(args: argparse.Namespace, table, model, model_name: str = "model") -> list:
+    """Run export_all with the parsed options (used by export and calibrate)."""
+    if not args.target or not args.out_dir:
+        raise GraphkitError("exporting needs both --target and --out-dir")
+    samples = None
+    sizes = None
+    spec_arg = getattr(args, "data", None)
+    if spec_arg:
+        from graphkit.data import iter_samples, load_input_spec
+
+        spec = load_input_spec(spec_arg) if isinstance(spec_arg, (str, Path)) else spec_arg
+        limit = args.export_limit
+
+        def samples():
+            return (s.feeds for s in itertools.islice(iter_samples(spec), limit))
+
+        sizes = image_sizes(spec, limit)
+    return exporters_module.export_all(
+        table,
+        model,
+        args.target,
+        args.out_dir,
+        keep_float=args.keep_float,
+        samples=samples,
+        image_sizes=sizes,
+        trt_version=args.trt_version,
+        winograd_6bit=not args.ncnn_8bit_3x3,
+        gear_count=args.gears,
+        threads=max(1, os.cpu_count() or 1),
+        model_name=model_name,
+    )
+
+
+def image_sizes(spec, limit: int) -> list[tuple[int, int]]:
+    """(h, w) of the spec's images, read from file headers only."""
+    from PIL import Image
+
+    from graphkit.data.sources import select_items
+
+    out = []
+    for item in itertools.islice(select_items(spec), limit):
+        try:
+            with Image.open(item.path) as im:
+                out.append((im.height, im.width))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    model = load_model(args.model)
+    table = exporters_module.load_table(args.table, model)
+    if args.export_limit < 1:
+        raise GraphkitError("--export-limit must be at least 1")
+    files = export_from_args(args, table, model, Path(args.model).stem)
+    for f in files:
+        console.print(f"  {f.path}  [dim]{f.what}[/]")
+    console.print(f"[green]wrote {len(files)} files and README.md to {args.out_dir}[/]")
+    return 0

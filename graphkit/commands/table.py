@@ -1,0 +1,67 @@
+"""`graphkit table show TABLE.json`: print a calibration table readably."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.table import Table
+
+from graphkit.commands._common import console
+from graphkit.quant.table import CalibrationTable
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("table", help="inspect calibration tables")
+    tsub = p.add_subparsers(dest="table_command", metavar="ACTION", required=True)
+    show = tsub.add_parser("show", help="print a calibration table (activations and weights)")
+    show.add_argument("table", help="graphkit calibration table (JSON)")
+    show.add_argument(
+        "--weights", action="store_true", help="also list every weight's channel range"
+    )
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    table = CalibrationTable.load(args.table)
+    settings = ", ".join(f"{k}={v}" for k, v in table.settings.items()) or "defaults"
+    console.print(
+        f"[bold]{args.table}[/]  method {table.method} ({settings}); model {table.model_path or '?'} "
+        f"hash {table.model_hash}; data {table.data_source or '?'}, {table.num_samples} samples"
+    )
+    if table.keep_float:
+        console.print(f"kept float: {', '.join(table.keep_float)}")
+    acts = Table(
+        "activation", "amax", "scale", "min", "max", "clipped", "consumers", title="activations"
+    )
+    for name, e in table.activations.items():
+        observed = max(abs(e.min or 0.0), abs(e.max or 0.0))
+        clipped = f"{100 * (1 - e.amax / observed):.1f}%" if observed > e.amax else "-"
+        cons = ", ".join(f"{op} {n}" for op, n in e.consumers) or "-"
+        acts.add_row(
+            name, f"{e.amax:.6g}", f"{e.scale:.6g}", _num(e.min), _num(e.max), clipped, cons
+        )
+    console.print(acts)
+    weights = Table(title="weights", title_justify="left")
+    weights.add_column("weight", overflow="fold", ratio=3)
+    weights.add_column("layer", overflow="fold", ratio=2)
+    for col in ("axis", "channels", "amax min", "amax max"):
+        weights.add_column(col, justify="right", no_wrap=True)
+    for name, w in table.weights.items():
+        weights.add_row(
+            name,
+            f"{w.op_type} {w.node}",
+            str(w.axis) if w.axis >= 0 else "tensor",
+            str(len(w.amax)),
+            f"{min(w.amax):.4g}",
+            f"{max(w.amax):.4g}",
+        )
+        if args.weights:
+            weights.add_row(
+                "  per channel: " + " ".join(f"{a:.4g}" for a in w.amax), "", "", "", "", ""
+            )
+    console.print(weights)
+    return 0
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.6g}"

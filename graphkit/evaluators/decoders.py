@@ -1,0 +1,386 @@
+"""Turn a pose network's raw outputs into keypoints in model-input pixels.
+
+Every decoder returns a list of `Instance` (one for top-down models, any number for
+bottom-up ones) with COCO-17 keypoints (x, y, score) in the model input's pixel frame;
+the caller maps them back to the image with the crop's affine. Joints a model does not
+predict are zero and flagged False in `Decoder.predicted`, so the evaluator can mark them
+unlabeled in the ground truth instead of scoring them as misses.
+
+The `decode:` section of a model config picks a decoder:
+
+    {type: heatmap, output: NAME, layout: NCHW}                # mmpose, 1/4 resolution
+    {type: heatmap-fullres, output: NAME, layout: NHWC, joint_map: {2: 6, ...}}
+    {type: heatmap-offset, heatmap: NAME, offset: NAME, stride: 16, layout: NHWC}
+    {type: regression-yx, output: NAME}                        # movenet (y, x, score)
+    {type: associative-embedding, output: NAME, layout: NCHW}  # HRNet AE, bottom-up
+
+Common keys: `joint_map` (model joint index -> COCO-17 index; default identity for 17
+joints), `score_threshold` (keypoint scores counted in the instance score, 0.2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from graphkit.errors import GraphkitError
+
+NUM_COCO = 17
+# COCO-17 joint names, in the standard order.
+COCO_JOINTS = [
+    "nose",
+    "left_eye",
+    "right_eye",
+    "left_ear",
+    "right_ear",
+    "left_shoulder",
+    "right_shoulder",
+    "left_elbow",
+    "right_elbow",
+    "left_wrist",
+    "right_wrist",
+    "left_hip",
+    "right_hip",
+    "left_knee",
+    "right_knee",
+    "left_ankle",
+    "right_ankle",
+]
+# mmpose's associative-embedding grouping order: head and torso first, then the limbs,
+# so a person's tag is anchored by reliable joints before the hard ones join.
+AE_JOINT_ORDER = (0, 1, 2, 3, 4, 5, 6, 11, 12, 7, 8, 9, 10, 13, 14, 15, 16)
+
+
+@dataclass
+class Instance:
+    """One person: keypoints (17, 3) as x, y, score in model-input pixels, and a score."""
+
+    keypoints: np.ndarray
+    score: float
+
+
+# ---------------------------------------------------------------------------- primitives
+
+
+def to_nhwc(x: np.ndarray, layout: str) -> np.ndarray:
+    """Drop the batch axis and return (H, W, C) whatever the model's layout."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 4:
+        if x.shape[0] != 1:
+            raise GraphkitError(f"decoders take batch 1, got an output of shape {x.shape}")
+        x = x[0]
+    if x.ndim != 3:
+        raise GraphkitError(f"expected a 3-D or 4-D heatmap output, got shape {x.shape}")
+    layout = layout.upper()
+    if layout == "NCHW":
+        return np.ascontiguousarray(x.transpose(1, 2, 0))
+    if layout == "NHWC":
+        return x
+    raise GraphkitError(f"decode layout must be NCHW or NHWC, not '{layout}'")
+
+
+def heatmap_argmax(hm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-channel argmax of an (H, W, K) map: integer x, y and the peak value, each (K,)."""
+    h, w, k = hm.shape
+    flat = hm.reshape(h * w, k)
+    idx = flat.argmax(axis=0)
+    return (idx % w).astype(np.int64), (idx // w).astype(np.int64), flat[idx, np.arange(k)]
+
+
+def quarter_shift(hm: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """mmpose's refinement: move a quarter cell toward the higher neighbour on each axis."""
+    h, w, _ = hm.shape
+    fx, fy = xs.astype(np.float64), ys.astype(np.float64)
+    for j, (x, y) in enumerate(zip(xs, ys)):
+        if 0 < x < w - 1:
+            fx[j] += 0.25 * np.sign(hm[y, x + 1, j] - hm[y, x - 1, j])
+        if 0 < y < h - 1:
+            fy[j] += 0.25 * np.sign(hm[y + 1, x, j] - hm[y - 1, x, j])
+    return fx, fy
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+
+
+def instance_score(scores: np.ndarray, threshold: float) -> float:
+    """mmpose's rescoring: mean of the keypoint scores above the threshold (0 if none)."""
+    keep = scores[scores > threshold]
+    return float(keep.mean()) if keep.size else 0.0
+
+
+# ------------------------------------------------------------------------------ decoders
+
+
+@dataclass
+class Decoder:
+    """A configured decoder: call it with the model outputs and the input size (H, W)."""
+
+    type: str
+    fn: Callable[[dict[str, np.ndarray], tuple[int, int]], list[np.ndarray]]
+    outputs: list[str]
+    num_joints: int
+    joint_map: dict[int, int]
+    score_threshold: float = 0.2
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def predicted(self) -> np.ndarray:
+        """(17,) bool: COCO joints this model predicts."""
+        mask = np.zeros(NUM_COCO, dtype=bool)
+        mask[list(self.joint_map.values())] = True
+        return mask
+
+    def to_coco(self, joints: np.ndarray) -> np.ndarray:
+        """Model joints (K, 3) -> COCO-17 (17, 3); joints the model lacks stay zero."""
+        out = np.zeros((NUM_COCO, 3), dtype=np.float64)
+        for m, c in self.joint_map.items():
+            out[c] = joints[m]
+        return out
+
+    def __call__(
+        self, outputs: dict[str, np.ndarray], input_size: tuple[int, int]
+    ) -> list[Instance]:
+        missing = [n for n in self.outputs if n not in outputs]
+        if missing:
+            raise GraphkitError(
+                f"the model has no output '{missing[0]}' that the decode section names "
+                f"(outputs: {', '.join(outputs)})"
+            )
+        people = self.fn(outputs, input_size)
+        result = []
+        for joints in people:
+            if joints.shape[0] != self.num_joints:
+                raise GraphkitError(
+                    f"the {self.type} decoder found {joints.shape[0]} joints but the config "
+                    f"says {self.num_joints}; check the output name and layout"
+                )
+            kp = self.to_coco(joints)
+            result.append(Instance(kp, instance_score(kp[self.predicted, 2], self.score_threshold)))
+        return result
+
+
+def decode_heatmap(
+    hm: np.ndarray, input_size: tuple[int, int], layout: str = "NCHW", refine: bool = True
+) -> np.ndarray:
+    """Heatmaps at any resolution -> (K, 3) x, y, peak in input pixels.
+
+    mmpose convention: heatmap cell (x, y) sits at input pixel (x, y) * input/heatmap size;
+    with `refine`, the peak moves a quarter cell toward its higher neighbour first.
+    """
+    maps = to_nhwc(hm, layout)
+    xs, ys, vals = heatmap_argmax(maps)
+    fx, fy = quarter_shift(maps, xs, ys) if refine else (xs.astype(float), ys.astype(float))
+    h, w, _ = maps.shape
+    sx, sy = input_size[1] / w, input_size[0] / h
+    return np.stack([fx * sx, fy * sy, vals.astype(np.float64)], axis=1)
+
+
+def decode_heatmap_offset(
+    heatmap: np.ndarray, offset: np.ndarray, stride: float, layout: str = "NHWC"
+) -> np.ndarray:
+    """PoseNet single pose: argmax cell, position = cell * stride + offset, score = sigmoid.
+
+    The offset map holds K y-offsets then K x-offsets, in input pixels.
+    """
+    hm = to_nhwc(heatmap, layout)
+    off = to_nhwc(offset, layout)
+    k = hm.shape[2]
+    if off.shape[2] != 2 * k or off.shape[:2] != hm.shape[:2]:
+        raise GraphkitError(
+            f"the offset output has shape {off.shape} but the heatmap {hm.shape} needs "
+            f"{2 * k} channels on the same grid"
+        )
+    xs, ys, logits = heatmap_argmax(hm)
+    j = np.arange(k)
+    py = ys * stride + off[ys, xs, j]
+    px = xs * stride + off[ys, xs, j + k]
+    return np.stack([px, py, sigmoid(logits)], axis=1)
+
+
+def decode_regression_yx(out: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
+    """MoveNet: (..., K, 3) rows of (y, x, score) normalized to [0, 1] of the input.
+
+    Normalized coordinates span the input's continuous extent [0, W]; the crop affine maps
+    pixel indices (pixel centres), so x_index = x * W - 0.5.
+    """
+    a = np.asarray(out, dtype=np.float64)
+    if a.shape[-1] != 3:
+        raise GraphkitError(f"regression output must end in (y, x, score), got shape {a.shape}")
+    a = a.reshape(-1, 3)
+    h, w = input_size
+    return np.stack([a[:, 1] * w - 0.5, a[:, 0] * h - 0.5, a[:, 2]], axis=1)
+
+
+def heatmap_nms(hm: np.ndarray, kernel: int = 5) -> np.ndarray:
+    """Keep only local maxima of an (H, W, K) map (max-pool equality), zero elsewhere."""
+    pad = kernel // 2
+    padded = np.pad(hm, ((pad, pad), (pad, pad), (0, 0)), constant_values=-np.inf)
+    h, w, _ = hm.shape
+    pooled = np.full_like(hm, -np.inf)
+    for dy in range(kernel):
+        for dx in range(kernel):
+            np.maximum(pooled, padded[dy : dy + h, dx : dx + w], out=pooled)
+    return np.where(hm == pooled, hm, 0.0)
+
+
+def group_by_tag(
+    heatmaps: np.ndarray,
+    tags: np.ndarray,
+    max_people: int = 30,
+    detection_threshold: float = 0.1,
+    tag_threshold: float = 1.0,
+    nms_kernel: int = 5,
+    joint_order: tuple[int, ...] = AE_JOINT_ORDER,
+    refine: bool = True,
+) -> list[np.ndarray]:
+    """Associative embedding: per-joint NMS and top-k, then greedy matching by tag.
+
+    Joints are visited in `joint_order`; each candidate above the detection threshold
+    joins the person whose mean tag is nearest (closest pairs first, one candidate per
+    person) when that distance is under `tag_threshold`, otherwise starts a new person.
+    Returns (K, 3) arrays of x, y, score in heatmap cells.
+    """
+    h, w, k = heatmaps.shape
+    if tags.shape[:2] != (h, w) or tags.shape[2] % k:
+        raise GraphkitError(f"tag maps {tags.shape} do not match heatmaps {heatmaps.shape}")
+    dims = tags.shape[2] // k
+    tag_of = tags.reshape(h, w, dims, k) if dims > 1 else tags[:, :, None, :]
+    peaks = heatmap_nms(heatmaps, nms_kernel)
+    flat = peaks.reshape(h * w, k)
+    topn = min(max_people, h * w)
+    persons: list[dict[str, Any]] = []
+    for j in joint_order:
+        order = np.argsort(-flat[:, j], kind="stable")[:topn]
+        cands = [(int(i), float(flat[i, j])) for i in order if flat[i, j] > detection_threshold]
+        if not cands:
+            continue
+        ctags = np.array([tag_of[i // w, i % w, :, j] for i, _ in cands])
+        pairs = []
+        for ci, ct in enumerate(ctags):
+            for pi, p in enumerate(persons):
+                dist = float(np.linalg.norm(ct - np.mean(p["tags"], axis=0)))
+                if dist < tag_threshold and p["joints"][j, 2] == 0:
+                    pairs.append((dist, ci, pi))
+        used_c, used_p = set(), set()
+        for dist, ci, pi in sorted(pairs):
+            if ci in used_c or pi in used_p:
+                continue
+            used_c.add(ci)
+            used_p.add(pi)
+            idx, val = cands[ci]
+            persons[pi]["joints"][j] = (idx % w, idx // w, val)
+            persons[pi]["tags"].append(ctags[ci])
+        for ci, (idx, val) in enumerate(cands):
+            if ci in used_c:
+                continue
+            joints = np.zeros((k, 3))
+            joints[j] = (idx % w, idx // w, val)
+            persons.append({"joints": joints, "tags": [ctags[ci]]})
+    result = []
+    for p in persons:
+        joints = p["joints"]
+        if refine:
+            found = joints[:, 2] > 0
+            xs, ys = joints[found, 0].astype(int), joints[found, 1].astype(int)
+            sub = heatmaps[:, :, found]
+            fx, fy = quarter_shift(sub, xs, ys)
+            joints[found, 0], joints[found, 1] = fx, fy
+        result.append(joints)
+    return result
+
+
+# --------------------------------------------------------------------------- from config
+
+DEFAULT_LAYOUT = {
+    "heatmap": "NCHW",
+    "heatmap-fullres": "NHWC",
+    "heatmap-offset": "NHWC",
+    "associative-embedding": "NCHW",
+}
+TYPES = ("heatmap", "heatmap-fullres", "heatmap-offset", "regression-yx", "associative-embedding")
+
+
+def _require(cfg: dict[str, Any], key: str, kind: str) -> Any:
+    if key not in cfg:
+        raise GraphkitError(f"the decode section for type '{kind}' needs a '{key}' entry")
+    return cfg[key]
+
+
+def build_decoder(cfg: dict[str, Any] | None) -> Decoder:
+    """A Decoder from a model config's `decode:` section (schema in this module's docstring)."""
+    if not isinstance(cfg, dict) or "type" not in cfg:
+        raise GraphkitError("the model config needs a 'decode:' section with a 'type'")
+    kind = str(cfg["type"])
+    if kind not in TYPES:
+        raise GraphkitError(f"unknown decode type '{kind}'; choose one of {', '.join(TYPES)}")
+    layout = str(cfg.get("layout", DEFAULT_LAYOUT.get(kind, "NHWC")))
+    threshold = float(cfg.get("score_threshold", 0.2))
+    raw_map = cfg.get("joint_map")
+    num_joints = int(cfg.get("num_joints", 17 if raw_map is None else 0))
+    if raw_map is None:
+        joint_map = {i: i for i in range(num_joints)}
+    else:
+        try:
+            joint_map = {int(m): int(c) for m, c in dict(raw_map).items()}
+        except (TypeError, ValueError):
+            raise GraphkitError(
+                "decode joint_map must map model joint indices to COCO indices"
+            ) from None
+        num_joints = num_joints or max(joint_map) + 1
+    bad = [c for c in joint_map.values() if not 0 <= c < NUM_COCO]
+    if bad or any(m >= num_joints or m < 0 for m in joint_map):
+        raise GraphkitError("decode joint_map has an index outside the model or COCO-17 joints")
+
+    if kind in ("heatmap", "heatmap-fullres"):
+        name = _require(cfg, "output", kind)
+        refine = bool(cfg.get("refine", kind == "heatmap"))
+
+        def fn(outs, size):
+            return [decode_heatmap(outs[name], size, layout, refine)]
+
+        names = [name]
+    elif kind == "heatmap-offset":
+        hname, oname = _require(cfg, "heatmap", kind), _require(cfg, "offset", kind)
+        stride = float(_require(cfg, "stride", kind))
+
+        def fn(outs, size):
+            return [decode_heatmap_offset(outs[hname], outs[oname], stride, layout)]
+
+        names = [hname, oname]
+    elif kind == "regression-yx":
+        name = _require(cfg, "output", kind)
+
+        def fn(outs, size):
+            return [decode_regression_yx(outs[name], size)]
+
+        names = [name]
+    else:
+        name = _require(cfg, "output", kind)
+        opts = {
+            "max_people": int(cfg.get("max_people", 30)),
+            "detection_threshold": float(cfg.get("detection_threshold", 0.1)),
+            "tag_threshold": float(cfg.get("tag_threshold", 1.0)),
+            "nms_kernel": int(cfg.get("nms_kernel", 5)),
+        }
+
+        def fn(outs, size):
+            maps = to_nhwc(outs[name], layout)
+            h, w, c = maps.shape
+            if c < 2 * num_joints:
+                raise GraphkitError(
+                    f"an associative-embedding output needs {2 * num_joints} channels "
+                    f"(heatmaps then tags), got {c}"
+                )
+            people = group_by_tag(maps[:, :, :num_joints], maps[:, :, num_joints:], **opts)
+            sx, sy = size[1] / w, size[0] / h
+            for p in people:
+                p[:, 0] *= sx
+                p[:, 1] *= sy
+            return people
+
+        names = [name]
+    return Decoder(kind, fn, names, num_joints, joint_map, threshold, dict(cfg))

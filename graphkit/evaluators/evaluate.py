@@ -1,0 +1,275 @@
+"""COCO keypoint AP of a pose model on any backend (onnxruntime or ncnn), top-down.
+
+Each person box (from the ground truth, or from a detection results file) is cropped as
+the model config's input spec says, run, decoded by its `decode:` section, mapped back to
+the image through the crop's affine and scored the mmpose way. pycocotools gives AP on the
+ground truth with the joints the model does not predict marked unlabeled. `workers`
+splits the samples over processes; results are re-assembled in sample order, so the
+outcome is identical to a single process.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from graphkit.data import (
+    InputSpec,
+    apply_affine,
+    count_samples,
+    iter_samples,
+    load_input_spec,
+    shard,
+)
+from graphkit.errors import GraphkitError
+from graphkit.evaluators.coco import (
+    keypoint_ap,
+    load_annotations,
+    make_result,
+    mask_unpredicted,
+    oks_nms,
+)
+from graphkit.evaluators.decoders import Decoder, build_decoder
+from graphkit.evaluators.executors import open_executor
+
+
+def prepare_spec(
+    config: str | os.PathLike | InputSpec,
+    ann: str | None = None,
+    images: str | None = None,
+    dets: str | None = None,
+    limit: int | None = None,
+) -> InputSpec:
+    """The model config with the evaluation data swapped in (only what is given)."""
+    spec = config if isinstance(config, InputSpec) else load_input_spec(config)
+    overrides: dict[str, Any] = {}
+    if ann is not None:
+        overrides["ann"] = ann
+    if images is not None:
+        overrides["images"] = images
+    if dets is not None:
+        overrides["dets"] = dets
+    if limit is not None:
+        overrides["limit"] = limit
+    if overrides:
+        spec = spec.with_source(**overrides)
+    if spec.source.type not in ("coco-topdown", "images"):
+        raise GraphkitError(
+            f"evaluation needs a coco-topdown (or images) source, the config has {spec.source.type}"
+        )
+    if spec.source.ann is None:
+        raise GraphkitError("evaluation needs COCO keypoint annotations (--ann)")
+    return spec
+
+
+def check_model_matches(executor, spec: InputSpec, decoder: Decoder) -> None:
+    """One sentence when the model config does not describe this model."""
+    if executor.kind == "onnx":
+        from graphkit.data import check_against_model
+
+        check_against_model(spec, executor.model)
+    outputs = executor.outputs()
+    missing = [n for n in decoder.outputs if n not in outputs]
+    if missing and executor.kind == "onnx":
+        raise GraphkitError(
+            f"the model config decodes output '{missing[0]}' but the model's outputs are "
+            f"{', '.join(outputs)}"
+        )
+
+
+def output_blobs(executor, decoder: Decoder) -> dict[str, str]:
+    """Decoder output name -> the executor's tensor name (ncnn renames outputs out0, ...).
+
+    ncnn models use the decode section's `ncnn_outputs: {ONNX name: ncnn blob}`, or the
+    only output when the decoder reads one.
+    """
+    if executor.kind == "onnx":
+        return {n: n for n in decoder.outputs}
+    outs = executor.outputs()
+    mapping = decoder.options.get("ncnn_outputs") or {}
+    result = {}
+    for n in decoder.outputs:
+        if n in mapping:
+            result[n] = str(mapping[n])
+        elif n in outs:
+            result[n] = n
+        elif len(decoder.outputs) == 1 and len(outs) == 1:
+            result[n] = outs[0]
+        else:
+            raise GraphkitError(
+                f"the ncnn model has no output '{n}' (its outputs: {', '.join(outs)}); add "
+                "decode.ncnn_outputs {ONNX output name: ncnn blob} to the model config"
+            )
+    known = {t for t in executor.tensor_info()} | set(outs)
+    bad = [b for b in result.values() if b not in known]
+    if bad:
+        raise GraphkitError(f"decode.ncnn_outputs names blob '{bad[0]}' that the ncnn model lacks")
+    return result
+
+
+def predict_shard(
+    model_path: str,
+    backend: str | None,
+    spec: InputSpec,
+    index: int = 0,
+    count: int = 1,
+    threads: int | None = None,
+    on_sample: Callable[[], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Predictions for part `index` of `count` of the samples (one process' share)."""
+    decoder = build_decoder(spec.decode)
+    executor = open_executor(model_path, backend, threads)
+    check_model_matches(executor, spec, decoder)
+    part = shard(spec, index, count) if count > 1 else spec
+    blobs = output_blobs(executor, decoder)
+    out = []
+    for sample in iter_samples(part):
+        meta = sample.meta
+        got = executor.run(sample.feeds, [blobs[n] for n in decoder.outputs])
+        raw = {n: got[blobs[n]] for n in decoder.outputs}
+        for k, inst in enumerate(decoder(raw, tuple(meta["input_size"]))):
+            kp = inst.keypoints.copy()
+            kp[:, :2] = apply_affine(kp[:, :2], meta["crop_to_image"])
+            kp[~decoder.predicted] = 0.0
+            out.append(
+                {
+                    "index": int(meta["index"]),
+                    "instance": k,
+                    "image_id": int(meta["image_id"]),
+                    "ann_id": meta.get("ann_id"),
+                    "box_score": float(meta.get("det_score") or 1.0),
+                    "keypoint_score": inst.score,
+                    "area": float(meta["area"]),
+                    "keypoints": kp.tolist(),
+                }
+            )
+        if on_sample is not None:
+            on_sample()
+    return out
+
+
+def evaluate(
+    model_path: str | os.PathLike,
+    config: str | os.PathLike | InputSpec,
+    ann: str | None = None,
+    images: str | None = None,
+    dets: str | None = None,
+    backend: str | None = None,
+    workers: int = 1,
+    limit: int | None = None,
+    results_path: str | os.PathLike | None = None,
+    nms: bool | None = None,
+    on_sample: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """COCO keypoint AP of MODEL on the annotated person boxes (or detections).
+
+    Returns {"stats": {AP, AP50, AP75, APm, APl, AR, AR50, ...}, "predictions": [...],
+    ...}; `results_path` also writes the COCO-format results. `nms` (OKS NMS per image,
+    threshold 0.9) defaults to on with detections and off with ground-truth boxes.
+    """
+    start = time.time()
+    spec = prepare_spec(config, ann, images, dets, limit)
+    gt = load_annotations(spec.source.ann)
+    decoder = build_decoder(spec.decode)
+    total = count_samples(spec)
+    workers = max(1, min(int(workers), total))
+    model_path = str(model_path)
+    if workers == 1:
+        preds = predict_shard(model_path, backend, spec, on_sample=on_sample)
+    else:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        ctx = mp.get_context("spawn")  # never fork a process holding runtime sessions
+        with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            futs = [
+                pool.submit(predict_shard, model_path, backend, spec, i, workers, threads)
+                for i in range(workers)
+            ]
+            preds = []
+            for f in cf.as_completed(futs):
+                part = f.result()
+                preds.extend(part)
+                if on_sample is not None:
+                    for _ in {p["index"] for p in part}:
+                        on_sample()
+    preds.sort(key=lambda p: (p["index"], p["instance"]))
+    use_nms = (spec.source.dets is not None or spec.source.type == "images") if nms is None else nms
+    known = {int(im["id"]) for im in gt["images"]}
+    stray = sorted({p["image_id"] for p in preds} - known)
+    if stray:
+        raise GraphkitError(
+            f"image id {stray[0]} is not in {spec.source.ann} (name images by COCO id, "
+            "e.g. 000000000785.jpg)"
+        )
+    results = coco_results(preds, decoder, use_nms)
+    evaluated = sorted({p["image_id"] for p in preds}) if spec.source.limit else None
+    stats = keypoint_ap(mask_unpredicted(gt, decoder.predicted), results, evaluated)
+    if results_path is not None:
+        import json
+
+        from graphkit.model import atomic_write_text
+
+        atomic_write_text(results_path, json.dumps(results))
+    return {
+        "model": model_path,
+        "config": spec.origin,
+        "ann": spec.source.ann,
+        "images": spec.source.images,
+        "dets": spec.source.dets,
+        "backend": backend or ("ncnn" if model_path.endswith(".param") else "ort"),
+        "decode": decoder.type,
+        "predicted_joints": decoder.predicted.tolist(),
+        "samples": total,
+        "image_count": len({p["image_id"] for p in preds}),
+        "workers": workers,
+        "oks_nms": use_nms,
+        "stats": stats,
+        "seconds": round(time.time() - start, 2),
+        "predictions": preds,
+    }
+
+
+def coco_results(preds: list[dict[str, Any]], decoder: Decoder, nms: bool) -> list[dict[str, Any]]:
+    """COCO results from predictions: score = mean keypoint score above the decoder's
+    threshold times the box score; optional OKS NMS per image."""
+    for p in preds:
+        p["score"] = p["keypoint_score"] * p["box_score"]
+    if nms:
+        by_image: dict[int, list[dict[str, Any]]] = {}
+        for p in preds:
+            by_image.setdefault(p["image_id"], []).append(p)
+        kept = []
+        for group in by_image.values():
+            inst = [{**p, "keypoints": np.asarray(p["keypoints"])} for p in group]
+            kept.extend(group[i] for i in oks_nms(inst))
+        preds = sorted(kept, key=lambda p: (p["index"], p["instance"]))
+    return [make_result(p["image_id"], np.asarray(p["keypoints"]), p["score"]) for p in preds]
+
+
+def agreement_of(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """Mean OKS between two evaluate() results of the same data (FP32 vs int8)."""
+    from graphkit.evaluators.coco import agreement
+
+    pa = {(p["index"], p["instance"]): p for p in a["predictions"]}
+    pb = {(p["index"], p["instance"]): p for p in b["predictions"]}
+    keys = sorted(set(pa) & set(pb))
+    if not keys or len(keys) != len(pa):
+        raise GraphkitError("the two evaluations did not run on the same samples")
+    joints = np.asarray(a["predicted_joints"], bool) & np.asarray(b["predicted_joints"], bool)
+    return agreement(
+        [pa[k]["keypoints"] for k in keys],
+        [pb[k]["keypoints"] for k in keys],
+        [pa[k]["area"] for k in keys],
+        joints,
+    )
+
+
+def default_results_path(json_path: str | os.PathLike) -> Path:
+    p = Path(json_path)
+    return p.with_name(p.stem + ".results.json")

@@ -1,0 +1,142 @@
+"""Uniform "run this input, give me these tensors" over onnxruntime and ncnn.
+
+The diff and the evaluator only need three things from a backend: the tensors it can
+expose (with layer type and whether the layer is quantized), its output names, and a run
+that returns the requested tensors. Sessions are built once and reused for every image.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from graphkit.errors import GraphkitError
+from graphkit.evaluators.graphinfo import TensorInfo, float_tensors, graph_outputs
+from graphkit.model import load_model
+from graphkit.runtime import ort as ort_rt
+
+
+class OnnxExecutor:
+    """An ONNX model in onnxruntime (CPU). Q/DQ models run as onnxruntime runs them."""
+
+    kind = "onnx"
+
+    def __init__(self, model: str | Path | onnx.ModelProto, threads: int | None = None):
+        self.path = str(model) if not isinstance(model, onnx.ModelProto) else "<in-memory>"
+        self.model = load_model(model) if not isinstance(model, onnx.ModelProto) else model
+        self.threads = threads
+        self._info: dict[str, TensorInfo] | None = None
+        self._sessions: dict[tuple[str, ...], Any] = {}
+
+    @property
+    def label(self) -> str:
+        return self.path
+
+    def tensor_info(self) -> dict[str, TensorInfo]:
+        if self._info is None:
+            self._info = float_tensors(self.model)
+        return self._info
+
+    def outputs(self) -> list[str]:
+        return graph_outputs(self.model)
+
+    def inputs(self) -> list[str]:
+        return ort_rt.graph_input_names(self.model)
+
+    def _session(self, names: tuple[str, ...]):
+        sess = self._sessions.get(names)
+        if sess is None:
+            if list(names) == self.outputs():
+                sess = ort_rt.make_session(self.model, threads=self.threads)
+            else:
+                # Keep intermediate names intact: no fusion may swallow a requested tensor.
+                target = ort_rt.with_outputs(self.model, list(names))
+                sess = ort_rt.make_session(target, threads=self.threads, optimize=False)
+            self._sessions[names] = sess
+        return sess
+
+    def drop_sessions(self, keep: tuple[str, ...] = ()) -> None:
+        """Free cached sessions except the one for `keep` (per-layer mode makes many)."""
+        self._sessions = {k: v for k, v in self._sessions.items() if k == keep}
+
+    def run(
+        self, feeds: dict[str, np.ndarray], names: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        names_t = tuple(names) if names is not None else tuple(self.outputs())
+        sess = self._session(names_t)
+        try:
+            values = sess.run(list(names_t), feeds)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise GraphkitError(f"onnxruntime failed to run {self.label}: {msg}") from None
+        return dict(zip(names_t, values))
+
+
+class NcnnExecutor:
+    """An ncnn param/bin pair (fp32 or int8) run by graphkit.runtime.ncnn.
+
+    Blobs are named by the param file; a blob counts as quantized when the layer producing
+    it has an int8 scale term (Convolution, ConvolutionDepthWise, InnerProduct).
+    """
+
+    kind = "ncnn"
+
+    def __init__(self, param: str | Path, threads: int | None = None):
+        from graphkit.runtime import ncnn as ncnn_rt
+
+        self.path = str(param)
+        self.param = ncnn_rt.read_param(param)
+        int8 = any(lay.get(8) for lay in self.param.layers)
+        self.net = ncnn_rt.NcnnNet(
+            param, Path(param).with_suffix(".bin"), int8=int8, threads=threads or 1
+        )
+
+    @property
+    def label(self) -> str:
+        return self.path
+
+    def tensor_info(self) -> dict[str, TensorInfo]:
+        info = {}
+        for i, lay in enumerate(self.param.layers):
+            if lay.type in ("Input", "MemoryData"):
+                continue
+            for top in lay.tops:
+                info[top] = TensorInfo(top, lay.name, lay.type, i, bool(lay.get(8)))
+        return info
+
+    def outputs(self) -> list[str]:
+        return list(self.net.outputs)
+
+    def inputs(self) -> list[str]:
+        return list(self.net.inputs)
+
+    def run(
+        self, feeds: dict[str, np.ndarray], names: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        if set(feeds) != set(self.inputs()) and len(feeds) == len(self.inputs()) == 1:
+            feeds = {self.inputs()[0]: next(iter(feeds.values()))}
+        return self.net.run(feeds, names or self.outputs())
+
+
+def open_executor(path: str | Path, backend: str | None = None, threads: int | None = None):
+    """An executor for an ONNX file or an ncnn .param (backend picked from the suffix)."""
+    p = Path(path)
+    if not p.exists():
+        raise GraphkitError(f"model file {p} does not exist")
+    kind = backend or ("ncnn" if p.suffix == ".param" else "ort")
+    if kind == "ncnn":
+        if p.suffix != ".param":
+            raise GraphkitError(
+                f"the ncnn backend needs a .param file (with its .bin beside), got {p}"
+            )
+        if not p.with_suffix(".bin").exists():
+            raise GraphkitError(f"{p} has no {p.with_suffix('.bin').name} beside it")
+        return NcnnExecutor(p, threads)
+    if kind != "ort":
+        raise GraphkitError(f"unknown backend '{kind}'; use ort or ncnn")
+    if p.suffix == ".param":
+        raise GraphkitError(f"{p} is an ncnn model; run it with --backend ncnn")
+    return OnnxExecutor(p, threads)

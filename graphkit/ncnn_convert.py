@@ -1,0 +1,201 @@
+"""ONNX -> ncnn with the `pnnx` binary, made reproducible and checked.
+
+pnnx refuses ONNX IR > 13, writes many side files next to its input and keeps dynamic
+shape arithmetic (tf2onnx's Shape/Slice/Pad chains) that ncnn cannot run. So: fold the
+model with onnxsim at the fixed input shape, save it with IR <= 13 into a scratch
+directory, run pnnx there (fp32 weights, `fp16=0`, so weights are exact for calibration),
+and keep only the .param/.bin. pnnx names blobs itself: graph inputs become in0, in1, ...
+and graph outputs out0, out1, ... in ONNX order, which is how results are mapped back.
+NHWC inputs (tf2onnx exports) work: pnnx inserts a Permute after the input.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from graphkit.errors import GraphkitError
+from graphkit.model import save_model
+
+PNNX_MAX_IR = 13
+_DTYPES = {
+    onnx.TensorProto.FLOAT: "f32",
+    onnx.TensorProto.INT32: "i32",
+    onnx.TensorProto.INT64: "i64",
+}
+
+
+@dataclass
+class NcnnModel:
+    param: Path
+    bin: Path
+    inputs: dict[str, str]  # ONNX input name -> ncnn blob
+    outputs: dict[str, str]  # ONNX output name -> ncnn blob
+    input_shapes: dict[str, list[int]]
+
+
+def pnnx_binary() -> str:
+    """The pnnx executable: on PATH, or inside the pnnx Python package."""
+    found = shutil.which("pnnx")
+    if found:
+        return found
+    try:
+        import pnnx  # type: ignore
+
+        cand = Path(pnnx.__file__).parent / "pnnx"
+        if cand.exists():
+            return str(cand)
+    except ImportError:
+        pass
+    raise GraphkitError("the pnnx converter is not installed (pip install pnnx)")
+
+
+def fixed_inputs(
+    model: onnx.ModelProto, shapes: dict[str, list[int]] | None = None
+) -> dict[str, list[int]]:
+    inits = {i.name for i in model.graph.initializer}
+    out = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        dims = [
+            d.dim_value if d.HasField("dim_value") else 0 for d in vi.type.tensor_type.shape.dim
+        ]
+        if shapes and vi.name in shapes:
+            dims = list(shapes[vi.name])
+        if dims and dims[0] <= 0:
+            dims[0] = 1
+        if any(d <= 0 for d in dims):
+            raise GraphkitError(
+                f"input '{vi.name}' has a variable size {dims}; give a fixed shape for the ncnn conversion"
+            )
+        out[vi.name] = dims
+    return out
+
+
+def simplify(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> onnx.ModelProto:
+    """Constant-fold shape arithmetic at the fixed input shape (what lets ncnn run it)."""
+    if not any(n.op_type in ("Shape", "Size") for n in model.graph.node):
+        return model  # nothing to fold; onnxsim's import alone costs seconds
+    try:
+        import onnxsim
+    except ImportError:  # pragma: no cover - onnxsim is a dependency
+        return model
+    try:
+        simplified, ok = onnxsim.simplify(model, overwrite_input_shapes=shapes)
+    except Exception:  # noqa: BLE001 - onnxsim failing just means: convert unsimplified
+        return model
+    return simplified if ok else model
+
+
+def convert(
+    model: onnx.ModelProto,
+    out_dir: str | Path,
+    name: str = "model",
+    shapes: dict[str, list[int]] | None = None,
+    timeout: float = 600,
+) -> NcnnModel:
+    """Write `<out_dir>/<name>.ncnn.param/.bin` converted by pnnx; returns the name maps."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    shapes = fixed_inputs(model, shapes)
+    model = simplify(model, shapes)
+    inits = {i.name for i in model.graph.initializer}
+    vis = [vi for vi in model.graph.input if vi.name not in inits]
+    specs = []
+    for vi in vis:
+        dtype = _DTYPES.get(vi.type.tensor_type.elem_type)
+        if dtype is None:
+            raise GraphkitError(f"input '{vi.name}' has a type pnnx cannot feed")
+        specs.append("[" + ",".join(str(d) for d in shapes[vi.name]) + "]" + dtype)
+    with tempfile.TemporaryDirectory(prefix="graphkit-pnnx-") as tmp:
+        src = Path(tmp) / "model.onnx"
+        save_model(model, src, ir_version=min(model.ir_version, PNNX_MAX_IR))
+        param, binf = Path(tmp) / "m.ncnn.param", Path(tmp) / "m.ncnn.bin"
+        cmd = [
+            pnnx_binary(),
+            str(src),
+            "inputshape=" + ",".join(specs),
+            "fp16=0",
+            f"ncnnparam={param}",
+            f"ncnnbin={binf}",
+            f"pnnxparam={tmp}/m.pnnx.param",
+            f"pnnxbin={tmp}/m.pnnx.bin",
+            f"pnnxpy={tmp}/m_pnnx.py",
+            f"pnnxonnx={tmp}/m.pnnx.onnx",
+            f"ncnnpy={tmp}/m_ncnn.py",
+        ]
+        try:
+            proc = subprocess.run(
+                cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout, check=False
+            )
+        except subprocess.TimeoutExpired:
+            raise GraphkitError(
+                f"pnnx did not finish converting the model within {timeout:.0f} s"
+            ) from None
+        if not param.exists() or not binf.exists():
+            tail = (proc.stderr or proc.stdout).strip().splitlines()
+            raise GraphkitError(
+                "pnnx could not convert the model to ncnn"
+                + (f" (it said: {tail[-1].strip()})" if tail else "")
+            )
+        dst_param, dst_bin = out / f"{name}.ncnn.param", out / f"{name}.ncnn.bin"
+        _place(binf, dst_bin)
+        _place(param, dst_param)
+    check_runnable(dst_param)
+    inputs = {vi.name: f"in{i}" for i, vi in enumerate(vis)}
+    outputs = {o.name: f"out{i}" for i, o in enumerate(model.graph.output)}
+    return NcnnModel(dst_param, dst_bin, inputs, outputs, shapes)
+
+
+def check_runnable(param_path: Path) -> None:
+    """Refuse a conversion that left layers ncnn does not have (pnnx keeps ops it could not
+    map, e.g. `Tensor.to` or `pnnx.Expression`, as unknown layer types)."""
+    from graphkit.runtime.ncnn import _ncnn, read_param
+
+    ncnn = _ncnn()
+    unknown = sorted(
+        {lay.type for lay in read_param(param_path).layers if ncnn.layer_to_index(lay.type) < 0}
+    )
+    if unknown:
+        param_path.unlink(missing_ok=True)
+        param_path.with_suffix(".bin").unlink(missing_ok=True)
+        raise GraphkitError(
+            f"pnnx left ops ncnn cannot run ({', '.join(unknown)}); simplify or cut the model "
+            "(e.g. remove in-graph post-processing) before exporting to ncnn"
+        )
+
+
+def _place(src: Path, dst: Path) -> None:
+    """Copy next to the destination, then rename: readers never see half a file."""
+    tmp = dst.with_name(f".graphkit-{dst.name}")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def check_conversion(
+    model: onnx.ModelProto, nm: NcnnModel, feeds: dict[str, np.ndarray]
+) -> dict[str, float]:
+    """Max |ncnn fp32 - onnxruntime| per output on one input (the conversion's check)."""
+    from graphkit.runtime.ncnn import NcnnNet
+    from graphkit.runtime.ort import run
+
+    ref = run(model, feeds)
+    net = NcnnNet(nm.param, nm.bin)
+    got = net.run({nm.inputs[k]: v for k, v in feeds.items()}, nm.outputs.values())
+    diffs = {}
+    for onnx_name, blob in nm.outputs.items():
+        r, g = ref[onnx_name], got[blob]
+        if r.size != g.size:
+            raise GraphkitError(
+                f"ncnn output {blob} has {g.size} values but ONNX output '{onnx_name}' has {r.size}"
+            )
+        diffs[onnx_name] = float(np.abs(g.reshape(r.shape) - r).max())
+    return diffs

@@ -1,0 +1,380 @@
+"""ncnn: the ncnn2table table and the int8 model ncnn2int8 would write, run for real.
+
+ONNX names do not survive pnnx, so the ncnn model is calibrated as ncnn2table does: run
+it with the ncnn bindings, observe the input blob of every Convolution /
+ConvolutionDepthWise / InnerProduct, and apply the table's method with the same
+observers and calibrators as the ONNX path. Without data, a layer takes the amax of its
+ONNX twin from the table; twins are found by their weights (pnnx copies them unchanged).
+
+Table lines (ncnn2table): first `<layer>_param_0 s0 s1 ...` per output channel (per group
+for depthwise) with s = 127 / absmax, or 31 / absmax for a 3x3 stride-1 dilation-1
+Convolution (ncnn's int8 Winograd F43 needs 6-bit weights); then `<layer> s` with
+s = 127 / threshold of the layer's input. int8 model (ncnn2int8): `8=2` (Convolution,
+InnerProduct) or `8=1` (depthwise) in the param; in the bin the weights tagged int8
+(round, clamp +-127, padded to 4 bytes), bias fp32, weight scales, the bottom scale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from graphkit.errors import GraphkitError
+from graphkit.quant.exporters._common import ExportedFile, ModelIndex, check_table, write_all
+from graphkit.quant.table import CalibrationTable
+from graphkit.runtime import ncnn as nc
+
+QUANT_TYPES = ("Convolution", "ConvolutionDepthWise", "InnerProduct")
+Samples = Callable[[], Iterable[dict[str, np.ndarray]]]
+
+
+@dataclass
+class NcnnTable:
+    """What ncnn2table writes: per-layer weight scales and input (bottom blob) scales."""
+
+    weights: dict[str, list[float]] = field(default_factory=dict)  # layer -> per channel
+    activations: dict[str, float] = field(default_factory=dict)  # layer -> input scale
+
+    def text(self) -> str:
+        for name in [*self.weights, *self.activations]:
+            if not name or any(c.isspace() for c in name) or "_param_" in name:
+                raise GraphkitError(
+                    f"layer name {name!r} cannot go in an ncnn table (spaces or '_param_' in it)"
+                )
+        lines = [f"{k}_param_0 " + " ".join(_f(s) for s in v) for k, v in self.weights.items()]
+        lines += [f"{k} {_f(s)}" for k, s in self.activations.items()]
+        return "".join(line + "\n" for line in lines)
+
+
+def _f(x: float) -> str:
+    return f"{x:.9g}"
+
+
+def parse_table(text: str) -> NcnnTable:
+    """ncnn2int8's reading: a key with `_param_` is a weight line, anything else a blob."""
+    t = NcnnTable()
+    for n, line in enumerate(text.splitlines(), start=1):
+        tok = line.split()
+        if not tok:
+            continue
+        try:
+            vals = [float(v) for v in tok[1:]]
+        except ValueError:
+            raise GraphkitError(f"ncnn table line {n} has a value that is not a number") from None
+        key = tok[0]
+        if "_param_" in key:
+            layer, _, idx = key.rpartition("_param_")
+            if idx == "0":
+                t.weights[layer] = vals
+        else:
+            t.activations[key] = vals[0]
+    return t
+
+
+def weight_scales(layer: nc.Layer, w: np.ndarray, winograd_6bit: bool = True) -> list[float]:
+    """127 / absmax per output channel (per group for depthwise); 31 / absmax for 3x3 s1 d1."""
+    groups = int(layer.get(7, 1)) if layer.type == "ConvolutionDepthWise" else int(layer.get(0))
+    absmax = np.abs(w.astype(np.float32)).reshape(groups, -1).max(axis=1)
+    qmax = 127.0
+    if winograd_6bit and layer.type == "Convolution":
+        k = (layer.get(1), layer.get(11, layer.get(1)))
+        d = (layer.get(2, 1), layer.get(12, layer.get(2, 1)))
+        s = (layer.get(3, 1), layer.get(13, layer.get(3, 1)))
+        if k == (3, 3) and d == (1, 1) and s == (1, 1):
+            qmax = 31.0
+    # an all-zero channel: any scale works, ncnn's 127/0 = inf would poison the bin
+    return [float(qmax / a) if a > 0 else 1.0 for a in absmax]
+
+
+def quantize_weights(w: np.ndarray, scales: list[float]) -> np.ndarray:
+    """ncnn's float2int8: round half away from zero, clamp to [-127, 127], per channel."""
+    rows = np.asarray(w, np.float32).reshape(len(scales), -1)
+    q = rows * np.asarray(scales, np.float32)[:, None]
+    q = np.sign(q) * np.floor(np.abs(q) + 0.5)
+    return np.clip(q, -127, 127).astype(np.int8).reshape(-1)
+
+
+def to_int8(
+    param: nc.Param, blobs: dict[str, list[nc.Blob]], table: NcnnTable
+) -> tuple[str, bytes]:
+    """The (param text, bin bytes) ncnn2int8 writes for `table`."""
+    out_blobs = {k: list(v) for k, v in blobs.items()}
+    layers = []
+    for layer in param.layers:
+        layer = nc.Layer(layer.type, layer.name, layer.bottoms, layer.tops, dict(layer.params))
+        layers.append(layer)
+        if layer.type not in QUANT_TYPES or layer.name not in table.activations:
+            continue
+        ws = table.weights.get(layer.name)
+        if ws is None:
+            raise GraphkitError(
+                f"layer {layer.name} has an input scale but no {layer.name}_param_0 line"
+            )
+        cur = {b.role: b for b in blobs[layer.name]}
+        if cur["weight"].data.dtype == np.int8:
+            raise GraphkitError(f"layer {layer.name} is already int8")
+        term = 1 if layer.type == "ConvolutionDepthWise" else 2
+        layer.params[8] = str(term)
+        new = [nc.Blob("weight", quantize_weights(cur["weight"].data, ws))]
+        if "bias" in cur:
+            new.append(cur["bias"])
+        new.append(nc.Blob("weight_scales", np.asarray(ws, np.float32)))
+        new.append(
+            nc.Blob("bottom_scales", np.asarray([table.activations[layer.name]], np.float32))
+        )
+        out_blobs[layer.name] = new
+    p = nc.Param(layers, param.blob_count)
+    return p.text(), nc.write_bin(p, out_blobs)
+
+
+def _weight_key(w: np.ndarray) -> str:
+    """Layout-independent fingerprint of a weight (pnnx may reshape, never changes values)."""
+    return hashlib.sha1(np.sort(np.asarray(w, np.float32).ravel()).tobytes()).hexdigest()
+
+
+def match_layers(
+    model: onnx.ModelProto, param: nc.Param, blobs: dict[str, list[nc.Blob]]
+) -> dict[str, onnx.NodeProto]:
+    """ncnn layer name -> the ONNX node whose weight it carries."""
+    idx = ModelIndex.of(model)
+    by_key: dict[str, onnx.NodeProto] = {}
+    for init in model.graph.initializer:
+        users = [
+            u for u in idx.consumers.get(init.name, []) if u.op_type in ("Conv", "Gemm", "MatMul")
+        ]
+        if len(users) == 1 and init.dims and np.prod(init.dims) > 1:
+            by_key[_weight_key(onnx.numpy_helper.to_array(init))] = users[0]
+    out = {}
+    for layer in param.layers:
+        if layer.type in QUANT_TYPES and layer.name in blobs:
+            w = blobs[layer.name][0].data
+            node = by_key.get(_weight_key(w))
+            if node is not None:
+                out[layer.name] = node
+    return out
+
+
+def _method_settings(method: str, settings: dict) -> tuple[Callable, dict]:
+    from graphkit.quant import calibrators
+
+    fn = calibrators.CALIBRATORS[calibrators.canonical_method(method)]
+    names = set(inspect.signature(fn).parameters) - {"stats"}
+    return fn, {k: v for k, v in settings.items() if k in names}
+
+
+def calibrate_ncnn(
+    net: nc.NcnnNet,
+    param: nc.Param,
+    layers: list[str],
+    samples: Iterable[dict[str, np.ndarray]],
+    method: str,
+    settings: dict | None = None,
+    input_map: dict[str, str] | None = None,
+) -> dict[str, float]:
+    """Input threshold (amax) of each named layer, observed on the ncnn model itself."""
+    from graphkit.quant.observers import collect_stats
+
+    bottoms = {name: param.layer(name).bottoms[0] for name in layers}
+    stats = collect_stats(nc.iter_blobs(net, samples, sorted(set(bottoms.values())), input_map))
+    if not stats:
+        raise GraphkitError("no calibration samples reached the ncnn model")
+    fn, kw = _method_settings(method, settings or {})
+    return {name: float(fn(stats[b], **kw)) for name, b in bottoms.items()}
+
+
+def compare(
+    fp32: nc.NcnnNet,
+    int8: nc.NcnnNet,
+    samples: Iterable[dict[str, np.ndarray]],
+    outputs: list[str],
+    layer_tops: list[str] = (),
+    input_map: dict[str, str] | None = None,
+) -> dict:
+    """Cosine of outputs (mean over samples, per output) and SQNR (dB) of quantized layers' outputs."""
+    cos: dict[str, list[float]] = {o: [] for o in outputs}
+    sig: dict[str, float] = {t: 0.0 for t in layer_tops}
+    err: dict[str, float] = {t: 0.0 for t in layer_tops}
+    n = 0
+    names = list(outputs) + list(layer_tops)
+    for feeds in samples:
+        feeds = {input_map.get(k, k): v for k, v in feeds.items()} if input_map else feeds
+        a, b = fp32.run(feeds, names), int8.run(feeds, names)
+        for o in outputs:
+            x, y = a[o].ravel().astype(np.float64), b[o].ravel().astype(np.float64)
+            den = np.linalg.norm(x) * np.linalg.norm(y)
+            cos[o].append(float(x @ y / den) if den > 0 else float(np.array_equal(x, y)))
+        for t in layer_tops:
+            x, y = a[t].astype(np.float64), b[t].astype(np.float64)
+            sig[t] += float((x * x).sum())
+            err[t] += float(((x - y) ** 2).sum())
+        n += 1
+    sqnr = {
+        t: (10 * math.log10(sig[t] / err[t]) if err[t] > 0 else math.inf) if sig[t] > 0 else 0.0
+        for t in layer_tops
+    }
+    return {"samples": n, "cosine": {o: float(np.mean(v)) for o, v in cos.items()}, "sqnr_db": sqnr}
+
+
+def build_table(
+    table: CalibrationTable,
+    model: onnx.ModelProto,
+    param: nc.Param,
+    blobs: dict[str, list[nc.Blob]],
+    *,
+    keep_float=(),
+    net: nc.NcnnNet | None = None,
+    samples: Iterable[dict[str, np.ndarray]] | None = None,
+    input_map: dict[str, str] | None = None,
+    winograd_6bit: bool = True,
+) -> tuple[NcnnTable, dict[str, str]]:
+    """The ncnn table for the converted model, and the ncnn layer -> ONNX node map."""
+    twins = match_layers(model, param, blobs)
+    onnx_to_ncnn = {node.name: layer for layer, node in twins.items()}
+    skip = set()
+    for name in set(keep_float) | set(table.keep_float):
+        if name in onnx_to_ncnn:
+            skip.add(onnx_to_ncnn[name])
+        elif any(lay.name == name for lay in param.layers):
+            skip.add(name)
+        else:
+            raise GraphkitError(
+                f"--keep-float layer '{name}' has no ncnn Convolution/InnerProduct twin after conversion"
+            )
+    candidates = [
+        lay.name
+        for lay in param.layers
+        if lay.type in QUANT_TYPES and lay.name in blobs and lay.name not in skip
+    ]
+    if samples is not None:
+        amax = calibrate_ncnn(
+            net, param, candidates, samples, table.method, table.settings, input_map
+        )
+    else:
+        amax = {}
+        for name in candidates:
+            node = twins.get(name)
+            act = node.input[0] if node is not None else None
+            if act in table.activations:
+                amax[name] = table.activations[act].amax
+    out = NcnnTable()
+    for name in candidates:
+        if name not in amax:
+            continue
+        layer = param.layer(name)
+        out.weights[name] = weight_scales(
+            layer, blobs[name][0].data.astype(np.float32), winograd_6bit
+        )
+    for name in candidates:
+        if name in amax:
+            out.activations[name] = 127.0 / amax[name] if amax[name] > 0 else 1.0
+    return out, {k: v.name for k, v in twins.items()}
+
+
+def export(
+    table: CalibrationTable,
+    model: onnx.ModelProto,
+    out_dir: Path,
+    *,
+    keep_float=(),
+    samples: Samples | None = None,
+    compare_samples: int = 8,
+    winograd_6bit: bool = True,
+    threads: int = 1,
+    **_: object,
+) -> list[ExportedFile]:
+    """Convert with pnnx, calibrate on ncnn (or map the table), write table + int8 model."""
+    from graphkit.ncnn_convert import convert
+
+    idx = check_table(table, model, keep_float)
+    for name in keep_float:  # refuse before the (slow) conversion
+        if idx.nodes[name].op_type not in ("Conv", "Gemm", "MatMul"):
+            raise GraphkitError(
+                f"--keep-float layer '{name}' is a {idx.nodes[name].op_type}; ncnn quantizes "
+                "only Convolution and InnerProduct layers"
+            )
+    d = Path(out_dir) / "ncnn"
+    nm = convert(model, d, "model")
+    param = nc.read_param(nm.param)
+    blobs = nc.read_bin(param, nm.bin.read_bytes(), str(nm.bin))
+    net = nc.NcnnNet(nm.param, nm.bin, threads=threads) if samples else None
+    ntable, _ = build_table(
+        table,
+        model,
+        param,
+        blobs,
+        keep_float=keep_float,
+        net=net,
+        samples=samples() if samples else None,
+        input_map=nm.inputs,
+        winograd_6bit=winograd_6bit,
+    )
+    if not ntable.activations:
+        raise GraphkitError("no ncnn layer could be given a scale (the table matches none of them)")
+    ptext, bbytes = to_int8(param, blobs, ntable)
+    write_all(
+        {
+            d / "model.table": ntable.text(),
+            d / "model.int8.param": ptext,
+            d / "model.int8.bin": bbytes,
+        }
+    )
+    note = f"{len(ntable.activations)} layers int8"
+    if samples and compare_samples:
+        int8 = nc.NcnnNet(d / "model.int8.param", d / "model.int8.bin", int8=True, threads=threads)
+        from itertools import islice
+
+        tops = {param.layer(name).tops[0]: name for name in ntable.activations}
+        r = compare(
+            net,
+            int8,
+            islice(samples(), compare_samples),
+            list(nm.outputs.values()),
+            list(tops),
+            input_map=nm.inputs,
+        )
+        note += "; cosine vs ncnn fp32 on {} calibration samples: {}".format(
+            r["samples"], ", ".join(f"{k} {v:.4f}" for k, v in r["cosine"].items())
+        )
+        report = {
+            "samples": r["samples"],
+            "outputs": {
+                blob: {"onnx": o, "cosine": r["cosine"][blob]} for o, blob in nm.outputs.items()
+            },
+            "layer_sqnr_db": {
+                tops[t]: (v if math.isfinite(v) else None) for t, v in r["sqnr_db"].items()
+            },
+        }
+        write_all({d / "int8_check.json": json.dumps(report, indent=1)})
+        extra = [
+            ExportedFile(
+                d / "int8_check.json",
+                "ncnn int8 vs fp32 on the first calibration samples: output cosine and the SQNR "
+                "(dB) of every quantized layer's output (errors accumulate along the net)",
+            )
+        ]
+    else:
+        extra = []
+    return extra + [
+        ExportedFile(nm.param, "ncnn fp32 model converted by pnnx (param)"),
+        ExportedFile(nm.bin, "ncnn fp32 weights"),
+        ExportedFile(
+            d / "model.table",
+            "ncnn2table-format calibration table (weight lines `<layer>_param_0`, then input scales)",
+            "ncnn2int8 ncnn/model.ncnn.param ncnn/model.ncnn.bin out.param out.bin ncnn/model.table",
+        ),
+        ExportedFile(
+            d / "model.int8.param",
+            f"ncnn int8 model as ncnn2int8 writes it ({note})",
+            'python -c "import ncnn; net = ncnn.Net(); net.opt.use_int8_inference = True; '
+            "net.load_param('ncnn/model.int8.param'); net.load_model('ncnn/model.int8.bin')\"",
+        ),
+        ExportedFile(d / "model.int8.bin", "ncnn int8 weights (tag 0x000D4B38) with scales"),
+    ]

@@ -1,0 +1,34 @@
+"""The README.md of an export directory: each file, what it is, the command that uses it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from graphkit.quant.exporters._common import ExportedFile
+from graphkit.quant.table import CalibrationTable
+
+
+def readme_text(
+    table: CalibrationTable, files: list[ExportedFile], out_dir: Path, model_name: str
+) -> str:
+    lines = [
+        f"# int8 export of {model_name}",
+        "",
+        f"Calibration: method `{table.method}`, {table.num_samples} samples"
+        + (f" from {table.data_source}" if table.data_source else "")
+        + (f"; layers kept in float: {', '.join(table.keep_float)}" if table.keep_float else "")
+        + ". Written by `graphkit export`.",
+        "",
+        "| file | what it is |",
+        "|---|---|",
+    ]
+    for f in files:
+        rel = Path(f.path).relative_to(out_dir) if Path(f.path).is_absolute() else f.path
+        lines.append(f"| `{rel}` | {f.what} |")
+    cmds = [f for f in files if f.command]
+    if cmds:
+        lines += ["", "## Backend commands (run from this directory)", ""]
+        for f in cmds:
+            rel = Path(f.path).relative_to(out_dir) if Path(f.path).is_absolute() else f.path
+            lines += [f"`{rel}`:", "", "```sh", f.command, "```", ""]
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,154 @@
+"""VastAI vacc: a `vamc build` config and a ready calibration set.
+
+vamc calibrates by itself (TVM-derived); no documented way of handing it external
+thresholds exists, so graphkit gives it what it can use: the model, the calibration mode
+closest to ours, per-channel weights, the keep-float convs as `skip_conv_layers` (indices
+among the graph's Conv nodes, in graph order) and the calibration inputs already
+preprocessed as `.npz` (sampler suffix npz: vamc then needs no preprocessing config).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import yaml
+
+from graphkit.errors import GraphkitError
+from graphkit.quant.exporters._common import ExportedFile, check_table, write_all
+from graphkit.quant.table import CalibrationTable
+
+# our method -> vamc calibrate_mode (max | percentile | kl_divergence | mse)
+CALIBRATE_MODES = {
+    "minmax": "max",
+    "max": "max",
+    "percentile": "percentile",
+    "kl": "kl_divergence",
+    "kl-ncnn": "kl_divergence",
+    "entropy": "kl_divergence",
+    "entropy-trt": "kl_divergence",
+    "mse": "mse",
+}
+CONV_OPS = ("Conv", "ConvTranspose")
+
+
+def calibrate_mode(method: str) -> str:
+    mode = CALIBRATE_MODES.get(method.lower())
+    if mode is None:
+        # aciq / eq / omse / ... have no vamc counterpart: mse is the closest in spirit
+        return "mse"
+    return mode
+
+
+def conv_indices(model: onnx.ModelProto, names: Iterable[str]) -> list[int]:
+    """Indices (among Conv/ConvTranspose nodes, graph order) of the named nodes."""
+    convs = [n.name for n in model.graph.node if n.op_type in CONV_OPS]
+    out = []
+    for name in names:
+        if name not in convs:
+            raise GraphkitError(
+                f"--keep-float layer '{name}' is not a Conv node, so vamc cannot skip it "
+                "(skip_conv_layers counts Conv nodes only)"
+            )
+        out.append(convs.index(name))
+    return sorted(out)
+
+
+def build_config(
+    table: CalibrationTable,
+    model: onnx.ModelProto,
+    *,
+    checkpoint: str,
+    keep_float=(),
+    calib_dir: str = "./calib",
+    num_samples: int = 0,
+) -> dict:
+    """The vamc build YAML as a dict (frontend, backend tvm_vacc int8, dataset)."""
+    inits = {i.name for i in model.graph.initializer}
+    shape = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        dims = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+        if any(d <= 0 for d in dims):
+            raise GraphkitError(
+                f"input '{vi.name}' has a variable size; vamc needs a fixed frontend shape "
+                "(fix it first, e.g. with a shape-fixing pass)"
+            )
+        shape[vi.name] = dims
+    mode = calibrate_mode(table.method)
+    per_channel = any(len(w.amax) > 1 for w in table.weights.values()) or not table.weights
+    return {
+        "frontend": {"shape": shape, "checkpoint": checkpoint},
+        "backend": {
+            "type": "tvm_vacc",
+            "dtype": "int8",
+            "quantize": {
+                "calibrate_mode": mode,
+                "quantize_per_channel": bool(per_channel),
+                "skip_conv_layers": conv_indices(
+                    model, sorted(set(keep_float) | set(table.keep_float))
+                ),
+            },
+        },
+        "dataset": {
+            "path": calib_dir,
+            "sampler": {"suffix": "npz", "get_data_num": int(num_samples)},
+        },
+    }
+
+
+def npz_bytes(feeds: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **feeds)
+    return buf.getvalue()
+
+
+def export(
+    table: CalibrationTable,
+    model: onnx.ModelProto,
+    out_dir: Path,
+    *,
+    keep_float=(),
+    samples: Callable[[], Iterable[dict[str, np.ndarray]]] | None = None,
+    max_samples: int = 200,
+    **_: object,
+) -> list[ExportedFile]:
+    """Write `vacc/build.yaml`, `vacc/model.onnx` and `vacc/calib/NNNNN.npz` (one input
+    dict per file, batch 1, exactly what the model takes)."""
+    from graphkit.model import save_model
+
+    check_table(table, model, keep_float)
+    d = Path(out_dir) / "vacc"
+    files: dict[Path, bytes | str] = {}
+    n = 0
+    for feeds in samples() if samples else ():
+        if n >= max_samples:
+            break
+        files[d / "calib" / f"{n:05d}.npz"] = npz_bytes(feeds)
+        n += 1
+    cfg = build_config(
+        table, model, checkpoint="./model.onnx", keep_float=keep_float, num_samples=n
+    )
+    files[d / "build.yaml"] = yaml.safe_dump(cfg, sort_keys=False)
+    d.mkdir(parents=True, exist_ok=True)
+    save_model(model, d / "model.onnx")
+    write_all(files)
+    out = [
+        ExportedFile(
+            d / "build.yaml",
+            "vamc build config (tvm_vacc int8)",
+            "cd vacc && vamc build build.yaml",
+        ),
+        ExportedFile(d / "model.onnx", "the float model vamc compiles and quantizes"),
+    ]
+    if n:
+        out.append(
+            ExportedFile(d / "calib", f"{n} preprocessed calibration inputs (.npz, batch 1)")
+        )
+    else:
+        out[0].what += "; no calibration set written (pass --data to write one)"
+    return out

@@ -1,0 +1,260 @@
+"""`graphkit diff` on small synthetic FP32 / Q/DQ model pairs and real images folders."""
+
+import json
+import re
+
+import numpy as np
+import onnx
+import pytest
+import yaml
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+from graphkit.cli import main
+from graphkit.errors import GraphkitError
+from graphkit.evaluators.diff import run_diff
+from graphkit.evaluators.executors import OnnxExecutor
+from graphkit.evaluators.per_layer import quantized_layers, single_layer_model
+from graphkit.evaluators.report_html import render_html
+
+
+def conv_model(path):
+    """x(1,3,16,16) -> conv -> relu -> conv -> add(skip) -> conv -> y(1,4,16,16)."""
+    rng = np.random.default_rng(0)
+
+    def w(name, shape):
+        return numpy_helper.from_array(rng.normal(0, 0.3, shape).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c2", "r1"], ["a2"], name="add2"),
+        helper.make_node("Conv", ["a2", "w3", "b3"], ["y"], name="conv3", pads=[1, 1, 1, 1]),
+    ]
+    inits = [
+        w("w1", (8, 3, 3, 3)),
+        w("b1", (8,)),
+        w("w2", (8, 8, 3, 3)),
+        w("b2", (8,)),
+        w("w3", (4, 8, 3, 3)),
+        w("b3", (4,)),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "convnet",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16, 16])],
+        inits,
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    onnx.save(m, path)
+    return path
+
+
+def ort_qdq(src, dst, images):
+    """Q/DQ model by onnxruntime.quantization (independent of graphkit's quantizer)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"x": im} for im in images])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(
+        str(src),
+        str(dst),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+    )
+    return dst
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    d = tmp_path_factory.mktemp("diff")
+    rng = np.random.default_rng(1)
+    (d / "img").mkdir()
+    arrays = []
+    for i in range(5):
+        px = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+        Image.fromarray(px).save(d / "img" / f"{i}.png")
+        arrays.append((px.transpose(2, 0, 1)[None] / 255.0).astype(np.float32))
+    conv_model(d / "ref.onnx")
+    ort_qdq(d / "ref.onnx", d / "q.onnx", arrays)
+    spec = {
+        "input": {"name": "x", "size": [16, 16], "layout": "NCHW", "std": 255.0},
+        "source": {"type": "images", "images": "img", "resize": "stretch"},
+    }
+    (d / "data.yaml").write_text(yaml.safe_dump(spec))
+    return d
+
+
+def test_onnx_vs_qdq_compares_every_shared_float_tensor_and_flags_quantized_layers(pair):
+    rep = run_diff(str(pair / "ref.onnx"), str(pair / "q.onnx"), str(pair / "data.yaml"))
+    names = {r.name for r in rep.rows}
+    # onnxruntime's quantizer fuses Conv+Relu (c1 disappears) and ends in a Q/DQ pair
+    # that produces the output y: no Q/DQ tensors, nothing shared is missing
+    assert names == {"r1", "c2", "a2", "y"}
+    by = {r.name: r for r in rep.rows}
+    assert all(r.quantized for r in rep.rows)  # it quantizes Add's inputs too
+    assert by["r1"].op_type == "Relu" and by["a2"].op_type == "Add" and by["y"].op_type == "Conv"
+    assert by["y"].is_output and rep.samples == 5
+    for r in rep.rows:
+        assert 10 < r.diff.sqnr_db < 80 and 0.95 < r.diff.cosine <= 1.0
+
+
+def test_streamed_metrics_equal_metrics_on_stored_activations(pair):
+    rep = run_diff(str(pair / "ref.onnx"), str(pair / "q.onnx"), str(pair / "data.yaml"))
+    from graphkit.data import iter_samples, load_input_spec
+
+    ref, q = OnnxExecutor(str(pair / "ref.onnx")), OnnxExecutor(str(pair / "q.onnx"))
+    feeds = [s.feeds for s in iter_samples(load_input_spec(str(pair / "data.yaml")))]
+    row = next(r for r in rep.rows if r.name == "c2")
+    qn = row.quant_name  # what the next layer reads: c2 after its Q/DQ pair
+    assert qn == "c2_DequantizeLinear_Output"
+    a = np.concatenate([ref.run(f, ["c2"])["c2"].ravel() for f in feeds]).astype(np.float64)
+    b = np.concatenate([q.run(f, [qn])[qn].ravel() for f in feeds]).astype(np.float64)
+    assert row.diff.sqnr_db == pytest.approx(10 * np.log10((a @ a) / ((a - b) @ (a - b))), rel=1e-6)
+    assert row.diff.max_abs_err == pytest.approx(np.abs(a - b).max(), rel=1e-6)
+
+
+def test_a_model_against_itself_is_exact(pair):
+    rep = run_diff(str(pair / "ref.onnx"), str(pair / "ref.onnx"), str(pair / "data.yaml"), limit=2)
+    assert rep.samples == 2
+    assert all(r.diff.sqnr_db == float("inf") and r.diff.max_abs_err == 0 for r in rep.rows)
+
+
+def test_single_layer_model_quantizes_only_that_layer(pair):
+    ref, quant = onnx.load(pair / "ref.onnx"), onnx.load(pair / "q.onnx")
+    layers = {n.name: n for n in quantized_layers(quant)}
+    assert {"conv1", "conv2", "conv3"} <= set(layers)
+    m = single_layer_model(ref, quant, layers["conv2"])
+    onnx.checker.check_model(m)
+    dq_consumers = {
+        n.name
+        for n in m.graph.node
+        for t in n.input
+        if any(p.op_type == "DequantizeLinear" and t in p.output for p in m.graph.node)
+    }
+    assert dq_consumers == {"conv2"}
+    feeds = {"x": np.random.default_rng(0).random((1, 3, 16, 16), dtype=np.float32)}
+    r = OnnxExecutor(ref).run(feeds, ["c1", "c2"])
+    s = OnnxExecutor(m).run(feeds, ["c1", "c2"])
+    np.testing.assert_allclose(r["c1"], s["c1"], rtol=1e-5, atol=1e-6)  # upstream untouched
+    assert not np.allclose(r["c2"], s["c2"], atol=1e-6)  # conv2 itself quantized
+
+
+def test_per_layer_mode_reports_each_layers_own_output_error(pair):
+    rep = run_diff(
+        str(pair / "ref.onnx"),
+        str(pair / "q.onnx"),
+        str(pair / "data.yaml"),
+        per_layer=True,
+        per_layer_samples=3,
+    )
+    rows = {r["node"]: r for r in rep.per_layer}
+    assert {"conv1", "conv2", "conv3"} <= set(rows)
+    full = next(r for r in rep.rows if r.name == "y").diff.sqnr_db
+    for r in rows.values():
+        # one layer alone does less damage than all of them together
+        assert r["output_sqnr_db"] > full - 0.5
+
+
+def test_json_and_html_reports_hold_the_figures_and_are_self_contained(pair, capsys):
+    out_json, out_html = pair / "r.json", pair / "r.html"
+    code = main(
+        [
+            "diff",
+            str(pair / "ref.onnx"),
+            str(pair / "q.onnx"),
+            "--data",
+            str(pair / "data.yaml"),
+            "--json",
+            str(out_json),
+            "--html",
+            str(out_html),
+            "--per-layer",
+        ]
+    )
+    assert code == 0
+    term = capsys.readouterr().out
+    assert "SQNR" in term and "Conv" in term
+    data = json.loads(out_json.read_text())
+    page = out_html.read_text()
+    assert not re.search(r"(src|href)\s*=\s*['\"]?(https?:)?//", page)
+    assert (
+        "http://" not in page.replace("http://www.w3.org/2000/svg", "") and "https://" not in page
+    )
+    assert "<svg" in page and "<style>" in page and "<script>" in page
+    m = re.search(
+        r'<script type="application/json" id="graphkit-diff-data">(.*?)</script>', page, re.DOTALL
+    )
+    embedded = json.loads(m.group(1))
+    assert embedded["tensors"] == data["tensors"]
+    assert {t["name"] for t in embedded["tensors"]} == {"r1", "c2", "a2", "y"}
+    assert set(embedded["histograms"]) >= {"r1", "y"}
+    assert sum(embedded["histograms"]["r1"]["counts"]) == pytest.approx(5 * 8 * 16 * 16)
+    assert embedded["per_layer"] and all(r["node"] in page for r in embedded["per_layer"])
+    worst = min(data["tensors"], key=lambda t: t["sqnr_db"])
+    assert f'class="worst" data-name="{worst["name"]}"' in page
+
+
+def test_table_thresholds_are_marked_on_histograms(pair):
+    from graphkit.quant.table import ActivationEntry, CalibrationTable
+
+    table = CalibrationTable(method="minmax", activations={"r1": ActivationEntry(amax=1.5)})
+    table.save(pair / "t.json")
+    rep = run_diff(
+        str(pair / "ref.onnx"),
+        str(pair / "q.onnx"),
+        str(pair / "data.yaml"),
+        table=str(pair / "t.json"),
+    )
+    assert rep.histograms["r1"]["threshold"] == 1.5
+    assert rep.histograms["c2"]["threshold"] is None
+    assert '"threshold": 1.5' in render_html(rep.to_dict())
+
+
+def test_mismatched_models_and_data_are_refused_in_one_sentence(pair, tmp_path):
+    bad = yaml.safe_load((pair / "data.yaml").read_text())
+    bad["input"]["size"] = [32, 32]
+    bad["source"]["images"] = str(pair / "img")
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(GraphkitError, match="shape"):
+        run_diff(str(pair / "ref.onnx"), str(pair / "q.onnx"), str(tmp_path / "bad.yaml"))
+    with pytest.raises(GraphkitError, match="does not exist"):
+        run_diff(str(pair / "ref.onnx"), str(tmp_path / "nope.onnx"), str(pair / "data.yaml"))
+
+
+def test_graphkit_qdq_model_marks_only_conv_layers_quantized_and_runs_per_layer(pair):
+    from graphkit.quant.qdq import insert_qdq
+    from graphkit.quant.table import ActivationEntry, CalibrationTable
+
+    ref = onnx.load(pair / "ref.onnx")
+    feeds = {"x": np.random.default_rng(3).random((1, 3, 16, 16), dtype=np.float32)}
+    acts = OnnxExecutor(ref).run(feeds, ["x", "r1", "a2"])
+    table = CalibrationTable(
+        method="minmax",
+        activations={k: ActivationEntry(amax=float(np.abs(v).max())) for k, v in acts.items()},
+    )
+    onnx.save(insert_qdq(ref, table), pair / "gk.onnx")
+    rep = run_diff(
+        str(pair / "ref.onnx"), str(pair / "gk.onnx"), str(pair / "data.yaml"), per_layer=True
+    )
+    by = {r.name: r for r in rep.rows}
+    assert {"c1", "r1", "c2", "a2", "y"} <= set(by)  # graphkit keeps every tensor name
+    assert by["c1"].quantized and by["c2"].quantized and by["y"].quantized
+    assert not by["r1"].quantized and not by["a2"].quantized
+    assert {r["node"] for r in rep.per_layer} == {"conv1", "conv2", "conv3"}
+    assert all(r["output_sqnr_db"] > 15 for r in rep.per_layer)

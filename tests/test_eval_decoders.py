@@ -1,0 +1,174 @@
+"""Decoders on synthetic outputs whose right answer is known by construction."""
+
+import numpy as np
+import pytest
+
+from graphkit.errors import GraphkitError
+from graphkit.evaluators.decoders import (
+    build_decoder,
+    decode_heatmap,
+    decode_heatmap_offset,
+    decode_regression_yx,
+    group_by_tag,
+    heatmap_nms,
+)
+
+
+def gaussian_maps(h, w, centers, sigma=1.5):
+    """(h, w, K) maps with one Gaussian bump per joint at float (x, y) centres."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.stack(
+        [np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2)) for x, y in centers], axis=-1
+    ).astype(np.float32)
+
+
+def test_heatmap_peak_maps_to_input_pixels_with_quarter_shift_toward_higher_neighbour():
+    # peaks at x=10.3 (right neighbour higher -> +0.25) and y=20.0 (symmetric -> no shift)
+    hm = gaussian_maps(64, 48, [(10.3, 20.0), (5.0, 7.8)])
+    nchw = hm.transpose(2, 0, 1)[None]
+    kp = decode_heatmap(nchw, (256, 192), "NCHW", refine=True)
+    assert kp[0, 0] == pytest.approx(10.25 * 4)
+    assert kp[0, 1] == pytest.approx(20.0 * 4)
+    assert kp[1, 0] == pytest.approx(5.0 * 4)
+    assert kp[1, 1] == pytest.approx(7.75 * 4)
+    assert kp[0, 2] == pytest.approx(hm[20, 10, 0])
+
+
+def test_heatmap_nhwc_and_nchw_give_the_same_answer():
+    hm = gaussian_maps(32, 32, [(3.6, 30.0), (16.0, 1.2), (0.0, 0.0)])
+    a = decode_heatmap(hm[None], (128, 128), "NHWC")
+    b = decode_heatmap(hm.transpose(2, 0, 1)[None], (128, 128), "NCHW")
+    np.testing.assert_allclose(a, b)
+
+
+def test_fullres_heatmap_without_refinement_is_plain_argmax():
+    hm = gaussian_maps(368, 368, [(100.4, 200.0)] * 16)
+    d = build_decoder(
+        {"type": "heatmap-fullres", "output": "o", "layout": "NHWC", "joint_map": {2: 6, 13: 11}}
+    )
+    assert d.num_joints == 2 + 12  # highest mapped index + 1
+    (inst,) = d({"o": hm[None, :, :, :14]}, (368, 368))
+    assert inst.keypoints[6, :2].tolist() == [100.0, 200.0]
+    assert inst.keypoints[11, :2].tolist() == [100.0, 200.0]
+    assert d.predicted.sum() == 2 and inst.keypoints[0].tolist() == [0, 0, 0]
+
+
+def test_efficientpose_joint_map_predicts_twelve_body_joints():
+    jm = {2: 6, 3: 8, 4: 10, 6: 5, 7: 7, 8: 9, 10: 12, 11: 14, 12: 16, 13: 11, 14: 13, 15: 15}
+    d = build_decoder({"type": "heatmap-fullres", "output": "o", "joint_map": jm, "num_joints": 16})
+    assert d.predicted.tolist() == [False] * 5 + [True] * 12
+    centres = [(float(i), float(i)) for i in range(16)]
+    (inst,) = d({"o": gaussian_maps(20, 20, centres)[None]}, (20, 20))
+    for m, c in jm.items():
+        assert inst.keypoints[c, 0] == m
+
+
+def test_heatmap_offset_adds_offsets_with_y_channels_first_and_sigmoid_score():
+    k, g = 17, 25
+    logits = np.full((g, g, k), -5.0, np.float32)
+    off = np.zeros((g, g, 2 * k), np.float32)
+    rng = np.random.default_rng(0)
+    cells = rng.integers(0, g, size=(k, 2))
+    for j, (cy, cx) in enumerate(cells):
+        logits[cy, cx, j] = 2.0
+        off[cy, cx, j] = 3.5  # y offset
+        off[cy, cx, k + j] = -1.25  # x offset
+    kp = decode_heatmap_offset(logits[None], off[None], 16, "NHWC")
+    np.testing.assert_allclose(kp[:, 0], cells[:, 1] * 16 - 1.25)
+    np.testing.assert_allclose(kp[:, 1], cells[:, 0] * 16 + 3.5)
+    np.testing.assert_allclose(kp[:, 2], 1 / (1 + np.exp(-2.0)))
+
+
+def test_heatmap_offset_rejects_offsets_of_the_wrong_size():
+    with pytest.raises(GraphkitError, match="offset"):
+        decode_heatmap_offset(np.zeros((1, 5, 5, 17)), np.zeros((1, 5, 5, 17)), 16)
+
+
+def test_regression_yx_scales_normalized_coordinates_to_the_input():
+    out = np.zeros((1, 1, 17, 3), np.float32)
+    out[0, 0, :, 0] = 0.25  # y
+    out[0, 0, :, 1] = 0.5  # x
+    out[0, 0, :, 2] = 0.9
+    kp = decode_regression_yx(out, (192, 160))
+    assert kp[0].tolist() == pytest.approx([79.5, 47.5, 0.9])  # pixel-centre indices
+
+
+def test_instance_score_is_the_mean_of_keypoint_scores_above_threshold():
+    out = np.zeros((1, 1, 17, 3), np.float32)
+    out[0, 0, :, 2] = 0.1
+    out[0, 0, :4, 2] = [0.5, 0.7, 0.9, 0.3]
+    (inst,) = build_decoder({"type": "regression-yx", "output": "y"})({"y": out}, (192, 192))
+    assert inst.score == pytest.approx(0.6)
+
+
+def test_nms_keeps_only_local_maxima():
+    hm = gaussian_maps(30, 30, [(5, 5)]) + gaussian_maps(30, 30, [(20, 22)]) * 0.5
+    peaks = heatmap_nms(hm, 5)
+    ys, xs, _ = np.nonzero(peaks)
+    assert sorted(zip(xs.tolist(), ys.tolist())) == [(5, 5), (20, 22)]
+
+
+def test_associative_embedding_groups_two_people_by_tag():
+    k = 17
+    rng = np.random.default_rng(1)
+    h = w = 64
+    pos_a = rng.uniform(4, 28, size=(k, 2)).round()
+    pos_b = pos_a + [32, 30]
+    hm = np.maximum(gaussian_maps(h, w, pos_a, 1.0), 0.8 * gaussian_maps(h, w, pos_b, 1.0))
+    # tag maps: person A near 1.0, person B near -1.0 (with a little per-joint noise)
+    tags = np.zeros((h, w, k), np.float32)
+    for j in range(k):
+        xa, ya = pos_a[j].astype(int)
+        xb, yb = pos_b[j].astype(int)
+        tags[ya, xa, j] = 1.0 + rng.normal(0, 0.05)
+        tags[yb, xb, j] = -1.0 + rng.normal(0, 0.05)
+    people = group_by_tag(hm, tags, tag_threshold=1.0, refine=False)
+    assert len(people) == 2
+    people.sort(key=lambda p: p[:, 0].mean())
+    np.testing.assert_allclose(people[0][:, :2], pos_a)
+    np.testing.assert_allclose(people[1][:, :2], pos_b)
+
+
+def test_associative_embedding_splits_a_person_when_tags_are_far_apart():
+    k = 17
+    pos = np.array([[5 + 3 * j, 10] for j in range(k)], dtype=float)
+    hm = gaussian_maps(40, 60, pos, 1.0)
+    tags = np.zeros((40, 60, k), np.float32)
+    for j in range(k):
+        tags[10, int(pos[j, 0]), j] = 0.0 if j in (0, 1, 2, 3, 4, 5, 6, 11, 12) else 5.0
+    people = group_by_tag(hm, tags, tag_threshold=1.0, refine=False)
+    assert len(people) == 2
+    counts = sorted(int((p[:, 2] > 0).sum()) for p in people)
+    assert counts == [8, 9]
+
+
+def test_ae_decoder_from_config_scales_to_input_and_maps_to_coco():
+    k = 17
+    pos = np.array([[2 + j, 3 + j] for j in range(k)], dtype=float)
+    maps = np.concatenate([gaussian_maps(32, 32, pos, 1.0), np.zeros((32, 32, k))], axis=-1)
+    d = build_decoder({"type": "associative-embedding", "output": "o"})
+    people = d({"o": maps.transpose(2, 0, 1)[None]}, (128, 128))
+    assert len(people) == 1
+    np.testing.assert_allclose(people[0].keypoints[:, 0], (pos[:, 0]) * 4, atol=1.01)
+    assert people[0].score > 0.9
+
+
+@pytest.mark.parametrize(
+    "cfg, words",
+    [
+        (None, "decode"),
+        ({"type": "bogus"}, "unknown decode type"),
+        ({"type": "heatmap"}, "'output'"),
+        ({"type": "heatmap-offset", "heatmap": "a", "offset": "b"}, "'stride'"),
+        ({"type": "heatmap", "output": "o", "joint_map": {0: 20}}, "joint_map"),
+    ],
+)
+def test_bad_decode_sections_get_one_sentence(cfg, words):
+    with pytest.raises(GraphkitError, match=words):
+        build_decoder(cfg)
+
+
+def test_decoder_names_a_missing_output():
+    d = build_decoder({"type": "regression-yx", "output": "nope"})
+    with pytest.raises(GraphkitError, match="no output 'nope'"):
+        d({"other": np.zeros((1, 1, 17, 3))}, (192, 192))

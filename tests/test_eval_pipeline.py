@@ -1,0 +1,296 @@
+"""`graphkit eval` end to end: synthetic model and images (fast), one real model (slow)."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+from graphkit.cli import main
+from graphkit.errors import GraphkitError
+from graphkit.evaluators.evaluate import agreement_of, evaluate
+
+
+def regression_model(path, size=32, seed=0):
+    """NHWC float image -> 1x1x17x3 (y, x, score) in [0, 1], depending on the pixels."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(0, 0.02, (size * size * 3, 51)).astype(np.float32)
+    g = helper.make_graph(
+        [
+            helper.make_node("Flatten", ["image"], ["flat"]),
+            helper.make_node("MatMul", ["flat", "w"], ["mm"]),
+            helper.make_node("Sigmoid", ["mm"], ["sig"]),
+            helper.make_node("Reshape", ["sig", "shape"], ["kp"]),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, size, size, 3])],
+        [helper.make_tensor_value_info("kp", TensorProto.FLOAT, [1, 1, 17, 3])],
+        [
+            numpy_helper.from_array(w, "w"),
+            numpy_helper.from_array(np.array([1, 1, 17, 3]), "shape"),
+        ],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    onnx.save(m, path)
+    return path
+
+
+@pytest.fixture()
+def dataset(tmp_path):
+    """4 images with 2-3 annotated persons each, a matching model and model config."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "img").mkdir()
+    images, anns = [], []
+    for i in range(1, 5):
+        name = f"{i:012d}.jpg"
+        Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(
+            tmp_path / "img" / name
+        )
+        images.append({"id": i, "file_name": name, "width": 160, "height": 120})
+        for _ in range(2 + i % 2):
+            x, y, w, h = (
+                rng.uniform(0, 60),
+                rng.uniform(0, 40),
+                rng.uniform(30, 90),
+                rng.uniform(40, 70),
+            )
+            kp = np.stack([rng.uniform(x, x + w, 17), rng.uniform(y, y + h, 17), np.full(17, 2)], 1)
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i,
+                    "category_id": 1,
+                    "iscrowd": 0,
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "num_keypoints": 17,
+                    "keypoints": kp.ravel().tolist(),
+                }
+            )
+    ann = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "person"}]}
+    (tmp_path / "ann.json").write_text(json.dumps(ann))
+    regression_model(str(tmp_path / "model.onnx"))
+    cfg = {
+        "input": {"name": "image", "size": [32, 32], "layout": "NHWC", "std": 255.0},
+        "source": {"type": "coco-topdown", "ann": "ann.json", "images": "img"},
+        "decode": {"type": "regression-yx", "output": "kp"},
+    }
+    import yaml
+
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    return tmp_path
+
+
+def test_eval_returns_every_stat_and_predictions_in_image_pixels(dataset):
+    r = evaluate(dataset / "model.onnx", dataset / "cfg.yaml")
+    assert set(r["stats"]) >= {"AP", "AP50", "AP75", "APm", "APl", "AR", "AR50"}
+    assert r["samples"] == 10 and len(r["predictions"]) == 10
+    kp = np.array([p["keypoints"] for p in r["predictions"]])
+    assert kp.shape == (10, 17, 3)
+    assert kp[..., 0].max() <= 200 and kp[..., 0].min() >= -40  # mapped back near the boxes
+
+
+def test_workers_give_exactly_the_single_process_result(dataset, tmp_path):
+    one = evaluate(dataset / "model.onnx", dataset / "cfg.yaml", results_path=tmp_path / "a.json")
+    two = evaluate(
+        dataset / "model.onnx", dataset / "cfg.yaml", workers=2, results_path=tmp_path / "b.json"
+    )
+    assert one["stats"] == two["stats"]
+    assert one["predictions"] == two["predictions"]
+    assert (tmp_path / "a.json").read_text() == (tmp_path / "b.json").read_text()
+    assert agreement_of(one, two) == pytest.approx(1.0)
+
+
+def test_limit_evaluates_only_the_first_boxes(dataset):
+    r = evaluate(dataset / "model.onnx", dataset / "cfg.yaml", limit=3)
+    assert r["samples"] == 3 and {p["index"] for p in r["predictions"]} == {0, 1, 2}
+
+
+def test_annotation_file_without_keypoints_gives_one_sentence(dataset, capsys):
+    ann = json.loads((dataset / "ann.json").read_text())
+    for a in ann["annotations"]:
+        a.pop("keypoints")
+        a.pop("num_keypoints")
+    (dataset / "boxes.json").write_text(json.dumps(ann))
+    code = main(
+        [
+            "eval",
+            str(dataset / "model.onnx"),
+            "--model-config",
+            str(dataset / "cfg.yaml"),
+            "--ann",
+            str(dataset / "boxes.json"),
+        ]
+    )
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2 and "no keypoint annotations" in err and "Traceback" not in err
+
+
+def test_missing_images_give_one_sentence(dataset, capsys):
+    (dataset / "img" / "000000000002.jpg").unlink()
+    out = dataset / "out.json"
+    code = main(
+        [
+            "eval",
+            str(dataset / "model.onnx"),
+            "--model-config",
+            str(dataset / "cfg.yaml"),
+            "--json",
+            str(out),
+        ]
+    )
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2 and "does not exist" in err and "000000000002.jpg" in err.replace(" ", "")
+    assert not out.exists()
+
+
+def test_model_config_not_matching_the_model_is_refused(dataset):
+    import yaml
+
+    cfg = yaml.safe_load((dataset / "cfg.yaml").read_text())
+    cfg["decode"]["output"] = "heatmaps"
+    (dataset / "wrong.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(GraphkitError, match="decodes output 'heatmaps'"):
+        evaluate(dataset / "model.onnx", dataset / "wrong.yaml")
+    cfg = yaml.safe_load((dataset / "cfg.yaml").read_text())
+    cfg["input"]["size"] = [64, 64]
+    (dataset / "size.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(GraphkitError, match="shape"):
+        evaluate(dataset / "model.onnx", dataset / "size.yaml")
+
+
+def test_cli_writes_json_and_coco_results(dataset):
+    out, res = dataset / "e.json", dataset / "r.json"
+    code = main(
+        [
+            "eval",
+            str(dataset / "model.onnx"),
+            "--model-config",
+            str(dataset / "cfg.yaml"),
+            "--json",
+            str(out),
+            "--results",
+            str(res),
+        ]
+    )
+    assert code == 0
+    report = json.loads(out.read_text())
+    results = json.loads(res.read_text())
+    assert len(results) == report["samples"] == 10
+    assert all(r["category_id"] == 1 and len(r["keypoints"]) == 51 for r in results)
+
+
+@pytest.mark.slow
+def test_real_movenet_on_a_few_val_persons_scores_and_agrees_with_itself(assets):
+    ann = assets / "coco-mini/annotations/person_keypoints_val2017.json"
+    r = evaluate(
+        assets / "models/movenet-lightning.onnx",
+        "examples/models/movenet-lightning.yaml",
+        ann=str(ann),
+        images=str(assets / "coco-mini/val2017"),
+        limit=8,
+    )
+    assert r["samples"] == 8
+    assert r["stats"]["AP"] > 0.2  # a working decoder + mapping; random keypoints give ~0
+    assert agreement_of(r, r) == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_real_posenet_on_ncnn_scores_like_onnxruntime(assets, tmp_path):
+    pytest.importorskip("ncnn")
+    from graphkit.ncnn_convert import convert
+
+    try:
+        nm = convert(onnx.load(assets / "models/posenet.onnx"), tmp_path, "posenet")
+    except GraphkitError as exc:
+        pytest.skip(f"pnnx is not usable here: {exc}")
+    kw = {
+        "ann": str(assets / "coco-mini/annotations/person_keypoints_val2017.json"),
+        "images": str(assets / "coco-mini/val2017"),
+        "limit": 6,
+    }
+    ort_r = evaluate(assets / "models/posenet.onnx", "examples/models/posenet.yaml", **kw)
+    ncnn_r = evaluate(nm.param, "examples/models/posenet.yaml", **kw)
+    assert ncnn_r["backend"] == "ncnn"
+    assert agreement_of(ort_r, ncnn_r) > 0.99  # same fp32 network, other kernels
+    assert abs(ort_r["stats"]["AP"] - ncnn_r["stats"]["AP"]) < 0.02
+
+
+def ae_model(path, maps):
+    """A 'network' whose output is the fixed maps (1, 34, h, w), whatever the image."""
+    g = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["image"], ["m"], keepdims=1),
+            helper.make_node("Mul", ["m", "zero"], ["z"]),
+            helper.make_node("Add", ["maps", "z"], ["out"]),
+        ],
+        "ae",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 64, 64])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, list(maps.shape))],
+        [
+            numpy_helper.from_array(maps.astype(np.float32), "maps"),
+            numpy_helper.from_array(np.zeros((1, 1, 1, 1), np.float32), "zero"),
+        ],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    onnx.save(m, path)
+
+
+def test_bottom_up_associative_embedding_maps_people_back_through_the_letterbox(tmp_path):
+    import yaml
+
+    from graphkit.data.affine import apply_affine, invert_affine, resize_affine
+
+    hm_size, k = 16, 17
+    # person A in the left half, B in the right: same joints 9 cells apart (beyond NMS),
+    # rows 2..10, inside the letterboxed image (heatmap rows 2..13)
+    base = np.array([[j % 4 * 2, 2 + j // 4 * 2] for j in range(k)])
+    cells = [base, base + [9, 0]]
+    yy, xx = np.mgrid[0:hm_size, 0:hm_size]
+    maps = np.zeros((34, hm_size, hm_size))
+    for p, (cell, tag) in enumerate(zip(cells, (0.0, 3.0))):
+        for j, (x, y) in enumerate(cell):
+            bump = np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 0.5) * (1.0 - 0.1 * p)
+            maps[j] = np.maximum(maps[j], bump)
+            maps[k + j][y, x] = tag
+    ae_model(str(tmp_path / "ae.onnx"), maps[None])
+    # a 128x96 image letterboxed into 64x64: keypoints go back through the inverse affine
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (128, 96)).save(tmp_path / "img" / "000000000007.jpg")
+    back = invert_affine(resize_affine((128, 96), (64, 64), letterbox=True))
+    anns = []
+    for p, cell in enumerate(cells):
+        kp = apply_affine(cell * 4.0, back)
+        x0, y0 = kp.min(0)
+        w, h = kp.max(0) - kp.min(0)
+        anns.append(
+            {
+                "id": p + 1,
+                "image_id": 7,
+                "category_id": 1,
+                "iscrowd": 0,
+                "bbox": [x0, y0, w, h],
+                "area": float(w * h),
+                "num_keypoints": k,
+                "keypoints": np.concatenate([kp, np.full((k, 1), 2)], 1).ravel().tolist(),
+            }
+        )
+    gt = {
+        "images": [{"id": 7, "file_name": "000000000007.jpg", "width": 128, "height": 96}],
+        "annotations": anns,
+        "categories": [{"id": 1, "name": "person"}],
+    }
+    (tmp_path / "ann.json").write_text(json.dumps(gt))
+    cfg = {
+        "input": {"name": "image", "size": [64, 64], "layout": "NCHW", "std": 255.0},
+        "source": {"type": "images", "images": "img", "ann": "ann.json"},
+        "decode": {"type": "associative-embedding", "output": "out", "tag_threshold": 1.0},
+    }
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    r = evaluate(tmp_path / "ae.onnx", tmp_path / "cfg.yaml")
+    assert len(r["predictions"]) == 2 and r["oks_nms"]
+    assert r["stats"]["AP"] == pytest.approx(1.0)

@@ -1,0 +1,277 @@
+"""ncnn: param/bin I/O, the ncnn2table table, the ncnn2int8 model, run for real."""
+
+from __future__ import annotations
+
+import itertools
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_export_fixtures import calibrated_table, feeds, tiny_cnn
+
+from graphkit.errors import GraphkitError
+from graphkit.ncnn_convert import check_conversion, convert
+from graphkit.quant.exporters import ncnn as ex
+from graphkit.runtime import ncnn as nc
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    model = tiny_cnn()
+    nm = convert(model, tmp_path_factory.mktemp("ncnn"))
+    param = nc.read_param(nm.param)
+    blobs = nc.read_bin(param, nm.bin.read_bytes())
+    return model, nm, param, blobs
+
+
+def test_pnnx_conversion_matches_onnxruntime(converted):
+    model, nm, param, _ = converted
+    assert nm.inputs == {"x": "in0"} and nm.outputs == {"y": "out0"}
+    diffs = check_conversion(model, nm, feeds(1)[0])
+    assert diffs["y"] < 1e-4
+    assert {lay.type for lay in param.layers} >= {
+        "Convolution",
+        "ConvolutionDepthWise",
+        "InnerProduct",
+    }
+
+
+def test_param_and_bin_round_trip_byte_for_byte(converted):
+    _, nm, param, blobs = converted
+    assert param.text() == nm.param.read_text()
+    assert nc.write_bin(param, blobs) == nm.bin.read_bytes()
+
+
+def test_fp16_weights_are_read_and_written_with_their_tag(converted):
+    _, _, param, blobs = converted
+    half = {
+        k: [nc.Blob(b.role, b.data.astype(np.float16)) if i == 0 else b for i, b in enumerate(v)]
+        for k, v in blobs.items()
+    }
+    data = nc.write_bin(param, half)
+    assert struct.unpack_from("<I", data, 0)[0] == 0x01306B47
+    back = nc.read_bin(param, data)
+    for k, v in half.items():
+        assert back[k][0].data.dtype == np.float16
+        assert np.array_equal(back[k][0].data, v[0].data)
+        assert np.array_equal(back[k][1].data, v[1].data)
+
+
+def test_truncated_or_foreign_files_are_refused(converted):
+    _, nm, param, _ = converted
+    with pytest.raises(GraphkitError, match="shorter|bytes"):
+        nc.read_bin(param, nm.bin.read_bytes()[:-8])
+    with pytest.raises(GraphkitError, match="not account"):
+        nc.read_bin(param, nm.bin.read_bytes() + b"\0" * 8)
+    with pytest.raises(GraphkitError, match="magic"):
+        nc.parse_param("hello\n1 1\n")
+
+
+def _layer(type_, name, **params):
+    return nc.Layer(type_, name, ["a"], ["b"], {int(k[1:]): str(v) for k, v in params.items()})
+
+
+def test_table_matches_golden_file_and_ncnn2table_weight_rules():
+    conv1 = _layer("Convolution", "conv1", p0=2, p1=1, p6=2)
+    conv3 = _layer("Convolution", "conv3", p0=1, p1=3, p6=9)  # 3x3 s1 d1: 31 / absmax
+    dw = _layer("ConvolutionDepthWise", "dw", p0=2, p1=1, p6=2, p7=2)
+    t = ex.NcnnTable()
+    t.weights["conv1"] = ex.weight_scales(
+        conv1, np.array([0.5, -0.25, 2.0, -1.0], np.float32).reshape(2, 2).ravel()[[0, 1, 3, 2]]
+    )
+    t.weights["conv3"] = ex.weight_scales(conv3, np.r_[np.full(8, 0.1), -0.5].astype(np.float32))
+    t.weights["dw"] = ex.weight_scales(dw, np.array([1.0, -0.25], np.float32))
+    t.activations.update({"conv1": 127 / 63.5, "conv3": 127 / 127.0, "dw": 127 / 254.0})
+    assert t.text() == (GOLDEN / "ncnn_table.txt").read_text()
+    assert ex.weight_scales(conv3, np.full(9, 0.5, np.float32), winograd_6bit=False) == [254.0]
+
+
+layer_names = st.text(
+    alphabet=st.characters(whitelist_categories=("L", "N", "P", "S")), min_size=1, max_size=20
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.dictionaries(
+        layer_names, st.lists(st.floats(1e-3, 1e5), min_size=1, max_size=4), min_size=1, max_size=5
+    )
+)
+def test_table_round_trips_or_refuses_names_clearly(entries):
+    t = ex.NcnnTable(weights=dict(entries), activations={k: v[0] for k, v in entries.items()})
+    if any("_param_" in k for k in entries):
+        with pytest.raises(GraphkitError, match="cannot go in an ncnn table"):
+            t.text()
+        return
+    back = ex.parse_table(t.text())
+    assert list(back.weights) == list(entries) and list(back.activations) == list(entries)
+    for k, v in entries.items():
+        assert back.weights[k] == pytest.approx(v, rel=1e-8)
+
+
+@pytest.mark.parametrize("bad", ["has space", "tab\there", ""])
+def test_names_with_whitespace_are_refused(bad):
+    with pytest.raises(GraphkitError, match="cannot go in an ncnn table"):
+        ex.NcnnTable(activations={bad: 1.0}).text()
+
+
+def test_int8_bin_layout_is_what_ncnn2int8_writes(converted):
+    _, _, param, blobs = converted
+    name = next(lay.name for lay in param.layers if lay.type == "Convolution")
+    layer = param.layer(name)
+    w = blobs[name][0].data
+    t = ex.NcnnTable(weights={name: ex.weight_scales(layer, w)}, activations={name: 12.5})
+    ptext, data = ex.to_int8(param, blobs, t)
+    p8 = nc.parse_param(ptext)
+    assert p8.layer(name).params[8] == "2"
+    # the quantized layer is first in the bin: tag, int8 weights padded to 4, bias, scales
+    assert struct.unpack_from("<I", data, 0)[0] == 0x000D4B38
+    n = w.size
+    q = np.frombuffer(data, np.int8, n, 4)
+    assert np.array_equal(q, ex.quantize_weights(w, t.weights[name]))
+    off = 4 + (n + 3) // 4 * 4
+    nout = int(layer.get(0))
+    bias = np.frombuffer(data, np.float32, nout, off)
+    assert np.array_equal(bias, blobs[name][1].data)
+    scales = np.frombuffer(data, np.float32, nout + 1, off + 4 * nout)
+    assert np.allclose(scales[:nout], t.weights[name]) and scales[nout] == np.float32(12.5)
+    assert np.abs(q).max() <= 127
+
+
+def test_quantize_weights_rounds_half_away_from_zero_and_clamps():
+    got = ex.quantize_weights(np.array([0.5, -0.5, 1.5, -2.49, 300.0, -300.0], np.float32), [1.0])
+    assert got.tolist() == [1, -1, 2, -2, 127, -127]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    model = tiny_cnn()
+    data = feeds(24)
+    table = calibrated_table(model, data)
+    out = tmp_path_factory.mktemp("export")
+    ex.export(
+        table, model, out, samples=lambda: iter(data), keep_float=("conv3x3",), compare_samples=0
+    )
+    return model, table, out / "ncnn", data
+
+
+def test_int8_model_runs_in_ncnn_and_tracks_fp32(exported):
+    _, _, d, _ = exported
+    fp = nc.NcnnNet(d / "model.ncnn.param", d / "model.ncnn.bin")
+    q = nc.NcnnNet(d / "model.int8.param", d / "model.int8.bin", int8=True)
+    param = nc.read_param(d / "model.int8.param")
+    tops = [lay.tops[0] for lay in param.layers if lay.get(8)]
+    r = ex.compare(fp, q, feeds(8, seed=11), ["out0"], tops, {"x": "in0"})
+    print(f"tiny fixture: cosine {r['cosine']['out0']:.5f}, SQNR dB {r['sqnr_db']}")
+    assert r["cosine"]["out0"] > 0.99
+    assert all(v > 20 for v in r["sqnr_db"].values())
+    same = fp.run({"in0": feeds(1, seed=11)[0]["x"]}, ["out0"])["out0"]
+    assert not np.array_equal(same, q.run({"in0": feeds(1, seed=11)[0]["x"]}, ["out0"])["out0"])
+
+
+def test_int8_weights_equal_ncnn_own_load_time_quantization(exported):
+    """ncnn quantizes fp32 weights itself when int8_scale_term is set: same outputs."""
+    _, _, d, data = exported
+    p8 = nc.read_param(d / "model.int8.param")
+    fp_param = nc.read_param(d / "model.ncnn.param")
+    fp_blobs = nc.read_bin(fp_param, (d / "model.ncnn.bin").read_bytes())
+    q_blobs = nc.read_bin(p8, (d / "model.int8.bin").read_bytes())
+    mixed = {}
+    for lay in p8.layers:
+        if lay.name not in q_blobs:
+            continue
+        if lay.get(8):
+            mixed[lay.name] = fp_blobs[lay.name] + q_blobs[lay.name][-2:]  # fp32 weights + scales
+        else:
+            mixed[lay.name] = q_blobs[lay.name]
+    (d / "runtime.bin").write_bytes(nc.write_bin(p8, mixed))
+    ours = nc.NcnnNet(d / "model.int8.param", d / "model.int8.bin", int8=True)
+    theirs = nc.NcnnNet(d / "model.int8.param", d / "runtime.bin", int8=True)
+    for f in data[:4]:
+        a = ours.run({"in0": f["x"]}, ["out0"])["out0"]
+        b = theirs.run({"in0": f["x"]}, ["out0"])["out0"]
+        assert np.array_equal(a, b)
+
+
+def test_keep_float_layer_has_no_lines_and_stays_fp32(exported):
+    _, _, d, _ = exported
+    table = ex.parse_table((d / "model.table").read_text())
+    p8 = nc.read_param(d / "model.int8.param")
+    quantized = {lay.name for lay in p8.layers if lay.get(8)}
+    assert quantized == set(table.activations) == set(table.weights)
+    assert len(quantized) == 4  # conv1, dw, pw, fc; conv3x3 kept float
+    blobs = nc.read_bin(p8, (d / "model.int8.bin").read_bytes())
+    float_convs = [lay.name for lay in p8.layers if lay.type == "Convolution" and not lay.get(8)]
+    assert len(float_convs) == 1 and blobs[float_convs[0]][0].data.dtype == np.float32
+
+
+def test_without_data_scales_come_from_the_table_through_weight_twins(exported, tmp_path):
+    model, table, _, _ = exported
+    ex.export(table, model, tmp_path)
+    t = ex.parse_table((tmp_path / "ncnn" / "model.table").read_text())
+    param = nc.read_param(tmp_path / "ncnn" / "model.ncnn.param")
+    blobs = nc.read_bin(param, (tmp_path / "ncnn" / "model.ncnn.bin").read_bytes())
+    twins = ex.match_layers(model, param, blobs)
+    assert sorted(n.name for n in twins.values()) == ["conv1", "conv3x3", "dw", "fc", "pw"]
+    for layer, node in twins.items():
+        assert t.activations[layer] == pytest.approx(
+            127 / table.activations[node.input[0]].amax, rel=1e-6
+        )
+
+
+def test_keep_float_name_without_twin_is_refused(exported, tmp_path):
+    model, table, _, _ = exported
+    with pytest.raises(GraphkitError):
+        ex.export(table, model, tmp_path, keep_float=("relu1",))
+
+
+@pytest.mark.slow
+def test_real_model_int8_tracks_fp32_on_val2017_crops(assets, tmp_path):
+    """posenet (NHWC tf2onnx export) through pnnx, calibrated on 4 train crops."""
+    from graphkit.data import iter_samples, load_input_spec
+    from graphkit.model import load_model
+    from graphkit.quant.calibrate import calibrate
+
+    root = Path(__file__).resolve().parents[1]
+    spec = load_input_spec(root / "examples" / "models" / "posenet.yaml")
+    model = load_model(assets / "models" / "posenet.onnx")
+    table = calibrate(model, spec, method="mse", limit=4)
+
+    def calib():
+        return (s.feeds for s in itertools.islice(iter_samples(spec), 4))
+
+    ex.export(table, model, tmp_path, samples=calib, compare_samples=0, threads=2)
+    d = tmp_path / "ncnn"
+    val = spec.with_source(
+        ann=str(assets / "coco-mini/annotations/person_keypoints_val2017.json"),
+        images=str(assets / "coco-mini/val2017"),
+    )
+    fp = nc.NcnnNet(d / "model.ncnn.param", d / "model.ncnn.bin", threads=2)
+    q = nc.NcnnNet(d / "model.int8.param", d / "model.int8.bin", int8=True, threads=2)
+    crops = [s.feeds for s in itertools.islice(iter_samples(val), 4)]
+    r = ex.compare(fp, q, crops, fp.outputs, input_map={spec.input.name: "in0"})
+    # the same table through onnxruntime's int8 Q/DQ kernels: ncnn must agree with it
+    from graphkit.quant.exporters.qdq_rules import plain_qdq
+    from graphkit.runtime.ort import make_session
+
+    s_fp, s_q = make_session(model), make_session(plain_qdq(table, model))
+    names = [o.name for o in s_fp.get_outputs()]
+    ort_cos = {}
+    for f in crops:
+        for i, (a, b) in enumerate(zip(s_fp.run(names, f), s_q.run(names, f))):
+            a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+            ort_cos.setdefault(f"out{i}", []).append(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+    print("posenet int8 vs fp32 cosine, ncnn:", r["cosine"])
+    print(
+        "posenet int8 vs fp32 cosine, onnxruntime Q/DQ:",
+        {k: float(np.mean(v)) for k, v in ort_cos.items()},
+    )
+    assert r["samples"] == 4
+    assert r["cosine"]["out1"] > 0.98  # heatmaps
+    for k, v in ort_cos.items():
+        assert abs(r["cosine"][k] - float(np.mean(v))) < 0.03
