@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import onnx
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import graphkit.quant.calibrate as calibrate_module
 from graphkit.commands._common import add_command, console
+from graphkit.commands.export import add_export_arguments, export_from_args
 from graphkit.errors import GraphkitError
 from graphkit.model import load_model, save_model
 from graphkit.quant.calibrate import calibrate
@@ -57,12 +59,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def add_export_arguments(p: argparse.ArgumentParser) -> None:
-    """Hook for backend exporters (e.g. --target, --out-dir); none yet."""
-
-
 def export(args: argparse.Namespace, table: CalibrationTable, model: onnx.ModelProto) -> None:
-    """Hook called after the table is computed and before anything is written."""
+    """Write the backend files asked for with --target/--out-dir (before the table is saved)."""
+    if getattr(args, "target", None) or getattr(args, "out_dir", None):
+        export_from_args(args, table, model, Path(args.model).stem)
 
 
 def run(args: argparse.Namespace) -> int:
