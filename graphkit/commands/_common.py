@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
+import sys
 
 from rich.console import Console
 
-console = Console(highlight=False)
+# Logs and CI pipes get 120 columns instead of rich's 80, so tables stay one row per line.
+_piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+console = Console(highlight=False, width=120 if _piped else None)
 
 
 def doc_of(obj: object) -> tuple[str, str]:

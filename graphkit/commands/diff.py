@@ -36,6 +36,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
+def short_name(name: str, width: int = 48) -> str:
+    """Keep the distinctive end of long exporter names so each row stays on one line."""
+    return name if len(name) <= width else "…" + name[-(width - 1) :]
+
+
 def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise GraphkitError("--limit must be at least 1")
@@ -75,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         title_justify="left",
         box=box.SIMPLE_HEAD,
     )
-    t.add_column("tensor", overflow="fold", ratio=1, min_width=20)
+    t.add_column("tensor", no_wrap=True)
     for col, just in (
         ("op", "left"),
         ("int8", "left"),
@@ -83,12 +88,12 @@ def run(args: argparse.Namespace) -> int:
         ("cosine", "right"),
         ("max |err|", "right"),
     ):
-        t.add_column(col, justify=just, no_wrap=True)
+        t.add_column(col, justify=just, no_wrap=True, min_width=max(len(col), 8))
     rows = report.worst_first()
     for r in rows[: args.top]:
         sq = finite_or_none(r.diff.sqnr_db)
         t.add_row(
-            r.name + (" [output]" if r.is_output else ""),
+            short_name(r.name) + (" [output]" if r.is_output else ""),
             r.op_type,
             "yes" if r.quantized else "no",
             "exact" if sq is None else f"{sq:.2f}",
@@ -112,14 +117,14 @@ def run(args: argparse.Namespace) -> int:
             title_justify="left",
             box=box.SIMPLE_HEAD,
         )
-        pl.add_column("layer", overflow="fold", ratio=1)
+        pl.add_column("layer", no_wrap=True)
         for col in ("op", "output SQNR dB", "own SQNR dB"):
-            pl.add_column(col, no_wrap=True)
+            pl.add_column(col, no_wrap=True, min_width=max(len(col), 8))
         from graphkit.evaluators.per_layer import sensitivity_order
 
         for r in sensitivity_order(report.per_layer)[: args.top]:
             pl.add_row(
-                r["node"],
+                short_name(r["node"]),
                 r["op_type"],
                 "exact" if r["output_sqnr_db"] is None else f"{r['output_sqnr_db']:.2f}",
                 "-" if r["layer_sqnr_db"] is None else f"{r['layer_sqnr_db']:.2f}",
