@@ -5,13 +5,19 @@ peer. Each peer runs in its own child process under an address-space cap (RLIMIT
 a peer that runs out of memory is reported as such instead of taking the machine down.
 Per peer: wall time (data loading + calibration + writing the quantized model), peak RSS
 (ru_maxrss of that child, from wait4), at `--small` and at `--crops` crops. Plain FP32
-inference over the same crops (data loading + one session + run) is the time reference.
+inference over the same crops (data loading + one session + run) is the time reference,
+with onnxruntime's default session (fp32) and with the non-spinning threads that
+calibration sessions use (fp32-nospin): on a loaded machine spinning costs fp32 time.
 
 onnxruntime peers: QDQ format, per-channel int8 weights, asymmetric uint8 activations
 (its symmetric int8 Entropy gives the same model as MinMax, see docs/calibration.md).
 
     python benchmarks/calibration.py [--model efficientpose] [--crops 86] [--small 20]
         [--mem-gb 8] [--json results.json]
+
+`--breakdown N` instead profiles one process on N preloaded crops: where the time of a
+histogram calibration goes (FP32 run, run with the calibrated tensors as outputs, numpy
+histogramming per element, serial against overlapped collection).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = [
     "fp32",
+    "fp32-nospin",
     "graphkit-minmax",
     "graphkit-entropy",
     "ort-minmax",
@@ -56,11 +63,12 @@ def child(peer: str, model_name: str, crops: int, out_dir: str, mem_gb: float) -
     )
     out = Path(out_dir) / f"{peer}.onnx"
     t0 = time.perf_counter()
-    if peer == "fp32":
+    if peer in ("fp32", "fp32-nospin"):
         from graphkit.model import load_model
         from graphkit.runtime.ort import make_session
 
-        sess = make_session(load_model(model_path))
+        # fp32-nospin: the session options calibration uses (idle threads sleep)
+        sess = make_session(load_model(model_path), spin=peer == "fp32")
         n = sum(1 for s in iter_samples(spec) if sess.run(None, s.feeds) is not None)
     elif peer.startswith("graphkit-"):
         from graphkit.model import load_model, save_model
@@ -109,6 +117,91 @@ def child(peer: str, model_name: str, crops: int, out_dir: str, mem_gb: float) -
         )
         n = reader.n
     print(json.dumps({"seconds": time.perf_counter() - t0, "samples": n}), flush=True)
+
+
+# ---------------------------------------------------------------------------------------
+# in-process profile
+def breakdown(model_name: str, crops: int) -> list[dict]:
+    """Per-crop wall and CPU of each stage of histogram calibration (crops preloaded)."""
+    sys.path.insert(0, str(ROOT))
+    from graphkit.data import iter_samples, load_input_spec
+    from graphkit.model import load_model
+    from graphkit.quant.collect import Executor, collect, select_tensors
+    from graphkit.quant.observers import TensorStats
+    from graphkit.runtime.ort import make_session
+
+    model = load_model(assets() / "models" / f"{model_name}.onnx")
+    spec = load_input_spec(ROOT / "examples" / "models" / f"{model_name}.yaml").with_source(
+        limit=crops
+    )
+    rows: list[dict] = []
+
+    def timed(stage: str, fn, cpu=time.process_time) -> None:
+        w0, c0 = time.perf_counter(), cpu()
+        extra = fn() or {}
+        wall, cpu_s = time.perf_counter() - w0, cpu() - c0
+        rows.append(
+            {
+                "stage": stage,
+                "ms_per_crop": 1e3 * wall / n,
+                "cpu_ms_per_crop": 1e3 * cpu_s / n,
+                **extra,
+            }
+        )
+
+    n = crops
+    feeds: list = []
+    timed("load + preprocess crops", lambda: feeds.extend(s.feeds for s in iter_samples(spec)))
+    n = len(feeds)
+    names = select_tensors(model, "quantizable")
+    plain = make_session(model)
+    plain.run(None, feeds[0])
+
+    def run_all(fn) -> None:
+        for f in feeds:  # results dropped at once: one sample alive
+            fn(f)
+
+    timed("fp32 run (default session)", lambda: run_all(lambda f: plain.run(None, f)))
+    quiet = make_session(model, spin=False)
+    quiet.run(None, feeds[0])
+    timed("fp32 run (threads do not spin)", lambda: run_all(lambda f: quiet.run(None, f)))
+    execute = Executor(model, names, spin=False)
+    elements = sum(v.size for v in execute(feeds[0]).values())
+    timed("run, calibrated tensors as outputs", lambda: run_all(execute))
+    stats = {t: TensorStats() for t in names}
+    hist_cpu = [0.0]
+
+    def observe_only() -> dict:
+        for f in feeds:
+            out = execute(f)
+            c0 = time.thread_time()
+            for name, value in out.items():
+                stats[name].update(value)
+            hist_cpu[0] += time.thread_time() - c0
+        return {
+            "histogram_cpu_ms_per_crop": 1e3 * hist_cpu[0] / n,
+            "ns_per_element": 1e9 * hist_cpu[0] / (n * elements),
+        }
+
+    timed("run + histogram (serial)", observe_only)
+    for overlap in (False, True):
+        timed(
+            f"collect(overlap={overlap})",
+            lambda o=overlap: collect(model, lambda: iter(feeds), names, overlap=o) and None,
+        )  # includes building the session (about a second)
+    print(
+        f"{model_name}: {n} crops, {len(names)} tensors, {elements / 1e6:.1f} M elements per crop"
+    )
+    for r in rows:
+        more = "".join(
+            f"  {k} {v:.1f}"
+            for k, v in r.items()
+            if k not in ("stage", "ms_per_crop", "cpu_ms_per_crop")
+        )
+        print(
+            f"  {r['stage']:38s} {r['ms_per_crop']:7.1f} ms/crop  cpu {r['cpu_ms_per_crop']:7.1f} ms/crop{more}"
+        )
+    return rows
 
 
 # ---------------------------------------------------------------------------------------
@@ -201,11 +294,17 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=1200.0)
     ap.add_argument("--peers", nargs="+", default=PEERS, choices=PEERS)
     ap.add_argument("--json")
+    ap.add_argument("--breakdown", type=int, metavar="N", help="profile stages on N crops")
     ap.add_argument("--child", choices=PEERS, help=argparse.SUPPRESS)
     ap.add_argument("--out-dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(args.child, args.model, args.crops, args.out_dir, args.mem_gb)
+        return 0
+    if args.breakdown:
+        rows = breakdown(args.model, args.breakdown)
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1))
         return 0
     results = []
     for crops in (args.small, args.crops):
@@ -225,7 +324,6 @@ def main() -> int:
         val("graphkit-entropy", args.crops, "seconds"),
         by.get(("graphkit-entropy", args.crops), {}).get("peak_rss_mb"),
     )
-    fp_t = val("fp32", args.crops, "seconds")
     for peer in ("ort-entropy", "ort-percentile", "ort-minmax"):
         r = by.get((peer, args.crops))
         if r is None:
@@ -237,11 +335,12 @@ def main() -> int:
             )
         else:
             print(f"  {peer}: {r['status']} (graphkit-entropy: {ge_t:.1f} s, {ge_m:.0f} MB)")
-    for peer in ("graphkit-entropy", "graphkit-minmax", "ort-minmax"):
-        t, c = val(peer, args.crops, "seconds"), val(peer, args.crops, "cpu_s")
-        fc = val("fp32", args.crops, "cpu_s")
-        if fp_t and t:
-            print(f"  {peer} / fp32 inference: wall {t / fp_t:.2f}x, cpu {c / fc:.2f}x")
+    for ref in ("fp32", "fp32-nospin"):
+        ref_t, ref_c = val(ref, args.crops, "seconds"), val(ref, args.crops, "cpu_s")
+        for peer in ("graphkit-entropy", "graphkit-minmax", "ort-minmax"):
+            t, c = val(peer, args.crops, "seconds"), val(peer, args.crops, "cpu_s")
+            if ref_t and t:
+                print(f"  {peer} / {ref} inference: wall {t / ref_t:.2f}x, cpu {c / ref_c:.2f}x")
     small_m = by.get(("graphkit-entropy", args.small), {}).get("peak_rss_mb")
     if small_m and ge_m:
         print(

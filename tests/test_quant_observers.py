@@ -131,3 +131,52 @@ def test_collect_stats_streams_dicts_and_ignores_integer_tensors():
     assert set(stats) == {"a"} and stats["a"].samples == 5
     halves = merge_all([collect_stats(data[:2], bins=64), collect_stats(data[2:], bins=64)])
     assert halves["a"] == stats["a"]
+
+
+def test_nonnegative_fast_path_bins_and_zeros_like_the_signed_path():
+    # a ReLU-like tensor spanning several histogram chunks, zeros only in some chunks
+    from graphkit.quant.observers import CHUNK
+
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0.0, 5.0, size=3 * CHUNK + 17).astype(np.float32)
+    x[: CHUNK // 2] = np.maximum(x[: CHUNK // 2] - 2.5, 0.0)  # zeros in the first chunk only
+    x[-5:] = 0.0  # and in the last
+    pos, neg = TensorStats(bins=64), TensorStats(bins=64)
+    pos.update(x)  # min >= 0: no abs, zeros looked for only where bin 0 is hit
+    neg.update(-x)  # same magnitudes through the abs path
+    assert np.array_equal(pos.hist, neg.hist) and pos.exp == neg.exp
+    assert pos.zeros == neg.zeros == int(np.count_nonzero(x == 0))
+    edges = np.arange(pos.fine_bins + 1) * (pos.range / pos.fine_bins)
+    expected, _ = np.histogram(x.astype(np.float64), bins=edges)
+    assert np.array_equal(pos.hist, expected)
+
+
+def test_calibration_collects_with_sessions_that_do_not_spin(monkeypatch):
+    import onnx
+    from onnx import TensorProto, helper
+
+    import graphkit.quant.collect as collect_mod
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    seen = []
+    real = collect_mod.Executor
+
+    class Spy(real):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            opts = self.session.get_session_options()
+            seen.append(opts.get_session_config_entry("session.intra_op.allow_spinning"))
+
+    monkeypatch.setattr(collect_mod, "Executor", Spy)
+    x = np.array([[-1, 0, 2], [3, -4, 0.5]], np.float32)
+    stats = collect_mod.collect(model, lambda: [{"x": x}], ["y"], bins=8)
+    assert seen == ["0"]
+    assert stats["y"].max == 3.0 and stats["y"].zeros == 3

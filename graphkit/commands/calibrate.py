@@ -55,14 +55,92 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         type=int,
         help="observe at most N tensors per pass over the data (less memory, more passes)",
     )
+    p.add_argument(
+        "--auto-keep-float",
+        type=int,
+        metavar="N",
+        help="keep float the N layers whose int8 error hurts the outputs most (sensitivity)",
+    )
+    p.add_argument(
+        "--auto-keep-float-db",
+        type=float,
+        metavar="DB",
+        help="keep float as few sensitive layers as reach this output SQNR (dB)",
+    )
+    p.add_argument(
+        "--sensitivity-samples",
+        type=int,
+        default=4,
+        metavar="K",
+        help="samples scored by the sensitivity analysis (default 4)",
+    )
+    p.add_argument(
+        "--round-weights",
+        action="store_true",
+        help="round the --qdq model's int8 weights against each layer's output error",
+    )
+    p.add_argument(
+        "--weight-samples",
+        type=int,
+        default=8,
+        metavar="K",
+        help="samples fitting --round-weights (default 8)",
+    )
     add_export_arguments(p)
     return p
+
+
+def auto_keep_float(
+    args: argparse.Namespace,
+    table: CalibrationTable,
+    model: onnx.ModelProto,
+    base: onnx.ModelProto | None = None,
+) -> CalibrationTable:
+    """Apply --auto-keep-float / --auto-keep-float-db: rank layers, keep the worst float."""
+    from graphkit.quant.sensitivity import auto_keep_float as choose
+
+    if args.auto_keep_float is None and args.auto_keep_float_db is None:
+        return table
+    with console.status("sensitivity analysis (one layer int8 at a time)"):
+        table, choice = choose(
+            model,
+            args.data,
+            table,
+            count=args.auto_keep_float,
+            target_db=args.auto_keep_float_db,
+            samples=args.sensitivity_samples,
+            keep_float=args.keep_float,
+            base=base,
+        )
+    console.print(
+        f"kept float {len(choice.keep_float)} layer(s): output SQNR "
+        f"{choice.baseline_db:.1f} -> {choice.sqnr_db:.1f} dB"
+        + "".join(f"\n  {n}" for n in choice.keep_float)
+    )
+    return table
 
 
 def export(args: argparse.Namespace, table: CalibrationTable, model: onnx.ModelProto) -> None:
     """Write the backend files asked for with --target/--out-dir (before the table is saved)."""
     if getattr(args, "target", None) or getattr(args, "out_dir", None):
         export_from_args(args, table, model, Path(args.model).stem)
+
+
+def check_auto_keep_float(args: argparse.Namespace) -> None:
+    if args.auto_keep_float is not None and args.auto_keep_float_db is not None:
+        raise GraphkitError("give --auto-keep-float or --auto-keep-float-db, not both")
+    if args.auto_keep_float is not None and args.auto_keep_float < 1:
+        raise GraphkitError(f"--auto-keep-float must be at least 1, got {args.auto_keep_float}")
+    if args.sensitivity_samples < 1:
+        raise GraphkitError(
+            f"--sensitivity-samples must be at least 1, got {args.sensitivity_samples}"
+        )
+    if args.round_weights and not args.qdq:
+        raise GraphkitError(
+            "--round-weights changes the int8 weights of the --qdq model; add --qdq"
+        )
+    if args.weight_samples < 1:
+        raise GraphkitError(f"--weight-samples must be at least 1, got {args.weight_samples}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
         if canonical_method(args.method) != "percentile":
             raise GraphkitError("--percentile only applies to --method percentile")
         settings["percentile"] = args.percentile
+    check_auto_keep_float(args)
     model = load_model(args.model)
     columns = (
         TextColumn("calibrating"),
@@ -101,9 +180,17 @@ def run(args: argparse.Namespace) -> int:
             on_total=lambda n: progress.update(task, total=n),
         )
     table.model_path = args.model
+    rounded = None
+    if args.round_weights:
+        from graphkit.quant.refine import restore_weights, round_weights
+
+        with console.status("rounding weights against the layer outputs"):
+            rounded = round_weights(model, args.data, table, samples=args.weight_samples)
+    table = auto_keep_float(args, table, model, base=rounded)
     qdq = None
     if args.qdq:
-        qdq = insert_qdq(model, table, keep_float=args.keep_float)
+        source = model if rounded is None else restore_weights(rounded, model, table.keep_float)
+        qdq = insert_qdq(source, table, keep_float=args.keep_float)
         make_session(qdq)  # refuse to write a model onnxruntime cannot load
     export(args, table, model)
     table.save(args.output)

@@ -105,9 +105,18 @@ def select_tensors(
 
 
 class Executor:
-    """onnxruntime session exposing `tensors`; __call__(feeds) -> {tensor: array}."""
+    """onnxruntime session exposing `tensors`; __call__(feeds) -> {tensor: array}.
 
-    def __init__(self, model: onnx.ModelProto, tensors: Sequence[str], threads: int | None = None):
+    spin=False: onnxruntime's idle threads sleep instead of busy-waiting, leaving the cores
+    to the observers that run beside it (see `collect`)."""
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        tensors: Sequence[str],
+        threads: int | None = None,
+        spin: bool = True,
+    ):
         inputs = set(graph_input_names(model))
         self.from_feeds = [t for t in tensors if t in inputs]
         self.outputs = [t for t in tensors if t not in inputs]
@@ -116,7 +125,7 @@ class Executor:
         else:
             self.outputs_run = self.outputs
         self.session: ort.InferenceSession = make_session(
-            with_outputs(model, self.outputs_run), threads=threads
+            with_outputs(model, self.outputs_run), threads=threads, spin=spin
         )
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -139,7 +148,13 @@ class RangeExecutor(Executor):
     Size), so no activation leaves onnxruntime: minmax calibration at inference speed.
     __call__(feeds) -> {tensor: (min, max, size)}."""
 
-    def __init__(self, model: onnx.ModelProto, tensors: Sequence[str], threads: int | None = None):
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        tensors: Sequence[str],
+        threads: int | None = None,
+        spin: bool = True,
+    ):
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
         self.tensors = list(tensors)
@@ -165,7 +180,7 @@ class RangeExecutor(Executor):
         self.outputs_run = outs
         self.outputs = outs
         self.from_feeds = []
-        self.session = make_session(with_outputs(copy, outs), threads=threads)
+        self.session = make_session(with_outputs(copy, outs), threads=threads, spin=spin)
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, tuple[float, float, int]]:
         v = self.run(feeds)
@@ -186,8 +201,8 @@ def _pipelined(
     feeds: Iterable[dict[str, np.ndarray]],
 ) -> Iterator[dict[str, np.ndarray]]:
     """execute(f) for each f, loading and running sample i+1 in a thread while the caller
-    observes sample i (onnxruntime and numpy release the GIL): at most two samples' tensors
-    are alive at once."""
+    observes sample i (onnxruntime releases the GIL while it runs). The caller frees each
+    tensor of sample i as soon as it is observed, while onnxruntime fills sample i+1."""
     it = iter(feeds)
 
     def step() -> dict[str, np.ndarray] | None:
@@ -205,6 +220,15 @@ def _pipelined(
             del result
 
 
+def _observe(outputs: dict[str, np.ndarray], stats: dict[str, TensorStats]) -> None:
+    """Observe and drop the tensors one by one (each is freed right after its update)."""
+    while outputs:
+        name, value = outputs.popitem()
+        if np.issubdtype(value.dtype, np.floating):
+            stats[name].update(value)
+        del value
+
+
 def collect(
     model: onnx.ModelProto,
     samples: Callable[[], Iterable[dict[str, np.ndarray]]],
@@ -219,14 +243,17 @@ def collect(
 ) -> dict[str, TensorStats]:
     """Statistics of `tensors` over the feeds `samples()` yields (called once per group).
 
-    overlap=True runs inference of the next sample in a thread while the current one is
-    observed (two samples in memory); it only pays on machines with cores to spare: on 2
-    cores it was slower, so the default keeps strictly one sample in memory. histograms=False reduces each
-    tensor to min/max inside onnxruntime (enough for minmax, much faster).
+    Sessions run with non-spinning threads: idle onnxruntime workers would otherwise burn
+    the cores the histograms need. Tensors are freed one by one as they are observed.
+    overlap=True loads and runs the next sample in a thread while the current one is
+    histogrammed (np.bincount holds the GIL, onnxruntime does not): faster when a core is
+    idle, but up to two samples' tensors are alive, so the default keeps strictly one.
+    histograms=False reduces each tensor to min/max inside onnxruntime (enough for minmax,
+    much faster).
     """
     stats = {t: TensorStats(bins=bins) for t in tensors}
     if not histograms:
-        execute = RangeExecutor(model, list(tensors), threads=threads)
+        execute = RangeExecutor(model, list(tensors), threads=threads, spin=False)
         for feeds in samples():
             for name, (lo, hi, size) in execute(feeds).items():
                 stats[name].update_range(lo, hi, size)
@@ -234,13 +261,10 @@ def collect(
                 on_sample()
         return {t: s for t, s in stats.items() if s.samples}
     for group in _groups(list(tensors), max_outputs_per_run):
-        execute = Executor(model, group, threads=threads)
+        execute = Executor(model, group, threads=threads, spin=False)
         stream = _pipelined(execute, samples()) if overlap else map(execute, samples())
         for outputs in stream:
-            for name, value in outputs.items():
-                if np.issubdtype(value.dtype, np.floating):
-                    stats[name].update(value)
-                del value
+            _observe(outputs, stats)
             del outputs
             if on_sample is not None:
                 on_sample()

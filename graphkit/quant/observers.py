@@ -128,7 +128,7 @@ class TensorStats:
             self.zeros += int(x.size)
             return
         self._grow(_exponent_above(amax))
-        counts, zeros = _bin_counts(x, self.exp, self.fine_bins)
+        counts, zeros = _bin_counts(x, self.exp, self.fine_bins, nonnegative=lo >= 0.0)
         self.hist += counts
         self.zeros += zeros
 
@@ -230,32 +230,40 @@ def _downsample(hist: np.ndarray, shift: int) -> np.ndarray:
     return out
 
 
-CHUNK = 1 << 17  # elements per histogram step: the scratch buffers stay in cache
+CHUNK = 1 << 16  # elements per histogram step: the scratch buffers stay in cache
 
 
-def _bin_counts(x: np.ndarray, exp: int, fine_bins: int) -> tuple[np.ndarray, int]:
+def _bin_counts(
+    x: np.ndarray, exp: int, fine_bins: int, nonnegative: bool = False
+) -> tuple[np.ndarray, int]:
     """(counts of floor(|x| * fine_bins / 2**exp), number of exact zeros).
 
     Exact: the scale is a power of two, and every index is < fine_bins since
-    absmax < 2**exp. One ufunc scales and truncates straight into an integer buffer
-    (truncation toward zero then abs == floor of |x|), so bincount reads intp without
-    another copy; working in chunks keeps the buffers in cache.
+    absmax < 2**exp. One ufunc scales and truncates straight into an int32 buffer
+    (truncation toward zero then abs == floor of |x|; the abs is skipped when no value is
+    negative, as after a ReLU). int32 rather than intp: float32 -> int32 conversion is
+    vectorized, float32 -> int64 is not (0.4 against 1.0 ns per element measured), which
+    more than pays for the widening np.bincount does. Chunks keep the buffers in cache.
+    np.bincount itself (~1.5 ns per element, holding the GIL) is most of what is left.
     """
     scale = math.ldexp(float(fine_bins), -exp)
     if scale > 1e37:  # tiny (subnormal) ranges: float32 would overflow, use float64
         x = x.astype(np.float64)
     else:
         scale = np.float32(scale)
-    buf = _scratch_buffer(min(x.size, CHUNK), np.intp)
+    buf = _scratch_buffer(min(x.size, CHUNK), np.int32)
     counts = np.zeros(fine_bins, dtype=np.int64)
     nonzero = 0
     for start in range(0, x.size, CHUNK):
         part = x[start : start + CHUNK]
         idx = buf[: part.size]
         np.multiply(part, scale, out=idx, casting="unsafe")
-        np.abs(idx, out=idx)
-        counts += np.bincount(idx, minlength=fine_bins)[:fine_bins]
-        nonzero += int(np.count_nonzero(part))
+        if not nonnegative:
+            np.abs(idx, out=idx)
+        chunk = np.bincount(idx, minlength=fine_bins)
+        counts += chunk[:fine_bins]
+        # every exact zero lands in bin 0: no need to look for zeros when it is empty
+        nonzero += int(np.count_nonzero(part)) if chunk[0] else part.size
     return counts, x.size - nonzero
 
 

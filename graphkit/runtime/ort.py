@@ -30,20 +30,24 @@ ONNX_TO_NUMPY = {
 }
 
 
-def session_options(threads: int | None = None) -> ort.SessionOptions:
+def session_options(threads: int | None = None, spin: bool = True) -> ort.SessionOptions:
+    """spin=False stops idle worker threads from busy-waiting: slower alone, faster when
+    the process also does CPU work of its own (calibration histograms) or the cores are shared."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
 
 def make_session(
-    model: onnx.ModelProto, threads: int | None = None, optimize: bool = True
+    model: onnx.ModelProto, threads: int | None = None, optimize: bool = True, spin: bool = True
 ) -> ort.InferenceSession:
     """An onnxruntime CPU session for an in-memory model (via a temp file when > 2 GB)."""
-    opts = session_options(threads)
+    opts = session_options(threads, spin)
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:

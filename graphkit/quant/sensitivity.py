@@ -1,0 +1,329 @@
+"""Which layers hurt int8 accuracy most, and which to keep float.
+
+`sensitivity` quantizes one layer at a time (every other layer float, the same table and
+Q/DQ as `insert_qdq` writes) and measures the SQNR of the model outputs against FP32 on a
+few samples: a layer's own damage at the outputs, whatever the errors of the other layers.
+`choose_keep_float` keeps the most damaging layers float, either a fixed number of them or
+as many as needed to reach an output SQNR target, checking the whole int8 model as it goes
+(errors of separate layers do not add exactly).
+
+Scoring at the outputs (not at each layer's own output) is what makes the ranking a task
+ranking: a layer whose error is large but washed out downstream ranks low; the last conv
+of a heatmap head, whose error is the output error, ranks high.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from graphkit.errors import GraphkitError
+from graphkit.quant.collect import activation_inputs, initializer_names, quantizable_nodes
+from graphkit.quant.qdq import insert_qdq
+from graphkit.quant.table import CalibrationTable
+from graphkit.runtime.ort import make_session, with_outputs
+
+Feeds = dict[str, np.ndarray]
+
+
+def quantized_layers(
+    model: onnx.ModelProto, table: CalibrationTable, keep_float: Sequence[str] = ()
+) -> list[str]:
+    """Names of the nodes `insert_qdq(model, table, keep_float)` quantizes, in graph order."""
+    keep = set(keep_float) | set(table.keep_float)
+    constants = initializer_names(model)
+    out = []
+    for node in quantizable_nodes(model, sorted(keep)):
+        acts = activation_inputs(node, constants)
+        if acts and all(t in table.activations for _, t in acts):
+            out.append(node.name)
+    return out
+
+
+def _check_outputs(model: onnx.ModelProto, outputs: Sequence[str] | None) -> list[str]:
+    names = [o.name for o in model.graph.output]
+    if not outputs:
+        return names
+    known = set(names) | {t for n in model.graph.node for t in n.output}
+    for o in outputs:
+        if o not in known:
+            raise GraphkitError(
+                f"'{o}' is not an output of the model (outputs: {', '.join(names)})"
+            )
+    return list(outputs)
+
+
+NON_SMOOTH_OPS = {
+    "ArgMax", "ArgMin", "TopK", "Gather", "GatherND", "GatherElements", "Cast", "Floor",
+    "Ceil", "Round", "NonMaxSuppression", "Equal", "Greater", "Less", "Where",
+}  # fmt: skip
+
+
+def head_tensors(model: onnx.ModelProto, outputs: Sequence[str] | None = None) -> list[str]:
+    """What to score: each output, or, when it is decoded in the graph, its heads.
+
+    An output reached from the last quantizable layers (Conv, ConvTranspose, Gemm,
+    MatMul) through a non-smooth op (ArgMax, Gather, Cast... MoveNet's in-graph decoding)
+    is replaced by those layers' outputs: scoring a decoded output, a small error either
+    does nothing or flips a peak on one of the few samples; scoring the heads keeps the
+    score proportional to the damage."""
+    from graphkit.quant.weights import QUANTIZED_OPS
+
+    producer = {t: n for n in model.graph.node for t in n.output}
+    # tensors whose values depend on the input values (not only on shapes)
+    data = {i.name for i in model.graph.input}
+    for node in model.graph.node:  # graph order is topological
+        if node.op_type not in ("Shape", "Size") and any(t in data for t in node.input):
+            data.update(node.output)
+    result: list[str] = []
+    for out in _check_outputs(model, outputs):
+        heads: list[str] = []
+        seen: set[str] = set()
+        stack, rough = [out], False
+        while stack:
+            t = stack.pop()
+            node = producer.get(t)
+            if t in seen or node is None:
+                continue
+            seen.add(t)
+            if node.op_type in QUANTIZED_OPS:
+                heads.append(t)
+                continue
+            rough |= node.op_type in NON_SMOOTH_OPS
+            stack.extend(reversed([i for i in node.input if i in data]))
+        for t in heads if rough and heads else [out]:
+            if t not in result:
+                result.append(t)
+    return result
+
+
+class OutputScorer:
+    """SQNR of a candidate model's outputs against the float model's, on fixed samples.
+
+    The float outputs are computed once. The score of a candidate is the lowest SQNR (dB)
+    over the scored outputs, each summed over all samples: 10 log10(sum y^2 / sum e^2).
+    """
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        samples: Sequence[Feeds],
+        outputs: Sequence[str] | None = None,
+        threads: int | None = None,
+    ):
+        if not samples:
+            raise GraphkitError("sensitivity analysis needs at least one sample")
+        self.outputs = _check_outputs(model, outputs)
+        self.samples = list(samples)
+        self.threads = threads
+        self._graph_outputs = [o.name for o in model.graph.output] == self.outputs
+        sess = self._session(model)
+        self.reference = [sess.run(self.outputs, f) for f in self.samples]
+        self.signal = [
+            sum(float(np.sum(np.square(r[k], dtype=np.float64))) for r in self.reference)
+            for k in range(len(self.outputs))
+        ]
+
+    def _session(self, model: onnx.ModelProto):
+        if self._graph_outputs:
+            return make_session(model, threads=self.threads)
+        return make_session(with_outputs(model, self.outputs), threads=self.threads)
+
+    def __call__(self, candidate: onnx.ModelProto) -> float:
+        sess = self._session(candidate)
+        noise = [0.0] * len(self.outputs)
+        for feeds, ref in zip(self.samples, self.reference):
+            got = sess.run(self.outputs, feeds)
+            for k, (a, b) in enumerate(zip(ref, got)):
+                d = a.astype(np.float64) - b.astype(np.float64)
+                noise[k] += float(np.sum(d * d))
+        return min(_sqnr(s, n) for s, n in zip(self.signal, noise))
+
+
+def _sqnr(signal: float, noise: float) -> float:
+    if noise == 0:
+        return math.inf
+    if signal == 0:
+        return -math.inf
+    return 10.0 * math.log10(signal / noise)
+
+
+def sensitivity(
+    model: onnx.ModelProto,
+    samples: Sequence[Feeds] | OutputScorer,
+    table: CalibrationTable,
+    *,
+    layers: Sequence[str] | None = None,
+    outputs: Sequence[str] | None = None,
+    keep_float: Sequence[str] = (),
+    base: onnx.ModelProto | None = None,
+    on_layer: Callable[[str, float], None] | None = None,
+) -> list[tuple[str, float]]:
+    """(node, output SQNR dB with only that node quantized), most sensitive (lowest) first.
+
+    `layers` restricts the analysis (default: every layer the table quantizes). `base` is
+    the model Q/DQ is inserted into when it differs from the float reference `model`
+    (weights already rounded by `graphkit.quant.refine.optimize_weights`)."""
+    qmodel = model if base is None else base
+    scorer = samples if isinstance(samples, OutputScorer) else OutputScorer(model, samples, outputs)
+    all_layers = quantized_layers(model, table, keep_float)
+    picked = all_layers if layers is None else [n for n in all_layers if n in set(layers)]
+    if not picked:
+        raise GraphkitError("the table quantizes no layer of this model to rank")
+    rows = []
+    for name in picked:
+        others = [n for n in all_layers if n != name]
+        score = scorer(insert_qdq(qmodel, table, keep_float=[*keep_float, *others]))
+        rows.append((name, score))
+        if on_layer is not None:
+            on_layer(name, score)
+    return sorted(rows, key=lambda r: (r[1], r[0]))
+
+
+@dataclass
+class KeepFloatChoice:
+    """What `choose_keep_float` decided and why."""
+
+    keep_float: list[str]
+    sqnr_db: float  # output SQNR of the int8 model with keep_float float
+    baseline_db: float  # output SQNR with every layer int8 (plus the user's keep_float)
+    ranking: list[tuple[str, float]]
+    steps: list[tuple[str, float]] = field(default_factory=list)  # (layer added, SQNR after)
+
+
+def choose_keep_float(
+    model: onnx.ModelProto,
+    samples: Sequence[Feeds] | OutputScorer,
+    table: CalibrationTable,
+    *,
+    count: int | None = None,
+    target_db: float | None = None,
+    max_layers: int | None = None,
+    outputs: Sequence[str] | None = None,
+    keep_float: Sequence[str] = (),
+    ranking: list[tuple[str, float]] | None = None,
+    base: onnx.ModelProto | None = None,
+    on_step: Callable[[str, float], None] | None = None,
+) -> KeepFloatChoice:
+    """The layers to keep float: the `count` most sensitive, or as few as reach `target_db`.
+
+    With `target_db`, layers are tried in ranking order (at most `max_layers`, default
+    all) and one is kept only if it raises the whole int8 model's output SQNR; the search
+    stops once the target is met. With `count`, the same greedy check runs until `count`
+    layers are kept (a layer that does not help is skipped). `base`: as for `sensitivity`."""
+    qmodel = model if base is None else base
+    if count is None and target_db is None:
+        raise GraphkitError("choose_keep_float needs a layer count or an SQNR target")
+    if count is not None and count < 0:
+        raise GraphkitError(f"the number of layers to keep float must be >= 0, got {count}")
+    scorer = samples if isinstance(samples, OutputScorer) else OutputScorer(model, samples, outputs)
+    if ranking is None:
+        ranking = sensitivity(model, scorer, table, keep_float=keep_float, base=base)
+    chosen: list[str] = []
+    best = scorer(insert_qdq(qmodel, table, keep_float=list(keep_float)))
+    baseline = best
+    steps: list[tuple[str, float]] = []
+    limit = count if count is not None else (max_layers if max_layers is not None else len(ranking))
+    for name, _ in ranking:
+        if len(chosen) >= limit or (target_db is not None and best >= target_db):
+            break
+        score = scorer(insert_qdq(qmodel, table, keep_float=[*keep_float, *chosen, name]))
+        if score > best:
+            chosen.append(name)
+            best = score
+            steps.append((name, score))
+            if on_step is not None:
+                on_step(name, score)
+    return KeepFloatChoice(chosen, best, baseline, ranking, steps)
+
+
+def with_keep_float(table: CalibrationTable, nodes: Sequence[str]) -> CalibrationTable:
+    """The table with `nodes` added to keep_float and their (unshared) weight entries dropped."""
+    keep = list(dict.fromkeys([*table.keep_float, *nodes]))
+    weights = {k: w for k, w in table.weights.items() if w.node not in set(nodes)}
+    return CalibrationTable(
+        method=table.method,
+        settings=dict(table.settings),
+        model_hash=table.model_hash,
+        model_path=table.model_path,
+        data_source=table.data_source,
+        num_samples=table.num_samples,
+        activations=dict(table.activations),
+        weights=weights,
+        keep_float=keep,
+    )
+
+
+def spec_samples(spec, count: int) -> tuple[list[Feeds], list[str] | None]:
+    """The first `count` samples of an input spec (path or InputSpec) and the outputs its
+    decode section reads (None without one: every output is scored)."""
+    import itertools
+
+    from graphkit.data import iter_samples, load_input_spec
+
+    if count < 1:
+        raise GraphkitError(f"the sensitivity analysis needs at least 1 sample, got {count}")
+    if not hasattr(spec, "source"):
+        spec = load_input_spec(spec)
+    samples = [s.feeds for s in itertools.islice(iter_samples(spec), count)]
+    outputs = None
+    if getattr(spec, "decode", None):
+        from graphkit.evaluators.decoders import build_decoder
+
+        outputs = list(build_decoder(spec.decode).outputs)
+    return samples, outputs
+
+
+def auto_keep_float(
+    model: onnx.ModelProto,
+    spec,
+    table: CalibrationTable,
+    *,
+    count: int | None = None,
+    target_db: float | None = None,
+    samples: int = 4,
+    keep_float: Sequence[str] = (),
+    base: onnx.ModelProto | None = None,
+    on_step: Callable[[str, float], None] | None = None,
+) -> tuple[CalibrationTable, KeepFloatChoice]:
+    """Rank the table's layers on the spec's first `samples` samples (scoring the outputs
+    its decode section reads) and return the table with the chosen layers kept float."""
+    feeds, outputs = spec_samples(spec, samples)
+    scorer = OutputScorer(model, feeds, head_tensors(model, outputs))
+    choice = choose_keep_float(
+        model,
+        scorer,
+        table,
+        count=count,
+        target_db=target_db,
+        keep_float=keep_float,
+        base=base,
+        on_step=on_step,
+    )
+    out = with_keep_float(table, choice.keep_float)
+    out.settings["auto_keep_float"] = {
+        "count": count,
+        "target_db": target_db,
+        "samples": len(feeds),
+        "outputs": scorer.outputs,
+        "sqnr_db_before": round(choice.baseline_db, 3),
+        "sqnr_db_after": round(choice.sqnr_db, 3),
+        "chosen": choice.keep_float,
+    }
+    return out, choice
+
+
+__all__ = [
+    "KeepFloatChoice",
+    "OutputScorer",
+    "auto_keep_float",
+    "choose_keep_float",
+    "head_tensors",
+    "quantized_layers",
+    "sensitivity",
+    "with_keep_float",
+]

@@ -1,0 +1,153 @@
+"""Threshold refinement and weight rounding never worsen the layer-output error they optimize."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+from quant_planted import feeds, make_model, table_for
+
+from graphkit.errors import GraphkitError
+from graphkit.quant.qdq import insert_qdq
+from graphkit.quant.refine import optimize_weights, refine_thresholds, restore_weights
+from graphkit.runtime.ort import make_session, with_outputs
+
+CONSUMER = {"x": ("conv1", "c1"), "r1": ("conv2", "c2"), "r2": ("conv3", "y")}
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = make_model(outlier=3.0)
+    samples = feeds(4)
+    table = table_for(model, samples)
+    # a poor calibrator: x's range 4x too wide, r1's clipped to a third
+    table.activations["x"].amax *= 4.0
+    table.activations["r1"].amax /= 3.0
+    return model, samples, table
+
+
+def layer_error(model, table, tensor, samples) -> float:
+    """Independent measure: only the consumer of `tensor` int8 (its input and weights),
+    float input from the float model; squared error of its output."""
+    node, out = CONSUMER[tensor]
+    others = [n for n, _ in CONSUMER.values() if n != node]
+    q = make_session(with_outputs(insert_qdq(model, table, keep_float=others), [out]))
+    f = make_session(with_outputs(model, [out]))
+    return sum(float(np.sum((q.run(None, s)[0] - f.run(None, s)[0]) ** 2)) for s in samples)
+
+
+def test_refined_thresholds_never_worsen_and_fix_poor_ones(setup):
+    model, samples, table = setup
+    refined, report = refine_thresholds(model, samples, table)
+    assert {r.tensor for r in report} == set(CONSUMER)
+    for r in report:
+        assert r.error_after <= r.error_before
+        before = layer_error(model, table, r.tensor, samples)
+        after = layer_error(model, refined, r.tensor, samples)
+        assert after <= before * (1 + 1e-4)
+        assert after == pytest.approx(r.error_after, rel=1e-2)
+    by = {r.tensor: r for r in report}
+    assert by["x"].amax_after < by["x"].amax_before
+    assert by["r1"].amax_after > by["r1"].amax_before
+    for t in ("x", "r1"):
+        assert by[t].error_after < 0.8 * by[t].error_before
+    assert refined.settings["refined"]["samples"] == 4
+    assert table.activations["x"].amax == by["x"].amax_before  # the input is not modified
+
+
+def test_extra_candidates_act_as_a_per_tensor_method_choice(setup):
+    model, samples, table = setup
+    good = {"x": [1.0]}  # the true range of the uniform inputs
+    refined, _ = refine_thresholds(model, samples, table, factors=(1.0,), candidates=good)
+    assert refined.activations["x"].amax == pytest.approx(good["x"][0])
+    assert refined.activations["r1"].amax == table.activations["r1"].amax
+
+
+def _conv_output_error(model, weights: np.ndarray, samples) -> float:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    init = next(i for i in m.graph.initializer if i.name == "w2")
+    init.CopyFrom(numpy_helper.from_array(weights.astype(np.float32), "w2"))
+    q = make_session(with_outputs(m, ["c2"]))
+    f = make_session(with_outputs(model, ["c2"]))
+    return sum(float(np.sum((q.run(None, s)[0] - f.run(None, s)[0]) ** 2)) for s in samples)
+
+
+def test_weight_rounding_is_on_the_grid_and_beats_plain_rounding(setup):
+    model, samples, table = setup
+    optimized, report = optimize_weights(model, samples, table)
+    assert {r.node for r in report} == {"conv1", "conv2", "conv3"}
+    assert all(r.error_after <= r.error_before for r in report)
+    w = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "w2"))
+    w_opt = numpy_helper.to_array(next(i for i in optimized.graph.initializer if i.name == "w2"))
+    scale = np.asarray(table.weights["w2"].amax).reshape(-1, 1, 1, 1) / 127.0
+    steps = w_opt / scale
+    assert np.allclose(steps, np.round(steps), atol=1e-3) and np.abs(steps).max() <= 127.001
+    plain = np.clip(np.round(w / scale), -127, 127) * scale
+    assert _conv_output_error(model, w_opt, samples) < _conv_output_error(model, plain, samples)
+    # insert_qdq with the same table stores exactly these integers
+    qdq = insert_qdq(optimized, table)
+    q_int = numpy_helper.to_array(
+        next(i for i in qdq.graph.initializer if i.name.startswith("w2_quantized"))
+    )
+    assert np.array_equal(q_int, np.round(steps).astype(np.int8))
+
+
+def test_restore_weights_puts_back_the_float_weights_of_kept_layers(setup):
+    model, samples, table = setup
+    optimized, _ = optimize_weights(model, samples, table)
+    back = restore_weights(optimized, model, ["conv2"])
+    get = {i.name: numpy_helper.to_array(i) for i in back.graph.initializer}
+    orig = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    opt = {i.name: numpy_helper.to_array(i) for i in optimized.graph.initializer}
+    assert np.array_equal(get["w2"], orig["w2"]) and np.array_equal(get["w1"], opt["w1"])
+
+
+def test_errors_are_one_sentence(setup):
+    model, samples, table = setup
+    with pytest.raises(GraphkitError, match="at least one sample"):
+        refine_thresholds(model, [], table)
+    with pytest.raises(GraphkitError, match="positive numbers"):
+        refine_thresholds(model, samples, table, factors=(1.0, -2.0))
+    with pytest.raises(GraphkitError, match="no layer input that can be refined"):
+        refine_thresholds(model, samples, table, tensors=["nope"])
+    with pytest.raises(GraphkitError, match="at least one sample"):
+        optimize_weights(model, [], table)
+    with pytest.raises(GraphkitError, match="no Conv whose weights"):
+        optimize_weights(model, samples, table, nodes=["relu1"])
+
+
+def test_cli_round_weights_writes_rounded_int8_weights(tmp_path):
+    from quant_planted import write_files
+
+    from graphkit.cli import main
+
+    model_path, spec = write_files(tmp_path, n=6)
+    out = tmp_path / "t.json"
+    plain, rounded = tmp_path / "plain.onnx", tmp_path / "rounded.onnx"
+    base = ["calibrate", str(model_path), "--data", str(spec), "--method", "minmax", "-o", str(out)]
+    assert main([*base, "--qdq", str(plain)]) == 0
+    assert main([*base, "--qdq", str(rounded), "--round-weights", "--weight-samples", "4"]) == 0
+
+    def int8_weights(path):
+        m = onnx.load(path)
+        return {
+            i.name: numpy_helper.to_array(i) for i in m.graph.initializer if "_quantized" in i.name
+        }
+
+    a, b = int8_weights(plain), int8_weights(rounded)
+    assert set(a) == set(b) and any(not np.array_equal(a[k], b[k]) for k in a)
+    make_session(onnx.load(rounded))
+
+
+def test_cli_round_weights_needs_a_qdq_output(tmp_path, capsys):
+    from quant_planted import write_files
+
+    from graphkit.cli import main
+
+    model_path, spec = write_files(tmp_path, n=6)
+    out = tmp_path / "t.json"
+    argv = ["calibrate", str(model_path), "--data", str(spec), "-o", str(out), "--round-weights"]
+    assert main(argv) == 2
+    assert "add --qdq" in capsys.readouterr().err.replace("\n", " ") and not out.exists()
