@@ -151,3 +151,71 @@ def test_cli_round_weights_needs_a_qdq_output(tmp_path, capsys):
     argv = ["calibrate", str(model_path), "--data", str(spec), "-o", str(out), "--round-weights"]
     assert main(argv) == 2
     assert "add --qdq" in capsys.readouterr().err.replace("\n", " ") and not out.exists()
+
+
+@pytest.mark.parametrize("group, stride, dilation", [(1, 1, 1), (2, 2, 1), (4, 1, 2)])
+def test_patches_reproduce_the_convolution(group, stride, dilation):
+    """The im2col behind the weight rounding is the convolution ONNX computes."""
+    from onnx import TensorProto, helper
+
+    from graphkit.quant.refine import _conv_geometry, _patch_index, _patches
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 1, (8, 4 // group, 3, 3)).astype(np.float32)
+    node = helper.make_node(
+        "Conv", ["x", "w"], ["y"], group=group, strides=[stride, stride],
+        dilations=[dilation, dilation], pads=[1, 2, 2, 1],
+    )  # fmt: skip
+    graph = helper.make_graph(
+        [node],
+        "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 11, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    x = rng.normal(0, 1, (1, 4, 11, 10)).astype(np.float32)
+    y = make_session(model).run(None, {"x": x})[0][0]
+    geo = _conv_geometry(node, w.shape)
+    ys, xs = _patch_index(x.shape, geo, 10_000, rng)
+    assert len(ys) == y.shape[1] * y.shape[2]  # every output position
+    p = _patches(x, geo, (ys, xs))  # (g, P, cols)
+    rows = w.reshape(group, 8 // group, -1)
+    got = np.einsum("gpc,grc->grp", p, rows).reshape(8, -1)
+    assert np.allclose(got, y[:, ys, xs], atol=1e-4)
+
+
+def test_depthwise_rounding_beats_plain_rounding():
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(1)
+    w = rng.normal(0, 1, (6, 1, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="dw", group=6, pads=[1, 1, 1, 1])],
+        "dw",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 10, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 10, 10])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    # correlated, non-centred inputs: where rounding errors add up instead of averaging out
+    base = rng.uniform(0.5, 1.5, (8, 1, 6, 1, 1)).astype(np.float32)
+    samples = [{"x": b + 0.1 * rng.normal(0, 1, (1, 6, 10, 10)).astype(np.float32)} for b in base]
+    table = table_for(model, samples)
+    optimized, report = optimize_weights(model, samples, table)
+    assert report[0].error_after < 0.5 * report[0].error_before
+    w_opt = numpy_helper.to_array(optimized.graph.initializer[0])
+    scale = np.asarray(table.weights["w"].amax).reshape(-1, 1, 1, 1) / 127.0
+    plain = np.clip(np.round(w / scale), -127, 127) * scale
+    f = make_session(model)
+
+    def err(weights):
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        m.graph.initializer[0].CopyFrom(numpy_helper.from_array(weights.astype(np.float32), "w"))
+        s = make_session(m)
+        return sum(float(np.sum((s.run(None, d)[0] - f.run(None, d)[0]) ** 2)) for d in samples)
+
+    assert err(w_opt) < err(plain)

@@ -348,10 +348,10 @@ def optimize_weights(
     rng = np.random.default_rng(seed)
     graph_inputs = {i.name for i in model.graph.input}
     names = list(dict.fromkeys(n.input[0] for n, _ in picked if n.input[0] not in graph_inputs))
-    sess = make_session(with_outputs(model, names), optimize=False)
+    sess = make_session(with_outputs(model, names), optimize=False) if names else None
     hess: dict[str, np.ndarray] = {}  # sum of x x^T over the sampled input patches
     for feeds in samples:
-        got = dict(zip(names, sess.run(names, feeds)))
+        got = dict(zip(names, sess.run(names, feeds))) if sess is not None else {}
         got.update(feeds)
         for node, geo in picked:
             x = np.asarray(got[node.input[0]], np.float32)
