@@ -18,7 +18,7 @@ crop, MANIFEST.md "Judging int8 accuracy"):
   that runs out of memory is reported as such).
 
     python benchmarks/pose_int8.py [--models efficientpose posenet movenet-lightning]
-        [--keep 5 10] [--json out.json] [--no-peers] [--mem-gb 8]
+        [--keep 10 20] [--sensitivity-samples 8] [--json out.json] [--no-peers] [--mem-gb 8]
 """
 
 from __future__ import annotations
@@ -236,10 +236,10 @@ def main() -> int:
         "--keep",
         type=int,
         nargs="+",
-        default=[10],
+        default=[10, 20],
         help="layers kept float (several: one row each)",
     )
-    ap.add_argument("--sensitivity-samples", type=int, default=4)
+    ap.add_argument("--sensitivity-samples", type=int, default=8)
     ap.add_argument("--weight-samples", type=int, default=8)
     ap.add_argument("--mem-gb", type=float, default=8.0)
     ap.add_argument("--no-peers", action="store_true")

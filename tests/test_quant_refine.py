@@ -219,3 +219,27 @@ def test_depthwise_rounding_beats_plain_rounding():
         return sum(float(np.sum((s.run(None, d)[0] - f.run(None, d)[0]) ** 2)) for d in samples)
 
     assert err(w_opt) < err(plain)
+
+
+def test_cli_round_weights_with_auto_keep_float(tmp_path):
+    from quant_planted import write_files
+
+    from graphkit.cli import main
+    from graphkit.quant.table import CalibrationTable
+
+    model_path, spec = write_files(tmp_path, n=6)
+    out, qdq = tmp_path / "t.json", tmp_path / "q.onnx"
+    argv = ["calibrate", str(model_path), "--data", str(spec), "--method", "minmax", "-o"]
+    argv += [str(out), "--qdq", str(qdq), "--round-weights", "--weight-samples", "3"]
+    assert main([*argv, "--auto-keep-float", "1", "--sensitivity-samples", "3"]) == 0
+    table = CalibrationTable.load(out)
+    assert len(table.keep_float) == 1 and table.settings["auto_keep_float"]["samples"] == 3
+    kept = table.keep_float[0]
+    wname = {"conv1": "w1", "conv2": "w2", "conv3": "w3"}[kept]
+    q = onnx.load(qdq)
+    # the layer kept float computes with its true float weights, not the rounded ones
+    node = next(n for n in q.graph.node if n.name == kept)
+    assert node.input[1] == wname
+    w = next(i for i in q.graph.initializer if i.name == wname)
+    orig = next(i for i in onnx.load(model_path).graph.initializer if i.name == wname)
+    assert np.array_equal(numpy_helper.to_array(w), numpy_helper.to_array(orig))

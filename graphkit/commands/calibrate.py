@@ -70,9 +70,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--sensitivity-samples",
         type=int,
-        default=4,
+        default=8,
         metavar="K",
-        help="samples scored by the sensitivity analysis (default 4)",
+        help="samples scored by the sensitivity analysis (default 8)",
     )
     p.add_argument(
         "--round-weights",
@@ -109,6 +109,7 @@ def auto_keep_float(
             count=args.auto_keep_float,
             target_db=args.auto_keep_float_db,
             samples=args.sensitivity_samples,
+            skip=args.weight_samples if base is not None else 0,
             keep_float=args.keep_float,
             base=base,
         )

@@ -258,9 +258,10 @@ def with_keep_float(table: CalibrationTable, nodes: Sequence[str]) -> Calibratio
     )
 
 
-def spec_samples(spec, count: int) -> tuple[list[Feeds], list[str] | None]:
-    """The first `count` samples of an input spec (path or InputSpec) and the outputs its
-    decode section reads (None without one: every output is scored)."""
+def spec_samples(spec, count: int, skip: int = 0) -> tuple[list[Feeds], list[str] | None]:
+    """`count` samples of an input spec (path or InputSpec) after the first `skip` (from
+    the start when there are none after it), and the outputs its decode section reads
+    (None without one: every output is scored)."""
     import itertools
 
     from graphkit.data import iter_samples, load_input_spec
@@ -269,7 +270,9 @@ def spec_samples(spec, count: int) -> tuple[list[Feeds], list[str] | None]:
         raise GraphkitError(f"the sensitivity analysis needs at least 1 sample, got {count}")
     if not hasattr(spec, "source"):
         spec = load_input_spec(spec)
-    samples = [s.feeds for s in itertools.islice(iter_samples(spec), count)]
+    samples = [s.feeds for s in itertools.islice(iter_samples(spec), skip, skip + count)]
+    if not samples:  # too few samples to hold some out: reuse the first ones
+        samples = [s.feeds for s in itertools.islice(iter_samples(spec), count)]
     outputs = None
     if getattr(spec, "decode", None):
         from graphkit.evaluators.decoders import build_decoder
@@ -285,14 +288,17 @@ def auto_keep_float(
     *,
     count: int | None = None,
     target_db: float | None = None,
-    samples: int = 4,
+    samples: int = 8,
+    skip: int = 0,
     keep_float: Sequence[str] = (),
     base: onnx.ModelProto | None = None,
     on_step: Callable[[str, float], None] | None = None,
 ) -> tuple[CalibrationTable, KeepFloatChoice]:
-    """Rank the table's layers on the spec's first `samples` samples (scoring the outputs
-    its decode section reads) and return the table with the chosen layers kept float."""
-    feeds, outputs = spec_samples(spec, samples)
+    """Rank the table's layers on `samples` samples of the spec after the first `skip`
+    (scoring `head_tensors` of the outputs its decode section reads) and return the
+    table with the chosen layers kept float. `skip` keeps the scored samples apart from
+    the ones weights were rounded on (`base`)."""
+    feeds, outputs = spec_samples(spec, samples, skip)
     scorer = OutputScorer(model, feeds, head_tensors(model, outputs))
     choice = choose_keep_float(
         model,
