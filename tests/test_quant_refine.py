@@ -243,3 +243,20 @@ def test_cli_round_weights_with_auto_keep_float(tmp_path):
     w = next(i for i in q.graph.initializer if i.name == wname)
     orig = next(i for i in onnx.load(model_path).graph.initializer if i.name == wname)
     assert np.array_equal(numpy_helper.to_array(w), numpy_helper.to_array(orig))
+
+
+def test_keep_float_choice_on_rounded_weights_scores_the_model_it_ships(setup):
+    """With rounded weights, a layer kept float computes with its true weights, and the
+    SQNR the choice reports is the one of exactly that model."""
+    from graphkit.quant.sensitivity import OutputScorer, choose_keep_float, with_keep_float
+
+    model, samples, table = setup
+    rounded, _ = optimize_weights(model, samples, table)
+    scorer = OutputScorer(model, feeds(3, seed=5))
+    choice = choose_keep_float(model, scorer, table, count=1, base=rounded)
+    shipped = insert_qdq(
+        restore_weights(rounded, model, choice.keep_float),
+        with_keep_float(table, choice.keep_float),
+    )
+    assert scorer(shipped) == pytest.approx(choice.sqnr_db)
+    assert choice.baseline_db == pytest.approx(scorer(insert_qdq(rounded, table)))

@@ -152,6 +152,22 @@ def _sqnr(signal: float, noise: float) -> float:
     return 10.0 * math.log10(signal / noise)
 
 
+def _qdq(
+    model: onnx.ModelProto,
+    base: onnx.ModelProto | None,
+    table: CalibrationTable,
+    keep: list[str],
+) -> onnx.ModelProto:
+    """The Q/DQ candidate: `base`'s rounded weights for int8 layers, the true float
+    weights of `model` for the layers kept float."""
+    if base is None:
+        return insert_qdq(model, table, keep_float=keep)
+    from graphkit.quant.refine import restore_weights
+
+    floats = set(keep) | set(table.keep_float)
+    return insert_qdq(restore_weights(base, model, sorted(floats)), table, keep_float=keep)
+
+
 def sensitivity(
     model: onnx.ModelProto,
     samples: Sequence[Feeds] | OutputScorer,
@@ -168,7 +184,7 @@ def sensitivity(
     `layers` restricts the analysis (default: every layer the table quantizes). `base` is
     the model Q/DQ is inserted into when it differs from the float reference `model`
     (weights already rounded by `graphkit.quant.refine.optimize_weights`)."""
-    qmodel = model if base is None else base
+
     scorer = samples if isinstance(samples, OutputScorer) else OutputScorer(model, samples, outputs)
     all_layers = quantized_layers(model, table, keep_float)
     picked = all_layers if layers is None else [n for n in all_layers if n in set(layers)]
@@ -177,7 +193,7 @@ def sensitivity(
     rows = []
     for name in picked:
         others = [n for n in all_layers if n != name]
-        score = scorer(insert_qdq(qmodel, table, keep_float=[*keep_float, *others]))
+        score = scorer(_qdq(model, base, table, [*keep_float, *others]))
         rows.append((name, score))
         if on_layer is not None:
             on_layer(name, score)
@@ -215,7 +231,7 @@ def choose_keep_float(
     all) and one is kept only if it raises the whole int8 model's output SQNR; the search
     stops once the target is met. With `count`, the same greedy check runs until `count`
     layers are kept (a layer that does not help is skipped). `base`: as for `sensitivity`."""
-    qmodel = model if base is None else base
+
     if count is None and target_db is None:
         raise GraphkitError("choose_keep_float needs a layer count or an SQNR target")
     if count is not None and count < 0:
@@ -224,14 +240,14 @@ def choose_keep_float(
     if ranking is None:
         ranking = sensitivity(model, scorer, table, keep_float=keep_float, base=base)
     chosen: list[str] = []
-    best = scorer(insert_qdq(qmodel, table, keep_float=list(keep_float)))
+    best = scorer(_qdq(model, base, table, list(keep_float)))
     baseline = best
     steps: list[tuple[str, float]] = []
     limit = count if count is not None else (max_layers if max_layers is not None else len(ranking))
     for name, _ in ranking:
         if len(chosen) >= limit or (target_db is not None and best >= target_db):
             break
-        score = scorer(insert_qdq(qmodel, table, keep_float=[*keep_float, *chosen, name]))
+        score = scorer(_qdq(model, base, table, [*keep_float, *chosen, name]))
         if score > best:
             chosen.append(name)
             best = score
