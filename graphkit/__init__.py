@@ -5,4 +5,4 @@ from graphkit.errors import GraphkitError
 from graphkit.model import load_model, save_model
 
 __version__ = "0.1.0"
-__all__ = ["GraphkitError", "load_model", "save_model", "__version__"]
+__all__ = ["GraphkitError", "__version__", "load_model", "save_model"]

@@ -21,7 +21,7 @@ err_console = Console(stderr=True, highlight=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import graphkit.commands as commands
+    from graphkit import commands
 
     parser = argparse.ArgumentParser(
         prog="graphkit",

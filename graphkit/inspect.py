@@ -24,10 +24,14 @@ def summarize(model: onnx.ModelProto) -> dict[str, Any]:
     real = set(graph_input_names(model))
     return {
         "ir_version": model.ir_version,
-        "opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0),
+        "opset": max(
+            (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0
+        ),
         "nodes": len(model.graph.node),
         "inputs": [(i.name, _dtype(i), _shape(i)) for i in model.graph.input if i.name in real],
         "outputs": [(o.name, _dtype(o), _shape(o)) for o in model.graph.output],
         "ops": count_ops(model),
-        "parameters": int(sum(np.prod(list(t.dims), dtype=np.int64) for t in model.graph.initializer)),
+        "parameters": int(
+            sum(np.prod(list(t.dims), dtype=np.int64) for t in model.graph.initializer)
+        ),
     }

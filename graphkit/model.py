@@ -32,8 +32,10 @@ def load_model(path: str | os.PathLike, load_external_data: bool = True) -> onnx
     try:
         model = onnx.load(str(p), load_external_data=load_external_data)
     except FileNotFoundError as exc:
-        raise GraphkitError(f"{p} refers to external data that is missing ({exc.filename})") from None
-    except Exception as exc:  # protobuf raises DecodeError and friends
+        raise GraphkitError(
+            f"{p} refers to external data that is missing ({exc.filename})"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and friends
         raise GraphkitError(
             f"{p} is not a readable ONNX model (the file is truncated or not ONNX: "
             f"{type(exc).__name__})"
@@ -76,7 +78,11 @@ def save_model(
     if not os.access(parent, os.W_OK):
         raise GraphkitError(f"output directory {parent} is not writable")
     if ir_version is not None and model.ir_version > ir_version:
-        model = onnx.ModelProto.FromString(model.SerializeToString()) if model_size_bytes(model) < PROTOBUF_LIMIT else model
+        model = (
+            onnx.ModelProto.FromString(model.SerializeToString())
+            if model_size_bytes(model) < PROTOBUF_LIMIT
+            else model
+        )
         model.ir_version = ir_version
     if external_data is None:
         external_data = model_size_bytes(model) > EXTERNAL_DATA_THRESHOLD

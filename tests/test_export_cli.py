@@ -54,9 +54,9 @@ def test_export_all_writes_every_target_and_a_readme(tiny, tmp_path):
     check = json.loads((tmp_path / "ncnn" / "int8_check.json").read_text())
     assert check["samples"] == 8 and check["outputs"]["out0"]["onnx"] == "y"
     assert check["outputs"]["out0"]["cosine"] > 0.99
-    assert set(check["layer_sqnr_db"]) == set(
+    assert set(check["layer_sqnr_db"]) == {
         (tmp_path / "ncnn" / "model.table").read_text().split()[i] for i in (-2, -4, -6, -8)
-    )
+    }
 
 
 def _foreign(table, kind):

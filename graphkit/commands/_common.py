@@ -21,7 +21,9 @@ def doc_of(obj: object) -> tuple[str, str]:
     return first, doc
 
 
-def add_command(sub: argparse._SubParsersAction, name: str, target: object) -> argparse.ArgumentParser:
+def add_command(
+    sub: argparse._SubParsersAction, name: str, target: object
+) -> argparse.ArgumentParser:
     """A subparser whose help and description are `target`'s docstring."""
     first, full = doc_of(target)
     return sub.add_parser(

@@ -21,8 +21,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     info = summarize(load_model(args.model))
-    console.print(f"[bold]{args.model}[/]  opset {info['opset']}, IR {info['ir_version']}, "
-                  f"{info['nodes']} nodes, {info['parameters']:,} parameters")
+    console.print(
+        f"[bold]{args.model}[/]  opset {info['opset']}, IR {info['ir_version']}, "
+        f"{info['nodes']} nodes, {info['parameters']:,} parameters"
+    )
     t = Table("kind", "name", "dtype", "shape")
     for kind in ("inputs", "outputs"):
         for name, dtype, shape in info[kind]:

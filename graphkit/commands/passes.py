@@ -19,7 +19,11 @@ def describe_passes(verbose: bool = True) -> str:
         body = info.doc if verbose else info.summary
         lines.extend("    " + line for line in body.splitlines())
         for opt, param in info.options.items():
-            default = "required" if param.default is inspect.Parameter.empty else f"default {param.default!r}"
+            default = (
+                "required"
+                if param.default is inspect.Parameter.empty
+                else f"default {param.default!r}"
+            )
             lines.append(f"    - {opt}: {option_type_name(param)} ({default})")
         lines.append("")
     return "\n".join(lines)

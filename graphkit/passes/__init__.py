@@ -21,4 +21,4 @@ def load_all() -> dict[str, PassInfo]:
     return REGISTRY
 
 
-__all__ = ["PassInfo", "PassResult", "get_pass", "register", "load_all", "REGISTRY"]
+__all__ = ["REGISTRY", "PassInfo", "PassResult", "get_pass", "load_all", "register"]

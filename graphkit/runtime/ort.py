@@ -59,7 +59,7 @@ def make_session(
         with tempfile.TemporaryDirectory() as tmp:
             path = save_model(model, Path(tmp) / "model.onnx", external_data=True)
             return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
+    except Exception as exc:  # noqa: BLE001 - any runtime failure becomes one sentence
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise GraphkitError(f"onnxruntime cannot load the model: {msg}") from None
 
@@ -114,7 +114,7 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     if missing:
         try:
             inferred = onnx.shape_inference.infer_shapes(copy)
-        except Exception:
+        except Exception:  # noqa: BLE001 - any runtime failure becomes one sentence
             inferred = copy
         for vi in list(inferred.graph.value_info) + list(inferred.graph.input):
             known.setdefault(vi.name, vi)
@@ -139,7 +139,7 @@ def run(
     names = [o.name for o in sess.get_outputs()]
     try:
         values = sess.run(names, feeds)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any runtime failure becomes one sentence
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise GraphkitError(f"onnxruntime failed to run the model: {msg}") from None
     return dict(zip(names, values))
