@@ -56,9 +56,11 @@ def test_env_vars_and_defaults_expand(tmp_path, monkeypatch):
 
 def test_assets_variable_defaults_to_shared_assets_from_cwd(tmp_path, monkeypatch):
     monkeypatch.delenv("GRAPHKIT_ASSETS", raising=False)
-    monkeypatch.chdir(tmp_path)
+    (tmp_path / "shared/assets").mkdir(parents=True)
+    (tmp_path / "project").mkdir()
+    monkeypatch.chdir(tmp_path / "project")
     spec = load_input_spec(spec_dict(source__images="${GRAPHKIT_ASSETS}/x"), base_dir="/")
-    assert spec.source.images == str((tmp_path / "../shared/assets/x").resolve())
+    assert spec.source.images == str((tmp_path / "shared/assets/x").resolve())
 
 
 def test_unset_env_var_without_default_is_one_sentence(monkeypatch):
@@ -136,3 +138,16 @@ def test_specs_and_shards_survive_pickling_for_worker_processes(tmp_path):
 
     spec = shard(load_input_spec({**spec_dict(), "decode": {"a": 1}}, base_dir=tmp_path), 1, 3)
     assert pickle.loads(pickle.dumps(spec)) == spec
+
+
+def test_assets_default_is_found_from_any_directory_in_a_checkout(tmp_path, monkeypatch, assets):
+    """Without GRAPHKIT_ASSETS, a spec still finds ../shared/assets beside the checkout."""
+    from graphkit.data import load_input_spec
+
+    spec_path = Path(__file__).resolve().parents[1] / "examples/models/posenet.yaml"
+    if not (spec_path.parents[2] / "../shared/assets").resolve().is_dir():
+        pytest.skip("this checkout has no ../shared/assets beside it")
+    monkeypatch.delenv("GRAPHKIT_ASSETS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    spec = load_input_spec(spec_path)
+    assert Path(spec.source.ann).is_file()

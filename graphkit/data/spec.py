@@ -156,6 +156,19 @@ def _only_keys(d: dict, allowed: set[str], where: str) -> None:
         )
 
 
+def default_assets() -> str:
+    """../shared/assets from the current directory, else beside a source checkout of graphkit.
+
+    The second candidate lets `graphkit` run from any directory in a development checkout
+    without setting GRAPHKIT_ASSETS.
+    """
+    candidates = [Path(DEFAULT_ASSETS), Path(__file__).resolve().parents[2] / DEFAULT_ASSETS]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return str(candidate)
+    return DEFAULT_ASSETS
+
+
 def _expand(value: str, where: str) -> str:
     """Expand ${VAR} and ${VAR:-default}; GRAPHKIT_ASSETS defaults to ../shared/assets."""
 
@@ -166,7 +179,7 @@ def _expand(value: str, where: str) -> str:
             if default is not None:
                 val = default
             elif name == "GRAPHKIT_ASSETS":
-                val = DEFAULT_ASSETS
+                val = default_assets()
             else:
                 raise GraphkitError(
                     f"{where} uses ${{{name}}} but that environment variable is not set"
