@@ -32,3 +32,8 @@ def add_command(
         description=full,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+
+def short_name(name: str, width: int = 48) -> str:
+    """Keep the distinctive end of long exporter names so each row stays on one line."""
+    return name if len(name) <= width else "…" + name[-(width - 1) :]

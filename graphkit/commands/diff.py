@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 import graphkit.evaluators.diff as diff_module
-from graphkit.commands._common import add_command, console
+from graphkit.commands._common import add_command, console, short_name
 from graphkit.errors import GraphkitError
 from graphkit.evaluators.diff import run_diff
 from graphkit.evaluators.metrics import finite_or_none
@@ -34,11 +34,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--per-layer-samples", type=int, default=8, help="samples for --per-layer")
     p.add_argument("--top", type=int, default=25, help="rows in the terminal table (worst first)")
     return p
-
-
-def short_name(name: str, width: int = 48) -> str:
-    """Keep the distinctive end of long exporter names so each row stays on one line."""
-    return name if len(name) <= width else "…" + name[-(width - 1) :]
 
 
 def run(args: argparse.Namespace) -> int:

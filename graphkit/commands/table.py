@@ -6,7 +6,7 @@ import argparse
 
 from rich.table import Table
 
-from graphkit.commands._common import console
+from graphkit.commands._common import console, short_name
 from graphkit.quant.table import CalibrationTable
 
 
@@ -30,15 +30,23 @@ def run(args: argparse.Namespace) -> int:
     )
     if table.keep_float:
         console.print(f"kept float: {', '.join(table.keep_float)}")
-    acts = Table(
-        "activation", "amax", "scale", "min", "max", "clipped", "consumers", title="activations"
-    )
+    acts = Table(title="activations")
+    acts.add_column("activation", no_wrap=True, min_width=36)
+    for col in ("amax", "scale", "min", "max", "clipped"):
+        acts.add_column(col, justify="right", no_wrap=True, min_width=max(len(col), 8))
+    acts.add_column("consumers", overflow="fold")
     for name, e in table.activations.items():
         observed = max(abs(e.min or 0.0), abs(e.max or 0.0))
         clipped = f"{100 * (1 - e.amax / observed):.1f}%" if observed > e.amax else "-"
-        cons = ", ".join(f"{op} {n}" for op, n in e.consumers) or "-"
+        cons = ", ".join(f"{op} {short_name(n, 28)}" for op, n in e.consumers) or "-"
         acts.add_row(
-            name, f"{e.amax:.6g}", f"{e.scale:.6g}", _num(e.min), _num(e.max), clipped, cons
+            short_name(name, 36),
+            f"{e.amax:.6g}",
+            f"{e.scale:.6g}",
+            _num(e.min),
+            _num(e.max),
+            clipped,
+            cons,
         )
     console.print(acts)
     weights = Table(title="weights", title_justify="left")
@@ -48,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
         weights.add_column(col, justify="right", no_wrap=True)
     for name, w in table.weights.items():
         weights.add_row(
-            name,
-            f"{w.op_type} {w.node}",
+            short_name(name),
+            f"{w.op_type} {short_name(w.node, 32)}",
             str(w.axis) if w.axis >= 0 else "tensor",
             str(len(w.amax)),
             f"{min(w.amax):.4g}",
