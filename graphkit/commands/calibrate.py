@@ -86,6 +86,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="K",
         help="samples fitting --round-weights (default 8)",
     )
+    p.add_argument(
+        "--bias-correction",
+        action="store_true",
+        help="correct the --qdq model's Conv biases for the int8 mean shift "
+        "(measured on the --weight-samples samples)",
+    )
     add_export_arguments(p)
     return p
 
@@ -140,6 +146,8 @@ def check_auto_keep_float(args: argparse.Namespace) -> None:
         raise GraphkitError(
             "--round-weights changes the int8 weights of the --qdq model; add --qdq"
         )
+    if args.bias_correction and not args.qdq:
+        raise GraphkitError("--bias-correction changes the biases of the --qdq model; add --qdq")
     if args.weight_samples < 1:
         raise GraphkitError(f"--weight-samples must be at least 1, got {args.weight_samples}")
 
@@ -193,6 +201,15 @@ def run(args: argparse.Namespace) -> int:
         source = model if rounded is None else restore_weights(rounded, model, table.keep_float)
         qdq = insert_qdq(source, table, keep_float=args.keep_float)
         make_session(qdq)  # refuse to write a model onnxruntime cannot load
+        if args.bias_correction:
+            from graphkit.quant.bias import bias_correct_spec
+
+            with console.status("correcting Conv biases for the int8 mean shift"):
+                qdq, done = bias_correct_spec(model, qdq, args.data, samples=args.weight_samples)
+            console.print(
+                f"bias correction: {len(done.nodes)} Conv(s), mean |shift| "
+                f"{done.mean_abs_shift[0] if done.mean_abs_shift else 0:.4g}"
+            )
     export(args, table, model)
     table.save(args.output)
     if qdq is not None:

@@ -1,0 +1,120 @@
+"""Empirical bias correction removes the int8 mean shift of Conv outputs, layer by layer."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from quant_planted import table_for
+from quant_synthetic import make_model, sample_feeds, write_data
+
+from graphkit.cli import main
+from graphkit.errors import GraphkitError
+from graphkit.quant.bias import channel_means, correct_bias, int8_convs
+from graphkit.quant.qdq import insert_qdq
+from graphkit.runtime.ort import make_session
+
+
+def mean_shift(float_model, qdq, outputs, samples) -> dict[str, float]:
+    """Mean over channels of |E[int8 - fp32]| of each tensor (independent of correct_bias)."""
+    ref = channel_means(float_model, outputs, samples)
+    got = channel_means(qdq, outputs, samples)
+    return {t: float(np.abs(got[t] - ref[t]).mean()) for t in outputs}
+
+
+def coarse_table(model, samples):
+    """minmax with activation ranges 3x too wide: coarse int8 steps, a visible mean shift."""
+    table = table_for(model, samples)
+    for entry in table.activations.values():
+        entry.amax *= 3.0
+    return table
+
+
+def test_correction_reduces_the_mean_shift_of_every_conv_and_still_loads():
+    model = make_model()
+    samples = sample_feeds(6)
+    qdq = insert_qdq(model, coarse_table(model, samples))
+    fixed, report = correct_bias(model, qdq, samples)
+    convs = {n.name: n.output[0] for n in int8_convs(qdq)}
+    assert set(report.nodes) == set(convs) == {"conv1", "dwconv", "pwconv"}
+    before = mean_shift(model, qdq, list(convs.values()), samples)
+    after = mean_shift(model, fixed, list(convs.values()), samples)
+    for t in convs.values():
+        assert after[t] < 0.05 * before[t], (t, before[t], after[t])
+    # held-out samples: the shift stays lower (it is a property of the model, not of the fit)
+    held = sample_feeds(6, seed=7)
+    before_h = mean_shift(model, qdq, list(convs.values()), held)
+    after_h = mean_shift(model, fixed, list(convs.values()), held)
+    assert sum(after_h.values()) < sum(before_h.values())
+    # biasless depthwise / pointwise Convs got a bias; the input model is untouched
+    by = {n.name: n for n in fixed.graph.node}
+    assert len(by["dwconv"].input) == 3 and len(by["pwconv"].input) == 3
+    assert len({n.name: n for n in qdq.graph.node}["dwconv"].input) == 2
+    onnx.checker.check_model(fixed)
+    sess = make_session(fixed)
+    y = sess.run(None, held[0])
+    assert all(np.isfinite(a).all() for a in y)
+
+
+def shared_bias_model() -> onnx.ModelProto:
+    """x -> convA -> relu -> convB -> y, convA and convB reading the same bias 'b'."""
+    rng = np.random.default_rng(3)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "wa"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (4, 4, 3, 3)).astype(np.float32), "wb"),
+        numpy_helper.from_array(rng.normal(0, 0.1, 4).astype(np.float32), "b"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+        numpy_helper.from_array(np.array(6.0, np.float32), "hi"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "wa", "b"], ["ca"], name="convA", pads=[1, 1, 1, 1]),
+        helper.make_node("Clip", ["ca", "lo", "hi"], ["ra"], name="clip"),
+        helper.make_node("Conv", ["ra", "wb", "b"], ["y"], name="convB", pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "shared_bias",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16, 16])],
+        inits,
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    return m
+
+
+def test_shared_bias_is_split_and_each_conv_corrected_for_its_own_shift():
+    model = shared_bias_model()
+    samples = sample_feeds(6)
+    qdq = insert_qdq(model, coarse_table(model, samples))
+    fixed, _ = correct_bias(model, qdq, samples)
+    by = {n.name: n for n in fixed.graph.node}
+    ba, bb = by["convA"].input[2], by["convB"].input[2]
+    assert ba != bb and "b" not in {ba, bb}
+    inits = {i.name: numpy_helper.to_array(i) for i in fixed.graph.initializer}
+    assert not np.allclose(inits[ba], inits[bb])
+    before = mean_shift(model, qdq, ["ca", "y"], samples)
+    after = mean_shift(model, fixed, ["ca", "y"], samples)
+    for t in ("ca", "y"):  # the pre-activation Conv output is what is corrected
+        assert after[t] < 0.05 * before[t]
+
+
+def test_no_samples_is_refused():
+    model = make_model()
+    with pytest.raises(GraphkitError, match="at least one sample"):
+        correct_bias(model, insert_qdq(model, table_for(model, sample_feeds(2))), [])
+
+
+def test_cli_bias_correction_writes_a_corrected_qdq_and_needs_qdq(tmp_path, capsys):
+    model, spec = write_data(tmp_path, n=4)
+    out, qdq = tmp_path / "t.json", tmp_path / "q.onnx"
+    base = ["calibrate", str(model), "--data", str(spec), "-o", str(out), "--bias-correction"]
+    assert main(base) == 2
+    assert "add --qdq" in capsys.readouterr().err.replace("\n", " ")
+    assert not out.exists()
+    assert main([*base, "--qdq", str(qdq), "--weight-samples", "2"]) == 0
+    written = onnx.load(qdq)
+    names = {i.name for i in written.graph.initializer}
+    assert "dwconv_bias_corrected" in names and "conv1_bias_corrected" in names
+    make_session(written)
