@@ -8,6 +8,7 @@ import os
 import sys
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 # Logs and CI pipes get 120 columns instead of rich's 80, so tables stay one row per line.
 _piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
@@ -37,3 +38,12 @@ def add_command(
 def short_name(name: str, width: int = 48) -> str:
     """Keep the distinctive end of long exporter names so each row stays on one line."""
     return name if len(name) <= width else "…" + name[-(width - 1) :]
+
+
+def progress_bar(label: str = "{task.description}", unit: str = "") -> Progress:
+    """The progress bar every long command shows: label, bar, done/total, elapsed."""
+    columns = [TextColumn(label), BarColumn(), MofNCompleteColumn()]
+    if unit:
+        columns.append(TextColumn(unit))
+    columns.append(TimeElapsedColumn())
+    return Progress(*columns, console=console, transient=True)

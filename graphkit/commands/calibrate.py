@@ -6,10 +6,9 @@ import argparse
 from pathlib import Path
 
 import onnx
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import graphkit.quant.calibrate as calibrate_module
-from graphkit.commands._common import add_command, console
+from graphkit.commands._common import add_command, console, progress_bar
 from graphkit.commands.export import add_export_arguments, export_from_args
 from graphkit.errors import GraphkitError
 from graphkit.model import load_model, save_model
@@ -164,14 +163,7 @@ def run(args: argparse.Namespace) -> int:
         settings["percentile"] = args.percentile
     check_auto_keep_float(args)
     model = load_model(args.model)
-    columns = (
-        TextColumn("calibrating"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("samples"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console, transient=True) as progress:
+    with progress_bar("calibrating", "samples") as progress:
         task = progress.add_task("calibrate", total=None)
         table = calibrate(
             model,

@@ -6,11 +6,10 @@ import argparse
 import json
 
 from rich import box
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 import graphkit.evaluators.diff as diff_module
-from graphkit.commands._common import add_command, console, short_name
+from graphkit.commands._common import add_command, console, progress_bar, short_name
 from graphkit.errors import GraphkitError
 from graphkit.evaluators.diff import run_diff
 from graphkit.evaluators.metrics import finite_or_none
@@ -39,14 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise GraphkitError("--limit must be at least 1")
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
+    with progress_bar() as bar:
         from graphkit.data import count_samples, load_input_spec
 
         spec = load_input_spec(args.data)

@@ -6,11 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 import graphkit.evaluators.evaluate as evaluate_module
-from graphkit.commands._common import add_command, console
+from graphkit.commands._common import add_command, console, progress_bar
 from graphkit.errors import GraphkitError
 from graphkit.evaluators.evaluate import agreement_of, evaluate, prepare_spec
 from graphkit.model import atomic_write_text
@@ -47,14 +46,7 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, ValueError, KeyError, TypeError):
             raise GraphkitError(f"{ref_path} is not a graphkit eval --json file") from None
     spec = prepare_spec(args.model_config, args.ann, args.images, args.dets, args.limit)
-    with Progress(
-        TextColumn("evaluating"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
+    with progress_bar("evaluating") as bar:
         from graphkit.data import count_samples
 
         task = bar.add_task("eval", total=count_samples(spec))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 
 import numpy as np
 import onnx
@@ -300,6 +300,16 @@ def keep_only(field, keep) -> int:
     for i in reversed(doomed):
         del field[i]
     return len(doomed)
+
+
+def drop_unused_weights(graph: onnx.GraphProto, initializers: Container[str]) -> None:
+    """Remove initializers no node reads, and graph inputs that only listed one of them.
+
+    `initializers` are the names that were initializers before the edit (old IR models list
+    them as graph inputs too); real graph inputs are kept even when unused."""
+    used = {t for n in graph.node for t in n.input} | {o.name for o in graph.output}
+    keep_only(graph.initializer, lambda i: i.name in used)
+    keep_only(graph.input, lambda vi: vi.name in used or vi.name not in initializers)
 
 
 def drop_stale_value_info(graph: onnx.GraphProto) -> None:

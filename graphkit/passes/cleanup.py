@@ -5,7 +5,14 @@ from __future__ import annotations
 import onnx
 from onnx import numpy_helper
 
-from graphkit.passes._graphutil import GraphIndex, keep_only, node_reads, plural, toposort
+from graphkit.passes._graphutil import (
+    GraphIndex,
+    keep_only,
+    node_reads,
+    plural,
+    toposort,
+    unique_name,
+)
 from graphkit.passes.base import PassResult, register
 
 # Ops that copy their input in inference; Dropout only when its mask output is unused.
@@ -84,12 +91,8 @@ def _unique_node_names(graph: onnx.GraphProto) -> int:
     seen: set[str] = set()
     changed = 0
     for node in graph.node:
-        name = node.name or f"{node.op_type}_{node.output[0] if node.output else ''}"
-        base, i = name, 1
-        while name in seen:
-            name = f"{base}_{i}"
-            i += 1
-        seen.add(name)
+        hint = node.name or f"{node.op_type}_{node.output[0] if node.output else ''}"
+        name = unique_name(hint, seen)
         if name != node.name:
             node.name = name
             changed += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnx
 
 from graphkit.errors import GraphkitError
-from graphkit.passes._graphutil import plural, subgraphs
+from graphkit.passes._graphutil import plural, subgraphs, unique_name
 from graphkit.passes.base import PassResult, register
 
 
@@ -88,12 +88,8 @@ def rename(
         seen: set[str] = set()
         for graph in _all_graphs(g):
             for node in graph.node:
-                new = _clean(node.name, chars, replacement) or f"{node.op_type}_{len(seen)}"
-                base, i = new, 1
-                while new in seen:
-                    new = f"{base}_{i}"
-                    i += 1
-                seen.add(new)
+                hint = _clean(node.name, chars, replacement) or f"{node.op_type}_{len(seen)}"
+                new = unique_name(hint, seen)
                 if new != node.name:
                     node.name = new
                     renamed_nodes += 1

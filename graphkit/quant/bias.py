@@ -22,6 +22,7 @@ import onnx
 from onnx import numpy_helper
 
 from graphkit.errors import GraphkitError
+from graphkit.passes._graphutil import drop_unused_weights
 from graphkit.runtime.ort import make_session, with_outputs
 
 Feeds = dict[str, np.ndarray]
@@ -173,14 +174,7 @@ def correct_bias(
                 count += shift.size
         shifts.append(total / max(count, 1))
     graph.initializer.extend(numpy_helper.from_array(v, b) for b, v in biases.items())
-    # drop initializers no node reads any more (a shared bias now copied everywhere)
-    read = {t for n in graph.node for t in n.input} | {o.name for o in graph.output}
-    kept = [i for i in graph.initializer if i.name in read]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    graph_inputs = [vi for vi in graph.input if vi.name in read or vi.name not in inits]
-    del graph.input[:]
-    graph.input.extend(graph_inputs)
+    drop_unused_weights(graph, inits)  # a shared bias now copied to every reader
     make_session(out)  # refuse a model onnxruntime cannot load
     return out, BiasCorrection([n.name for n in convs], shifts, len(samples))
 

@@ -18,6 +18,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from graphkit.errors import GraphkitError
+from graphkit.passes._graphutil import drop_unused_weights
 from graphkit.quant.collect import activation_inputs, initializer_names, quantizable_nodes
 from graphkit.quant.table import QMAX, CalibrationTable
 from graphkit.quant.weights import weight_amax, weight_axis
@@ -186,11 +187,5 @@ def insert_qdq(
     del graph.node[:]
     graph.node.extend(nodes)
     graph.initializer.extend(new_inits)
-    used = {t for n in graph.node for t in n.input} | {o.name for o in graph.output}
-    kept = [i for i in graph.initializer if i.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    inputs = [vi for vi in graph.input if vi.name in used or vi.name not in inits]
-    del graph.input[:]
-    graph.input.extend(inputs)
+    drop_unused_weights(graph, inits)
     return out
