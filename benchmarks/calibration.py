@@ -127,7 +127,7 @@ def breakdown(model_name: str, crops: int) -> list[dict]:
     from graphkit.data import iter_samples, load_input_spec
     from graphkit.model import load_model
     from graphkit.quant.collect import Executor, collect, select_tensors
-    from graphkit.quant.observers import TensorStats
+    from graphkit.quant.observers import TensorStats, compiled_kernel
     from graphkit.runtime.ort import make_session
 
     model = load_model(assets() / "models" / f"{model_name}.onnx")
@@ -168,27 +168,31 @@ def breakdown(model_name: str, crops: int) -> list[dict]:
     execute = Executor(model, names, spin=False)
     elements = sum(v.size for v in execute(feeds[0]).values())
     timed("run, calibrated tensors as outputs", lambda: run_all(execute))
-    stats = {t: TensorStats() for t in names}
-    hist_cpu = [0.0]
 
     def observe_only() -> dict:
+        stats = {t: TensorStats() for t in names}
+        hist_cpu = 0.0
         for f in feeds:
             out = execute(f)
             c0 = time.thread_time()
             for name, value in out.items():
                 stats[name].update(value)
-            hist_cpu[0] += time.thread_time() - c0
+            hist_cpu += time.thread_time() - c0
         return {
-            "histogram_cpu_ms_per_crop": 1e3 * hist_cpu[0] / n,
-            "ns_per_element": 1e9 * hist_cpu[0] / (n * elements),
+            "histogram_cpu_ms_per_crop": 1e3 * hist_cpu / n,
+            "ns_per_element": 1e9 * hist_cpu / (n * elements),
         }
 
-    timed("run + histogram (serial)", observe_only)
-    for overlap in (False, True):
-        timed(
-            f"collect(overlap={overlap})",
-            lambda o=overlap: collect(model, lambda: iter(feeds), names, overlap=o) and None,
-        )  # includes building the session (about a second)
+    kernels = [("numpy", "1")] + ([("C kernel", "0")] if compiled_kernel() else [])
+    for label, numpy_flag in kernels:
+        os.environ["GRAPHKIT_NUMPY_HISTOGRAM"] = numpy_flag
+        timed(f"run + histogram, {label} (serial)", observe_only)
+        for overlap in (False, True):
+            timed(
+                f"collect, {label} (overlap={overlap})",
+                lambda o=overlap: collect(model, lambda: iter(feeds), names, overlap=o) and None,
+            )  # includes building the session (about a second)
+    os.environ.pop("GRAPHKIT_NUMPY_HISTOGRAM")
     print(
         f"{model_name}: {n} crops, {len(names)} tensors, {elements / 1e6:.1f} M elements per crop"
     )

@@ -24,6 +24,7 @@ reused across tensors: activations are never accumulated.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -34,6 +35,20 @@ DEFAULT_BINS = 2048
 FINE_FACTOR = 4  # fine bins per calibration bin: keeps re-binning error below half a bin
 
 _scratch = threading.local()
+
+
+def compiled_kernel() -> Callable | None:
+    """`graphkit.quant._histogram.update_f32` if the C extension was built, else None.
+
+    GRAPHKIT_NUMPY_HISTOGRAM=1 forces the numpy path (tests compare the two; benchmarks
+    show the difference)."""
+    if os.environ.get("GRAPHKIT_NUMPY_HISTOGRAM", "") not in ("", "0"):
+        return None
+    try:
+        from graphkit.quant._histogram import update_f32
+    except ImportError:
+        return None
+    return update_f32
 
 
 def _scratch_buffer(n: int, dtype: type) -> np.ndarray:
@@ -107,7 +122,26 @@ class TensorStats:
         x = np.asarray(x)
         if x.dtype != np.float32:
             x = x.astype(np.float32)
-        x = x.reshape(-1)
+        kernel = compiled_kernel()
+        if kernel is not None:
+            self._update_compiled(kernel, np.ascontiguousarray(x))
+        else:
+            self._update_numpy(x.reshape(-1))
+
+    def _update_compiled(self, kernel: Callable, x: np.ndarray) -> None:
+        """The C kernel: one read of x, GIL released; same statistics as _update_numpy."""
+        lo, hi, finite, zeros, nonfinite, exp = kernel(x, self.hist, self.exp)
+        self.samples += 1
+        self.nonfinite += nonfinite
+        self.zeros += zeros
+        self.exp = exp
+        if finite:
+            self.min = min(self.min, lo)
+            self.max = max(self.max, hi)
+            self.count += finite
+
+    def _update_numpy(self, x: np.ndarray) -> None:
+        """The reference implementation (no compiler needed): numpy, chunk by chunk."""
         self.samples += 1
         if x.size == 0:
             return
