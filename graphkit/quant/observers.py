@@ -17,8 +17,13 @@ thresholds, agree with a two-pass run within one bin, at half the inference cost
 pass). KL thresholds are argmins of nearly flat curves: the bin may move, the divergence
 at the chosen bin stays within 1 % of the two-pass optimum (tested).
 
-Memory: 64 KB per tensor (8192 int64 bins); the only other memory is a small scratch buffer
-reused across tensors: activations are never accumulated.
+Speed: the counting runs in a small C extension (`_histogram.c`: one read of the tensor,
+~1 ns per value, GIL released so the next sample's inference runs meanwhile) with the same
+arithmetic as the numpy path below (~2.6 ns per value), which stays as the fallback where
+no compiler was available at install time, and as the reference the tests compare against.
+
+Memory: 64 KB per tensor (8192 int64 bins) plus small scratch buffers reused across
+tensors: activations are never accumulated.
 """
 
 from __future__ import annotations
@@ -37,6 +42,17 @@ FINE_FACTOR = 4  # fine bins per calibration bin: keeps re-binning error below h
 _scratch = threading.local()
 
 
+def _load_kernel() -> Callable | None:
+    try:
+        from graphkit.quant._histogram import update_f32
+    except ImportError:
+        return None
+    return update_f32
+
+
+_KERNEL = _load_kernel()
+
+
 def compiled_kernel() -> Callable | None:
     """`graphkit.quant._histogram.update_f32` if the C extension was built, else None.
 
@@ -44,11 +60,7 @@ def compiled_kernel() -> Callable | None:
     show the difference)."""
     if os.environ.get("GRAPHKIT_NUMPY_HISTOGRAM", "") not in ("", "0"):
         return None
-    try:
-        from graphkit.quant._histogram import update_f32
-    except ImportError:
-        return None
-    return update_f32
+    return _KERNEL
 
 
 def _scratch_buffer(n: int, dtype: type) -> np.ndarray:
