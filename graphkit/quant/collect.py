@@ -271,8 +271,9 @@ def collect(
     the cores the histograms need. Tensors are freed one by one as they are observed.
     overlap=True loads and runs the next sample in a thread while the current one is
     histogrammed; up to two samples' tensors are then alive. The default (None) overlaps
-    when the compiled histogram kernel is there (it releases the GIL, so both cores work);
-    the numpy fallback holds the GIL in np.bincount and gains little, so it keeps one.
+    when the compiled histogram kernel is there (it releases the GIL, so both cores work)
+    and max_outputs_per_run is not set; the numpy fallback holds the GIL in np.bincount and
+    gains little, so it keeps one.
     histograms=False reduces each tensor to min/max inside onnxruntime (enough for minmax,
     much faster).
     """
@@ -285,8 +286,8 @@ def collect(
             if on_sample is not None:
                 on_sample()
         return {t: s for t, s in stats.items() if s.samples}
-    if overlap is None:
-        overlap = compiled_kernel() is not None
+    if overlap is None:  # max_outputs_per_run asks for bounded memory: keep one sample
+        overlap = compiled_kernel() is not None and not max_outputs_per_run
     for group in _groups(list(tensors), max_outputs_per_run):
         execute = Executor(model, group, threads=threads, spin=False)
         stream = _pipelined(execute, samples()) if overlap else map(execute, samples())
