@@ -13,7 +13,10 @@ onnxruntime peers: QDQ format, per-channel int8 weights, asymmetric uint8 activa
 (its symmetric int8 Entropy gives the same model as MinMax, see docs/calibration.md).
 
     python benchmarks/calibration.py [--model efficientpose] [--crops 86] [--small 20]
-        [--mem-gb 8] [--json results.json]
+        [--mem-gb 8] [--repeat N] [--peers ...] [--json results.json]
+
+`--repeat N` runs every peer N times, interleaved round by round, and reports medians and
+the ratio to FP32 inference within each round (the machine's speed drifts between runs).
 
 `--breakdown N` instead profiles one process on N preloaded crops: where the time of a
 histogram calibration goes (FP32 run, run with the calibrated tensors as outputs, numpy
@@ -26,6 +29,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -124,7 +128,6 @@ def child(peer: str, model_name: str, crops: int, out_dir: str, mem_gb: float) -
 def breakdown(model_name: str, crops: int) -> list[dict]:
     """Per-crop wall and CPU of each stage of histogram calibration (crops preloaded)."""
     sys.path.insert(0, str(ROOT))
-    import numpy as np
 
     from graphkit.data import iter_samples, load_input_spec
     from graphkit.model import load_model
@@ -195,25 +198,6 @@ def breakdown(model_name: str, crops: int) -> list[dict]:
                 lambda o=overlap: collect(model, lambda: iter(feeds), names, overlap=o) and None,
             )  # includes building the session (about a second)
     os.environ.pop("GRAPHKIT_NUMPY_HISTOGRAM")
-    by = {r["stage"]: r for r in rows}
-    if compiled_kernel():
-        # the store-throughput floor: bins visited in order, never a conflict, always cached
-        ordered = (np.arange(elements) % 8192).astype(np.float32) / np.float32(8192)
-        hist = np.zeros(8192, np.int64)
-        c0 = time.thread_time()
-        compiled_kernel()(ordered, hist, 0)
-        floor_ns = 1e9 * (time.thread_time() - c0) / elements
-        del ordered
-        out_cpu = by["run, calibrated tensors as outputs"]["cpu_ms_per_crop"]
-        hist_cpu = by["run + histogram, C kernel (serial)"]["histogram_cpu_ms_per_crop"]
-        fp32 = by["fp32 run (threads do not spin)"]["ms_per_crop"]
-        cores = os.cpu_count() or 1
-        best = (out_cpu + hist_cpu) / cores
-        print(
-            f"kernel on in-order bins: {floor_ns:.2f} ns/element. Lower bound on {cores} cores "
-            f"(run with outputs {out_cpu:.0f} ms CPU + histogram {hist_cpu:.0f} ms CPU, "
-            f"perfectly packed): {best:.0f} ms/crop = {best / fp32:.2f}x the FP32 run"
-        )
     print(
         f"{model_name}: {n} crops, {len(names)} tensors, {elements / 1e6:.1f} M elements per crop"
     )
@@ -225,6 +209,21 @@ def breakdown(model_name: str, crops: int) -> list[dict]:
         )
         print(
             f"  {r['stage']:38s} {r['ms_per_crop']:7.1f} ms/crop  cpu {r['cpu_ms_per_crop']:7.1f} ms/crop{more}"
+        )
+    by = {r["stage"]: r for r in rows}
+    if compiled_kernel():
+        out_cpu = by["run, calibrated tensors as outputs"]["cpu_ms_per_crop"]
+        hist_cpu = by["run + histogram, C kernel (serial)"]["histogram_cpu_ms_per_crop"]
+        fp32 = min(
+            by[k]["ms_per_crop"]
+            for k in ("fp32 run (default session)", "fp32 run (threads do not spin)")
+        )
+        cores = os.cpu_count() or 1
+        best = (out_cpu + hist_cpu) / cores
+        print(
+            f"lower bound on {cores} cores "
+            f"(run with outputs {out_cpu:.0f} ms CPU + histogram {hist_cpu:.0f} ms CPU, "
+            f"perfectly packed): {best:.0f} ms/crop = {best / fp32:.2f}x the faster FP32 run"
         )
     return rows
 
@@ -299,6 +298,32 @@ def run_peer(peer: str, model: str, crops: int, mem_gb: float, timeout: float) -
     }
 
 
+def summarize(runs: list[dict]) -> dict | None:
+    """Median time and CPU, largest peak RSS of one peer's rounds (ok only if all were)."""
+    if not runs:
+        return None
+    bad = [r for r in runs if r["status"] != "ok"]
+    if bad:
+        return bad[0]
+    out = dict(runs[0])
+    for key in ("seconds", "cpu_s", "wall_s"):
+        out[key] = statistics.median(r[key] for r in runs)
+    out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+    return out
+
+
+def per_round_ratios(results: list[dict], peer: str, ref: str, crops: int) -> list[float]:
+    """peer time / reference time within each round (the two ran back to back)."""
+    out = []
+    for r in results:
+        if (r["peer"], r["crops"], r["status"]) != (peer, crops, "ok"):
+            continue
+        for q in results:
+            if (q["peer"], q["crops"], q["round"], q["status"]) == (ref, crops, r["round"], "ok"):
+                out.append(r["seconds"] / q["seconds"])
+    return out
+
+
 def fmt(r: dict | None) -> tuple[str, str]:
     if r is None:
         return "-", "-"
@@ -319,6 +344,9 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=1200.0)
     ap.add_argument("--peers", nargs="+", default=PEERS, choices=PEERS)
     ap.add_argument("--json")
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="rounds per crop count (medians are reported)"
+    )
     ap.add_argument("--breakdown", type=int, metavar="N", help="profile stages on N crops")
     ap.add_argument("--child", choices=PEERS, help=argparse.SUPPRESS)
     ap.add_argument("--out-dir", help=argparse.SUPPRESS)
@@ -333,12 +361,26 @@ def main() -> int:
         return 0
     results = []
     for crops in (args.small, args.crops):
-        for peer in args.peers:
-            r = run_peer(peer, args.model, crops, args.mem_gb, args.timeout)
-            results.append(r)
+        for round_ in range(args.repeat):  # peers interleaved: a load change hits them all
+            for peer in args.peers:
+                r = run_peer(peer, args.model, crops, args.mem_gb, args.timeout)
+                r["round"] = round_
+                results.append(r)
+                t, rss = fmt(r)
+                print(
+                    f"{args.model} {crops:3d} crops  {peer:18s} {t:>28s}  peak RSS {rss}",
+                    flush=True,
+                )
+    by = {
+        (peer, crops): summarize([r for r in results if (r["peer"], r["crops"]) == (peer, crops)])
+        for peer in args.peers
+        for crops in (args.small, args.crops)
+    }
+    if args.repeat > 1:
+        print(f"\nmedians of {args.repeat} rounds:")
+        for (peer, crops), r in by.items():
             t, rss = fmt(r)
-            print(f"{args.model} {crops:3d} crops  {peer:18s} {t:>28s}  peak RSS {rss}", flush=True)
-    by = {(r["peer"], r["crops"]): r for r in results}
+            print(f"{args.model} {crops:3d} crops  {peer:18s} {t:>28s}  peak RSS {rss}")
 
     def val(peer, crops, key):
         r = by.get((peer, crops))
@@ -365,7 +407,15 @@ def main() -> int:
         for peer in ("graphkit-entropy", "graphkit-minmax", "ort-minmax"):
             t, c = val(peer, args.crops, "seconds"), val(peer, args.crops, "cpu_s")
             if ref_t and t:
-                print(f"  {peer} / {ref} inference: wall {t / ref_t:.2f}x, cpu {c / ref_c:.2f}x")
+                rounds = per_round_ratios(results, peer, ref, args.crops)
+                spread = (
+                    f" (per round: {', '.join(f'{x:.2f}' for x in rounds)})"
+                    if len(rounds) > 1
+                    else ""
+                )
+                print(
+                    f"  {peer} / {ref} inference: wall {t / ref_t:.2f}x, cpu {c / ref_c:.2f}x{spread}"
+                )
     small_m = by.get(("graphkit-entropy", args.small), {}).get("peak_rss_mb")
     if small_m and ge_m:
         print(
