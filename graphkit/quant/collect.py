@@ -143,7 +143,7 @@ class Executor:
         else:
             self.outputs_run = self.outputs
         self.session: ort.InferenceSession = make_session(
-            with_outputs(model, self.outputs_run), threads=threads, spin=spin
+            with_outputs(model, self.outputs_run, prune=True), threads=threads, spin=spin
         )
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -204,7 +204,9 @@ class RangeExecutor(Executor):
         self.outputs_run = outs
         self.outputs = outs
         self.from_feeds = []
-        self.session = make_session(with_outputs(copy, outs), threads=threads, spin=spin)
+        self.session = make_session(
+            with_outputs(copy, outs, prune=True), threads=threads, spin=spin
+        )
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, tuple[float, float, int]]:
         v = self.run(feeds)

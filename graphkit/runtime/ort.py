@@ -105,8 +105,45 @@ def sample_inputs(
     return feeds
 
 
-def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """A copy of `model` whose graph outputs are exactly `names` (any tensors in it)."""
+def _reads(node: onnx.NodeProto) -> set[str]:
+    """Tensors a node reads, including outer-scope names used inside its subgraphs."""
+    names = set(node.input)
+    for attr in node.attribute:
+        for g in [attr.g, *attr.graphs] if attr.type in (attr.GRAPH, attr.GRAPHS) else []:
+            for inner in g.node:
+                names |= _reads(inner)
+    return names
+
+
+def prune_to_outputs(model: onnx.ModelProto) -> int:
+    """Delete, in place, the nodes that no graph output depends on; returns how many.
+
+    onnxruntime runs every node of a session's graph whatever outputs are asked for: a
+    calibration session that only exposes inner tensors would still compute the heads and
+    the post-processing after them (on efficientpose the full-resolution ConvTranspose)."""
+    from graphkit.passes._graphutil import drop_unused_weights
+
+    g = model.graph
+    producer = {o: i for i, n in enumerate(g.node) for o in n.output if o}
+    needed: set[int] = set()
+    stack = [o.name for o in g.output]
+    while stack:
+        i = producer.get(stack.pop())
+        if i is None or i in needed:
+            continue
+        needed.add(i)
+        stack.extend(_reads(g.node[i]))
+    doomed = [i for i in range(len(g.node)) if i not in needed]
+    for i in reversed(doomed):  # by index: protobuf wrappers have no stable identity
+        del g.node[i]
+    drop_unused_weights(g, {i.name for i in g.initializer})
+    return len(doomed)
+
+
+def with_outputs(model: onnx.ModelProto, names: list[str], prune: bool = False) -> onnx.ModelProto:
+    """A copy of `model` whose graph outputs are exactly `names` (any tensors in it).
+
+    prune=True also drops the nodes those outputs do not need (see prune_to_outputs)."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     known = {vi.name: vi for vi in copy.graph.output}
@@ -124,6 +161,8 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
             copy.graph.output.append(known[n])
         else:
             copy.graph.output.append(helper.make_empty_tensor_value_info(n))
+    if prune:
+        prune_to_outputs(copy)
     return copy
 
 
