@@ -15,6 +15,7 @@ import multiprocessing as mp
 import os
 import queue as queue_module
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -219,11 +220,13 @@ def build_table(
     for node in quantizable_nodes(model, keep_float):
         for _, name in activation_inputs(node, constants):
             consumers.setdefault(name, []).append([node.op_type, node.name])
+    names = [name for name, s in stats.items() if s.count]
+    # KL curves are numpy work on (candidates x bins) arrays, which releases the GIL
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        amaxes = pool.map(lambda name: threshold(method, stats[name], **settings), names)
     acts = {}
-    for name, s in stats.items():
-        if s.count == 0:
-            continue
-        amax = threshold(method, s, **settings)
+    for name, amax in zip(names, amaxes):
+        s = stats[name]
         acts[name] = ActivationEntry(
             amax=float(max(amax, MIN_AMAX)),
             min=float(s.min),
