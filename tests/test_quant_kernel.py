@@ -165,27 +165,3 @@ def test_overlapped_and_serial_collection_give_identical_statistics(monkeypatch)
     monkeypatch.setenv("GRAPHKIT_NUMPY_HISTOGRAM", "1")
     numpy_path = collect(model, lambda: iter(feeds), ["x", "c1", "r1"], bins=256)
     assert serial == default == numpy_path
-
-
-def test_ring_executor_reuses_its_buffer_sets_and_matches_a_plain_run():
-    model = _two_conv_model()
-    ring = Executor(model, ["c1", "r1"], ring=2)
-    plain = Executor(model, ["c1", "r1"])
-    rng = np.random.default_rng(4)
-    feeds = [{"x": rng.normal(size=(1, 3, 16, 16)).astype(np.float32)} for _ in range(3)]
-    got = [ring(f) for f in feeds]
-    expected = plain(feeds[2])
-    np.testing.assert_array_equal(got[2]["r1"], expected["r1"])
-    assert np.shares_memory(got[2]["c1"], got[0]["c1"])  # run 3 wrote into run 1's set
-    assert not np.shares_memory(got[1]["c1"], got[0]["c1"])
-
-
-def test_ring_executor_falls_back_when_a_dynamic_shape_changes():
-    model = _two_conv_model()
-    model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "h"
-    ring = Executor(model, ["c1"], ring=2)
-    plain = Executor(model, ["c1"])
-    rng = np.random.default_rng(5)
-    for h in (16, 16, 20, 12):
-        f = {"x": rng.normal(size=(1, 3, h, 16)).astype(np.float32)}
-        np.testing.assert_array_equal(ring(f)["c1"], plain(f)["c1"])

@@ -122,40 +122,11 @@ def _as_array(value: ort.OrtValue) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.float32).reshape(shape)
 
 
-_NUMPY_TYPES = {
-    "tensor(float)": np.float32,
-    "tensor(float16)": np.float16,
-    "tensor(double)": np.float64,
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-}
-
-
-def _preallocate(session: ort.InferenceSession, names: list[str], sets: int) -> list | tuple:
-    """`sets` lists of empty output arrays, or () if a shape or type is not static."""
-    info = {o.name: o for o in session.get_outputs()}
-    specs = []
-    for name in names:
-        o = info[name]
-        if o.type not in _NUMPY_TYPES or not all(isinstance(d, int) and d > 0 for d in o.shape):
-            return ()
-        specs.append((tuple(o.shape), _NUMPY_TYPES[o.type]))
-    return [[np.empty(shape, dtype) for shape, dtype in specs] for _ in range(sets)]
-
-
 class Executor:
     """onnxruntime session exposing `tensors`; __call__(feeds) -> {tensor: array}.
 
     spin=False: onnxruntime's idle threads sleep instead of busy-waiting, leaving the cores
-    to the observers that run beside it (see `collect`).
-    ring=N: outputs are written into N preallocated sets of buffers, used in turn, so
-    memory stays fixed however the runs interleave with the observers; an array returned
-    by run k is overwritten by run k + N (collect observes each sample before that).
-    Without a ring, float32 outputs are views of onnxruntime's own buffers (no copy)."""
-
-    ring = 0
-    _buffers: list[list[np.ndarray]] | tuple = ()
-    _turn = 0
+    to the observers that run beside it (see `collect`)."""
 
     def __init__(
         self,
@@ -163,7 +134,6 @@ class Executor:
         tensors: Sequence[str],
         threads: int | None = None,
         spin: bool = True,
-        ring: int = 0,
     ):
         inputs = set(graph_input_names(model))
         self.from_feeds = [t for t in tensors if t in inputs]
@@ -175,50 +145,19 @@ class Executor:
         self.session: ort.InferenceSession = make_session(
             with_outputs(model, self.outputs_run, prune=True), threads=threads, spin=spin
         )
-        self.ring = ring
-        if ring:  # static output shapes: allocate now, onnxruntime never allocates outputs
-            self._buffers = _preallocate(self.session, self.outputs_run, ring)
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The outputs; float32 ones are views of onnxruntime's own buffers (no copy)."""
         try:
-            if self._buffers:
-                ring_result = self._run_into_ring(feeds)
-                if ring_result is not None:
-                    return ring_result
             inputs = {
                 k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v))
                 for k, v in feeds.items()
             }
-            values = [
-                _as_array(v) for v in self.session.run_with_ort_values(self.outputs_run, inputs)
-            ]
+            values = self.session.run_with_ort_values(self.outputs_run, inputs)
         except Exception as exc:  # noqa: BLE001
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise GraphkitError(f"onnxruntime failed to run the model: {msg}") from None
-        if self.ring and not self._buffers and self._turn == 0:
-            # the first run tells the output shapes: copy it into the first buffer set
-            self._buffers = [[np.array(v) for v in values]]
-            self._buffers += [[np.empty_like(v) for v in values] for _ in range(self.ring - 1)]
-            values = self._buffers[0]
-            self._turn = 1
-        return values
-
-    def _run_into_ring(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray] | None:
-        """Run into the next buffer set; None (and no ring from now on) if shapes changed."""
-        buffers = self._buffers[self._turn % self.ring]
-        binding = self.session.io_binding()
-        for k, v in feeds.items():
-            binding.bind_cpu_input(k, np.ascontiguousarray(v))
-        for name, buf in zip(self.outputs_run, buffers):
-            binding.bind_output(name, "cpu", 0, buf.dtype, list(buf.shape), buf.ctypes.data)
-        try:
-            self.session.run_with_iobinding(binding)
-        except Exception:  # noqa: BLE001 - e.g. a dynamic output shape changed: no ring
-            self._buffers = ()
-            self.ring = 0
-            return None
-        self._turn += 1
-        return buffers
+        return [_as_array(v) for v in values]
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self.run(feeds)
@@ -352,8 +291,7 @@ def collect(
     if overlap is None:  # max_outputs_per_run asks for bounded memory: keep one sample
         overlap = compiled_kernel() is not None and not max_outputs_per_run
     for group in _groups(list(tensors), max_outputs_per_run):
-        # overlapped: sample i is observed while i + 1 is computed, two buffer sets do
-        execute = Executor(model, group, threads=threads, spin=False, ring=2 if overlap else 1)
+        execute = Executor(model, group, threads=threads, spin=False)
         stream = _pipelined(execute, samples()) if overlap else map(execute, samples())
         for outputs in stream:
             _observe(outputs, stats)
