@@ -20,7 +20,7 @@ the ratio to FP32 inference within each round (the machine's speed drifts betwee
 
 `--breakdown N` instead profiles one process on N preloaded crops: where the time of a
 histogram calibration goes (FP32 run, run with the calibrated tensors as outputs, numpy
-histogramming per element, serial against overlapped collection).
+histogramming per element, serial, overlapped and parallel collection).
 """
 
 from __future__ import annotations
@@ -192,11 +192,14 @@ def breakdown(model_name: str, crops: int) -> list[dict]:
     for label, numpy_flag in kernels:
         os.environ["GRAPHKIT_NUMPY_HISTOGRAM"] = numpy_flag
         timed(f"run + histogram, {label} (serial)", observe_only)
-        for overlap in (False, True):
+        variants = [("serial", {"observers": 1}), ("overlapped", {"overlap": True})]
+        if label != "numpy":  # np.bincount holds the GIL: parallel observers gain nothing
+            variants.append(("parallel observers, the default", {}))
+        for variant, kwargs in variants:
             timed(
-                f"collect, {label} (overlap={overlap})",
-                lambda o=overlap: collect(model, lambda: iter(feeds), names, overlap=o) and None,
-            )  # includes building the session (about a second)
+                f"collect, {label}, {variant}",
+                lambda kw=kwargs: collect(model, lambda: iter(feeds), names, **kw) and None,
+            )  # includes building the session
     os.environ.pop("GRAPHKIT_NUMPY_HISTOGRAM")
     print(
         f"{model_name}: {n} crops, {len(names)} tensors, {elements / 1e6:.1f} M elements per crop"

@@ -156,12 +156,14 @@ def test_executor_views_stay_valid_after_the_next_run():
     np.testing.assert_array_equal(first["r1"], reference[1])
 
 
-def test_overlapped_and_serial_collection_give_identical_statistics(monkeypatch):
+def test_serial_parallel_and_overlapped_collection_give_identical_statistics(monkeypatch):
     model = _two_conv_model()
     rng = np.random.default_rng(3)
     feeds = [{"x": rng.normal(size=(1, 3, 16, 16)).astype(np.float32)} for _ in range(5)]
-    serial = collect(model, lambda: iter(feeds), ["x", "c1", "r1"], bins=256, overlap=False)
-    default = collect(model, lambda: iter(feeds), ["x", "c1", "r1"], bins=256)
+    tensors = ["x", "c1", "r1"]
+    serial = collect(model, lambda: iter(feeds), tensors, bins=256, observers=1)
+    parallel = collect(model, lambda: iter(feeds), tensors, bins=256, observers=3)
+    overlapped = collect(model, lambda: iter(feeds), tensors, bins=256, overlap=True)
     monkeypatch.setenv("GRAPHKIT_NUMPY_HISTOGRAM", "1")
-    numpy_path = collect(model, lambda: iter(feeds), ["x", "c1", "r1"], bins=256)
-    assert serial == default == numpy_path
+    numpy_path = collect(model, lambda: iter(feeds), tensors, bins=256)
+    assert serial == parallel == overlapped == numpy_path

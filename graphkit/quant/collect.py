@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -246,13 +247,26 @@ def _pipelined(
             del result
 
 
-def _observe(outputs: dict[str, np.ndarray], stats: dict[str, TensorStats]) -> None:
-    """Observe and drop the tensors one by one (each is freed right after its update)."""
-    while outputs:
-        name, value = outputs.popitem()
-        if np.issubdtype(value.dtype, np.floating):
+def _observe(
+    outputs: dict[str, np.ndarray],
+    stats: dict[str, TensorStats],
+    pool: ThreadPoolExecutor | None = None,
+) -> None:
+    """Observe every float tensor of one sample, then drop them.
+
+    With a pool, tensors are histogrammed in parallel, largest first (the compiled kernel
+    releases the GIL; each TensorStats is updated by one thread only)."""
+    items = [(k, v) for k, v in outputs.items() if np.issubdtype(v.dtype, np.floating)]
+    outputs.clear()
+    if pool is None:
+        while items:
+            name, value = items.pop()
             stats[name].update(value)
-        del value
+            del value  # freed right after its update
+        return
+    items.sort(key=lambda kv: -kv[1].size)
+    for _ in pool.map(lambda kv: stats[kv[0]].update(kv[1]), items):
+        pass
 
 
 def collect(
@@ -264,20 +278,21 @@ def collect(
     threads: int | None = None,
     max_outputs_per_run: int | None = None,
     on_sample: Callable[[], None] | None = None,
-    overlap: bool | None = None,
+    overlap: bool = False,
+    observers: int | None = None,
     histograms: bool = True,
 ) -> dict[str, TensorStats]:
     """Statistics of `tensors` over the feeds `samples()` yields (called once per group).
 
     Sessions run with non-spinning threads: idle onnxruntime workers would otherwise burn
-    the cores the histograms need. Tensors are freed one by one as they are observed.
-    overlap=True loads and runs the next sample in a thread while the current one is
-    histogrammed; up to two samples' tensors are then alive. The default (None) overlaps
-    when the compiled histogram kernel is there (it releases the GIL, so both cores work)
-    and max_outputs_per_run is not set; the numpy fallback holds the GIL in np.bincount and
-    gains little, so it keeps one.
-    histograms=False reduces each tensor to min/max inside onnxruntime (enough for minmax,
-    much faster).
+    the cores the histograms need. One sample's tensors are alive at a time: the sample is
+    run, then its tensors are histogrammed by `observers` threads (default: one per core
+    when the compiled kernel is there, which releases the GIL; one with the numpy
+    fallback, whose np.bincount holds it) and dropped.
+    overlap=True instead loads and runs the next sample in a thread while the current one
+    is histogrammed (by one thread): up to two samples' tensors are alive, and on 2 cores it
+    is no faster than parallel observers (measured, docs/calibration.md).
+    histograms=False reduces each tensor to min/max inside onnxruntime (enough for minmax).
     """
     stats = {t: TensorStats(bins=bins) for t in tensors}
     if not histograms:
@@ -288,15 +303,20 @@ def collect(
             if on_sample is not None:
                 on_sample()
         return {t: s for t, s in stats.items() if s.samples}
-    if overlap is None:  # max_outputs_per_run asks for bounded memory: keep one sample
-        overlap = compiled_kernel() is not None and not max_outputs_per_run
-    for group in _groups(list(tensors), max_outputs_per_run):
-        execute = Executor(model, group, threads=threads, spin=False)
-        stream = _pipelined(execute, samples()) if overlap else map(execute, samples())
-        for outputs in stream:
-            _observe(outputs, stats)
-            del outputs
-            if on_sample is not None:
-                on_sample()
-        del execute
+    if observers is None:
+        observers = (os.cpu_count() or 1) if compiled_kernel() is not None else 1
+    pool = ThreadPoolExecutor(observers) if observers > 1 and not overlap else None
+    try:
+        for group in _groups(list(tensors), max_outputs_per_run):
+            execute = Executor(model, group, threads=threads, spin=False)
+            stream = _pipelined(execute, samples()) if overlap else map(execute, samples())
+            for outputs in stream:
+                _observe(outputs, stats, pool)
+                del outputs
+                if on_sample is not None:
+                    on_sample()
+            del execute
+    finally:
+        if pool is not None:
+            pool.shutdown()
     return {t: s for t, s in stats.items() if s.samples}
