@@ -113,6 +113,7 @@ def _worker(
             bins=bins,
             threads=threads,
             max_outputs_per_run=max_outputs,
+            observers=threads,  # this worker's share of the cores, like its session
             on_sample=lambda: out_q.put(("tick", index, None)),
             histograms=histograms,
         )
