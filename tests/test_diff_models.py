@@ -258,3 +258,43 @@ def test_graphkit_qdq_model_marks_only_conv_layers_quantized_and_runs_per_layer(
     assert not by["r1"].quantized and not by["a2"].quantized
     assert {r["node"] for r in rep.per_layer} == {"conv1", "conv2", "conv3"}
     assert all(r["output_sqnr_db"] > 15 for r in rep.per_layer)
+
+
+def test_comparing_in_groups_of_tensors_gives_the_same_figures(pair):
+    whole = run_diff(str(pair / "ref.onnx"), str(pair / "q.onnx"), str(pair / "data.yaml"))
+    passes = []
+    grouped = run_diff(
+        str(pair / "ref.onnx"),
+        str(pair / "q.onnx"),
+        str(pair / "data.yaml"),
+        histograms=True,
+        max_tensors_per_run=1,
+        on_pass=lambda i, k: passes.append((i, k)),
+    )
+    n = len(whole.rows)
+    assert passes == [(i, n) for i in range(n)]
+    assert grouped.samples == whole.samples == 5
+    a, b = whole.to_dict()["tensors"], grouped.to_dict()["tensors"]
+    assert [t["name"] for t in a] == [t["name"] for t in b]
+    for x, y in zip(a, b):  # an outputs-only session is optimized: float rounding differs
+        assert y["sqnr_db"] == pytest.approx(x["sqnr_db"], rel=1e-6)
+        assert y["max_abs_err"] == pytest.approx(x["max_abs_err"], rel=1e-5)
+    assert set(grouped.histograms) >= {"r1", "y"}
+    assert any("passes" in note for note in grouped.notes)
+
+
+def test_max_tensors_per_run_below_one_is_refused_in_one_sentence(pair, capsys):
+    code = main(
+        [
+            "diff",
+            str(pair / "ref.onnx"),
+            str(pair / "q.onnx"),
+            "--data",
+            str(pair / "data.yaml"),
+            "--max-tensors-per-run",
+            "0",
+        ]
+    )
+    assert code != 0
+    err = capsys.readouterr().err
+    assert "--max-tensors-per-run must be at least 1" in err and "Traceback" not in err

@@ -32,12 +32,20 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--per-layer-samples", type=int, default=8, help="samples for --per-layer")
     p.add_argument("--top", type=int, default=25, help="rows in the terminal table (worst first)")
+    p.add_argument(
+        "--max-tensors-per-run",
+        type=int,
+        metavar="N",
+        help="compare at most N tensors per pass over the data (less memory, one run per group)",
+    )
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise GraphkitError("--limit must be at least 1")
+    if args.max_tensors_per_run is not None and args.max_tensors_per_run < 1:
+        raise GraphkitError("--max-tensors-per-run must be at least 1")
     with progress_bar() as bar:
         from graphkit.data import count_samples, load_input_spec
 
@@ -50,6 +58,10 @@ def run(args: argparse.Namespace) -> int:
         def on_layer(_name: str) -> None:
             bar.update(layers, visible=True, advance=1)
 
+        def on_pass(i: int, k: int) -> None:
+            if k > 1:
+                bar.reset(samples, description=f"comparing, pass {i + 1}/{k}")
+
         report = run_diff(
             args.ref,
             args.quant,
@@ -60,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
             table=args.table,
             on_sample=lambda: bar.advance(samples),
             on_layer=on_layer,
+            max_tensors_per_run=args.max_tensors_per_run,
+            on_pass=on_pass,
         )
     data = report.to_dict()
     t = Table(

@@ -157,20 +157,57 @@ def _squeeze_like(ref: np.ndarray, q: np.ndarray) -> np.ndarray:
 def compare(
     ref,
     quant,
-    samples: Iterable[dict[str, np.ndarray]],
+    samples: Iterable[dict[str, np.ndarray]] | Callable[[], Iterable[dict[str, np.ndarray]]],
     outputs_only: bool = False,
     histograms: bool = False,
     on_sample: Callable[[], None] | None = None,
+    max_tensors_per_run: int | None = None,
+    on_pass: Callable[[int, int], None] | None = None,
 ) -> DiffReport:
     """Run both executors on every feeds dict and accumulate per-tensor metrics.
 
     With `histograms`, |x| statistics of every reference tensor are streamed too
     (graphkit.quant.observers.TensorStats) for the report's histogram view.
+    `max_tensors_per_run` compares at most that many tensors per pass over the data (one
+    pass per group, `samples` must then be a callable giving a fresh iterable): memory
+    holds one group's tensors of both models instead of all of them, at the cost of
+    running the models once per group. on_pass(i, k) is called before pass i of k.
     """
     rows = match_tensors(ref, quant, outputs_only)
+    size = max_tensors_per_run or len(rows) or 1
+    if size < 1:
+        raise GraphkitError(f"--max-tensors-per-run must be at least 1, got {size}")
+    groups = [rows[i : i + size] for i in range(0, len(rows), size)] or [rows]
+    if len(groups) > 1 and not callable(samples):
+        raise GraphkitError("comparing in several passes needs samples as a callable")
+    stats: dict[str, Any] = {}
+    counts = []
+    for i, group in enumerate(groups):
+        if on_pass is not None:
+            on_pass(i, len(groups))
+        feeds_iter = samples() if callable(samples) else samples
+        counts.append(_compare_group(ref, quant, group, feeds_iter, histograms, stats, on_sample))
+        if len(groups) > 1:
+            for ex in (ref, quant):  # the next group needs other sessions
+                if hasattr(ex, "drop_sessions"):
+                    ex.drop_sessions()
+    n = counts[0]
+    if n == 0:
+        raise GraphkitError("the data spec produced no samples to compare on")
+    if any(c != n for c in counts):
+        raise GraphkitError(f"the data gave {counts} samples in successive passes")
+    report = DiffReport(ref.label, quant.label, f"{ref.kind}-vs-{quant.kind}", n, rows)
+    if len(groups) > 1:
+        report.notes.append(f"compared in {len(groups)} passes of at most {size} tensors")
+    if histograms:
+        report.histograms = {name: histogram_view(s) for name, s in stats.items()}
+    return report
+
+
+def _compare_group(ref, quant, rows, samples, histograms, stats, on_sample) -> int:
+    """One pass over the data for `rows`; returns the number of samples seen."""
     ref_names = [r.name for r in rows]
     q_names = [r.quant_name for r in rows]
-    stats: dict[str, Any] = {}
     n = 0
     for feeds in samples:
         a = ref.run(feeds, ref_names)
@@ -186,12 +223,7 @@ def compare(
         n += 1
         if on_sample is not None:
             on_sample()
-    if n == 0:
-        raise GraphkitError("the data spec produced no samples to compare on")
-    report = DiffReport(ref.label, quant.label, f"{ref.kind}-vs-{quant.kind}", n, rows)
-    if histograms:
-        report.histograms = {name: histogram_view(s) for name, s in stats.items()}
-    return report
+    return n
 
 
 def _feeds_for(executor, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -226,6 +258,8 @@ def run_diff(
     table: str | None = None,
     on_sample: Callable[[], None] | None = None,
     on_layer: Callable[[str], None] | None = None,
+    max_tensors_per_run: int | None = None,
+    on_pass: Callable[[int, int], None] | None = None,
 ) -> DiffReport:
     """Compare REF against QUANT over the data spec's samples (see module docstring).
 
@@ -233,6 +267,7 @@ def run_diff(
     one-layer-at-a-time error of every quantized layer (ONNX Q/DQ only, on the first
     `per_layer_samples` samples); `histograms` streams |x| histograms of every reference
     tensor, and `table` (a graphkit calibration table) marks each tensor's threshold.
+    `max_tensors_per_run` bounds memory by comparing the tensors in groups (see compare).
     """
     from graphkit.data import check_against_model, iter_samples, load_input_spec
     from graphkit.evaluators.executors import open_executor
@@ -256,10 +291,12 @@ def run_diff(
     report = compare(
         ref,
         quant,
-        (s.feeds for s in iter_samples(spec)),
+        lambda: (s.feeds for s in iter_samples(spec)),
         outputs_only=ref.kind != quant.kind,
         histograms=histograms,
         on_sample=on_sample,
+        max_tensors_per_run=max_tensors_per_run,
+        on_pass=on_pass,
     )
     if ref.kind != quant.kind:
         report.notes.append(

@@ -53,7 +53,7 @@ class OnnxExecutor:
                 sess = ort_rt.make_session(self.model, threads=self.threads)
             else:
                 # Keep intermediate names intact: no fusion may swallow a requested tensor.
-                target = ort_rt.with_outputs(self.model, list(names))
+                target = ort_rt.with_outputs(self.model, list(names), prune=True)
                 sess = ort_rt.make_session(target, threads=self.threads, optimize=False)
             self._sessions[names] = sess
         return sess
