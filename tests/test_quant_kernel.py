@@ -167,3 +167,16 @@ def test_serial_parallel_and_overlapped_collection_give_identical_statistics(mon
     monkeypatch.setenv("GRAPHKIT_NUMPY_HISTOGRAM", "1")
     numpy_path = collect(model, lambda: iter(feeds), tensors, bins=256)
     assert serial == parallel == overlapped == numpy_path
+
+
+@needs_kernel
+def test_kernel_skips_exact_zeros_including_negative_zero_like_numpy(monkeypatch):
+    # chunks with many exact zeros take the path that packs the non-zero values first
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=50_000).astype(np.float32)
+    x[rng.random(x.size) < 0.3] = 0.0
+    x[rng.random(x.size) < 0.1] = -0.0
+    x[:5000] = 0.0  # whole chunks of zeros too
+    reference = _numpy_stats([(x, 1.0), (x, 5.0)], 2048, monkeypatch)
+    got = _kernel_stats([(x, 1.0), (x, 5.0)], 2048)
+    assert got == reference and got.zeros == reference.zeros > 0.3 * 2 * x.size
