@@ -30,7 +30,6 @@ typedef struct {
     float lo, hi;
     int64_t finite, zeros, nonfinite;
     int32_t exp;
-    int bad_fine;
 } result_t;
 
 /* Sum groups of 2**shift bins: the histogram over a 2**shift times larger range. */
@@ -281,7 +280,7 @@ static PyObject *update_f32(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_TypeError, "hist must be int64 with a power-of-two length");
         goto done;
     }
-    result_t r = {INFINITY, -INFINITY, 0, 0, 0, NO_EXP, 0};
+    result_t r = {INFINITY, -INFINITY, 0, 0, 0, NO_EXP};
     if (eo != Py_None) {
         long e = PyLong_AsLong(eo);
         if (e == -1 && PyErr_Occurred()) goto done;
