@@ -173,10 +173,10 @@ def compare(
     holds one group's tensors of both models instead of all of them, at the cost of
     running the models once per group. on_pass(i, k) is called before pass i of k.
     """
+    if max_tensors_per_run is not None and max_tensors_per_run < 1:
+        raise GraphkitError(f"--max-tensors-per-run must be at least 1, got {max_tensors_per_run}")
     rows = match_tensors(ref, quant, outputs_only)
-    size = max_tensors_per_run or len(rows) or 1
-    if size < 1:
-        raise GraphkitError(f"--max-tensors-per-run must be at least 1, got {size}")
+    size = max_tensors_per_run or max(len(rows), 1)
     groups = [rows[i : i + size] for i in range(0, len(rows), size)] or [rows]
     if len(groups) > 1 and not callable(samples):
         raise GraphkitError("comparing in several passes needs samples as a callable")

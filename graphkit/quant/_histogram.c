@@ -123,29 +123,8 @@ static void count_chunk(const float *x, Py_ssize_t n, uint32_t *lanes, Py_ssize_
     if (sd <= 1e37 && !has_nonfinite) {
         float s = (float)sd;
         Py_ssize_t i = 0;
-#ifdef __SSE2__
-        const __m128 vs = _mm_set1_ps(s), absmask = _mm_castsi128_ps(_mm_set1_epi32(0x7fffffff));
-        int32_t idx[8];
-        const __m128 zero = _mm_setzero_ps();
-        int64_t skipped = 0;
-        for (; i + 8 <= n; i += 8) {
-            __m128 a = _mm_and_ps(_mm_loadu_ps(x + i), absmask);
-            __m128 b = _mm_and_ps(_mm_loadu_ps(x + i + 4), absmask);
-            /* runs of exact zeros (ReLU outputs: 40 % of efficientpose's values) are
-             * counted in bulk rather than one increment at a time */
-            if (_mm_movemask_ps(_mm_cmpeq_ps(_mm_or_ps(a, b), zero)) == 0xf) {
-                skipped += 8;
-                continue;
-            }
-            _mm_storeu_si128((__m128i *)idx, _mm_cvttps_epi32(_mm_mul_ps(a, vs)));
-            _mm_storeu_si128((__m128i *)(idx + 4), _mm_cvttps_epi32(_mm_mul_ps(b, vs)));
-            for (int k = 0; k < 8; k++) lanes[(k % LANES) * fine + idx[k]]++;
-        }
-        lanes[0] += (uint32_t)skipped;
-#else
         for (; i + LANES <= n; i += LANES)
             for (int k = 0; k < LANES; k++) lanes[k * fine + (int32_t)(fabsf(x[i + k]) * s)]++;
-#endif
         for (; i < n; i++) lanes[(int32_t)(fabsf(x[i]) * s)]++;
         return;
     }

@@ -18,7 +18,7 @@ pass). KL thresholds are argmins of nearly flat curves: the bin may move, the di
 at the chosen bin stays within 1 % of the two-pass optimum (tested).
 
 Speed: the counting runs in a small C extension (`_histogram.c`: one read of the tensor,
-~1 ns per value, GIL released so the next sample's inference runs meanwhile) with the same
+~1 ns per value, GIL released so that one thread per core can count) with the same
 arithmetic as the numpy path below (~2.6 ns per value), which stays as the fallback where
 no compiler was available at install time, and as the reference the tests compare against.
 

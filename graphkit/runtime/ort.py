@@ -105,16 +105,6 @@ def sample_inputs(
     return feeds
 
 
-def _reads(node: onnx.NodeProto) -> set[str]:
-    """Tensors a node reads, including outer-scope names used inside its subgraphs."""
-    names = set(node.input)
-    for attr in node.attribute:
-        for g in [attr.g, *attr.graphs] if attr.type in (attr.GRAPH, attr.GRAPHS) else []:
-            for inner in g.node:
-                names |= _reads(inner)
-    return names
-
-
 def prune_to_outputs(model: onnx.ModelProto) -> int:
     """Delete, in place, the nodes that no graph output depends on; returns how many.
 
@@ -122,17 +112,10 @@ def prune_to_outputs(model: onnx.ModelProto) -> int:
     calibration session that only exposes inner tensors would still compute the heads and
     the post-processing after them (on efficientpose the full-resolution ConvTranspose)."""
     from graphkit.passes._graphutil import drop_unused_weights
+    from graphkit.passes.outputs import ancestors
 
     g = model.graph
-    producer = {o: i for i, n in enumerate(g.node) for o in n.output if o}
-    needed: set[int] = set()
-    stack = [o.name for o in g.output]
-    while stack:
-        i = producer.get(stack.pop())
-        if i is None or i in needed:
-            continue
-        needed.add(i)
-        stack.extend(_reads(g.node[i]))
+    needed = ancestors(g, [o.name for o in g.output])
     doomed = [i for i in range(len(g.node)) if i not in needed]
     for i in reversed(doomed):  # by index: protobuf wrappers have no stable identity
         del g.node[i]
