@@ -100,6 +100,12 @@ def pair(tmp_path_factory):
     return d
 
 
+def _diff_cli(pair, *options: str) -> int:
+    """`graphkit diff ref.onnx q.onnx --data data.yaml OPTIONS` on the fixture pair."""
+    args = ["diff", str(pair / "ref.onnx"), str(pair / "q.onnx"), "--data", str(pair / "data.yaml")]
+    return main([*args, *options])
+
+
 def test_onnx_vs_qdq_compares_every_shared_float_tensor_and_flags_quantized_layers(pair):
     rep = run_diff(str(pair / "ref.onnx"), str(pair / "q.onnx"), str(pair / "data.yaml"))
     names = {r.name for r in rep.rows}
@@ -173,20 +179,7 @@ def test_per_layer_mode_reports_each_layers_own_output_error(pair):
 
 def test_json_and_html_reports_hold_the_figures_and_are_self_contained(pair, capsys):
     out_json, out_html = pair / "r.json", pair / "r.html"
-    code = main(
-        [
-            "diff",
-            str(pair / "ref.onnx"),
-            str(pair / "q.onnx"),
-            "--data",
-            str(pair / "data.yaml"),
-            "--json",
-            str(out_json),
-            "--html",
-            str(out_html),
-            "--per-layer",
-        ]
-    )
+    code = _diff_cli(pair, "--json", str(out_json), "--html", str(out_html), "--per-layer")
     assert code == 0
     term = capsys.readouterr().out
     assert "SQNR" in term and "Conv" in term
@@ -284,17 +277,7 @@ def test_comparing_in_groups_of_tensors_gives_the_same_figures(pair):
 
 
 def test_max_tensors_per_run_below_one_is_refused_in_one_sentence(pair, capsys):
-    code = main(
-        [
-            "diff",
-            str(pair / "ref.onnx"),
-            str(pair / "q.onnx"),
-            "--data",
-            str(pair / "data.yaml"),
-            "--max-tensors-per-run",
-            "0",
-        ]
-    )
+    code = _diff_cli(pair, "--max-tensors-per-run", "0")
     assert code != 0
     err = capsys.readouterr().err
     assert "--max-tensors-per-run must be at least 1" in err and "Traceback" not in err
