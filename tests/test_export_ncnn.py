@@ -84,7 +84,9 @@ def test_table_matches_golden_file_and_ncnn2table_weight_rules():
     t.weights["conv1"] = ex.weight_scales(
         conv1, np.array([0.5, -0.25, 2.0, -1.0], np.float32).reshape(2, 2).ravel()[[0, 1, 3, 2]]
     )
-    t.weights["conv3"] = ex.weight_scales(conv3, np.r_[np.full(8, 0.1), -0.5].astype(np.float32))
+    t.weights["conv3"] = ex.weight_scales(
+        conv3, np.r_[np.full(8, 0.1), -0.5].astype(np.float32), winograd_6bit=True
+    )
     t.weights["dw"] = ex.weight_scales(dw, np.array([1.0, -0.25], np.float32))
     t.activations.update({"conv1": 127 / 63.5, "conv3": 127 / 127.0, "dw": 127 / 254.0})
     assert t.text() == (GOLDEN / "ncnn_table.txt").read_text()

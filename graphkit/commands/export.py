@@ -51,9 +51,16 @@ def add_export_arguments(p: argparse.ArgumentParser, required: bool = False) -> 
         help="samples used by the ncnn calibration and the vacc set (default 64)",
     )
     p.add_argument(
-        "--ncnn-8bit-3x3",
+        "--ncnn-winograd-6bit",
         action="store_true",
-        help="127/absmax weights for 3x3 s1 convs too (ncnn2table uses 31/absmax for Winograd)",
+        help="ncnn2table's 31/absmax weights for 3x3 s1 convs (default: the plan's 8-bit "
+        "integers, which ncnn runs exactly)",
+    )
+    p.add_argument(
+        "--ncnn-recalibrate",
+        action="store_true",
+        help="calibrate every ncnn layer on the converted model with --data instead of "
+        "taking the plan's thresholds (only layers without an ONNX twin need it)",
     )
     p.add_argument("--gears", type=int, default=8, help="ATC gear count for variable-size inputs")
 
@@ -84,7 +91,8 @@ def export_from_args(args: argparse.Namespace, table, model, model_name: str = "
         samples=samples,
         image_sizes=sizes,
         trt_version=args.trt_version,
-        winograd_6bit=not args.ncnn_8bit_3x3,
+        winograd_6bit=args.ncnn_winograd_6bit,
+        recalibrate=args.ncnn_recalibrate,
         gear_count=args.gears,
         threads=max(1, os.cpu_count() or 1),
         model_name=model_name,

@@ -260,6 +260,73 @@ def describe_source(spec: Any) -> str:
     return text
 
 
+def calibrate_statistics(
+    model: onnx.ModelProto,
+    spec: Any,
+    *,
+    method: str = "mse",
+    workers: int = 1,
+    tensors: str | Sequence[str] = "quantizable",
+    keep_float: Sequence[str] = (),
+    per_channel: bool = True,
+    bins: int = DEFAULT_BINS,
+    max_outputs_per_run: int | None = None,
+    histograms: bool | None = None,
+    on_sample: Callable[[], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> tuple[dict[str, TensorStats], Callable[..., CalibrationTable]]:
+    """One pass over the data: the statistics, and `build(method, settings)` turning them
+    into a table for any method (histograms are kept unless only minmax is wanted)."""
+    from graphkit.data import check_against_model, count_samples
+
+    check_keep_float(model, keep_float)
+    check_against_model(spec, model)
+    total = count_samples(spec)
+    if total == 0:
+        raise GraphkitError("the input spec yields no samples to calibrate on")
+    if on_total is not None:
+        on_total(total)
+    names = select_tensors(model, tensors, keep_float)
+    if not names:
+        raise GraphkitError("the model has no tensors to calibrate (no Conv, Gemm or MatMul)")
+    if histograms is None:
+        histograms = canonical_method(method) != "minmax"
+    seen = [0]
+
+    def tick() -> None:
+        seen[0] += 1
+        if on_sample is not None:
+            on_sample()
+
+    stats = collect_statistics(
+        model,
+        spec,
+        names,
+        workers=workers,
+        bins=bins,
+        max_outputs_per_run=max_outputs_per_run,
+        on_sample=tick,
+        histograms=histograms,
+    )
+    groups = -(-len(names) // max_outputs_per_run) if max_outputs_per_run and histograms else 1
+
+    def build(method: str, settings: dict[str, Any] | None = None) -> CalibrationTable:
+        if not histograms and canonical_method(method) != "minmax":
+            raise GraphkitError(f"method {method} needs histograms, collected without them")
+        return build_table(
+            model,
+            stats,
+            method,
+            settings,
+            keep_float=keep_float,
+            per_channel=per_channel,
+            data_source=describe_source(spec),
+            num_samples=seen[0] // groups,
+        )
+
+    return stats, build
+
+
 def calibrate(
     model: str | os.PathLike | onnx.ModelProto,
     spec: Any,
@@ -276,61 +343,42 @@ def calibrate(
     on_sample: Callable[[], None] | None = None,
     on_total: Callable[[int], None] | None = None,
 ) -> CalibrationTable:
-    """Calibrate `model` on the samples of `spec` (a YAML path or InputSpec) for int8.
+    """Calibrate `model` on the samples of `spec` (a YAML path or InputSpec) for int8:
+    thresholds and weight ranges only (`graphkit.quantize` makes the other decisions).
 
     method: mse (default), minmax, entropy (= entropy-trt), kl-ncnn, percentile; settings are the
     method's options (e.g. {"percentile": 99.99}). tensors: "quantizable" (inputs of Conv,
     ConvTranspose, Gemm, MatMul), "all" (every float tensor), or a list of names.
     """
-    from graphkit.data import check_against_model, count_samples
-
     method = canonical_method(method)
     model, model_path = _load(model)
     spec = _load_spec(spec, limit)
-    check_keep_float(model, keep_float)
-    check_against_model(spec, model)
-    total = count_samples(spec)
-    if total == 0:
-        raise GraphkitError("the input spec yields no samples to calibrate on")
-    if on_total is not None:
-        on_total(total)
-    names = select_tensors(model, tensors, keep_float)
-    if not names:
-        raise GraphkitError("the model has no tensors to calibrate (no Conv, Gemm or MatMul)")
-    seen = [0]
-
-    def tick() -> None:
-        seen[0] += 1
-        if on_sample is not None:
-            on_sample()
-
-    stats = collect_statistics(
+    _, build = calibrate_statistics(
         model,
         spec,
-        names,
+        method=method,
         workers=workers,
-        bins=bins,
-        max_outputs_per_run=max_outputs_per_run,
-        on_sample=tick,
-        histograms=method != "minmax",
-    )
-    split = max_outputs_per_run and method != "minmax"
-    groups = -(-len(names) // max_outputs_per_run) if split else 1
-    return build_table(
-        model,
-        stats,
-        method,
-        settings,
+        tensors=tensors,
         keep_float=keep_float,
         per_channel=per_channel,
-        model_path=model_path,
-        data_source=describe_source(spec),
-        num_samples=seen[0] // groups,
+        bins=bins,
+        max_outputs_per_run=max_outputs_per_run,
+        on_sample=on_sample,
+        on_total=on_total,
     )
+    table = build(method, settings)
+    table.model_path = model_path
+    return table
 
 
 def methods() -> list[str]:
     return sorted(CALIBRATORS)
 
 
-__all__ = ["build_table", "calibrate", "collect_statistics", "weight_entries"]
+__all__ = [
+    "build_table",
+    "calibrate",
+    "calibrate_statistics",
+    "collect_statistics",
+    "weight_entries",
+]

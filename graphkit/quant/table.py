@@ -1,23 +1,35 @@
-"""The backend-neutral calibration table (JSON, versioned schema).
+"""The quantization plan: every int8 decision in one backend-neutral JSON file.
 
-Every calibrator writes one, every exporter reads one. Activations are symmetric:
-amax is the clipping threshold of |x|, scale = amax / 127 (int8, zero point 0). Weights
-are symmetric per output channel (per group for depthwise): one amax per channel, keyed by
-the initializer name, with the axis it was taken on.
+Every calibrator writes one, every exporter reads one (`QuantPlan`; `CalibrationTable` is
+the same class under its older name). Activations are symmetric: amax is the clipping
+threshold of |x|, scale = amax / 127 (int8, zero point 0), with the method that chose it.
+Weights are symmetric per output channel (per group for depthwise): one amax per channel,
+keyed by the initializer name, with the axis it was taken on, the grid (`qmax`) and the
+final integers (`int8`: zlib-compressed, base64), so rounding decided here (GPTQ-style or
+nearest) reaches every backend. `biases` holds the final float bias of layers whose bias
+the plan changed (bias correction). `keep_float` lists the layers left in float, with the
+reason for each in `float_reasons`. Schema version 1 files (thresholds and ranges only)
+still load; see docs/calibration.md "The plan file" for every field.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import math
-from dataclasses import asdict, dataclass, field
+import zlib
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import onnx
 
 from graphkit.errors import GraphkitError
 from graphkit.model import atomic_write_text
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 QMAX = 127.0
 
 
@@ -29,6 +41,8 @@ class ActivationEntry:
     max: float | None = None
     # the node(s) that consume this tensor and are quantized on it (op type, node name)
     consumers: list[list[str]] = field(default_factory=list)
+    # how the threshold was chosen: the calibrator's name, or the search that picked it
+    method: str = ""
 
     @property
     def scale(self) -> float:
@@ -41,14 +55,31 @@ class WeightEntry:
     axis: int = 0
     node: str = ""  # the node using this weight
     op_type: str = ""
+    qmax: float = QMAX  # the integer grid: q in [-qmax, qmax], scale = amax / qmax
+    shape: list[int] = field(default_factory=list)
+    int8: str = ""  # the final integers (row-major, `shape`), zlib + base64; "" = round nearest
+    rounding: str = ""  # how the integers were chosen: "nearest", "gptq"
 
     @property
     def scales(self) -> list[float]:
-        return [a / QMAX for a in self.amax]
+        return [a / self.qmax for a in self.amax]
+
+    def integers(self) -> np.ndarray | None:
+        """The plan's int8 weights, or None when the plan leaves rounding to the backend."""
+        if not self.int8:
+            return None
+        raw = zlib.decompress(base64.b64decode(self.int8))
+        return np.frombuffer(raw, np.int8).reshape(self.shape).copy()
+
+    def set_integers(self, q: np.ndarray, rounding: str) -> None:
+        q = np.asarray(q)
+        self.shape = [int(d) for d in q.shape]
+        self.int8 = base64.b64encode(zlib.compress(q.astype(np.int8).tobytes(), 6)).decode()
+        self.rounding = rounding
 
 
 @dataclass
-class CalibrationTable:
+class QuantPlan:
     method: str
     settings: dict[str, Any] = field(default_factory=dict)
     model_hash: str = ""
@@ -58,6 +89,9 @@ class CalibrationTable:
     activations: dict[str, ActivationEntry] = field(default_factory=dict)
     weights: dict[str, WeightEntry] = field(default_factory=dict)
     keep_float: list[str] = field(default_factory=list)  # node names left in float
+    float_reasons: dict[str, str] = field(default_factory=dict)  # node -> why it is float
+    biases: dict[str, list[float]] = field(default_factory=dict)  # node -> final float bias
+    recipe: dict[str, Any] = field(default_factory=dict)  # what quantize() did, for reports
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -71,36 +105,89 @@ class CalibrationTable:
     def save(self, path: str | Path) -> Path:
         return atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
 
+    def check_model(self, model: onnx.ModelProto, what: str = "plan") -> None:
+        """Refuse, in one sentence, a model the plan was not made for (its hash differs)."""
+        from graphkit.model import model_hash
+
+        if self.model_hash and model_hash(model) != self.model_hash:
+            raise GraphkitError(
+                f"the {what} was made for another model (weights/graph hash "
+                f"{self.model_hash}, this model {model_hash(model)}): calibrate this model again"
+            )
+
+    def deploy_model(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        """The float model every backend should be given: each int8 layer's weights are
+        exactly q * scale (so a backend that quantizes them itself, per channel by absmax,
+        lands on the plan's integers), and the plan's biases are in place."""
+        from graphkit.quant.deploy import deploy_model
+
+        return deploy_model(self, model)
+
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "table") -> CalibrationTable:
+    def from_dict(cls, d: dict[str, Any], source: str = "table") -> QuantPlan:
         if not isinstance(d, dict) or "activations" not in d or "method" not in d:
             raise GraphkitError(f"{source} is not a graphkit calibration table")
         version = d.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS:
             raise GraphkitError(
-                f"{source} has table schema version {version}; this graphkit reads {SCHEMA_VERSION}"
+                f"{source} has table schema version {version}; this graphkit reads "
+                + ", ".join(map(str, READABLE_VERSIONS))
             )
-        acts = {}
-        for k, v in d["activations"].items():
-            v = {kk: vv for kk, vv in v.items() if kk != "scale"}
-            acts[k] = ActivationEntry(**v)
-        weights = {}
-        for k, v in d.get("weights", {}).items():
-            v = {kk: vv for kk, vv in v.items() if kk != "scales"}
-            weights[k] = WeightEntry(**v)
+        acts = {k: _entry(ActivationEntry, v, f"{source}: activation '{k}'", {"scale"})
+                for k, v in _mapping(d["activations"], f"{source}: activations").items()}
+        weights = {k: _entry(WeightEntry, v, f"{source}: weight '{k}'", {"scales"})
+                   for k, v in _mapping(d.get("weights", {}), f"{source}: weights").items()}
         for name, entry in acts.items():
-            if not (math.isfinite(entry.amax) and entry.amax > 0):
+            if not (_real(entry.amax) and entry.amax > 0):
                 raise GraphkitError(f"{source}: activation '{name}' has invalid amax {entry.amax}")
+        for name, entry in weights.items():
+            if not isinstance(entry.amax, list) or not all(_real(a) and a >= 0 for a in entry.amax):
+                raise GraphkitError(f"{source}: weight '{name}' has an invalid amax list")
+            if not (_real(entry.qmax) and 1 <= entry.qmax <= QMAX):
+                raise GraphkitError(f"{source}: weight '{name}' has invalid qmax {entry.qmax}")
         rest = {k: v for k, v in d.items() if k not in ("activations", "weights")}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(rest) - known)
+        if unknown:
+            raise GraphkitError(f"{source} has an unknown field '{unknown[0]}'")
+        rest["schema_version"] = SCHEMA_VERSION
         return cls(activations=acts, weights=weights, **rest)
 
     @classmethod
-    def load(cls, path: str | Path) -> CalibrationTable:
+    def load(cls, path: str | Path) -> QuantPlan:
         p = Path(path)
-        if not p.exists():
-            raise GraphkitError(f"calibration table {p} does not exist")
+        if not p.is_file():
+            raise GraphkitError(f"calibration table {p} does not exist or is not a file")
         try:
             data = json.loads(p.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise GraphkitError(f"{p} is not a JSON calibration table") from None
         return cls.from_dict(data, str(p))
+
+
+CalibrationTable = QuantPlan  # the name used before the plan held weights and biases
+
+
+def _real(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _mapping(v: Any, what: str) -> dict:
+    if not isinstance(v, dict):
+        raise GraphkitError(f"{what} is not a mapping")
+    return v
+
+
+def _entry(kind: type, v: Any, what: str, derived: set[str]):
+    """One table entry from JSON: unknown or mistyped fields refused in one sentence."""
+    if not isinstance(v, dict):
+        raise GraphkitError(f"{what} is not a mapping")
+    v = {k: x for k, x in v.items() if k not in derived}
+    known = {f.name for f in fields(kind)}
+    unknown = sorted(set(v) - known)
+    if unknown:
+        raise GraphkitError(f"{what} has an unknown field '{unknown[0]}'")
+    try:
+        return kind(**v)
+    except TypeError as exc:
+        raise GraphkitError(f"{what} is malformed: {exc}") from None

@@ -3,8 +3,10 @@
 Targets: ncnn (pnnx conversion, ncnn2table table, ncnn2int8 model, run and checked here),
 tensorrt (explicit Q/DQ ONNX + legacy calibration cache), atc (AMCT record, quant config,
 Q/DQ ONNX, input-size gears), vacc (vamc build YAML + .npz calibration set), onnx (Q/DQ).
-The table may also be a TensorRT calibration cache. A table made for another model is
-refused; nothing is moved into --out-dir unless every target succeeded. See
+Every target is written from the plan's deploy model (`QuantPlan.deploy_model`): the
+plan's int8 weights and biases reach each backend, so the integers are the same in all of
+them. The table may also be a TensorRT calibration cache. A table made for another model
+is refused; nothing is moved into --out-dir unless every target succeeded. See
 docs/exporters.md.
 """
 
@@ -94,6 +96,8 @@ def export_all(
     """
     names = parse_targets(targets)
     check_table(table, model, keep_float)
+    # every backend gets the plan's weights (integers, biases), not the raw float ones
+    model = table.deploy_model(model)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise GraphkitError(f"output directory {out} is a file")

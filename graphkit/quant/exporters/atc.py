@@ -261,6 +261,7 @@ def export(
     d.mkdir(parents=True, exist_ok=True)
     write_all(files)
     save_model(qdq, d / "model.qdq.onnx")
+    save_model(model, d / "model.onnx")
     out = [
         ExportedFile(
             d / "model.qdq.onnx",
@@ -269,6 +270,11 @@ def export(
             "'atc/model', record_file='atc/record.txt')\"",
         ),
         ExportedFile(d / "record.txt", "AMCT record (ScaleOffsetRecord text, keyed by node name)"),
+        ExportedFile(
+            d / "model.onnx",
+            "the float model for AMCT's record route: int8 layers' weights snapped to the "
+            "plan's grid, so AMCT's per-channel absmax quantization gives the plan's integers",
+        ),
         ExportedFile(
             d / "quant.cfg",
             "AMCT quant config JSON; --keep-float layers have quant_enable false",

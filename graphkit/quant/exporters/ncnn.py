@@ -6,9 +6,16 @@ ConvolutionDepthWise / InnerProduct, and apply the table's method with the same
 observers and calibrators as the ONNX path. Without data, a layer takes the amax of its
 ONNX twin from the table; twins are found by their weights (pnnx copies them unchanged).
 
+With a plan (the usual case) every ncnn layer with an ONNX twin takes the plan's
+decisions: its input threshold, and weight scales qmax / amax that turn the deploy
+model's snapped weights back into the plan's integers; ncnn's own calibration runs only
+for layers without a twin (or for all with `recalibrate=True`).
+
 Table lines (ncnn2table): first `<layer>_param_0 s0 s1 ...` per output channel (per group
-for depthwise) with s = 127 / absmax, or 31 / absmax for a 3x3 stride-1 dilation-1
-Convolution (ncnn's int8 Winograd F43 needs 6-bit weights); then `<layer> s` with
+for depthwise) with s = 127 / absmax (ncnn2table uses 31 / absmax for a 3x3 stride-1
+dilation-1 Convolution, for its 6-bit int8 Winograd: `winograd_6bit=True` does the same;
+measured with ncnn 1.0.20261020 on x86, 8-bit weights on such a layer run exactly as in
+onnxruntime's Q/DQ, so the default keeps the plan's 8-bit integers); then `<layer> s` with
 s = 127 / threshold of the layer's input. int8 model (ncnn2int8): `8=2` (Convolution,
 InnerProduct) or `8=1` (depthwise) in the param; in the bin the weights tagged int8
 (round, clamp +-127, padded to 4 bytes), bias fp32, weight scales, the bottom scale.
@@ -79,19 +86,41 @@ def parse_table(text: str) -> NcnnTable:
     return t
 
 
-def weight_scales(layer: nc.Layer, w: np.ndarray, winograd_6bit: bool = True) -> list[float]:
+def winograd_3x3(layer: nc.Layer) -> bool:
+    """A 3x3 stride-1 dilation-1 Convolution: ncnn2table gives it 6-bit weights."""
+    if layer.type != "Convolution":
+        return False
+    k = (layer.get(1), layer.get(11, layer.get(1)))
+    d = (layer.get(2, 1), layer.get(12, layer.get(2, 1)))
+    s = (layer.get(3, 1), layer.get(13, layer.get(3, 1)))
+    return k == (3, 3) and d == (1, 1) and s == (1, 1)
+
+
+def weight_scales(layer: nc.Layer, w: np.ndarray, winograd_6bit: bool = False) -> list[float]:
     """127 / absmax per output channel (per group for depthwise); 31 / absmax for 3x3 s1 d1."""
     groups = int(layer.get(7, 1)) if layer.type == "ConvolutionDepthWise" else int(layer.get(0))
     absmax = np.abs(w.astype(np.float32)).reshape(groups, -1).max(axis=1)
-    qmax = 127.0
-    if winograd_6bit and layer.type == "Convolution":
-        k = (layer.get(1), layer.get(11, layer.get(1)))
-        d = (layer.get(2, 1), layer.get(12, layer.get(2, 1)))
-        s = (layer.get(3, 1), layer.get(13, layer.get(3, 1)))
-        if k == (3, 3) and d == (1, 1) and s == (1, 1):
-            qmax = 31.0
+    qmax = 31.0 if winograd_6bit and winograd_3x3(layer) else 127.0
     # an all-zero channel: any scale works, ncnn's 127/0 = inf would poison the bin
     return [float(qmax / a) if a > 0 else 1.0 for a in absmax]
+
+
+def plan_weight_scales(
+    table: CalibrationTable, node: onnx.NodeProto | None, layer: nc.Layer, winograd_6bit: bool
+) -> list[float] | None:
+    """qmax / amax of the twin's plan entry (the scales that give back the plan's integers
+    from the snapped weights), or None when ncnn must derive its own."""
+    if node is None or len(node.input) < 2:
+        return None
+    entry = table.weights.get(node.input[1])
+    if entry is None or not entry.int8:
+        return None
+    groups = int(layer.get(7, 1)) if layer.type == "ConvolutionDepthWise" else int(layer.get(0))
+    if len(entry.amax) != groups:  # grouped (not depthwise) conv: ncnn has a scale per group
+        return None
+    if winograd_6bit and winograd_3x3(layer):
+        return None  # ncnn2table's 6-bit rule asked for: the backend's own grid
+    return [float(entry.qmax / a) if a > 0 else 1.0 for a in entry.amax]
 
 
 def quantize_weights(w: np.ndarray, scales: list[float]) -> np.ndarray:
@@ -233,9 +262,13 @@ def build_table(
     net: nc.NcnnNet | None = None,
     samples: Iterable[dict[str, np.ndarray]] | None = None,
     input_map: dict[str, str] | None = None,
-    winograd_6bit: bool = True,
+    winograd_6bit: bool = False,
+    recalibrate: bool = False,
 ) -> tuple[NcnnTable, dict[str, str]]:
-    """The ncnn table for the converted model, and the ncnn layer -> ONNX node map."""
+    """The ncnn table for the converted model, and the ncnn layer -> ONNX node map.
+
+    Layers with an ONNX twin take the plan's input threshold and weight scales; `samples`
+    calibrate on ncnn the layers without one (every layer with `recalibrate`)."""
     twins = match_layers(model, param, blobs)
     onnx_to_ncnn = {node.name: layer for layer, node in twins.items()}
     skip = set()
@@ -253,25 +286,28 @@ def build_table(
         for lay in param.layers
         if lay.type in QUANT_TYPES and lay.name in blobs and lay.name not in skip
     ]
-    if samples is not None:
-        amax = calibrate_ncnn(
-            net, param, candidates, samples, table.method, table.settings, input_map
-        )
-    else:
-        amax = {}
+    amax = {}
+    if not recalibrate:
         for name in candidates:
             node = twins.get(name)
             act = node.input[0] if node is not None else None
             if act in table.activations:
                 amax[name] = table.activations[act].amax
+    missing = [name for name in candidates if name not in amax]
+    if samples is not None and missing:
+        amax.update(
+            calibrate_ncnn(net, param, missing, samples, table.method, table.settings, input_map)
+        )
     out = NcnnTable()
     for name in candidates:
         if name not in amax:
             continue
         layer = param.layer(name)
-        out.weights[name] = weight_scales(
-            layer, blobs[name][0].data.astype(np.float32), winograd_6bit
-        )
+        out.weights[name] = plan_weight_scales(table, twins.get(name), layer, winograd_6bit)
+        if out.weights[name] is None:
+            out.weights[name] = weight_scales(
+                layer, blobs[name][0].data.astype(np.float32), winograd_6bit
+            )
     for name in candidates:
         if name in amax:
             out.activations[name] = 127.0 / amax[name] if amax[name] > 0 else 1.0
@@ -286,7 +322,8 @@ def export(
     keep_float=(),
     samples: Samples | None = None,
     compare_samples: int = 8,
-    winograd_6bit: bool = True,
+    winograd_6bit: bool = False,
+    recalibrate: bool = False,
     threads: int = 1,
     **_: object,
 ) -> list[ExportedFile]:
@@ -315,6 +352,7 @@ def export(
         samples=samples() if samples else None,
         input_map=nm.inputs,
         winograd_6bit=winograd_6bit,
+        recalibrate=recalibrate,
     )
     if not ntable.activations:
         raise GraphkitError("no ncnn layer could be given a scale (the table matches none of them)")

@@ -185,6 +185,9 @@ def export(
     d.mkdir(parents=True, exist_ok=True)
     write_all({d / CACHE_NAME: text})
     save_model(qdq, d / "model.qdq.onnx")
+    # implicit quantization takes a float model and quantizes its weights itself (per
+    # channel, absmax): the deploy model's snapped weights make it land on the plan's ints
+    save_model(model, d / "model.onnx")
     return [
         ExportedFile(
             d / "model.qdq.onnx",
@@ -196,7 +199,12 @@ def export(
             d / CACHE_NAME,
             f"legacy calibration cache ({text.splitlines()[0]}), ONNX tensor names; "
             "for TensorRT 8.x/10.x implicit quantization (removed in TensorRT 11)",
-            f"trtexec --onnx=FLOAT_MODEL.onnx --int8 --calib={d.name}/{CACHE_NAME} "
+            f"trtexec --onnx={d.name}/model.onnx --int8 --calib={d.name}/{CACHE_NAME} "
             "--saveEngine=model.int8.engine",
+        ),
+        ExportedFile(
+            d / "model.onnx",
+            "the float model for the cache route: int8 layers' weights snapped to the plan's "
+            "grid, so TensorRT's own per-channel absmax quantization gives the plan's integers",
         ),
     ]

@@ -1,0 +1,140 @@
+"""From a plan to the model each backend is given: integers fixed once, weights snapped.
+
+A plan fixes the int8 weights of every quantized layer. Backends differ in what they
+take: a Q/DQ model stores integers, ncnn stores integers with its own scales, and
+TensorRT (from a cache), AMCT and vamc quantize float weights themselves by per-channel
+absmax. `deploy_model` serves them all: each int8 weight becomes exactly q * scale, and
+every channel keeps one integer at +-qmax (`pin_extremes`), so absmax / qmax of the
+snapped weights is the plan's scale and a backend's own round-to-nearest gives back q.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from graphkit.errors import GraphkitError
+from graphkit.quant.table import QuantPlan, WeightEntry
+
+MIN_SCALE = 1e-12
+
+
+def channel_scales(entry: WeightEntry, ndim: int) -> np.ndarray:
+    """The entry's scales shaped to broadcast against its weight (per channel or tensor)."""
+    s = np.maximum(np.asarray(entry.amax, np.float64), MIN_SCALE * entry.qmax) / entry.qmax
+    if s.size == 1 or entry.axis < 0:
+        return np.asarray(s.max(), np.float64).reshape([1] * ndim)
+    shape = [1] * ndim
+    shape[entry.axis % ndim] = -1
+    return s.reshape(shape)
+
+
+def nearest_integers(w: np.ndarray, entry: WeightEntry) -> np.ndarray:
+    """Round to nearest on the entry's grid, clamped to +-qmax."""
+    s = channel_scales(entry, w.ndim)
+    return np.clip(np.round(w.astype(np.float64) / s), -entry.qmax, entry.qmax)
+
+
+def _rows(a: np.ndarray, axis: int | None) -> np.ndarray:
+    return a.reshape(1, -1) if axis is None else np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1)
+
+
+def pin_extremes(q: np.ndarray, w: np.ndarray, entry: WeightEntry) -> np.ndarray:
+    """q with, in every channel where nearest rounding reaches +-qmax, its largest |w|
+    element at +-qmax: the channel's absmax then stays amax after snapping (an optimized
+    rounding may have pulled that element in by one step)."""
+    if w.ndim == 0:
+        return np.asarray(q, np.float64)
+    axis = entry.axis % w.ndim if entry.axis >= 0 and len(entry.amax) > 1 else None
+    qm = _rows(np.asarray(q, np.float64), axis).copy()
+    near = _rows(nearest_integers(w, entry), axis)
+    idx = np.argmax(np.abs(_rows(w, axis)), axis=1)
+    rows = np.arange(idx.size)
+    hit = np.abs(near[rows, idx]) == entry.qmax
+    qm[rows[hit], idx[hit]] = near[rows[hit], idx[hit]]
+    if axis is None:
+        return qm.reshape(w.shape)
+    return np.moveaxis(qm.reshape(np.moveaxis(w, axis, 0).shape), 0, axis)
+
+
+def fill_integers(
+    plan: QuantPlan,
+    model: onnx.ModelProto,
+    rounded: onnx.ModelProto | None = None,
+    rounding: str = "gptq",
+) -> None:
+    """Store the final integers of every weight entry: taken from `rounded` (weights already
+    on the plan's grid) where given, nearest rounding of `model` otherwise."""
+    inits = {i.name: i for i in model.graph.initializer}
+    mine = {i.name: i for i in rounded.graph.initializer} if rounded is not None else {}
+    for name, entry in plan.weights.items():
+        if name not in inits:
+            raise GraphkitError(f"the plan's weight '{name}' is not an initializer of the model")
+        w = numpy_helper.to_array(inits[name]).astype(np.float64)
+        if not entry.shape:
+            entry.shape = list(w.shape)
+        how = "nearest"
+        q = nearest_integers(w, entry)
+        if name in mine:
+            r = numpy_helper.to_array(mine[name]).astype(np.float64)
+            if not np.array_equal(r, w):
+                q = np.clip(np.round(r / channel_scales(entry, w.ndim)), -entry.qmax, entry.qmax)
+                how = rounding
+        entry.set_integers(pin_extremes(q, w, entry), how)
+
+
+def deploy_model(plan: QuantPlan, model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` with the plan's weights (q * scale) and biases in place."""
+    plan.check_model(model)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    inits = {i.name: i for i in out.graph.initializer}
+    for name, entry in plan.weights.items():
+        q = entry.integers()
+        if q is None:
+            continue
+        if name not in inits or list(inits[name].dims) != list(q.shape):
+            raise GraphkitError(
+                f"the plan's weight '{name}' does not match the model (missing or other shape)"
+            )
+        dtype = numpy_helper.to_array(inits[name]).dtype
+        snapped = (q.astype(np.float64) * channel_scales(entry, q.ndim)).astype(dtype)
+        inits[name].CopyFrom(numpy_helper.from_array(snapped, name))
+    if plan.biases:
+        _set_biases(out, plan.biases)
+    return out
+
+
+def _set_biases(model: onnx.ModelProto, biases: dict[str, list[float]]) -> None:
+    """Give each named Conv the plan's bias: in place when its bias initializer is its own,
+    as a new initializer when it is shared (tf2onnx shares them) or absent."""
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    users: dict[str, int] = {}
+    for node in graph.node:
+        for t in node.input:
+            users[t] = users.get(t, 0) + 1
+    nodes = {n.name: n for n in graph.node}
+    taken = set(inits) | {o for n in graph.node for o in n.output}
+    for name, values in biases.items():
+        node = nodes.get(name)
+        if node is None:
+            raise GraphkitError(f"the plan sets the bias of '{name}', which is not a node of the model")
+        b = np.asarray(values, np.float32)
+        if len(node.input) >= 3 and node.input[2] in inits and users[node.input[2]] == 1:
+            if list(inits[node.input[2]].dims) != [b.size]:
+                raise GraphkitError(f"the plan's bias of '{name}' has {b.size} values, the model's not")
+            inits[node.input[2]].CopyFrom(numpy_helper.from_array(b, node.input[2]))
+            continue
+        new, i = f"{name}_plan_bias", 1
+        while new in taken:
+            new, i = f"{name}_plan_bias_{i}", i + 1
+        taken.add(new)
+        graph.initializer.append(numpy_helper.from_array(b, new))
+        while len(node.input) < 3:
+            node.input.append("")
+        node.input[2] = new
+
+
+__all__ = ["channel_scales", "deploy_model", "fill_integers", "nearest_integers", "pin_extremes"]

@@ -1,0 +1,378 @@
+"""`quantize(model, data, recipe) -> QuantPlan`: every int8 decision, made by measurement.
+
+The default recipe needs no flags and tunes nothing per model by hand. On the
+calibration data it holds out a few crops (after the `fit_samples` that weights and
+biases are fitted on) and measures each choice there:
+
+1. statistics once; each candidate method's thresholds from them; the method whose Q/DQ
+   model has the best held-out head SQNR wins (records the others' scores);
+2. Conv weights rounded against each layer's output (GPTQ-style, `refine`), kept only if
+   the held-out SQNR rises;
+3. float fallback under a budget: layers ranked by the damage they alone do at the heads,
+   kept float one by one while the held-out SQNR rises, until the held-out agreement
+   (mean OKS of the decoded keypoints with FP32's) reaches `target_agreement` or
+   `max_float` of the weighted layers are float;
+4. bias correction of the int8 Convs (`bias`), kept only if the held-out SQNR rises.
+
+The result is one `QuantPlan`: thresholds and how each was chosen, per-channel scales,
+the final integers, corrected biases, float layers with their reasons, and in
+`plan.recipe` every measurement behind them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+import onnx
+
+from graphkit.errors import GraphkitError
+from graphkit.quant.calibrators import canonical_method
+from graphkit.quant.deploy import fill_integers
+from graphkit.quant.qdq import insert_qdq
+from graphkit.quant.sensitivity import OutputScorer, head_tensors, quantized_layers, sensitivity
+from graphkit.quant.table import QuantPlan
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What `quantize` may try. Every step is kept only where the held-out crops say so."""
+
+    methods: tuple[str, ...] = ("mse", "percentile", "minmax", "kl-ncnn")
+    round_weights: bool = True
+    float_fallback: bool = True
+    max_float: float = 0.10  # at most this fraction of the weighted layers kept float
+    target_agreement: float | None = 0.98  # stop adding float layers once reached
+    bias_correction: str = "auto"  # auto (kept if it helps), on, off
+    fit_samples: int = 8  # rounding and bias correction are fitted on these
+    score_samples: int = 8  # choices are measured on these (held out from the fit)
+
+    @property
+    def measures(self) -> bool:
+        return (
+            len(self.methods) > 1
+            or self.round_weights
+            or (self.float_fallback and self.max_float > 0)
+            or self.bias_correction != "off"
+        )
+
+
+RECIPES = {
+    "default": Recipe(),
+    # one method, nearest rounding, every layer int8: the plain calibration of ncnn2table,
+    # TensorRT's calibrators and onnxruntime's quantize_static
+    "plain": Recipe(
+        methods=("mse",), round_weights=False, float_fallback=False, bias_correction="off"
+    ),
+}
+
+
+def recipe_of(
+    recipe: Recipe | str, method: str | None = None, **overrides: Any
+) -> Recipe:
+    """A Recipe from a name or a Recipe, with `method` (one method, no choice) and any
+    field overridden; options that cannot work are refused in one sentence."""
+    if isinstance(recipe, str):
+        if recipe not in RECIPES:
+            raise GraphkitError(f"unknown recipe '{recipe}' (known: {', '.join(RECIPES)})")
+        recipe = RECIPES[recipe]
+    if method is not None:
+        recipe = replace(recipe, methods=(canonical_method(method),))
+    recipe = replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
+    if not 0 <= recipe.max_float <= 1:
+        raise GraphkitError(f"--max-float must be between 0 and 100%, got {recipe.max_float:.0%}")
+    if recipe.target_agreement is not None and not 0 < recipe.target_agreement <= 1:
+        raise GraphkitError(
+            f"--target-agreement must be in (0, 1], got {recipe.target_agreement}"
+        )
+    if recipe.bias_correction not in ("auto", "on", "off"):
+        raise GraphkitError(f"bias correction must be auto, on or off, not {recipe.bias_correction}")
+    if recipe.fit_samples < 1 or recipe.score_samples < 1:
+        raise GraphkitError("fit and score sample counts must be at least 1")
+    for m in recipe.methods:
+        canonical_method(m)
+    return recipe
+
+
+class HeldOutScorer(OutputScorer):
+    """Head SQNR (what `sensitivity` ranks by) and, with a decoder, the agreement of the
+    decoded keypoints with FP32's, from one run of each candidate on the held-out crops."""
+
+    def __init__(self, model: onnx.ModelProto, samples: Sequence[Any], heads, decoder=None):
+        self.decoder = decoder if decoder is not None and _has_areas(samples) else None
+        self.metas = [s.meta for s in samples]
+        extra = [o for o in (self.decoder.outputs if self.decoder else []) if o not in heads]
+        self.heads = list(heads)
+        super().__init__(model, [s.feeds for s in samples], [*heads, *extra])
+        self.signal = self.signal[: len(self.heads)]
+        self.reference_points = (
+            [self._points(r, m) for r, m in zip(self.reference, self.metas)]
+            if self.decoder is not None
+            else []
+        )
+        self.last_agreement: float | None = None
+
+    def _points(self, outputs: list[np.ndarray], meta: dict) -> np.ndarray:
+        """The decoded keypoints of one crop, in image pixels (17, 3)."""
+        named = dict(zip(self.outputs, outputs))
+        people = self.decoder({k: named[k] for k in self.decoder.outputs}, meta["input_size"])
+        kp = people[0].keypoints if people else np.zeros((17, 3))
+        m = np.asarray(meta["crop_to_image"], np.float64)
+        return np.c_[kp[:, :2] @ m[:, :2].T + m[:, 2], kp[:, 2:]]
+
+    def measure(self, candidate: onnx.ModelProto) -> tuple[float, float | None]:
+        """(min head SQNR dB, agreement or None) of a candidate model."""
+        from graphkit.evaluators.coco import agreement
+
+        sess = self._session(candidate)
+        noise = [0.0] * len(self.heads)
+        points = []
+        for feeds, ref, meta in zip(self.samples, self.reference, self.metas):
+            got = sess.run(self.outputs, feeds)
+            for k in range(len(self.heads)):
+                d = ref[k].astype(np.float64) - got[k].astype(np.float64)
+                noise[k] += float(np.sum(d * d))
+            if self.decoder is not None:
+                points.append(self._points(got, meta))
+        sqnr = min(
+            10 * math.log10(s / n) if n > 0 and s > 0 else (math.inf if n == 0 else -math.inf)
+            for s, n in zip(self.signal, noise)
+        )
+        agree = None
+        if self.decoder is not None:
+            areas = [m["area"] for m in self.metas]
+            agree = agreement(
+                np.array(self.reference_points), np.array(points), areas, self.decoder.predicted
+            )
+        self.last_agreement = agree
+        return sqnr, agree
+
+    def __call__(self, candidate: onnx.ModelProto) -> float:
+        return self.measure(candidate)[0]
+
+
+def _has_areas(samples: Sequence[Any]) -> bool:
+    return all(s.meta.get("area") and s.meta.get("crop_to_image") is not None for s in samples)
+
+
+def _spec(data: Any, limit: int | None):
+    from graphkit.quant.calibrate import _load_spec
+
+    return _load_spec(data, limit)
+
+
+def held_out(spec, recipe: Recipe) -> tuple[list[Any], list[Any]]:
+    """(fit samples, score samples): the first `fit_samples`, then the next `score_samples`
+    (the first ones again when the data is too short to hold any out)."""
+    from graphkit.data import iter_samples
+
+    want = recipe.fit_samples + recipe.score_samples
+    samples = list(itertools.islice(iter_samples(spec), want))
+    fit = samples[: recipe.fit_samples]
+    score = samples[recipe.fit_samples :] or samples[: recipe.score_samples]
+    return fit, score
+
+
+def _candidate(
+    model: onnx.ModelProto, rounded: onnx.ModelProto | None, plan: QuantPlan, floats: list[str]
+) -> onnx.ModelProto:
+    """The Q/DQ model of a plan: rounded weights for int8 layers, true ones for float."""
+    from graphkit.quant.refine import restore_weights
+
+    base = model if rounded is None else restore_weights(rounded, model, floats)
+    return insert_qdq(base, plan, keep_float=floats)
+
+
+def quantize(
+    model: str | os.PathLike | onnx.ModelProto,
+    data: Any,
+    recipe: Recipe | str = "default",
+    *,
+    method: str | None = None,
+    settings: dict[str, Any] | None = None,
+    keep_float: Sequence[str] = (),
+    log: Log | None = None,
+    **calibrate_options: Any,
+) -> QuantPlan:
+    """Calibrate `model` on the samples of `data` (input spec path or InputSpec) and make
+    every int8 decision the recipe allows (module doc). `calibrate_options` go to
+    `graphkit.quant.calibrate.calibrate` (workers, limit, tensors, per_channel, bins,
+    max_outputs_per_run, on_sample, on_total)."""
+    from graphkit.quant.calibrate import _load, calibrate_statistics
+
+    say = log or (lambda _msg: None)
+    recipe = recipe_of(recipe, method)
+    model, model_path = _load(model)
+    spec = _spec(data, calibrate_options.pop("limit", None))
+    t0 = time.perf_counter()
+    _, build = calibrate_statistics(
+        model,
+        spec,
+        keep_float=keep_float,
+        histograms=any(canonical_method(m) != "minmax" for m in recipe.methods),
+        **calibrate_options,
+    )
+    times = {"statistics": time.perf_counter() - t0}
+    plan = build(recipe.methods[0], settings)
+    plan.model_path = model_path
+    plan.float_reasons = {n: "asked (--keep-float)" for n in keep_float}
+    record: dict[str, Any] = {"recipe": asdict(recipe)}
+    if not recipe.measures:
+        _mark_methods(plan, plan.method)
+        fill_integers(plan, model)
+        plan.recipe = {**record, "seconds": _round(times)}
+        return plan
+
+    from graphkit.evaluators.decoders import build_decoder
+
+    fit, score = held_out(spec, recipe)
+    decoder = build_decoder(spec.decode) if getattr(spec, "decode", None) else None
+    heads = head_tensors(model, decoder.outputs if decoder else None)
+    scorer = HeldOutScorer(model, score, heads, decoder)
+    record["held_out"] = {"fit": len(fit), "scored": len(score), "heads": heads}
+
+    # 1. method: the best held-out head SQNR, all from the same statistics
+    t = time.perf_counter()
+    tried: dict[str, tuple[float, float | None]] = {}
+    plans: dict[str, QuantPlan] = {}
+    for m in recipe.methods:
+        p = build(m, settings if canonical_method(m) == canonical_method(recipe.methods[0]) else None)
+        p.keep_float, p.float_reasons, p.model_path = list(keep_float), plan.float_reasons, model_path
+        plans[m] = p
+        tried[m] = scorer.measure(insert_qdq(model, p))
+        say(f"method {m}: held-out head SQNR {tried[m][0]:.2f} dB" + _agree(tried[m][1]))
+    best = max(tried, key=lambda m: tried[m][0])
+    plan = plans[best]
+    _mark_methods(plan, best if len(tried) == 1 else f"{best} (best held-out of {len(tried)})")
+    record["methods"] = {m: _score(v) for m, v in tried.items()}
+    current = tried[best]
+    times["method"] = time.perf_counter() - t
+
+    # 2. weight rounding against the layer outputs
+    rounded = None
+    if recipe.round_weights:
+        from graphkit.quant.refine import optimize_weights
+
+        t = time.perf_counter()
+        try:
+            candidate, _ = optimize_weights(model, [s.feeds for s in fit], plan)
+        except GraphkitError:
+            candidate = None  # no Conv to round (Gemm/MatMul only)
+        if candidate is not None:
+            got = scorer.measure(_candidate(model, candidate, plan, list(plan.keep_float)))
+            kept = got[0] > current[0]
+            record["rounding"] = {"before": _score(current), "after": _score(got), "kept": kept}
+            say(f"weight rounding: {current[0]:.2f} -> {got[0]:.2f} dB" + ("" if kept else ", not kept"))
+            if kept:
+                rounded, current = candidate, got
+        times["rounding"] = time.perf_counter() - t
+
+    # 3. float fallback under the budget
+    layers = quantized_layers(model, plan, plan.keep_float)
+    budget = int(math.floor(recipe.max_float * len(layers) + 1e-9)) if recipe.float_fallback else 0
+    reached = _reached(current, recipe)
+    chosen: list[str] = []
+    if budget and not reached:
+        t = time.perf_counter()
+        ranking = sensitivity(model, scorer, plan, keep_float=plan.keep_float, base=rounded)
+        steps = []
+        for name, alone in ranking:
+            if len(chosen) >= budget or _reached(current, recipe):
+                break
+            got = scorer.measure(_candidate(model, rounded, plan, [*plan.keep_float, *chosen, name]))
+            if got[0] > current[0]:
+                chosen.append(name)
+                current = got
+                plan.float_reasons[name] = (
+                    f"sensitivity: head SQNR {alone:.1f} dB with only this layer int8; "
+                    f"kept float, the held-out SQNR rose to {got[0]:.1f} dB" + _agree(got[1])
+                )
+                steps.append({"layer": name, **_score(got)})
+                say(f"kept float {name}: {got[0]:.2f} dB" + _agree(got[1]))
+        record["float"] = {"budget": budget, "layers": len(layers), "steps": steps}
+        times["float"] = time.perf_counter() - t
+    if chosen:
+        plan = _with_float(plan, chosen)
+
+    # 4. bias correction of the int8 Convs, measured with the final float layers
+    if recipe.bias_correction != "off":
+        from graphkit.quant.bias import correct_bias
+
+        t = time.perf_counter()
+        qdq = _candidate(model, rounded, plan, list(plan.keep_float))
+        try:
+            corrected, done = correct_bias(model, qdq, [s.feeds for s in fit])
+        except GraphkitError:
+            corrected = None
+        if corrected is not None:
+            got = scorer.measure(corrected)
+            kept = recipe.bias_correction == "on" or got[0] > current[0]
+            record["bias_correction"] = {"before": _score(current), "after": _score(got), "kept": kept}
+            say(f"bias correction: {current[0]:.2f} -> {got[0]:.2f} dB" + ("" if kept else ", not kept"))
+            if kept:
+                plan.biases = _conv_biases(corrected, done.nodes)
+                current = got
+        times["bias"] = time.perf_counter() - t
+
+    fill_integers(plan, model, rounded)
+    record["final"] = _score(current)
+    record["target_reached"] = _reached(current, recipe)
+    record["float_layers"] = {"count": len(plan.keep_float), "of": len(layers) + len(keep_float)}
+    record["seconds"] = _round(times)
+    plan.recipe = record
+    return plan
+
+
+def _reached(score: tuple[float, float | None], recipe: Recipe) -> bool:
+    target = recipe.target_agreement
+    return target is not None and score[1] is not None and score[1] >= target
+
+
+def _agree(a: float | None) -> str:
+    return "" if a is None else f", agreement {a:.3f}"
+
+
+def _score(v: tuple[float, float | None]) -> dict[str, float | None]:
+    sq, ag = v
+    return {"sqnr_db": round(sq, 3) if math.isfinite(sq) else None, "agreement": None if ag is None else round(ag, 4)}
+
+
+def _round(times: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 2) for k, v in times.items()}
+
+
+def _mark_methods(plan: QuantPlan, how: str) -> None:
+    for entry in plan.activations.values():
+        entry.method = how
+
+
+def _with_float(plan: QuantPlan, nodes: Sequence[str]) -> QuantPlan:
+    """The plan with `nodes` float: their weight entries dropped (shared ones kept)."""
+    plan.keep_float = list(dict.fromkeys([*plan.keep_float, *nodes]))
+    gone = set(nodes)
+    plan.weights = {k: w for k, w in plan.weights.items() if w.node not in gone}
+    return plan
+
+
+def _conv_biases(qdq: onnx.ModelProto, nodes: Sequence[str]) -> dict[str, list[float]]:
+    """The final float bias of each corrected Conv, read from the corrected Q/DQ model."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in qdq.graph.initializer}
+    wanted = set(nodes)
+    out = {}
+    for node in qdq.graph.node:
+        if node.name in wanted and len(node.input) > 2 and node.input[2] in inits:
+            out[node.name] = [float(x) for x in numpy_helper.to_array(inits[node.input[2]]).ravel()]
+    return out
+
+
+__all__ = ["RECIPES", "HeldOutScorer", "Recipe", "quantize", "recipe_of"]
