@@ -106,15 +106,21 @@ def test_no_samples_is_refused():
         correct_bias(model, insert_qdq(model, table_for(model, sample_feeds(2))), [])
 
 
-def test_cli_bias_correction_writes_a_corrected_qdq_and_needs_qdq(tmp_path, capsys):
+def test_cli_bias_correction_puts_corrected_biases_in_the_plan_and_the_qdq(tmp_path):
+    from graphkit.quant.table import QuantPlan
+
     model, spec = write_data(tmp_path, n=4)
     out, qdq = tmp_path / "t.json", tmp_path / "q.onnx"
-    base = ["calibrate", str(model), "--data", str(spec), "-o", str(out), "--bias-correction"]
-    assert main(base) == 2
-    assert "add --qdq" in capsys.readouterr().err.replace("\n", " ")
-    assert not out.exists()
-    assert main([*base, "--qdq", str(qdq), "--weight-samples", "2"]) == 0
+    argv = ["calibrate", str(model), "--data", str(spec), "-o", str(out), "--recipe", "plain"]
+    assert main([*argv, "--bias-correction", "--qdq", str(qdq), "--weight-samples", "2"]) == 0
+    plan = QuantPlan.load(out)
+    assert {"dwconv", "conv1"} <= set(plan.biases)
     written = onnx.load(qdq)
-    names = {i.name for i in written.graph.initializer}
-    assert "dwconv_bias_corrected" in names and "conv1_bias_corrected" in names
+    inits = {i.name: numpy_helper.to_array(i) for i in written.graph.initializer}
+    original = {i.name: numpy_helper.to_array(i) for i in onnx.load(model).graph.initializer}
+    for node in written.graph.node:
+        if node.name in plan.biases:
+            got = inits[node.input[2]]
+            assert np.allclose(got, plan.biases[node.name])
+            assert node.input[2] not in original or not np.allclose(got, original[node.input[2]])
     make_session(written)

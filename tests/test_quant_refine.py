@@ -126,9 +126,13 @@ def test_cli_round_weights_writes_rounded_int8_weights(tmp_path):
     model_path, spec = write_files(tmp_path, n=6)
     out = tmp_path / "t.json"
     plain, rounded = tmp_path / "plain.onnx", tmp_path / "rounded.onnx"
-    base = ["calibrate", str(model_path), "--data", str(spec), "--method", "minmax", "-o", str(out)]
-    assert main([*base, "--qdq", str(plain)]) == 0
-    assert main([*base, "--qdq", str(rounded), "--round-weights", "--weight-samples", "4"]) == 0
+    base = ["calibrate", str(model_path), "--data", str(spec), "--recipe", "plain", "-o", str(out)]
+    assert main([*base, "--method", "minmax", "--qdq", str(plain)]) == 0
+    base += ["--method", "minmax", "--qdq", str(rounded), "--round-weights"]
+    assert main([*base, "--fit-samples", "4", "--score-samples", "2"]) == 0
+    from graphkit.quant.table import QuantPlan
+
+    assert {w.rounding for w in QuantPlan.load(out).weights.values()} >= {"gptq"}
 
     def int8_weights(path):
         m = onnx.load(path)
@@ -141,16 +145,19 @@ def test_cli_round_weights_writes_rounded_int8_weights(tmp_path):
     make_session(onnx.load(rounded))
 
 
-def test_cli_round_weights_needs_a_qdq_output(tmp_path, capsys):
+def test_cli_rounded_integers_reach_the_plan_without_a_qdq_output(tmp_path):
     from quant_planted import write_files
 
     from graphkit.cli import main
+    from graphkit.quant.table import QuantPlan
 
     model_path, spec = write_files(tmp_path, n=6)
     out = tmp_path / "t.json"
-    argv = ["calibrate", str(model_path), "--data", str(spec), "-o", str(out), "--round-weights"]
-    assert main(argv) == 2
-    assert "add --qdq" in capsys.readouterr().err.replace("\n", " ") and not out.exists()
+    argv = ["calibrate", str(model_path), "--data", str(spec), "-o", str(out), "--recipe"]
+    assert main([*argv, "plain", "--round-weights", "--fit-samples", "4"]) == 0
+    plan = QuantPlan.load(out)
+    assert all(w.integers() is not None for w in plan.weights.values())
+    assert plan.recipe["rounding"]["kept"] == ("gptq" in {w.rounding for w in plan.weights.values()})
 
 
 @pytest.mark.parametrize("group, stride, dilation", [(1, 1, 1), (2, 2, 1), (4, 1, 2)])
@@ -231,9 +238,10 @@ def test_cli_round_weights_with_auto_keep_float(tmp_path):
     out, qdq = tmp_path / "t.json", tmp_path / "q.onnx"
     argv = ["calibrate", str(model_path), "--data", str(spec), "--method", "minmax", "-o"]
     argv += [str(out), "--qdq", str(qdq), "--round-weights", "--weight-samples", "3"]
-    assert main([*argv, "--auto-keep-float", "1", "--sensitivity-samples", "3"]) == 0
+    argv += ["--bias-correction", "off", "--target-agreement", "1"]
+    assert main([*argv, "--max-float", "34%", "--sensitivity-samples", "3"]) == 0
     table = CalibrationTable.load(out)
-    assert len(table.keep_float) == 1 and table.settings["auto_keep_float"]["samples"] == 3
+    assert len(table.keep_float) == 1 and table.recipe["held_out"]["scored"] == 3
     kept = table.keep_float[0]
     wname = {"conv1": "w1", "conv2": "w2", "conv3": "w3"}[kept]
     q = onnx.load(qdq)

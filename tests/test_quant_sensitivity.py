@@ -84,12 +84,14 @@ def test_cli_auto_keep_float_writes_it_into_the_table(tmp_path, capsys):
     model, spec = write_files(tmp_path)
     out, qdq = tmp_path / "t.json", tmp_path / "q.onnx"
     argv = ["calibrate", str(model), "--data", str(spec), "--method", "minmax", "-o", str(out)]
-    assert main([*argv, "--qdq", str(qdq), "--auto-keep-float", "1"]) == 0
+    argv += ["--no-round-weights", "--bias-correction", "off", "--target-agreement", "1"]
+    assert main([*argv, "--qdq", str(qdq), "--max-float", "50%"]) == 0
     table = CalibrationTable.load(out)
     assert table.keep_float == ["conv2"] and "w2" not in table.weights
-    info = table.settings["auto_keep_float"]
-    assert info["sqnr_db_after"] > info["sqnr_db_before"]
-    assert info["samples"] == 6  # all the spec has
+    assert "sensitivity" in table.float_reasons["conv2"]
+    steps = table.recipe["float"]["steps"]
+    assert steps[-1]["sqnr_db"] > table.recipe["methods"]["minmax"]["sqnr_db"]
+    assert table.recipe["held_out"]["scored"] == 6  # all the spec has
     q = onnx.load(qdq)
     conv2 = next(n for n in q.graph.node if n.name == "conv2")
     assert list(conv2.input[:2]) == ["r1", "w2"]  # float inputs
@@ -100,12 +102,10 @@ def test_cli_auto_keep_float_writes_it_into_the_table(tmp_path, capsys):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--auto-keep-float", "0"], "--auto-keep-float must be at least 1"),
-        (
-            ["--auto-keep-float", "1", "--auto-keep-float-db", "30"],
-            "give --auto-keep-float or --auto-keep-float-db, not both",
-        ),
-        (["--auto-keep-float", "1", "--sensitivity-samples", "0"], "--sensitivity-samples must"),
+        (["--max-float", "150%"], "--max-float must be between 0% and 100%"),
+        (["--max-float", "ten"], "--max-float takes a percentage"),
+        (["--target-agreement", "1.5"], "--target-agreement must be in (0, 1]"),
+        (["--sensitivity-samples", "0"], "sample counts must be at least 1"),
     ],
 )
 def test_cli_option_errors_are_one_sentence_and_write_nothing(tmp_path, capsys, extra, message):

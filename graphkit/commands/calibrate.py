@@ -1,36 +1,94 @@
-"""`graphkit calibrate MODEL --data SPEC -o TABLE.json [--qdq OUT.onnx]`."""
+"""`graphkit calibrate MODEL --data SPEC -o PLAN.json [--qdq OUT.onnx] [--target ... --out-dir D]`."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-import onnx
-
-import graphkit.quant.calibrate as calibrate_module
+import graphkit.quant.quantize as quantize_module
 from graphkit.commands._common import add_command, console, progress_bar
 from graphkit.commands.export import add_export_arguments, export_from_args
 from graphkit.errors import GraphkitError
 from graphkit.model import load_model, save_model
-from graphkit.quant.calibrate import calibrate
 from graphkit.quant.calibrators import ALIASES, CALIBRATORS, canonical_method
 from graphkit.quant.qdq import insert_qdq
-from graphkit.quant.table import CalibrationTable
+from graphkit.quant.quantize import RECIPES, quantize, recipe_of
 from graphkit.runtime.ort import make_session
+
+EXIT_TARGET_MISSED = 3
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = add_command(sub, "calibrate", calibrate_module)
+    p = add_command(sub, "calibrate", quantize_module)
+    p.epilog = (
+        "example: graphkit calibrate model.onnx --data examples/models/posenet.yaml "
+        "-o plan.json --qdq model.int8.onnx --target ncnn,tensorrt --out-dir deploy/"
+    )
     p.add_argument("model", help="ONNX model to calibrate")
     p.add_argument("--data", required=True, help="input spec YAML (see examples/models/)")
     p.add_argument(
-        "--method",
-        default="mse",
-        choices=sorted([*CALIBRATORS, *ALIASES]),
-        help="activation calibrator (default: mse; entropy = entropy-trt, kl = kl-ncnn)",
+        "-o", "--output", help="where to write the plan (JSON table; needs -o, --qdq or --out-dir)"
     )
-    p.add_argument("-o", "--output", required=True, help="where to write the JSON table")
     p.add_argument("--qdq", help="also write a Q/DQ ONNX model (int8, runs in onnxruntime)")
+    p.add_argument(
+        "--recipe",
+        default="default",
+        choices=sorted(RECIPES),
+        help="default: every choice measured on held-out crops (module doc); plain: one "
+        "method, nearest rounding, every layer int8 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--method",
+        choices=sorted([*CALIBRATORS, *ALIASES]),
+        help="use this activation calibrator only (default: the recipe's measured choice "
+        "among mse, percentile, minmax, kl-ncnn; entropy = entropy-trt, kl = kl-ncnn)",
+    )
+    p.add_argument(
+        "--max-float",
+        metavar="PCT",
+        help="at most this share of the weighted layers kept float, e.g. 10%% (default 10%%; "
+        "0 keeps every layer int8)",
+    )
+    p.add_argument(
+        "--target-agreement",
+        type=float,
+        metavar="A",
+        help="stop keeping layers float once the held-out agreement (mean OKS with FP32) "
+        "reaches A (default 0.98)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help=f"exit {EXIT_TARGET_MISSED} when the target agreement is not reached within the budget",
+    )
+    p.add_argument(
+        "--round-weights",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="round Conv weights against each layer's output, kept if it helps (default on)",
+    )
+    p.add_argument(
+        "--bias-correction",
+        nargs="?",
+        const="on",
+        choices=["auto", "on", "off"],
+        help="correct int8 Conv biases for the mean shift: auto (kept if it helps, the "
+        "default), on, off",
+    )
+    p.add_argument(
+        "--fit-samples",
+        "--weight-samples",
+        type=int,
+        metavar="K",
+        help="samples fitting weight rounding and bias correction (default 8)",
+    )
+    p.add_argument(
+        "--score-samples",
+        "--sensitivity-samples",
+        type=int,
+        metavar="K",
+        help="samples after them on which every choice is measured (default 8)",
+    )
     p.add_argument("--workers", type=int, default=1, help="processes sharing the data (default 1)")
     p.add_argument(
         "--keep-float", nargs="+", default=[], metavar="NODE", help="nodes left in float"
@@ -54,101 +112,38 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         type=int,
         help="observe at most N tensors per pass over the data (less memory, more passes)",
     )
-    p.add_argument(
-        "--auto-keep-float",
-        type=int,
-        metavar="N",
-        help="keep float the N layers whose int8 error hurts the outputs most (sensitivity)",
-    )
-    p.add_argument(
-        "--auto-keep-float-db",
-        type=float,
-        metavar="DB",
-        help="keep float as few sensitive layers as reach this output SQNR (dB)",
-    )
-    p.add_argument(
-        "--sensitivity-samples",
-        type=int,
-        default=8,
-        metavar="K",
-        help="samples scored by the sensitivity analysis (default 8)",
-    )
-    p.add_argument(
-        "--round-weights",
-        action="store_true",
-        help="round the --qdq model's int8 weights against each layer's output error",
-    )
-    p.add_argument(
-        "--weight-samples",
-        type=int,
-        default=8,
-        metavar="K",
-        help="samples fitting --round-weights (default 8)",
-    )
-    p.add_argument(
-        "--bias-correction",
-        action="store_true",
-        help="correct the --qdq model's Conv biases for the int8 mean shift "
-        "(measured on the --weight-samples samples)",
-    )
     add_export_arguments(p)
     return p
 
 
-def auto_keep_float(
-    args: argparse.Namespace,
-    table: CalibrationTable,
-    model: onnx.ModelProto,
-    base: onnx.ModelProto | None = None,
-) -> CalibrationTable:
-    """Apply --auto-keep-float / --auto-keep-float-db: rank layers, keep the worst float."""
-    from graphkit.quant.sensitivity import auto_keep_float as choose
-
-    if args.auto_keep_float is None and args.auto_keep_float_db is None:
-        return table
-    with console.status("sensitivity analysis (one layer int8 at a time)"):
-        table, choice = choose(
-            model,
-            args.data,
-            table,
-            count=args.auto_keep_float,
-            target_db=args.auto_keep_float_db,
-            samples=args.sensitivity_samples,
-            skip=args.weight_samples if base is not None else 0,
-            keep_float=args.keep_float,
-            base=base,
-        )
-    console.print(
-        f"kept float {len(choice.keep_float)} layer(s): output SQNR "
-        f"{choice.baseline_db:.1f} -> {choice.sqnr_db:.1f} dB"
-        + "".join(f"\n  {n}" for n in choice.keep_float)
-    )
-    return table
+def parse_share(text: str | None) -> float | None:
+    """'10%' or '10' -> 0.10 (a share of the weighted layers)."""
+    if text is None:
+        return None
+    try:
+        value = float(text.strip().removesuffix("%"))
+    except ValueError:
+        raise GraphkitError(f"--max-float takes a percentage such as 10%, not '{text}'") from None
+    if not 0 <= value <= 100:
+        raise GraphkitError(f"--max-float must be between 0% and 100%, got {text}")
+    return value / 100
 
 
-def export(args: argparse.Namespace, table: CalibrationTable, model: onnx.ModelProto) -> None:
-    """Write the backend files asked for with --target/--out-dir (before the table is saved)."""
-    if getattr(args, "target", None) or getattr(args, "out_dir", None):
-        export_from_args(args, table, model, Path(args.model).stem)
-
-
-def check_auto_keep_float(args: argparse.Namespace) -> None:
-    if args.auto_keep_float is not None and args.auto_keep_float_db is not None:
-        raise GraphkitError("give --auto-keep-float or --auto-keep-float-db, not both")
-    if args.auto_keep_float is not None and args.auto_keep_float < 1:
-        raise GraphkitError(f"--auto-keep-float must be at least 1, got {args.auto_keep_float}")
-    if args.sensitivity_samples < 1:
-        raise GraphkitError(
-            f"--sensitivity-samples must be at least 1, got {args.sensitivity_samples}"
-        )
-    if args.round_weights and not args.qdq:
-        raise GraphkitError(
-            "--round-weights changes the int8 weights of the --qdq model; add --qdq"
-        )
-    if args.bias_correction and not args.qdq:
-        raise GraphkitError("--bias-correction changes the biases of the --qdq model; add --qdq")
-    if args.weight_samples < 1:
-        raise GraphkitError(f"--weight-samples must be at least 1, got {args.weight_samples}")
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before any work, outputs that would overwrite the model or cannot be written."""
+    if not (args.output or args.qdq or args.out_dir):
+        raise GraphkitError("nothing to write: give -o PLAN.json, --qdq OUT.onnx or --out-dir")
+    model = Path(args.model).resolve()
+    for flag, value in (("-o", args.output), ("--qdq", args.qdq)):
+        if not value:
+            continue
+        p = Path(value)
+        if p.resolve() == model:
+            raise GraphkitError(f"{flag} {value} is the input model; write to another file")
+        if p.is_dir():
+            raise GraphkitError(f"{flag} {value} is a directory; give a file name")
+        if not p.parent.is_dir():
+            raise GraphkitError(f"{flag} {value}: directory {p.parent} does not exist")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -158,57 +153,80 @@ def run(args: argparse.Namespace) -> int:
         raise GraphkitError(f"--bins must be a power of two of at least 8, got {args.bins}")
     settings = {}
     if args.percentile is not None:
-        if canonical_method(args.method) != "percentile":
+        if args.method is None or canonical_method(args.method) != "percentile":
             raise GraphkitError("--percentile only applies to --method percentile")
         settings["percentile"] = args.percentile
-    check_auto_keep_float(args)
+    recipe = recipe_of(
+        args.recipe,
+        args.method,
+        max_float=parse_share(args.max_float),
+        target_agreement=args.target_agreement,
+        round_weights=args.round_weights,
+        bias_correction=args.bias_correction,
+        fit_samples=args.fit_samples,
+        score_samples=args.score_samples,
+    )
+    check_outputs(args)
     model = load_model(args.model)
     with progress_bar("calibrating", "samples") as progress:
         task = progress.add_task("calibrate", total=None)
-        table = calibrate(
+        plan = quantize(
             model,
             args.data,
-            method=args.method,
+            recipe,
             settings=settings,
+            keep_float=args.keep_float,
+            log=lambda msg: progress.console.print(f"  {msg}"),
             workers=args.workers,
             limit=args.limit,
             tensors=args.tensors,
-            keep_float=args.keep_float,
             per_channel=not args.per_tensor_weights,
             bins=args.bins,
             max_outputs_per_run=args.max_outputs_per_run,
             on_sample=lambda: progress.advance(task),
             on_total=lambda n: progress.update(task, total=n),
         )
-    table.model_path = args.model
-    rounded = None
-    if args.round_weights:
-        from graphkit.quant.refine import restore_weights, round_weights
-
-        with console.status("rounding weights against the layer outputs"):
-            rounded = round_weights(model, args.data, table, samples=args.weight_samples)
-    table = auto_keep_float(args, table, model, base=rounded)
+    plan.model_path = args.model
     qdq = None
     if args.qdq:
-        source = model if rounded is None else restore_weights(rounded, model, table.keep_float)
-        qdq = insert_qdq(source, table, keep_float=args.keep_float)
+        qdq = insert_qdq(plan.deploy_model(model), plan)
         make_session(qdq)  # refuse to write a model onnxruntime cannot load
-        if args.bias_correction:
-            from graphkit.quant.bias import bias_correct_spec
-
-            with console.status("correcting Conv biases for the int8 mean shift"):
-                qdq, done = bias_correct_spec(model, qdq, args.data, samples=args.weight_samples)
-            console.print(
-                f"bias correction: {len(done.nodes)} Conv(s), mean |shift| "
-                f"{done.mean_abs_shift[0] if done.mean_abs_shift else 0:.4g}"
-            )
-    export(args, table, model)
-    table.save(args.output)
+    if getattr(args, "target", None) or getattr(args, "out_dir", None):
+        export_from_args(args, plan, model, Path(args.model).stem)
+    if args.output:
+        plan.save(args.output)
     if qdq is not None:
         save_model(qdq, args.qdq)
-    console.print(
-        f"[green]wrote {args.output}[/]: {table.method}, {len(table.activations)} activations, "
-        f"{len(table.weights)} weights, {table.num_samples} samples"
-        + (f"; Q/DQ model {args.qdq}" if args.qdq else "")
-    )
-    return 0
+    console.print(summary(plan, args))
+    missed = recipe.target_agreement is not None and plan.recipe.get("target_reached") is False
+    return EXIT_TARGET_MISSED if missed and args.strict else 0
+
+
+def summary(plan, args: argparse.Namespace) -> str:
+    """What was decided, in a few lines."""
+    r = plan.recipe
+    wrote = [x for x in (args.output, args.qdq, args.out_dir) if x]
+    lines = [
+        (
+            f"[green]wrote {', '.join(wrote)}[/]: {plan.method}, {len(plan.activations)} "
+            f"activations, {len(plan.weights)} int8 weights, {plan.num_samples} samples"
+        )
+    ]
+    final = r.get("final")
+    if final:
+        agree = final.get("agreement")
+        lines.append(
+            f"held-out ({r['held_out']['scored']} crops): head SQNR {final['sqnr_db']} dB"
+            + (f", agreement {agree:.3f}" if agree is not None else "")
+        )
+    fl = r.get("float_layers")
+    if fl:
+        lines.append(f"float layers: {fl['count']} of {fl['of']}")
+        lines += [f"  {n}: {why}" for n, why in plan.float_reasons.items()]
+    target = r.get("recipe", {}).get("target_agreement")
+    if target is not None and r.get("target_reached") is False:
+        lines.append(
+            f"[yellow]target agreement {target} not reached within the float budget "
+            f"({r['recipe']['max_float']:.0%}); raise --max-float or see docs/accuracy.md[/]"
+        )
+    return "\n".join(lines)

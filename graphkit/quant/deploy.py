@@ -120,11 +120,15 @@ def _set_biases(model: onnx.ModelProto, biases: dict[str, list[float]]) -> None:
     for name, values in biases.items():
         node = nodes.get(name)
         if node is None:
-            raise GraphkitError(f"the plan sets the bias of '{name}', which is not a node of the model")
+            raise GraphkitError(
+                f"the plan sets the bias of '{name}', which is not a node of the model"
+            )
         b = np.asarray(values, np.float32)
         if len(node.input) >= 3 and node.input[2] in inits and users[node.input[2]] == 1:
             if list(inits[node.input[2]].dims) != [b.size]:
-                raise GraphkitError(f"the plan's bias of '{name}' has {b.size} values, the model's not")
+                raise GraphkitError(
+                    f"the plan's bias of '{name}' has {b.size} values, the model's not"
+                )
             inits[node.input[2]].CopyFrom(numpy_helper.from_array(b, node.input[2]))
             continue
         new, i = f"{name}_plan_bias", 1

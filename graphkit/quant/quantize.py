@@ -48,7 +48,6 @@ class Recipe:
 
     methods: tuple[str, ...] = ("mse", "percentile", "minmax", "kl-ncnn")
     round_weights: bool = True
-    float_fallback: bool = True
     max_float: float = 0.10  # at most this fraction of the weighted layers kept float
     target_agreement: float | None = 0.98  # stop adding float layers once reached
     bias_correction: str = "auto"  # auto (kept if it helps), on, off
@@ -60,7 +59,7 @@ class Recipe:
         return (
             len(self.methods) > 1
             or self.round_weights
-            or (self.float_fallback and self.max_float > 0)
+            or self.max_float > 0
             or self.bias_correction != "off"
         )
 
@@ -69,15 +68,11 @@ RECIPES = {
     "default": Recipe(),
     # one method, nearest rounding, every layer int8: the plain calibration of ncnn2table,
     # TensorRT's calibrators and onnxruntime's quantize_static
-    "plain": Recipe(
-        methods=("mse",), round_weights=False, float_fallback=False, bias_correction="off"
-    ),
+    "plain": Recipe(methods=("mse",), round_weights=False, max_float=0.0, bias_correction="off"),
 }
 
 
-def recipe_of(
-    recipe: Recipe | str, method: str | None = None, **overrides: Any
-) -> Recipe:
+def recipe_of(recipe: Recipe | str, method: str | None = None, **overrides: Any) -> Recipe:
     """A Recipe from a name or a Recipe, with `method` (one method, no choice) and any
     field overridden; options that cannot work are refused in one sentence."""
     if isinstance(recipe, str):
@@ -90,11 +85,11 @@ def recipe_of(
     if not 0 <= recipe.max_float <= 1:
         raise GraphkitError(f"--max-float must be between 0 and 100%, got {recipe.max_float:.0%}")
     if recipe.target_agreement is not None and not 0 < recipe.target_agreement <= 1:
-        raise GraphkitError(
-            f"--target-agreement must be in (0, 1], got {recipe.target_agreement}"
-        )
+        raise GraphkitError(f"--target-agreement must be in (0, 1], got {recipe.target_agreement}")
     if recipe.bias_correction not in ("auto", "on", "off"):
-        raise GraphkitError(f"bias correction must be auto, on or off, not {recipe.bias_correction}")
+        raise GraphkitError(
+            f"bias correction must be auto, on or off, not {recipe.bias_correction}"
+        )
     if recipe.fit_samples < 1 or recipe.score_samples < 1:
         raise GraphkitError("fit and score sample counts must be at least 1")
     for m in recipe.methods:
@@ -244,8 +239,14 @@ def quantize(
     tried: dict[str, tuple[float, float | None]] = {}
     plans: dict[str, QuantPlan] = {}
     for m in recipe.methods:
-        p = build(m, settings if canonical_method(m) == canonical_method(recipe.methods[0]) else None)
-        p.keep_float, p.float_reasons, p.model_path = list(keep_float), plan.float_reasons, model_path
+        p = build(
+            m, settings if canonical_method(m) == canonical_method(recipe.methods[0]) else None
+        )
+        p.keep_float, p.float_reasons, p.model_path = (
+            list(keep_float),
+            plan.float_reasons,
+            model_path,
+        )
         plans[m] = p
         tried[m] = scorer.measure(insert_qdq(model, p))
         say(f"method {m}: held-out head SQNR {tried[m][0]:.2f} dB" + _agree(tried[m][1]))
@@ -270,14 +271,17 @@ def quantize(
             got = scorer.measure(_candidate(model, candidate, plan, list(plan.keep_float)))
             kept = got[0] > current[0]
             record["rounding"] = {"before": _score(current), "after": _score(got), "kept": kept}
-            say(f"weight rounding: {current[0]:.2f} -> {got[0]:.2f} dB" + ("" if kept else ", not kept"))
+            say(
+                f"weight rounding: {current[0]:.2f} -> {got[0]:.2f} dB"
+                + ("" if kept else ", not kept")
+            )
             if kept:
                 rounded, current = candidate, got
         times["rounding"] = time.perf_counter() - t
 
     # 3. float fallback under the budget
     layers = quantized_layers(model, plan, plan.keep_float)
-    budget = int(math.floor(recipe.max_float * len(layers) + 1e-9)) if recipe.float_fallback else 0
+    budget = math.floor(recipe.max_float * len(layers) + 1e-9)
     reached = _reached(current, recipe)
     chosen: list[str] = []
     if budget and not reached:
@@ -287,7 +291,9 @@ def quantize(
         for name, alone in ranking:
             if len(chosen) >= budget or _reached(current, recipe):
                 break
-            got = scorer.measure(_candidate(model, rounded, plan, [*plan.keep_float, *chosen, name]))
+            got = scorer.measure(
+                _candidate(model, rounded, plan, [*plan.keep_float, *chosen, name])
+            )
             if got[0] > current[0]:
                 chosen.append(name)
                 current = got
@@ -315,8 +321,15 @@ def quantize(
         if corrected is not None:
             got = scorer.measure(corrected)
             kept = recipe.bias_correction == "on" or got[0] > current[0]
-            record["bias_correction"] = {"before": _score(current), "after": _score(got), "kept": kept}
-            say(f"bias correction: {current[0]:.2f} -> {got[0]:.2f} dB" + ("" if kept else ", not kept"))
+            record["bias_correction"] = {
+                "before": _score(current),
+                "after": _score(got),
+                "kept": kept,
+            }
+            say(
+                f"bias correction: {current[0]:.2f} -> {got[0]:.2f} dB"
+                + ("" if kept else ", not kept")
+            )
             if kept:
                 plan.biases = _conv_biases(corrected, done.nodes)
                 current = got
@@ -342,7 +355,10 @@ def _agree(a: float | None) -> str:
 
 def _score(v: tuple[float, float | None]) -> dict[str, float | None]:
     sq, ag = v
-    return {"sqnr_db": round(sq, 3) if math.isfinite(sq) else None, "agreement": None if ag is None else round(ag, 4)}
+    return {
+        "sqnr_db": round(sq, 3) if math.isfinite(sq) else None,
+        "agreement": None if ag is None else round(ag, 4),
+    }
 
 
 def _round(times: dict[str, float]) -> dict[str, float]:

@@ -133,10 +133,14 @@ class QuantPlan:
                 f"{source} has table schema version {version}; this graphkit reads "
                 + ", ".join(map(str, READABLE_VERSIONS))
             )
-        acts = {k: _entry(ActivationEntry, v, f"{source}: activation '{k}'", {"scale"})
-                for k, v in _mapping(d["activations"], f"{source}: activations").items()}
-        weights = {k: _entry(WeightEntry, v, f"{source}: weight '{k}'", {"scales"})
-                   for k, v in _mapping(d.get("weights", {}), f"{source}: weights").items()}
+        acts = {
+            k: _entry(ActivationEntry, v, f"{source}: activation '{k}'", {"scale"})
+            for k, v in _mapping(d["activations"], f"{source}: activations").items()
+        }
+        weights = {
+            k: _entry(WeightEntry, v, f"{source}: weight '{k}'", {"scales"})
+            for k, v in _mapping(d.get("weights", {}), f"{source}: weights").items()
+        }
         for name, entry in acts.items():
             if not (_real(entry.amax) and entry.amax > 0):
                 raise GraphkitError(f"{source}: activation '{name}' has invalid amax {entry.amax}")
