@@ -1,30 +1,29 @@
-"""int8 pose accuracy: graphkit (default and best setting) against onnxruntime quantize_static.
+"""int8 pose accuracy and calibration time: graphkit against onnxruntime and NNCF, one run.
 
 Per model, calibrated on the train2017 person crops of its examples/models spec (86 by
-default), evaluated on the val2017 person crops (68, ground-truth boxes), COCO keypoint AP
-(pycocotools) and agreement (mean OKS between the FP32 and the int8 keypoints of the same
-crop, MANIFEST.md "Judging int8 accuracy"):
+default), evaluated on the val2017 person crops (68, ground-truth boxes): COCO keypoint
+AP (pycocotools) and agreement (mean OKS between the FP32 and the int8 keypoints of the
+same crop, MANIFEST.md "Judging int8 accuracy"), and the calibration time as a ratio to
+FP32 inference (data loading included) over the same calibration crops:
 
 - FP32;
-- graphkit default: `graphkit calibrate` defaults (mse, per-channel weights, every Conv int8);
-- graphkit best: for each of `--best-methods`, Conv weights rounded against the layer
-  output (`graphkit.quant.refine.optimize_weights`, fitted on the first `--weight-samples`
-  calibration crops); the method whose Q/DQ model has the best head SQNR on the next
-  `--sensitivity-samples` calibration crops (held out from the fit) is kept; then the
-  `--keep` layers that hurt the heads most are kept float (`graphkit.quant.sensitivity`,
-  scored on the same held-out crops). Several `--keep` counts give one row each;
-- onnxruntime `quantize_static` (QDQ, per-channel int8 weights, uint8 activations), MinMax
-  and Percentile, each in a child process capped at `--mem-gb` of address space (a peer
-  that runs out of memory is reported as such).
+- graphkit default: `graphkit.quantize(model, spec)` = `graphkit calibrate` with no flags,
+  run in onnxruntime (Q/DQ) and, where pnnx converts the model, in ncnn int8 (the ncnn
+  files `graphkit export --target ncnn` writes from the same plan);
+- graphkit with a larger float budget (`--max-float 20%`, onnxruntime);
+- graphkit plain (`--recipe plain`: mse, nearest rounding, every layer int8);
+- onnxruntime `quantize_static` (QDQ, per-channel int8 weights, uint8 activations, MinMax),
+  in a child process capped at `--mem-gb` of address space;
+- NNCF `nncf.quantize` (ONNX backend, presets performance and mixed; `pip install nncf`),
+  same cap; a peer that fails or is not installed is reported as such.
 
     python benchmarks/pose_int8.py [--models efficientpose posenet movenet-lightning]
-        [--keep 10 20] [--sensitivity-samples 8] [--json out.json] [--no-peers] [--mem-gb 8]
+        [--json out.json] [--no-peers] [--no-ncnn] [--mem-gb 8]
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import resource
@@ -38,8 +37,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 MODELS = ["efficientpose", "posenet", "movenet-lightning"]
-PEERS = {"ort-minmax": "MinMax", "ort-percentile": "Percentile"}
-SETTINGS = {"percentile": {"percentile": 99.99}}
+PEERS = {
+    "ort-minmax": "onnxruntime quantize_static MinMax",
+    "nncf-performance": "NNCF nncf.quantize (preset performance)",
+    "nncf-mixed": "NNCF nncf.quantize (preset mixed)",
+}
 
 
 def assets() -> Path:
@@ -68,35 +70,54 @@ def val_args() -> dict:
 def peer_child(peer: str, name: str, limit: int | None, out: str, mem_gb: float) -> None:
     cap = int(mem_gb * 2**30)
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
     from graphkit.data import iter_samples
 
     spec = spec_of(name, limit)
+    model_path = str(assets() / "models" / f"{name}.onnx")
+    start = time.perf_counter()
+    if peer.startswith("nncf-"):
+        import nncf
+        import onnx
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = (s.feeds for s in iter_samples(spec))
+        dataset = nncf.Dataset([s.feeds for s in iter_samples(spec)])
+        preset = getattr(nncf.QuantizationPreset, peer.removeprefix("nncf-").upper())
+        quantized = nncf.quantize(
+            onnx.load(model_path), dataset, preset=preset, subset_size=count(spec)
+        )
+        onnx.save(quantized, out)
+    else:
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
 
-        def get_next(self):
-            return next(self.it, None)
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self.it = (s.feeds for s in iter_samples(spec))
 
-    quantize_static(
-        str(assets() / "models" / f"{name}.onnx"),
-        out,
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=getattr(CalibrationMethod, PEERS[peer]),
-    )
+            def get_next(self):
+                return next(self.it, None)
+
+        quantize_static(
+            model_path,
+            out,
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    Path(out + ".seconds").write_text(f"{time.perf_counter() - start:.3f}")
+
+
+def count(spec) -> int:
+    from graphkit.data import count_samples
+
+    return count_samples(spec)
 
 
 def run_peer(peer: str, name: str, limit: int | None, out: Path, mem_gb: float) -> str | None:
@@ -122,21 +143,24 @@ def run_peer(peer: str, name: str, limit: int | None, out: Path, mem_gb: float) 
 # parent
 
 
-def bench_model(name: str, args, tmp: Path) -> dict:
+def fp32_seconds(path: Path, spec) -> float:
+    """FP32 inference over the calibration crops, data loading included (one session)."""
     from graphkit.data import iter_samples
-    from graphkit.evaluators.decoders import build_decoder
+    from graphkit.runtime.ort import make_session
+
+    sess = make_session(str(path))
+    start = time.perf_counter()
+    for s in iter_samples(spec):
+        sess.run(None, s.feeds)
+    return time.perf_counter() - start
+
+
+def bench_model(name: str, args, tmp: Path) -> dict:
     from graphkit.evaluators.evaluate import agreement_of, evaluate
     from graphkit.model import load_model, save_model
-    from graphkit.quant.calibrate import build_table, collect_statistics
-    from graphkit.quant.collect import select_tensors
+    from graphkit.quant.exporters import export_all
     from graphkit.quant.qdq import insert_qdq
-    from graphkit.quant.refine import optimize_weights, restore_weights
-    from graphkit.quant.sensitivity import (
-        OutputScorer,
-        choose_keep_float,
-        head_tensors,
-        with_keep_float,
-    )
+    from graphkit.quant.quantize import quantize, recipe_of
 
     path = assets() / "models" / f"{name}.onnx"
     model = load_model(path)
@@ -145,82 +169,81 @@ def bench_model(name: str, args, tmp: Path) -> dict:
     rows: list[dict] = []
     t0 = time.perf_counter()
     fp = evaluate(str(path), spec, **val)
-    rows.append({"setting": "FP32", "AP": fp["stats"]["AP"], "agreement": 1.0})
-    print(f"{name}: FP32 AP {fp['stats']['AP']:.4f}", flush=True)
+    base = fp32_seconds(path, spec)
+    rows.append({"setting": "FP32", "AP": fp["stats"]["AP"], "agreement": 1.0, "seconds": base})
+    print(f"{name}: FP32 AP {fp['stats']['AP']:.4f}, inference {base:.1f} s", flush=True)
 
-    def score(qdq_model, setting: str, **extra) -> None:
-        p = tmp / f"{name}.{len(rows)}.onnx"
-        save_model(qdq_model, p)
-        r = evaluate(str(p), spec, **val)
-        row = {"setting": setting, "AP": r["stats"]["AP"], "agreement": agreement_of(fp, r)}
+    def score(model_path: Path, setting: str, backend: str = "onnxruntime", **extra) -> None:
+        r = evaluate(str(model_path), spec, **val)
+        row = {"setting": setting, "backend": backend, "AP": r["stats"]["AP"]}
+        row["agreement"] = agreement_of(fp, r)
         rows.append({**row, **extra})
-        print(f"{name}: {setting}: AP {row['AP']:.4f} agreement {row['agreement']:.3f}", flush=True)
-
-    stats = collect_statistics(model, spec, select_tensors(model))
-    default = build_table(model, stats, "mse")
-    score(insert_qdq(model, default), "graphkit default (mse)")
-
-    # best: per model, the method whose rounded Q/DQ model scores best on held-out
-    # calibration crops (not the ones the weights were fitted on), then layers kept float
-    n_fit, n_score = args.weight_samples, args.sensitivity_samples
-    samples = [s.feeds for s in itertools.islice(iter_samples(spec), n_fit + n_score)]
-    scored = head_tensors(model, build_decoder(spec.decode).outputs)
-    scorer = OutputScorer(model, samples[n_fit:], scored)
-    t1 = time.perf_counter()
-    tried = {}
-    for method in args.best_methods:
-        table = build_table(model, stats, method, SETTINGS.get(method, {}))
-        rounded, _ = optimize_weights(model, samples[:n_fit], table)
-        tried[method] = (scorer(insert_qdq(rounded, table)), table, rounded)
-        print(f"{name}: {method} + rounding: {tried[method][0]:.2f} dB", flush=True)
-    method = max(tried, key=lambda m: tried[m][0])
-    _, table, rounded = tried[method]
-    score(insert_qdq(rounded, table), f"graphkit {method} + weight rounding")
-    choice = choose_keep_float(model, scorer, table, count=max(args.keep), base=rounded)
-    best_s = time.perf_counter() - t1
-    for count in sorted(set(args.keep)):
-        keep = choice.keep_float[:count]
-        final = restore_weights(rounded, model, keep)
-        qdq = insert_qdq(final, with_keep_float(table, keep))
-        score(
-            qdq,
-            f"graphkit {method} + rounding + {len(keep)} float",
-            keep_float=keep,
-            sqnr_db={
-                "methods_rounded": {m: v[0] for m, v in tried.items()},
-                "final": scorer(qdq),
-            },
-            scored=scored,
-            seconds=round(best_s, 1),
+        ratio = f", calibration {extra['seconds'] / base:.2f}x FP32" if "seconds" in extra else ""
+        print(
+            f"{name}: {setting} [{backend}]: AP {row['AP']:.4f} agreement "
+            f"{row['agreement']:.3f}{ratio}",
+            flush=True,
         )
+
+    recipes = {
+        "graphkit default": recipe_of("default"),
+        "graphkit --max-float 20%": recipe_of("default", max_float=0.20),
+        "graphkit --recipe plain": recipe_of("plain"),
+    }
+    for setting, recipe in recipes.items():
+        start = time.perf_counter()
+        plan = quantize(model, spec, recipe)
+        seconds = time.perf_counter() - start
+        qdq = tmp / f"{name}.{len(rows)}.onnx"
+        save_model(insert_qdq(plan.deploy_model(model), plan), qdq)
+        extra = {
+            "seconds": seconds,
+            "float_layers": plan.recipe.get("float_layers", {"count": 0}),
+            "held_out": plan.recipe.get("final"),
+        }
+        score(qdq, setting, **extra)
+        if setting == "graphkit default" and not args.no_ncnn:
+            out = tmp / f"{name}.ncnn"
+            try:
+                export_all(plan, model, ["ncnn"], out)
+            except Exception as exc:  # noqa: BLE001 - a model pnnx cannot convert
+                rows.append({"setting": setting, "backend": "ncnn int8", "status": str(exc)[:120]})
+                print(f"{name}: {setting} [ncnn]: {exc}", flush=True)
+            else:
+                score(out / "ncnn" / "model.int8.param", setting, "ncnn int8")
     if not args.no_peers:
-        for peer, method in PEERS.items():
+        for peer, label in PEERS.items():
             out = tmp / f"{name}.{peer}.onnx"
             why = run_peer(peer, name, args.limit, out, args.mem_gb)
             if why is None:
-                score(load_model(out), f"onnxruntime {method}")
+                secs = float(Path(str(out) + ".seconds").read_text())
+                score(out, label, seconds=secs)
             else:
-                rows.append({"setting": f"onnxruntime {method}", "status": why})
-                print(f"{name}: onnxruntime {method}: {why}", flush=True)
+                rows.append({"setting": label, "status": why})
+                print(f"{name}: {label}: {why}", flush=True)
     return {"rows": rows, "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def markdown(results: dict) -> str:
     lines = [
-        "| model | setting | AP | ΔAP vs FP32 | agreement | layers kept float |",
-        "|---|---|---|---|---|---|",
+        "| model | setting | backend | AP | ΔAP | agreement | float layers | calibration / FP32 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, res in results.items():
-        fp_ap = res["rows"][0]["AP"]
+        fp = res["rows"][0]
         for r in res["rows"]:
             if "status" in r:
-                lines.append(f"| {name} | {r['setting']} | {r['status']} | | | |")
+                lines.append(
+                    f"| {name} | {r['setting']} | {r.get('backend', '')} | {r['status']} | | | | |"
+                )
                 continue
-            delta = "" if r["setting"] == "FP32" else f"{r['AP'] - fp_ap:+.4f}"
-            kept = len(r.get("keep_float", [])) if "keep_float" in r else ""
+            delta = "" if r["setting"] == "FP32" else f"{r['AP'] - fp['AP']:+.4f}"
+            fl = r.get("float_layers")
+            kept = f"{fl['count']} of {fl['of']}" if fl and "of" in fl else ("0" if fl else "")
+            ratio = f"{r['seconds'] / fp['seconds']:.1f}x" if "seconds" in r and r is not fp else ""
             lines.append(
-                f"| {name} | {r['setting']} | {r['AP']:.4f} | {delta} | {r['agreement']:.3f} "
-                f"| {kept} |"
+                f"| {name} | {r['setting']} | {r.get('backend', 'onnxruntime')} | {r['AP']:.4f} "
+                f"| {delta} | {r['agreement']:.3f} | {kept} | {ratio} |"
             )
     return "\n".join(lines)
 
@@ -231,18 +254,9 @@ def main() -> int:
     )
     ap.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
     ap.add_argument("--limit", type=int, help="calibration crops (default: all 86)")
-    ap.add_argument("--best-methods", nargs="+", default=["minmax", "mse", "percentile", "kl-ncnn"])
-    ap.add_argument(
-        "--keep",
-        type=int,
-        nargs="+",
-        default=[10, 20],
-        help="layers kept float (several: one row each)",
-    )
-    ap.add_argument("--sensitivity-samples", type=int, default=8)
-    ap.add_argument("--weight-samples", type=int, default=8)
     ap.add_argument("--mem-gb", type=float, default=8.0)
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--no-ncnn", action="store_true", help="skip the ncnn int8 rows")
     ap.add_argument("--json", help="write every figure here")
     ap.add_argument("--child", nargs=3, metavar=("PEER", "MODEL", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
