@@ -146,9 +146,10 @@ def run_peer(peer: str, name: str, limit: int | None, out: Path, mem_gb: float) 
 def fp32_seconds(path: Path, spec) -> float:
     """FP32 inference over the calibration crops, data loading included (one session)."""
     from graphkit.data import iter_samples
+    from graphkit.model import load_model
     from graphkit.runtime.ort import make_session
 
-    sess = make_session(str(path))
+    sess = make_session(load_model(path))
     start = time.perf_counter()
     for s in iter_samples(spec):
         sess.run(None, s.feeds)

@@ -198,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
     if qdq is not None:
         save_model(qdq, args.qdq)
     console.print(summary(plan, args))
-    missed = recipe.target_agreement is not None and plan.recipe.get("target_reached") is False
+    missed = plan.recipe.get("target_reached") is False
     return EXIT_TARGET_MISSED if missed and args.strict else 0
 
 
@@ -224,6 +224,11 @@ def summary(plan, args: argparse.Namespace) -> str:
         lines.append(f"float layers: {fl['count']} of {fl['of']}")
         lines += [f"  {n}: {why}" for n, why in plan.float_reasons.items()]
     target = r.get("recipe", {}).get("target_agreement")
+    if target is not None and r.get("target_reached") is None and r.get("final"):
+        lines.append(
+            "agreement not measured (the spec has no decode: section or no person boxes): "
+            "float layers chosen by head SQNR within the budget"
+        )
     if target is not None and r.get("target_reached") is False:
         lines.append(
             f"[yellow]target agreement {target} not reached within the float budget "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 
 from rich.table import Table
 
@@ -29,10 +30,30 @@ def run(args: argparse.Namespace) -> int:
         f"hash {table.model_hash}; data {table.data_source or '?'}, {table.num_samples} samples"
     )
     if table.keep_float:
-        console.print(f"kept float: {', '.join(table.keep_float)}")
+        console.print(f"kept float ({len(table.keep_float)}):")
+        for name in table.keep_float:
+            console.print(f"  {short_name(name, 60)}: {table.float_reasons.get(name, 'asked')}")
+    rounding = Counter(w.rounding or "by the backend" for w in table.weights.values())
+    if table.weights:
+        console.print(
+            "int8 weights: " + ", ".join(f"{n} rounded {how}" for how, n in rounding.items())
+        )
+    if table.biases:
+        console.print(f"bias corrected: {len(table.biases)} layer(s)")
+    final = table.recipe.get("final") if table.recipe else None
+    if final:
+        agree = final.get("agreement")
+        console.print(
+            f"held-out crops: head SQNR {final['sqnr_db']} dB"
+            + (f", agreement {agree}" if agree is not None else "")
+            + "; methods tried: "
+            + ", ".join(
+                f"{m} {v['sqnr_db']} dB" for m, v in table.recipe.get("methods", {}).items()
+            )
+        )
     acts = Table(title="activations")
     acts.add_column("activation", no_wrap=True, min_width=36)
-    for col in ("amax", "scale", "min", "max", "clipped"):
+    for col in ("amax", "scale", "min", "max", "clipped", "method"):
         acts.add_column(col, justify="right", no_wrap=True, min_width=max(len(col), 8))
     acts.add_column("consumers", overflow="fold")
     for name, e in table.activations.items():
@@ -46,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
             _num(e.min),
             _num(e.max),
             clipped,
+            e.method or table.method,
             cons,
         )
     console.print(acts)

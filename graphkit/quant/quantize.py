@@ -50,6 +50,7 @@ class Recipe:
     round_weights: bool = True
     max_float: float = 0.10  # at most this fraction of the weighted layers kept float
     target_agreement: float | None = 0.98  # stop adding float layers once reached
+    lookahead: int = 1  # float candidates tried per step (most sensitive first)
     bias_correction: str = "auto"  # auto (kept if it helps), on, off
     fit_samples: int = 8  # rounding and bias correction are fitted on these
     score_samples: int = 8  # choices are measured on these (held out from the fit)
@@ -90,6 +91,8 @@ def recipe_of(recipe: Recipe | str, method: str | None = None, **overrides: Any)
         raise GraphkitError(
             f"bias correction must be auto, on or off, not {recipe.bias_correction}"
         )
+    if recipe.lookahead < 1:
+        raise GraphkitError(f"lookahead must be at least 1, got {recipe.lookahead}")
     if recipe.fit_samples < 1 or recipe.score_samples < 1:
         raise GraphkitError("fit and score sample counts must be at least 1")
     for m in recipe.methods:
@@ -252,7 +255,7 @@ def quantize(
         say(f"method {m}: held-out head SQNR {tried[m][0]:.2f} dB" + _agree(tried[m][1]))
     best = max(tried, key=lambda m: tried[m][0])
     plan = plans[best]
-    _mark_methods(plan, best if len(tried) == 1 else f"{best} (best held-out of {len(tried)})")
+    _mark_methods(plan, best)
     record["methods"] = {m: _score(v) for m, v in tried.items()}
     current = tried[best]
     times["method"] = time.perf_counter() - t
@@ -287,22 +290,29 @@ def quantize(
     if budget and not reached:
         t = time.perf_counter()
         ranking = sensitivity(model, scorer, plan, keep_float=plan.keep_float, base=rounded)
+        alone = dict(ranking)
+        pool = [name for name, _ in ranking]
         steps = []
-        for name, alone in ranking:
-            if len(chosen) >= budget or _reached(current, recipe):
-                break
-            got = scorer.measure(
-                _candidate(model, rounded, plan, [*plan.keep_float, *chosen, name])
+        while pool and len(chosen) < budget and not _reached(current, recipe):
+            # the next `lookahead` most sensitive layers, each tried with those chosen;
+            # the one that raises the held-out SQNR most is kept, the others stay in the pool
+            tried = []
+            for name in pool[: recipe.lookahead]:
+                cand = _candidate(model, rounded, plan, [*plan.keep_float, *chosen, name])
+                tried.append((scorer.measure(cand), name))
+            got, name = max(tried, key=lambda t: t[0][0])
+            pool = [n for n in pool if n not in {t[1] for t in tried if t[0][0] <= current[0]}]
+            if got[0] <= current[0]:
+                continue
+            pool.remove(name)
+            chosen.append(name)
+            current = got
+            plan.float_reasons[name] = (
+                f"sensitivity: head SQNR {alone[name]:.1f} dB with only this layer int8; "
+                f"kept float, the held-out SQNR rose to {got[0]:.1f} dB" + _agree(got[1])
             )
-            if got[0] > current[0]:
-                chosen.append(name)
-                current = got
-                plan.float_reasons[name] = (
-                    f"sensitivity: head SQNR {alone:.1f} dB with only this layer int8; "
-                    f"kept float, the held-out SQNR rose to {got[0]:.1f} dB" + _agree(got[1])
-                )
-                steps.append({"layer": name, **_score(got)})
-                say(f"kept float {name}: {got[0]:.2f} dB" + _agree(got[1]))
+            steps.append({"layer": name, **_score(got)})
+            say(f"kept float {name}: {got[0]:.2f} dB" + _agree(got[1]))
         record["float"] = {"budget": budget, "layers": len(layers), "steps": steps}
         times["float"] = time.perf_counter() - t
     if chosen:
@@ -337,7 +347,8 @@ def quantize(
 
     fill_integers(plan, model, rounded)
     record["final"] = _score(current)
-    record["target_reached"] = _reached(current, recipe)
+    # None: no decode section (or no person areas), so the agreement was not measured
+    record["target_reached"] = None if current[1] is None else _reached(current, recipe)
     record["float_layers"] = {"count": len(plan.keep_float), "of": len(layers) + len(keep_float)}
     record["seconds"] = _round(times)
     plan.recipe = record

@@ -1,0 +1,179 @@
+"""`graphkit.quantize`: the measured default recipe, its budget, and what the plan records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from quant_planted import make_model, write_files
+
+from graphkit.cli import main
+from graphkit.errors import GraphkitError
+from graphkit.quant.equalize import apply_equalization, equalization, find_pairs
+from graphkit.quant.qdq import insert_qdq
+from graphkit.quant.quantize import quantize, recipe_of
+from graphkit.quant.table import QuantPlan
+from graphkit.runtime.ort import make_session
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_default_recipe_measures_every_choice_and_keeps_within_the_budget(tmp_path):
+    model_path, spec = write_files(tmp_path, n=8)
+    plan = quantize(model_path, spec, recipe_of("default", fit_samples=4, score_samples=4))
+    r = plan.recipe
+    assert set(r["methods"]) == {"mse", "percentile", "minmax", "kl-ncnn"}
+    best = max(r["methods"], key=lambda m: r["methods"][m]["sqnr_db"])
+    assert plan.method == best and all(e.method == best for e in plan.activations.values())
+    assert "rounding" in r and "bias_correction" in r
+    # 3 weighted layers, 10 %: no layer may go float
+    assert plan.keep_float == [] and r["float_layers"] == {"count": 0, "of": 3}
+    # no decode section: agreement cannot be measured, so the target is neither met nor missed
+    assert r["final"]["agreement"] is None and r["target_reached"] is None
+    assert all(w.integers() is not None for w in plan.weights.values())
+
+
+def test_a_larger_budget_keeps_the_planted_layer_float_with_its_reason(tmp_path):
+    model_path, spec = write_files(tmp_path, n=8)
+    recipe = recipe_of("default", max_float=0.34, fit_samples=4, score_samples=4)
+    plan = quantize(model_path, spec, recipe)
+    assert plan.keep_float == ["conv2"]
+    assert "sensitivity" in plan.float_reasons["conv2"] and "w2" not in plan.weights
+    assert plan.recipe["final"]["sqnr_db"] > plan.recipe["methods"][plan.method]["sqnr_db"]
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"max_float": 1.5}, "--max-float must be between"),
+        ({"target_agreement": 0.0}, "--target-agreement must be in"),
+        ({"lookahead": 0}, "lookahead must be at least 1"),
+        ({"bias_correction": "maybe"}, "bias correction must be auto, on or off"),
+    ],
+)
+def test_impossible_recipes_are_refused_in_one_sentence(kw, message):
+    with pytest.raises(GraphkitError, match=message):
+        recipe_of("default", **kw)
+
+
+def test_unknown_recipe_name_lists_the_known_ones():
+    with pytest.raises(GraphkitError, match="known: default, plain"):
+        recipe_of("best")
+
+
+def test_calibrate_refuses_to_overwrite_its_input_model(tmp_path, capsys):
+    model_path, spec = write_files(tmp_path, n=4)
+    before = model_path.read_bytes()
+    for flag in ("-o", "--qdq"):
+        argv = ["calibrate", str(model_path), "--data", str(spec), flag, str(model_path)]
+        assert main(argv) == 2
+        assert "is the input model" in capsys.readouterr().err
+    assert model_path.read_bytes() == before
+
+
+def test_calibrate_needs_something_to_write(tmp_path, capsys):
+    model_path, spec = write_files(tmp_path, n=4)
+    assert main(["calibrate", str(model_path), "--data", str(spec)]) == 2
+    assert "nothing to write" in capsys.readouterr().err
+
+
+def test_calibrate_checks_output_directories_before_calibrating(tmp_path, capsys):
+    model_path, spec = write_files(tmp_path, n=4)
+    out = tmp_path / "t.json"
+    argv = ["calibrate", str(model_path), "--data", str(spec), "-o", str(out)]
+    assert main([*argv, "--qdq", str(tmp_path / "missing" / "q.onnx")]) == 2
+    assert "does not exist" in capsys.readouterr().err and not out.exists()
+
+
+def _relu6_chain() -> onnx.ModelProto:
+    """conv -> Clip(0, 6) -> depthwise -> Relu -> conv: two equalizable pairs."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = {
+        "w1": rng.normal(0, 1, (4, 3, 3, 3)) * np.array([3, 0.05, 1, 0.2]).reshape(4, 1, 1, 1),
+        "b1": rng.normal(0, 0.1, 4),
+        "w2": rng.normal(0, 1, (4, 1, 3, 3)),
+        "w3": rng.normal(0, 1, (5, 4, 1, 1)),
+        "lo": np.array(0.0),
+        "hi": np.array(6.0),
+    }
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in w.items()]
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        n("Clip", ["c1", "lo", "hi"], ["r1"], name="relu6"),
+        n("Conv", ["r1", "w2"], ["c2"], name="dw", pads=[1, 1, 1, 1], group=4),
+        n("Relu", ["c2"], ["r2"], name="relu"),
+        n("Conv", ["r2", "w3"], ["y"], name="pw"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 8, 8])],
+        inits,
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_equalization_keeps_the_function_and_equalizes_the_channels():
+    model = _relu6_chain()
+    assert [(p.producer, p.act, p.consumers) for p in find_pairs(model)] == [
+        ("conv1", "relu6", ["dw"]),
+        ("dw", "relu", ["pw"]),
+    ]
+    rng = np.random.default_rng(1)
+    samples = [{"x": rng.uniform(-1, 1, (1, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
+    eq = equalization(model, samples)
+    out = apply_equalization(model, eq)
+    onnx.checker.check_model(out)
+    a, b = make_session(model), make_session(out)
+    for f in samples:
+        assert np.allclose(a.run(None, f)[0], b.run(None, f)[0], rtol=1e-4, atol=1e-4)
+    from graphkit.quant.equalize import channel_ranges
+
+    before = channel_ranges(model, samples, ["r1"])["r1"]
+    after = channel_ranges(out, samples, ["r1"])["r1"]
+    assert after.min() / after.max() > before.min() / before.max()
+    # applied again from the record, the same model comes out (what a plan relies on)
+    again = apply_equalization(model, eq)
+    assert again.SerializeToString() == out.SerializeToString()
+
+
+def test_quantize_on_a_planted_model_runs_in_onnxruntime(tmp_path):
+    """The plan's deploy model and Q/DQ run, with the plan's model hash checked."""
+    model_path, spec = write_files(tmp_path, n=6)
+    plan = quantize(model_path, spec, "plain")
+    plan.save(tmp_path / "p.json")
+    back = QuantPlan.load(tmp_path / "p.json")
+    make_session(insert_qdq(back.deploy_model(make_model()), back))
+
+
+@pytest.mark.slow
+def test_default_on_posenet_measures_agreement_and_beats_plain(assets, monkeypatch):
+    """Real model, few crops: the held-out agreement is measured from decoded keypoints
+    and the default plan agrees with FP32 better than plain calibration."""
+    monkeypatch.setenv("GRAPHKIT_ASSETS", str(assets))
+    from graphkit.data import load_input_spec
+    from graphkit.model import load_model
+    from graphkit.quant.quantize import HeldOutScorer, held_out
+    from graphkit.quant.sensitivity import head_tensors
+
+    model = load_model(assets / "models" / "posenet.onnx")
+    spec = load_input_spec(ROOT / "examples" / "models" / "posenet.yaml").with_source(limit=16)
+    recipe = recipe_of("default", fit_samples=4, score_samples=6, bias_correction="off")
+    plan = quantize(model, spec, recipe)
+    agree = plan.recipe["final"]["agreement"]
+    assert agree is not None and 0 < agree <= 1
+    assert len(plan.keep_float) <= 3  # 10 % of 31 layers
+    plain = quantize(model, spec, "plain")
+    from graphkit.evaluators.decoders import build_decoder
+
+    _, score = held_out(spec, recipe)
+    scorer = HeldOutScorer(model, score, head_tensors(model), build_decoder(spec.decode))
+    plain_sqnr, _ = scorer.measure(insert_qdq(plain.deploy_model(model), plain))
+    default_sqnr, _ = scorer.measure(insert_qdq(plan.deploy_model(model), plan))
+    assert default_sqnr > plain_sqnr + 3
