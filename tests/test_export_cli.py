@@ -146,3 +146,26 @@ def test_a_failing_target_leaves_no_half_exported_directory(tmp_path):
     with pytest.raises(GraphkitError, match="gears"):
         export_all(golden_table(), two_conv(dynamic=True), "onnx,atc", out)
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_exporting_again_keeps_the_users_own_files(tmp_path, tiny):
+    model, table, _ = tiny
+    out = tmp_path / "deploy"
+    export_all(table, model, ["onnx"], out)
+    mine = out / "onnx" / "my_notes.txt"
+    mine.write_text("keep me")
+    export_all(table, model, ["onnx", "tensorrt"], out)
+    assert mine.read_text() == "keep me"
+    assert (out / "onnx" / "model.qdq.onnx").is_file()
+    assert (out / "tensorrt" / "model.onnx").is_file()
+
+
+def test_a_readme_graphkit_did_not_write_is_never_overwritten(tmp_path, tiny):
+    model, table, _ = tiny
+    out = tmp_path / "deploy"
+    out.mkdir()
+    (out / "README.md").write_text("# my project\n")
+    with pytest.raises(GraphkitError, match="not written by graphkit"):
+        export_all(table, model, ["onnx"], out)
+    assert (out / "README.md").read_text() == "# my project\n"
+    assert not (out / "onnx").exists()

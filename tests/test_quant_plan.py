@@ -143,7 +143,7 @@ def test_every_backend_carries_the_same_integers(tmp_path, planned):
 
 
 def test_a_plan_for_other_weights_is_refused(tmp_path, planned):
-    model, plan = planned
+    _, plan = planned
     other = tiny_cnn()
     w = next(i for i in other.graph.initializer if i.name == "w1")
     w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * 4, "w1"))

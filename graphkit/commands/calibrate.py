@@ -144,6 +144,10 @@ def check_outputs(args: argparse.Namespace) -> None:
             raise GraphkitError(f"{flag} {value} is a directory; give a file name")
         if not p.parent.is_dir():
             raise GraphkitError(f"{flag} {value}: directory {p.parent} does not exist")
+    if args.out_dir:
+        from graphkit.quant.exporters import check_out_dir
+
+        check_out_dir(Path(args.out_dir))
 
 
 def run(args: argparse.Namespace) -> int:

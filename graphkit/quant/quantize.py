@@ -46,7 +46,7 @@ Log = Callable[[str], None]
 class Recipe:
     """What `quantize` may try. Every step is kept only where the held-out crops say so."""
 
-    methods: tuple[str, ...] = ("mse", "percentile", "minmax", "kl-ncnn")
+    methods: tuple[str, ...] = ("mse", "percentile", "minmax")
     round_weights: bool = True
     max_float: float = 0.10  # at most this fraction of the weighted layers kept float
     target_agreement: float | None = 0.98  # stop adding float layers once reached

@@ -75,6 +75,29 @@ def load_table(path: str | Path, model: onnx.ModelProto) -> CalibrationTable:
     return CalibrationTable.load(p)
 
 
+README_HEADER = "# int8 export of "
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse, before any work, an output directory that is a file or whose README.md
+    graphkit did not write (it would be overwritten)."""
+    if out.exists() and not out.is_dir():
+        raise GraphkitError(f"output directory {out} is a file")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise GraphkitError(f"output directory {out} is under {parent}, which is a file")
+            break
+    readme = out / "README.md"
+    if readme.is_file():
+        with open(readme, encoding="utf-8", errors="replace") as f:
+            if not f.readline().startswith(README_HEADER):
+                raise GraphkitError(
+                    f"{readme} was not written by graphkit and would be overwritten; "
+                    "choose another --out-dir"
+                )
+
+
 def export_all(
     table: CalibrationTable,
     model: onnx.ModelProto,
@@ -99,8 +122,7 @@ def export_all(
     # every backend gets the plan's weights (integers, biases), not the raw float ones
     model = table.deploy_model(model)
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise GraphkitError(f"output directory {out} is a file")
+    check_out_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     # build everything in a scratch directory beside out_dir, move it in only when every
     # target succeeded: a failing target leaves no half-exported directory behind
@@ -120,11 +142,14 @@ def export_all(
                 **options,
             )
         out.mkdir(exist_ok=True)
-        for child in tmp.iterdir():
-            dest = out / child.name
+        # file by file: what graphkit writes replaces its earlier version, anything else
+        # the user keeps in these folders stays
+        for src in sorted(p for p in tmp.rglob("*") if not p.is_dir()):
+            dest = out / src.relative_to(tmp)
             if dest.is_dir():
-                shutil.rmtree(dest)
-            os.replace(child, dest)
+                raise GraphkitError(f"{dest} is a directory; graphkit would write a file there")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for f in files:

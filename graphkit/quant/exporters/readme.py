@@ -12,7 +12,7 @@ def readme_text(
     table: CalibrationTable, files: list[ExportedFile], out_dir: Path, model_name: str
 ) -> str:
     lines = [
-        f"# int8 export of {model_name}",
+        f"# int8 export of {model_name}",  # exporters.README_HEADER: how graphkit knows it
         "",
         f"Calibration: method `{table.method}`, {table.num_samples} samples"
         + (f" from {table.data_source}" if table.data_source else "")
