@@ -150,3 +150,21 @@ def test_a_plan_for_other_weights_is_refused(tmp_path, planned):
     with pytest.raises(GraphkitError, match="made for another model"):
         export_all(plan, other, ["onnx"], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_ncnn_int8_computes_what_the_onnx_qdq_model_computes(tmp_path, planned):
+    """Same integers, same thresholds: ncnn's int8 kernels (8-bit weights on the 3x3 s1
+    conv too) and onnxruntime's Q/DQ model agree far below the int8 error itself."""
+    from graphkit.runtime import ncnn as nc
+    from graphkit.runtime.ort import make_session
+
+    model, plan = planned
+    export_all(plan, model, ["onnx", "ncnn"], tmp_path / "out")
+    out = tmp_path / "out"
+    qdq = make_session(onnx.load(out / "onnx/model.qdq.onnx"))
+    fp32 = make_session(model)
+    net = nc.NcnnNet(out / "ncnn/model.int8.param", out / "ncnn/model.int8.bin", int8=True)
+    for f in feeds(4, seed=7):
+        want, ref = qdq.run(None, f)[0], fp32.run(None, f)[0]
+        got = net.run({"in0": f["x"]}, ["out0"])["out0"].reshape(want.shape)
+        assert np.abs(got - want).max() < 0.05 * np.abs(want - ref).max() + 1e-4
