@@ -157,9 +157,8 @@ def test_cli_rounded_integers_reach_the_plan_without_a_qdq_output(tmp_path):
     assert main([*argv, "plain", "--round-weights", "--fit-samples", "4"]) == 0
     plan = QuantPlan.load(out)
     assert all(w.integers() is not None for w in plan.weights.values())
-    assert plan.recipe["rounding"]["kept"] == (
-        "gptq" in {w.rounding for w in plan.weights.values()}
-    )
+    assert "rounding" in plan.recipe
+    assert "gptq" in {w.rounding for w in plan.weights.values()}
 
 
 @pytest.mark.parametrize("group, stride, dilation", [(1, 1, 1), (2, 2, 1), (4, 1, 2)])

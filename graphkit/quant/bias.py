@@ -26,6 +26,7 @@ from graphkit.passes._graphutil import drop_unused_weights
 from graphkit.runtime.ort import make_session, with_outputs
 
 Feeds = dict[str, np.ndarray]
+CHUNKS = 8  # sessions per sweep, each pruned to the depths it measures
 
 
 @dataclass
@@ -151,9 +152,17 @@ def correct_bias(
         onnx.helper.make_tensor_value_info(b, onnx.TensorProto.FLOAT, list(v.shape))
         for b, v in biases.items()
     )
-    sess = make_session(probe, optimize=False)
     depths = _depths(graph, convs)
     levels = sorted(set(depths.values()))
+    # onnxruntime runs every node of a session: one session per chunk of depths, pruned to
+    # the chunk's deepest outputs, so measuring the early depths does not run the heads
+    per_chunk = max(1, -(-len(levels) // CHUNKS))
+    chunks = [levels[i : i + per_chunk] for i in range(0, len(levels), per_chunk)]
+    sessions = {}
+    for chunk in chunks:
+        names = [n.output[0] for n in convs if depths[n.name] in chunk]
+        sess = make_session(with_outputs(probe, names, prune=True), optimize=False)
+        sessions.update({level: sess for level in chunk})
     shifts = []
     for _ in range(passes):
         total, count = 0.0, 0
@@ -162,7 +171,7 @@ def correct_bias(
             names = [n.output[0] for n in layer]
             acc: dict[str, np.ndarray] = {}
             for feeds in samples:
-                for t, y in zip(names, sess.run(names, {**feeds, **biases})):
+                for t, y in zip(names, sessions[level].run(names, {**feeds, **biases})):
                     y = np.asarray(y, np.float64)
                     m = y.mean(axis=tuple(i for i in range(y.ndim) if i != 1))
                     acc[t] = acc[t] + m if t in acc else m
