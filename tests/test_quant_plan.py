@@ -168,3 +168,12 @@ def test_ncnn_int8_computes_what_the_onnx_qdq_model_computes(tmp_path, planned):
         want, ref = qdq.run(None, f)[0], fp32.run(None, f)[0]
         got = net.run({"in0": f["x"]}, ["out0"])["out0"].reshape(want.shape)
         assert np.abs(got - want).max() < 0.05 * np.abs(want - ref).max() + 1e-4
+
+
+@pytest.mark.parametrize("amax", [1e-45, True, -1.0])
+def test_degenerate_thresholds_are_refused(tmp_path, planned, amax):
+    d = planned[1].to_dict()
+    d["activations"]["x"]["amax"] = amax
+    (tmp_path / "bad.json").write_text(json.dumps(d))
+    with pytest.raises(GraphkitError, match="invalid amax"):
+        QuantPlan.load(tmp_path / "bad.json")

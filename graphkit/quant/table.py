@@ -29,6 +29,7 @@ from graphkit.errors import GraphkitError
 from graphkit.model import atomic_write_text
 
 SCHEMA_VERSION = 2
+MIN_AMAX = 1e-12  # below this a scale underflows float32 arithmetic in backends
 READABLE_VERSIONS = (1, 2)
 QMAX = 127.0
 
@@ -142,7 +143,7 @@ class QuantPlan:
             for k, v in _mapping(d.get("weights", {}), f"{source}: weights").items()
         }
         for name, entry in acts.items():
-            if not (_real(entry.amax) and entry.amax > 0):
+            if not (_real(entry.amax) and entry.amax >= MIN_AMAX):
                 raise GraphkitError(f"{source}: activation '{name}' has invalid amax {entry.amax}")
         for name, entry in weights.items():
             if not isinstance(entry.amax, list) or not all(_real(a) and a >= 0 for a in entry.amax):

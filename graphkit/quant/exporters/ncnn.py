@@ -272,11 +272,14 @@ def build_table(
     twins = match_layers(model, param, blobs)
     onnx_to_ncnn = {node.name: layer for layer, node in twins.items()}
     skip = set()
-    for name in set(keep_float) | set(table.keep_float):
+    ops = {n.name: n.op_type for n in model.graph.node}
+    for name in sorted(set(keep_float) | set(table.keep_float)):
         if name in onnx_to_ncnn:
             skip.add(onnx_to_ncnn[name])
         elif any(lay.name == name for lay in param.layers):
             skip.add(name)
+        elif ops.get(name) not in ("Conv", "Gemm", "MatMul"):
+            continue  # e.g. a ConvTranspose: ncnn's Deconvolution has no int8 form, stays float
         else:
             raise GraphkitError(
                 f"--keep-float layer '{name}' has no ncnn Convolution/InnerProduct twin after conversion"
