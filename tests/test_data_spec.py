@@ -86,6 +86,9 @@ def test_unset_env_var_without_default_is_one_sentence(monkeypatch):
         ({"source__limit": 0}, "source.limit must be a positive integer"),
         ({"source__score_thr": 2}, "source.score_thr must be a number in 0..1"),
         ({"source__padding": 0}, "source.padding must be a positive number"),
+        ({"source__padding": float("inf")}, "source.padding must be a positive number"),
+        ({"input__std": [float("nan"), 1, 1]}, "input.std must be a finite number"),
+        ({"input__mean": float("inf")}, "input.mean must be a finite number"),
         ({"source__shuffle": "yes"}, "source.shuffle must be true or false"),
     ],
 )

@@ -8,6 +8,8 @@ typo fails in one sentence before any image is read.
 
 from __future__ import annotations
 
+import math
+
 import dataclasses
 import os
 import re
@@ -202,14 +204,17 @@ def _number_list(value: Any, where: str) -> tuple[float, ...]:
     if (
         not isinstance(value, (list, tuple))
         or len(value) not in (1, 3)
-        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        or not all(_is_number(v) for v in value)
     ):
-        raise GraphkitError(f"{where} must be a number or a list of 3 numbers, got {value!r}")
+        raise GraphkitError(
+            f"{where} must be a finite number or a list of 3 finite numbers, got {value!r}"
+        )
     return tuple(float(v) for v in value) * (3 if len(value) == 1 else 1)
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A finite int or float (NaN and infinities are refused: they poison every sample)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _choice(value: Any, choices: tuple[str, ...], where: str) -> str:
