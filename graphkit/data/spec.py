@@ -8,9 +8,8 @@ typo fails in one sentence before any image is read.
 
 from __future__ import annotations
 
-import math
-
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass
