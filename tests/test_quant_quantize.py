@@ -50,6 +50,7 @@ def test_a_larger_budget_keeps_the_planted_layer_float_with_its_reason(tmp_path)
         ({"max_float": 1.5}, "--max-float must be between"),
         ({"target_agreement": 0.0}, "--target-agreement must be in"),
         ({"lookahead": 0}, "lookahead must be at least 1"),
+        ({"criterion": "vibes"}, "criterion must be sqnr, mean or agreement"),
         ({"bias_correction": "maybe"}, "bias correction must be auto, on or off"),
     ],
 )
@@ -174,6 +175,6 @@ def test_default_on_posenet_measures_agreement_and_beats_plain(assets, monkeypat
 
     _, score = held_out(spec, recipe)
     scorer = HeldOutScorer(model, score, head_tensors(model), build_decoder(spec.decode))
-    plain_sqnr, _ = scorer.measure(insert_qdq(plain.deploy_model(model), plain))
-    default_sqnr, _ = scorer.measure(insert_qdq(plan.deploy_model(model), plan))
+    plain_sqnr, *_ = scorer.measure(insert_qdq(plain.deploy_model(model), plain))
+    default_sqnr, *_ = scorer.measure(insert_qdq(plan.deploy_model(model), plan))
     assert default_sqnr > plain_sqnr + 3

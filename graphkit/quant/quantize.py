@@ -51,6 +51,9 @@ class Recipe:
     max_float: float = 0.10  # at most this fraction of the weighted layers kept float
     target_agreement: float | None = 0.98  # stop adding float layers once reached
     lookahead: int = 1  # float candidates tried per step (most sensitive first)
+    # what every choice must raise on the held-out crops: mean (the mean over the heads of
+    # their SQNR), sqnr (the worst head's) or agreement (decoded keypoints; noisy)
+    criterion: str = "mean"
     bias_correction: str = "auto"  # auto (kept if it helps), on, off
     fit_samples: int = 8  # rounding and bias correction are fitted on these
     score_samples: int = 8  # choices are measured on these (held out from the fit)
@@ -91,6 +94,8 @@ def recipe_of(recipe: Recipe | str, method: str | None = None, **overrides: Any)
         raise GraphkitError(
             f"bias correction must be auto, on or off, not {recipe.bias_correction}"
         )
+    if recipe.criterion not in ("sqnr", "mean", "agreement"):
+        raise GraphkitError(f"criterion must be sqnr, mean or agreement, not {recipe.criterion}")
     if recipe.lookahead < 1:
         raise GraphkitError(f"lookahead must be at least 1, got {recipe.lookahead}")
     if recipe.fit_samples < 1 or recipe.score_samples < 1:
@@ -104,7 +109,15 @@ class HeldOutScorer(OutputScorer):
     """Head SQNR (what `sensitivity` ranks by) and, with a decoder, the agreement of the
     decoded keypoints with FP32's, from one run of each candidate on the held-out crops."""
 
-    def __init__(self, model: onnx.ModelProto, samples: Sequence[Any], heads, decoder=None):
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        samples: Sequence[Any],
+        heads,
+        decoder=None,
+        rank_by: str = "min",
+    ):
+        self.rank_by = rank_by
         self.decoder = decoder if decoder is not None and _has_areas(samples) else None
         self.metas = [s.meta for s in samples]
         extra = [o for o in (self.decoder.outputs if self.decoder else []) if o not in heads]
@@ -126,8 +139,8 @@ class HeldOutScorer(OutputScorer):
         m = np.asarray(meta["crop_to_image"], np.float64)
         return np.c_[kp[:, :2] @ m[:, :2].T + m[:, 2], kp[:, 2:]]
 
-    def measure(self, candidate: onnx.ModelProto) -> tuple[float, float | None]:
-        """(min head SQNR dB, agreement or None) of a candidate model."""
+    def measure(self, candidate: onnx.ModelProto) -> tuple[float, float | None, float]:
+        """(min head SQNR dB, agreement or None, mean head SQNR dB) of a candidate model."""
         from graphkit.evaluators.coco import agreement
 
         sess = self._session(candidate)
@@ -140,10 +153,12 @@ class HeldOutScorer(OutputScorer):
                 noise[k] += float(np.sum(d * d))
             if self.decoder is not None:
                 points.append(self._points(got, meta))
-        sqnr = min(
+        per_head = [
             10 * math.log10(s / n) if n > 0 and s > 0 else (math.inf if n == 0 else -math.inf)
             for s, n in zip(self.signal, noise)
-        )
+        ]
+        self.last_per_head = per_head
+        sqnr = min(per_head)
         agree = None
         if self.decoder is not None:
             areas = [m["area"] for m in self.metas]
@@ -151,10 +166,14 @@ class HeldOutScorer(OutputScorer):
                 np.array(self.reference_points), np.array(points), areas, self.decoder.predicted
             )
         self.last_agreement = agree
-        return sqnr, agree
+        finite = [h for h in per_head if math.isfinite(h)]
+        return sqnr, agree, (sum(finite) / len(finite) if finite else sqnr)
 
     def __call__(self, candidate: onnx.ModelProto) -> float:
-        return self.measure(candidate)[0]
+        """The number `sensitivity` ranks layers by: the mean head SQNR (`rank_by="mean"`)
+        or the worst head's."""
+        got = self.measure(candidate)
+        return got[2] if self.rank_by == "mean" else got[0]
 
 
 def _has_areas(samples: Sequence[Any]) -> bool:
@@ -234,7 +253,9 @@ def quantize(
     fit, score = held_out(spec, recipe)
     decoder = build_decoder(spec.decode) if getattr(spec, "decode", None) else None
     heads = head_tensors(model, decoder.outputs if decoder else None)
-    scorer = HeldOutScorer(model, score, heads, decoder)
+    scorer = HeldOutScorer(
+        model, score, heads, decoder, "mean" if recipe.criterion == "mean" else "min"
+    )
     record["held_out"] = {"fit": len(fit), "scored": len(score), "heads": heads}
 
     # 1. method: the best held-out head SQNR, all from the same statistics
@@ -253,7 +274,7 @@ def quantize(
         plans[m] = p
         tried[m] = scorer.measure(insert_qdq(model, p))
         say(f"method {m}: held-out head SQNR {tried[m][0]:.2f} dB" + _agree(tried[m][1]))
-    best = max(tried, key=lambda m: tried[m][0])
+    best = max(tried, key=lambda m: _key(tried[m], recipe))
     plan = plans[best]
     _mark_methods(plan, best)
     record["methods"] = {m: _score(v) for m, v in tried.items()}
@@ -298,9 +319,10 @@ def quantize(
             for name in pool[: recipe.lookahead]:
                 cand = _candidate(model, rounded, plan, [*plan.keep_float, *chosen, name])
                 tried.append((scorer.measure(cand), name))
-            got, name = max(tried, key=lambda t: t[0][0])
-            pool = [n for n in pool if n not in {t[1] for t in tried if t[0][0] <= current[0]}]
-            if got[0] <= current[0]:
+            got, name = max(tried, key=lambda t: _key(t[0], recipe))
+            worse = {t[1] for t in tried if _key(t[0], recipe) <= _key(current, recipe)}
+            pool = [n for n in pool if n not in worse]
+            if _key(got, recipe) <= _key(current, recipe):
                 continue
             pool.remove(name)
             chosen.append(name)
@@ -328,7 +350,7 @@ def quantize(
             corrected = None
         if corrected is not None:
             got = scorer.measure(corrected)
-            kept = recipe.bias_correction == "on" or got[0] > current[0]
+            kept = recipe.bias_correction == "on" or _key(got, recipe) > _key(current, recipe)
             record["bias_correction"] = {
                 "before": _score(current),
                 "after": _score(got),
@@ -353,7 +375,18 @@ def quantize(
     return plan
 
 
-def _reached(score: tuple[float, float | None], recipe: Recipe) -> bool:
+def _key(score: tuple, recipe: Recipe) -> tuple[float, float]:
+    """What the float search maximizes: head SQNR, or the held-out agreement first (when
+    measured) with the SQNR breaking ties."""
+    sqnr, agree = score[:2]
+    if recipe.criterion == "agreement" and agree is not None:
+        return (agree, sqnr)
+    if recipe.criterion == "mean" and len(score) > 2:
+        return (score[2], sqnr)
+    return (sqnr, 0.0)
+
+
+def _reached(score: tuple, recipe: Recipe) -> bool:
     target = recipe.target_agreement
     return target is not None and score[1] is not None and score[1] >= target
 
@@ -362,8 +395,8 @@ def _agree(a: float | None) -> str:
     return "" if a is None else f", agreement {a:.3f}"
 
 
-def _score(v: tuple[float, float | None]) -> dict[str, float | None]:
-    sq, ag = v
+def _score(v: tuple) -> dict[str, float | None]:
+    sq, ag = v[:2]
     return {
         "sqnr_db": round(sq, 3) if math.isfinite(sq) else None,
         "agreement": None if ag is None else round(ag, 4),
