@@ -294,3 +294,30 @@ def test_bottom_up_associative_embedding_maps_people_back_through_the_letterbox(
     r = evaluate(tmp_path / "ae.onnx", tmp_path / "cfg.yaml")
     assert len(r["predictions"]) == 2 and r["oks_nms"]
     assert r["stats"]["AP"] == pytest.approx(1.0)
+
+
+def test_eval_scores_the_configs_eval_split_and_warns_on_the_calibration_source(
+    dataset, capsys, tmp_path
+):
+    import shutil
+
+    import yaml
+
+    from graphkit.evaluators.evaluate import evaluation_split, prepare_spec
+
+    argv = ["eval", str(dataset / "model.onnx"), "--model-config"]
+    assert main([*argv, str(dataset / "cfg.yaml"), "--json", str(tmp_path / "a.json")]) == 0
+    out = capsys.readouterr().out
+    assert "warning: scoring" in " ".join(out.split()) and "calibration data" in out
+    assert json.loads((tmp_path / "a.json").read_text())["warning"]
+    # an eval: section names another split: it is scored, without the warning
+    shutil.copy(dataset / "ann.json", dataset / "held_out.json")
+    cfg = yaml.safe_load((dataset / "cfg.yaml").read_text())
+    cfg["eval"] = {"ann": str(dataset / "held_out.json"), "images": str(dataset / "img")}
+    (dataset / "with_eval.yaml").write_text(yaml.safe_dump(cfg))
+    spec = prepare_spec(dataset / "with_eval.yaml")
+    assert spec.source.ann == str(dataset / "held_out.json")
+    assert evaluation_split(dataset / "with_eval.yaml", spec) is None
+    assert main([*argv, str(dataset / "with_eval.yaml")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "warning" not in out and "held_out.json" in out.replace(" ", "")

@@ -41,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--method",
         choices=sorted([*CALIBRATORS, *ALIASES]),
         help="use this activation calibrator only (default: the recipe's measured choice "
-        "among mse, percentile, minmax, kl-ncnn; entropy = entropy-trt, kl = kl-ncnn)",
+        f"among {', '.join(RECIPES['default'].methods)}; entropy = entropy-trt, kl = kl-ncnn)",
     )
     p.add_argument(
         "--max-float",

@@ -11,7 +11,7 @@ from rich.table import Table
 import graphkit.evaluators.evaluate as evaluate_module
 from graphkit.commands._common import add_command, console, progress_bar
 from graphkit.errors import GraphkitError
-from graphkit.evaluators.evaluate import agreement_of, evaluate, prepare_spec
+from graphkit.evaluators.evaluate import agreement_of, evaluate, evaluation_split, prepare_spec
 from graphkit.model import atomic_write_text
 
 
@@ -19,8 +19,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = add_command(sub, "eval", evaluate_module)
     p.add_argument("model", help="ONNX model (FP32 or Q/DQ) or ncnn .param with its .bin beside")
     p.add_argument("--model-config", required=True, help="input spec YAML with a decode: section")
-    p.add_argument("--ann", help="COCO person_keypoints json (default: the config's source.ann)")
-    p.add_argument("--images", help="image folder (default: the config's source.images)")
+    p.add_argument(
+        "--ann",
+        help="COCO person_keypoints json (default: the config's eval: section, else its "
+        "source: with a warning)",
+    )
+    p.add_argument("--images", help="image folder (default: as --ann)")
     p.add_argument("--dets", help="person detections (COCO results json) instead of GT boxes")
     p.add_argument("--backend", choices=("ort", "ncnn"), help="default: from the model file")
     p.add_argument("--workers", type=int, default=1, help="processes to split the images over")
@@ -46,6 +50,9 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, ValueError, KeyError, TypeError):
             raise GraphkitError(f"{ref_path} is not a graphkit eval --json file") from None
     spec = prepare_spec(args.model_config, args.ann, args.images, args.dets, args.limit)
+    warning = evaluation_split(args.model_config, spec)
+    if warning:
+        console.print(f"[yellow]warning: {warning}[/]")
     with progress_bar("evaluating") as bar:
         from graphkit.data import count_samples
 
@@ -68,8 +75,9 @@ def run(args: argparse.Namespace) -> int:
     t.add_row(*(f"{result['stats'][n]:.4f}" for n in names))
     console.print(t)
     joints = sum(result["predicted_joints"])
+    result["warning"] = warning
     console.print(
-        f"{result['samples']} person boxes on {result['image_count']} images, "
+        f"{result['ann']}: {result['samples']} person boxes on {result['image_count']} images, "
         f"{'detections' if result['dets'] else 'ground-truth boxes'}, decode {result['decode']} "
         f"({joints} of 17 COCO joints), {result['workers']} worker(s), {result['seconds']:.1f}s"
     )

@@ -71,6 +71,8 @@ class InputSpec:
     source: SourceConfig
     decode: dict | None = None
     origin: str | None = None
+    # the `eval:` section: the annotated split `graphkit eval` scores ({ann, images, dets})
+    evaluation: dict | None = None
     shard_index: int = 0
     shard_count: int = 1
 
@@ -131,7 +133,7 @@ def load_input_spec(
         origin = str(p)
     if not isinstance(raw, dict):
         raise GraphkitError("an input spec must be a mapping with 'input' and 'source' sections")
-    _only_keys(raw, {"input", "source", "decode"}, "the input spec")
+    _only_keys(raw, {"input", "source", "decode", "eval"}, "the input spec")
     for section in ("input", "source"):
         if not isinstance(raw.get(section), dict):
             raise GraphkitError(f"the input spec needs a '{section}:' section (a mapping)")
@@ -141,7 +143,28 @@ def load_input_spec(
     cfg = _validate_input(raw["input"])
     source = _validate_source(raw["source"], base.resolve(), True)
     _check_combination(cfg, source)
-    return InputSpec(input=cfg, source=source, decode=decode, origin=origin)
+    evaluation = _validate_eval(raw.get("eval"), base.resolve())
+    return InputSpec(input=cfg, source=source, decode=decode, origin=origin, evaluation=evaluation)
+
+
+def _validate_eval(raw: Any, base: Path) -> dict | None:
+    """The `eval:` section: paths of the split to score (ann and images, dets optional)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise GraphkitError("the input spec's 'eval:' section must be a mapping")
+    _only_keys(raw, {"ann", "images", "dets"}, "the 'eval:' section")
+    out = {}
+    for key in ("ann", "images", "dets"):
+        v = raw.get(key)
+        if v is None or v == "":
+            continue
+        if not isinstance(v, (str, os.PathLike)):
+            raise GraphkitError(f"eval.{key} must be a path, got {v!r}")
+        out[key] = _resolve_path(_expand(str(v), f"eval.{key}"), base)
+    if "ann" not in out or "images" not in out:
+        raise GraphkitError("the 'eval:' section needs ann and images")
+    return out
 
 
 def _check_combination(cfg: InputConfig, source: SourceConfig) -> None:

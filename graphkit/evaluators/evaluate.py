@@ -47,9 +47,13 @@ def prepare_spec(
     dets: str | None = None,
     limit: int | None = None,
 ) -> InputSpec:
-    """The model config with the evaluation data swapped in (only what is given)."""
+    """The model config with the evaluation data swapped in: --ann/--images/--dets where
+    given, else the config's `eval:` section, else (flagged `scores_source` in
+    `evaluation_split`) its `source:`, which is usually the calibration data."""
     spec = config if isinstance(config, InputSpec) else load_input_spec(config)
     overrides: dict[str, Any] = {}
+    if ann is None and images is None and spec.evaluation:
+        overrides.update(spec.evaluation)
     if ann is not None:
         overrides["ann"] = ann
     if images is not None:
@@ -67,6 +71,18 @@ def prepare_spec(
     if spec.source.ann is None:
         raise GraphkitError("evaluation needs COCO keypoint annotations (--ann)")
     return spec
+
+
+def evaluation_split(config: str | os.PathLike | InputSpec, spec: InputSpec) -> str | None:
+    """A warning when `spec` scores the config's own `source:` (its calibration data), else
+    None: an AP on the images a model was calibrated on looks better than it is."""
+    base = config if isinstance(config, InputSpec) else load_input_spec(config)
+    if spec.source.ann and spec.source.ann == base.source.ann:
+        return (
+            f"scoring {spec.source.ann}, the config's source: (the calibration data); add an "
+            "eval: section to the config or pass --ann/--images for a held-out split"
+        )
+    return None
 
 
 def check_model_matches(executor, spec: InputSpec, decoder: Decoder) -> None:

@@ -2,17 +2,18 @@
 
 The default recipe needs no flags and tunes nothing per model by hand. On the
 calibration data it holds out a few crops (after the `fit_samples` that weights and
-biases are fitted on) and measures each choice there:
+biases are fitted on) and measures each choice there, by the mean over the model's heads
+of their SQNR against FP32 (`criterion`):
 
 1. statistics once; each candidate method's thresholds from them; the method whose Q/DQ
-   model has the best held-out head SQNR wins (records the others' scores);
+   model scores best wins (records the others' scores);
 2. Conv weights rounded against each layer's output (GPTQ-style, `refine`; a layer keeps
    nearest rounding where that has the lower error on its own sampled inputs);
 3. float fallback under a budget: layers ranked by the damage they alone do at the heads,
-   kept float one by one while the held-out SQNR rises, until the held-out agreement
+   kept float one by one while the held-out score rises, until the held-out agreement
    (mean OKS of the decoded keypoints with FP32's) reaches `target_agreement` or
    `max_float` of the weighted layers are float;
-4. bias correction of the int8 Convs (`bias`), kept only if the held-out SQNR rises.
+4. bias correction of the int8 Convs (`bias`), kept only if the held-out score rises.
 
 The result is one `QuantPlan`: thresholds and how each was chosen, per-channel scales,
 the final integers, corrected biases, float layers with their reasons, and in
