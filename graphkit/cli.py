@@ -42,7 +42,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(Exception):
+    """SIGTERM, turned into an exception so `finally:` blocks stop workers and remove
+    scratch files (Python's default SIGTERM ends the process on the spot)."""
+
+
+def _on_sigterm(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
@@ -56,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("graphkit: interrupted; no output was written")
         return 130
+    except Terminated:
+        err_console.print("graphkit: terminated; no output was written")
+        return 143
 
 
 if __name__ == "__main__":

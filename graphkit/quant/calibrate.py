@@ -103,6 +103,7 @@ def _worker(
 ) -> None:
     from graphkit.data import iter_samples, shard
 
+    die_with_parent()
     try:
         part = shard(spec, index, count)
         model = onnx.ModelProto.FromString(model_bytes)
@@ -122,6 +123,24 @@ def _worker(
         out_q.put(("error", index, str(exc)))
     except BaseException as exc:  # noqa: BLE001 - report, never hang the parent
         out_q.put(("error", index, f"worker {index} failed: {type(exc).__name__}: {exc}"))
+
+
+def die_with_parent() -> None:
+    """Ask Linux to send this worker SIGTERM when its parent dies (even by SIGKILL), so a
+    killed `graphkit calibrate --workers N` leaves no process behind. No-op elsewhere."""
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except OSError:
+        return
+    if os.getppid() == 1:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def _collect_parallel(model, spec, tensors, workers, bins, max_outputs, on_sample, histograms):
