@@ -47,7 +47,7 @@ class Terminated(Exception):
     scratch files (Python's default SIGTERM ends the process on the spot)."""
 
 
-def _on_sigterm(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+def _on_sigterm(signum, frame) -> None:
     raise Terminated
 
 
