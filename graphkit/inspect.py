@@ -1,4 +1,7 @@
-"""A summary of a model for people: interface, op histogram, parameter count."""
+"""Inputs, outputs, shapes, op histogram and parameter count of a model.
+
+Only shapes are read, so a model with gigabytes of external weights is summarized
+without loading them."""
 
 from __future__ import annotations
 

@@ -1,26 +1,28 @@
-"""`graphkit inspect MODEL`."""
+"""`graphkit inspect MODEL [--json FILE]`."""
 
 from __future__ import annotations
 
 import argparse
+import json
 
 from rich.table import Table
 
-from graphkit.commands._common import console
+import graphkit.inspect as inspect_module
+from graphkit.commands._common import add_command, console
 from graphkit.inspect import summarize
-from graphkit.model import load_model
+from graphkit.model import atomic_write_text, load_model
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser(
-        "inspect", help="inputs, outputs, shapes, op histogram and parameter count of a model"
-    )
-    p.add_argument("model", help="ONNX model")
+    p = add_command(sub, "inspect", inspect_module)
+    p.add_argument("model", help="ONNX model (external weights are not read)")
+    p.add_argument("--json", metavar="FILE", help="also write the summary as JSON here")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    info = summarize(load_model(args.model))
+    # the summary needs shapes only: a model's external weights (GBs) stay on disk
+    info = summarize(load_model(args.model, load_external_data=False))
     console.print(
         f"[bold]{args.model}[/]  opset {info['opset']}, IR {info['ir_version']}, "
         f"{info['nodes']} nodes, {info['parameters']:,} parameters"
@@ -34,4 +36,7 @@ def run(args: argparse.Namespace) -> int:
     for op, n in sorted(info["ops"].items(), key=lambda kv: -kv[1]):
         h.add_row(op, str(n))
     console.print(h)
+    if args.json:
+        atomic_write_text(args.json, json.dumps(info, indent=1))
+        console.print(f"wrote {args.json}")
     return 0
