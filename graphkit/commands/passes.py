@@ -30,7 +30,13 @@ def describe_passes(verbose: bool = True) -> str:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("passes", help="list every pass, its options and what it does")
+    p = sub.add_parser(
+        "passes",
+        help="list every pass, its options and what it does",
+        description="Every registered pass with its options, types and defaults, generated "
+        "from the code's own docstrings and type hints. Use the names in a pipeline YAML "
+        "for `graphkit apply`.",
+    )
     p.add_argument("--short", action="store_true", help="one line per pass")
     return p
 

@@ -12,9 +12,19 @@ from graphkit.quant.table import CalibrationTable
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("table", help="inspect calibration tables")
+    p = sub.add_parser(
+        "table",
+        help="inspect quantization plans (calibration tables)",
+        description="Read a plan written by `graphkit calibrate -o` (JSON, schema 1 or 2).",
+    )
     tsub = p.add_subparsers(dest="table_command", metavar="ACTION", required=True)
-    show = tsub.add_parser("show", help="print a calibration table (activations and weights)")
+    show = tsub.add_parser(
+        "show",
+        help="print a plan: thresholds, weights, float layers and the held-out figures",
+        description="Print a plan readably: each activation threshold with the method that "
+        "chose it, the weights and how their integers were rounded, the layers kept float "
+        "and why, and the held-out measurements of `graphkit calibrate`.",
+    )
     show.add_argument("table", help="graphkit calibration table (JSON)")
     show.add_argument(
         "--weights", action="store_true", help="also list every weight's channel range"
