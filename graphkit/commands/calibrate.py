@@ -220,7 +220,8 @@ def summary(plan, args: argparse.Namespace) -> str:
     if final:
         agree = final.get("agreement")
         lines.append(
-            f"held-out ({r['held_out']['scored']} crops): head SQNR {final['sqnr_db']} dB"
+            f"held-out ({r['held_out']['scored']} crops): mean head SQNR "
+            f"{final.get('mean_sqnr_db', final['sqnr_db'])} dB (worst head {final['sqnr_db']})"
             + (f", agreement {agree:.3f}" if agree is not None else "")
         )
     fl = r.get("float_layers")

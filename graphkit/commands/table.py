@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     if final:
         agree = final.get("agreement")
         console.print(
-            f"held-out crops: head SQNR {final['sqnr_db']} dB"
+            f"held-out crops: mean head SQNR {final.get('mean_sqnr_db', final['sqnr_db'])} dB "
+            f"(worst head {final['sqnr_db']})"
             + (f", agreement {agree}" if agree is not None else "")
             + "; methods tried: "
             + ", ".join(

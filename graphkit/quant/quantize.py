@@ -274,7 +274,7 @@ def quantize(
         )
         plans[m] = p
         tried[m] = scorer.measure(insert_qdq(model, p))
-        say(f"method {m}: held-out head SQNR {tried[m][0]:.2f} dB" + _agree(tried[m][1]))
+        say(f"method {m}: {_show(tried[m])}")
     best = max(tried, key=lambda m: _key(tried[m], recipe))
     plan = plans[best]
     _mark_methods(plan, best)
@@ -298,7 +298,7 @@ def quantize(
             # the few held-out crops, whose head SQNR is recorded for the report
             got = scorer.measure(_candidate(model, candidate, plan, list(plan.keep_float)))
             record["rounding"] = {"before": _score(current), "after": _score(got)}
-            say(f"weight rounding: {current[0]:.2f} -> {got[0]:.2f} dB")
+            say(f"weight rounding: {_show(current)} -> {_show(got)}")
             rounded, current = candidate, got
         times["rounding"] = time.perf_counter() - t
 
@@ -333,7 +333,7 @@ def quantize(
                 f"kept float, the held-out SQNR rose to {got[0]:.1f} dB" + _agree(got[1])
             )
             steps.append({"layer": name, **_score(got)})
-            say(f"kept float {name}: {got[0]:.2f} dB" + _agree(got[1]))
+            say(f"kept float {name}: {_show(got)}")
         record["float"] = {"budget": budget, "layers": len(layers), "steps": steps}
         times["float"] = time.perf_counter() - t
     if chosen:
@@ -358,8 +358,8 @@ def quantize(
                 "kept": kept,
             }
             say(
-                f"bias correction: {current[0]:.2f} -> {got[0]:.2f} dB"
-                + ("" if kept else ", not kept")
+                f"bias correction: {_show(current)} -> {_show(got)}"
+                + ("" if kept else "; not kept")
             )
             if kept:
                 plan.biases = _conv_biases(corrected, done.nodes)
@@ -392,16 +392,27 @@ def _reached(score: tuple, recipe: Recipe) -> bool:
     return target is not None and score[1] is not None and score[1] >= target
 
 
+def _show(score: tuple) -> str:
+    """A held-out score for the console: mean head SQNR (worst head), agreement."""
+    text = f"{score[2]:.2f} dB" if len(score) > 2 else f"{score[0]:.2f} dB"
+    if len(score) > 2 and score[2] != score[0]:
+        text += f" (worst head {score[0]:.2f})"
+    return text + _agree(score[1])
+
+
 def _agree(a: float | None) -> str:
     return "" if a is None else f", agreement {a:.3f}"
 
 
 def _score(v: tuple) -> dict[str, float | None]:
     sq, ag = v[:2]
-    return {
+    out = {
         "sqnr_db": round(sq, 3) if math.isfinite(sq) else None,
         "agreement": None if ag is None else round(ag, 4),
     }
+    if len(v) > 2:
+        out["mean_sqnr_db"] = round(v[2], 3) if math.isfinite(v[2]) else None
+    return out
 
 
 def _round(times: dict[str, float]) -> dict[str, float]:
