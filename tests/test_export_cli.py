@@ -169,3 +169,11 @@ def test_a_readme_graphkit_did_not_write_is_never_overwritten(tmp_path, tiny):
         export_all(table, model, ["onnx"], out)
     assert (out / "README.md").read_text() == "# my project\n"
     assert not (out / "onnx").exists()
+
+
+def test_readme_paths_are_relative_to_the_export_folder(tmp_path, tiny, monkeypatch):
+    model, table, _ = tiny
+    monkeypatch.chdir(tmp_path)
+    export_all(table, model, ["onnx"], "deploy")
+    readme = (tmp_path / "deploy" / "README.md").read_text()
+    assert "| `onnx/model.qdq.onnx` |" in readme and "deploy/onnx" not in readme

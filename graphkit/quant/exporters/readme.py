@@ -17,18 +17,25 @@ def readme_text(
         f"Calibration: method `{table.method}`, {table.num_samples} samples"
         + (f" from {table.data_source}" if table.data_source else "")
         + (f"; layers kept in float: {', '.join(table.keep_float)}" if table.keep_float else "")
-        + ". Written by `graphkit export`.",
+        + ". Written by graphkit from one quantization plan: every backend below carries "
+        "the same int8 weights. Paths are relative to this directory.",
         "",
         "| file | what it is |",
         "|---|---|",
     ]
     for f in files:
-        rel = Path(f.path).relative_to(out_dir) if Path(f.path).is_absolute() else f.path
-        lines.append(f"| `{rel}` | {f.what} |")
+        lines.append(f"| `{_rel(f.path, out_dir)}` | {f.what} |")
     cmds = [f for f in files if f.command]
     if cmds:
         lines += ["", "## Backend commands (run from this directory)", ""]
         for f in cmds:
-            rel = Path(f.path).relative_to(out_dir) if Path(f.path).is_absolute() else f.path
-            lines += [f"`{rel}`:", "", "```sh", f.command, "```", ""]
+            lines += [f"`{_rel(f.path, out_dir)}`:", "", "```sh", f.command, "```", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _rel(path: Path | str, out_dir: Path) -> Path:
+    """`path` relative to the export directory (the commands run from there too)."""
+    try:
+        return Path(path).resolve().relative_to(Path(out_dir).resolve())
+    except ValueError:
+        return Path(path)

@@ -143,7 +143,11 @@ def export(
             "vamc build config (tvm_vacc int8)",
             "cd vacc && vamc build build.yaml",
         ),
-        ExportedFile(d / "model.onnx", "the float model vamc compiles and quantizes"),
+        ExportedFile(
+            d / "model.onnx",
+            "the float model vamc compiles and quantizes, int8 layers' weights snapped to the "
+            "plan's grid (its per-channel absmax rounding gives the plan's integers)",
+        ),
     ]
     if n:
         out.append(
