@@ -178,3 +178,16 @@ def test_default_on_posenet_measures_agreement_and_beats_plain(assets, monkeypat
     plain_sqnr, *_ = scorer.measure(insert_qdq(plain.deploy_model(model), plain))
     default_sqnr, *_ = scorer.measure(insert_qdq(plan.deploy_model(model), plan))
     assert default_sqnr > plain_sqnr + 3
+
+
+def test_eval_and_diff_check_their_outputs_before_any_work(tmp_path, capsys):
+    model_path, spec = write_files(tmp_path, n=2)
+    missing = tmp_path / "nowhere" / "r.json"
+    argv = ["diff", str(model_path), str(model_path), "--data", str(spec)]
+    assert main([*argv, "--json", str(missing)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main([*argv, "--html", str(model_path)]) == 2
+    assert "is the input model" in capsys.readouterr().err
+    argv = ["eval", str(model_path), "--model-config", str(spec), "--json", str(tmp_path)]
+    assert main(argv) == 2
+    assert "is a directory" in capsys.readouterr().err

@@ -47,3 +47,24 @@ def progress_bar(label: str = "{task.description}", unit: str = "") -> Progress:
         columns.append(TextColumn(unit))
     columns.append(TimeElapsedColumn())
     return Progress(*columns, console=console, transient=True)
+
+
+def check_output_files(models: str | list[str], **outputs: str | None) -> None:
+    """Refuse, before any work, output files that cannot be written or would replace an
+    input model: `json=path` style keywords (underscores for dashes) -> one sentence."""
+    from pathlib import Path
+
+    from graphkit.errors import GraphkitError
+
+    inputs = {Path(m).resolve() for m in ([models] if isinstance(models, str) else models)}
+    for flag, value in outputs.items():
+        if not value:
+            continue
+        name = "-o" if flag == "output" else "--" + flag.replace("_", "-")
+        p = Path(value)
+        if p.resolve() in inputs:
+            raise GraphkitError(f"{name} {value} is the input model; write to another file")
+        if p.is_dir():
+            raise GraphkitError(f"{name} {value} is a directory; give a file name")
+        if not p.parent.is_dir():
+            raise GraphkitError(f"{name} {value}: directory {p.parent} does not exist")

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 import graphkit.quant.quantize as quantize_module
-from graphkit.commands._common import add_command, console, progress_bar
+from graphkit.commands._common import add_command, check_output_files, console, progress_bar
 from graphkit.commands.export import add_export_arguments, export_from_args
 from graphkit.errors import GraphkitError
 from graphkit.model import load_model, save_model
@@ -133,17 +133,7 @@ def check_outputs(args: argparse.Namespace) -> None:
     """Refuse, before any work, outputs that would overwrite the model or cannot be written."""
     if not (args.output or args.qdq or args.out_dir):
         raise GraphkitError("nothing to write: give -o PLAN.json, --qdq OUT.onnx or --out-dir")
-    model = Path(args.model).resolve()
-    for flag, value in (("-o", args.output), ("--qdq", args.qdq)):
-        if not value:
-            continue
-        p = Path(value)
-        if p.resolve() == model:
-            raise GraphkitError(f"{flag} {value} is the input model; write to another file")
-        if p.is_dir():
-            raise GraphkitError(f"{flag} {value} is a directory; give a file name")
-        if not p.parent.is_dir():
-            raise GraphkitError(f"{flag} {value}: directory {p.parent} does not exist")
+    check_output_files(args.model, output=args.output, qdq=args.qdq)
     if args.out_dir:
         from graphkit.quant.exporters import check_out_dir
 

@@ -9,7 +9,13 @@ from rich import box
 from rich.table import Table
 
 import graphkit.evaluators.diff as diff_module
-from graphkit.commands._common import add_command, console, progress_bar, short_name
+from graphkit.commands._common import (
+    add_command,
+    check_output_files,
+    console,
+    progress_bar,
+    short_name,
+)
 from graphkit.errors import GraphkitError
 from graphkit.evaluators.diff import run_diff
 from graphkit.evaluators.metrics import finite_or_none
@@ -42,6 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_files([args.ref, args.quant], json=args.json, html=args.html)
     if args.limit is not None and args.limit < 1:
         raise GraphkitError("--limit must be at least 1")
     if args.max_tensors_per_run is not None and args.max_tensors_per_run < 1:

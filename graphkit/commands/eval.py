@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.table import Table
 
 import graphkit.evaluators.evaluate as evaluate_module
-from graphkit.commands._common import add_command, console, progress_bar
+from graphkit.commands._common import add_command, check_output_files, console, progress_bar
 from graphkit.errors import GraphkitError
 from graphkit.evaluators.evaluate import agreement_of, evaluate, evaluation_split, prepare_spec
 from graphkit.model import atomic_write_text
@@ -41,6 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise GraphkitError("--workers must be at least 1")
+    check_output_files(args.model, json=args.json, results=args.results)
     reference = None
     if args.agreement_with:
         ref_path = Path(args.agreement_with)
