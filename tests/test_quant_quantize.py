@@ -191,3 +191,16 @@ def test_eval_and_diff_check_their_outputs_before_any_work(tmp_path, capsys):
     argv = ["eval", str(model_path), "--model-config", str(spec), "--json", str(tmp_path)]
     assert main(argv) == 2
     assert "is a directory" in capsys.readouterr().err
+
+
+def test_a_tensorrt_target_calibrates_every_tensor_and_names_the_algorithm(tmp_path):
+    model_path, spec = write_files(tmp_path, n=4)
+    out = tmp_path / "deploy"
+    argv = ["calibrate", str(model_path), "--data", str(spec), "-o", str(tmp_path / "p.json")]
+    argv += ["--recipe", "plain", "--target", "tensorrt", "--out-dir", str(out)]
+    assert main([*argv, "--trt-algorithm", "EntropyCalibration"]) == 0
+    plan = QuantPlan.load(tmp_path / "p.json")
+    only_inputs = quantize(model_path, spec, "plain")  # no TensorRT: layer inputs only
+    assert set(only_inputs.activations) < set(plan.activations)
+    cache = (out / "tensorrt" / "CalibrationTable").read_text().splitlines()
+    assert cache[0].endswith("-EntropyCalibration") and len(cache) - 1 == len(plan.activations)

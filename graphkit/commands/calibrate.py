@@ -99,9 +99,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--tensors",
-        default="quantizable",
         choices=["quantizable", "all"],
-        help="observe the inputs of quantized layers (default) or every float tensor",
+        help="observe the inputs of quantized layers or every float tensor (default: all "
+        "when --target includes tensorrt, whose implicit int8 needs a scale for every "
+        "tensor, else quantizable)",
     )
     p.add_argument("--per-tensor-weights", action="store_true", help="one weight scale per layer")
     p.add_argument(
@@ -114,6 +115,17 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     add_export_arguments(p)
     return p
+
+
+def default_tensors(args: argparse.Namespace) -> str:
+    """Every float tensor when a TensorRT cache is written (implicit int8 runs a layer
+    without a cache entry in float), else only the inputs of quantized layers."""
+    if getattr(args, "target", None):
+        from graphkit.quant.exporters import parse_targets
+
+        if "tensorrt" in parse_targets(args.target):
+            return "all"
+    return "quantizable"
 
 
 def parse_share(text: str | None) -> float | None:
@@ -173,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
             log=lambda msg: progress.console.print(f"  {msg}"),
             workers=args.workers,
             limit=args.limit,
-            tensors=args.tensors,
+            tensors=args.tensors or default_tensors(args),
             per_channel=not args.per_tensor_weights,
             bins=args.bins,
             max_outputs_per_run=args.max_outputs_per_run,

@@ -11,6 +11,7 @@ import graphkit.quant.exporters as exporters_module
 from graphkit.commands._common import add_command, console
 from graphkit.errors import GraphkitError
 from graphkit.model import load_model
+from graphkit.quant.exporters.tensorrt import ALGORITHMS as TRT_ALGORITHMS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -44,6 +45,12 @@ def add_export_arguments(p: argparse.ArgumentParser, required: bool = False) -> 
             "--keep-float", nargs="+", default=[], metavar="NODE", help="layers kept in float"
         )
     p.add_argument("--trt-version", default="10.13.0", help="TensorRT version of the cache header")
+    p.add_argument(
+        "--trt-algorithm",
+        choices=TRT_ALGORITHMS,
+        help="calibrator named in the cache header (default: the one closest to the plan's "
+        "method; seed-style IInt8EntropyCalibrator caches say EntropyCalibration)",
+    )
     p.add_argument(
         "--export-limit",
         type=int,
@@ -91,6 +98,7 @@ def export_from_args(args: argparse.Namespace, table, model, model_name: str = "
         samples=samples,
         image_sizes=sizes,
         trt_version=args.trt_version,
+        algorithm=args.trt_algorithm,
         winograd_6bit=args.ncnn_winograd_6bit,
         recalibrate=args.ncnn_recalibrate,
         gear_count=args.gears,
