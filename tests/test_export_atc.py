@@ -112,3 +112,18 @@ def test_amct_qdq_is_symmetric_per_channel_on_weights_only(tmp_path):
             assert (inits[n.input[1]].size > 1) == (n.input[0] in weight_side)
     # weights stay float with a Q/DQ pair (the QAT form AMCT converts)
     assert {"w1", "w2"} <= set(inits)
+
+
+def test_a_fixed_height_keeps_every_gear_at_that_height():
+    sizes = [(480, 640), (640, 480), (500, 375), (512, 1024)]
+    gears = atc.gears(sizes, 512, count=8, fixed="h")
+    assert gears and all(h == 512 for h, _ in gears)
+    for h, w in sizes:  # each image at height 512 fits some gear's width
+        assert any(gw >= 512 * w / h for _, gw in gears), (h, w, gears)
+
+
+def test_variable_size_gears_use_the_asked_short_side(tmp_path):
+    model, table = two_conv(dynamic=True), golden_table()
+    atc.export(table, model, tmp_path, image_sizes=[(480, 640)], gear_short_side=512)
+    gears = (tmp_path / "atc" / "gears.txt").read_text().split()
+    assert gears == ["512,704"]  # 512 * 640 / 480 = 682.7, rounded up to 32

@@ -70,6 +70,12 @@ def add_export_arguments(p: argparse.ArgumentParser, required: bool = False) -> 
         "taking the plan's thresholds (only layers without an ONNX twin need it)",
     )
     p.add_argument("--gears", type=int, default=8, help="ATC gear count for variable-size inputs")
+    p.add_argument(
+        "--gear-short-side",
+        type=int,
+        help="ATC gears: the short side images are resized to when the model fixes neither "
+        "H nor W (default 512, mmpose's bottom-up setting); a fixed side is used as is",
+    )
 
 
 def export_from_args(args: argparse.Namespace, table, model, model_name: str = "model") -> list:
@@ -102,6 +108,7 @@ def export_from_args(args: argparse.Namespace, table, model, model_name: str = "
         winograd_6bit=args.ncnn_winograd_6bit,
         recalibrate=args.ncnn_recalibrate,
         gear_count=args.gears,
+        gear_short_side=args.gear_short_side,
         threads=max(1, os.cpu_count() or 1),
         model_name=model_name,
     )

@@ -165,16 +165,32 @@ def gears(
     short_side: int,
     count: int = 8,
     multiple: int = 32,
+    fixed: str = "",
 ) -> list[tuple[int, int]]:
     """ATC gear list (h, w) for images resized so their short side is `short_side`.
 
     The long side of each image becomes short_side * aspect, rounded up to `multiple`;
     the gears are `count` quantiles of those long sides (each rounded up), so every image
     fits a gear with at most the padding between two neighbouring quantiles. Portrait and
-    landscape images get their own gears.
+    landscape images get their own gears. `fixed="h"` (or "w"): the model fixes that side
+    at `short_side`, so every gear keeps it and only the other side varies.
     """
     if not 1 <= count <= MAX_GEARS:
         raise GraphkitError(f"gear count must be between 1 and {MAX_GEARS}, got {count}")
+    if fixed in ("h", "w"):
+        other = []
+        for h, w in sizes:
+            if h > 0 and w > 0:
+                ratio = w / h if fixed == "h" else h / w
+                other.append(max(multiple, math.ceil(short_side * ratio / multiple) * multiple))
+        if not other:
+            raise GraphkitError("no image sizes to compute ATC gears from")
+        other.sort()
+        k = min(count, len(other))
+        picked = {
+            other[min(len(other) - 1, math.ceil(i * len(other) / k) - 1)] for i in range(1, k + 1)
+        }
+        return sorted((short_side, o) if fixed == "h" else (o, short_side) for o in picked)
     land, port = [], []
     for h, w in sizes:
         if h <= 0 or w <= 0:
@@ -231,6 +247,7 @@ def export(
     keep_float=(),
     image_sizes: list[tuple[int, int]] | None = None,
     gear_count: int = 8,
+    gear_short_side: int | None = None,
     **_: object,
 ) -> list[ExportedFile]:
     """Write `atc/record.txt`, `atc/quant.cfg` (JSON), `atc/model.qdq.onnx` and, for
@@ -252,9 +269,15 @@ def export(
                 "the model has a variable input size, so ATC needs gears: pass --data so "
                 "they can be computed from the images' aspect ratios"
             )
-        fixed = [s for s in spatial if s > 0]
-        short = fixed[0] if fixed else 256
-        gear_list = gears(image_sizes, short, gear_count)
+        h, w = spatial
+        fixed = "h" if h > 0 else "w" if w > 0 else ""
+        short = h if fixed == "h" else w if fixed == "w" else (gear_short_side or 512)
+        if fixed and gear_short_side and gear_short_side != short:
+            raise GraphkitError(
+                f"the model fixes its input {fixed.upper()} at {short}; "
+                f"--gear-short-side {gear_short_side} contradicts it"
+            )
+        gear_list = gears(image_sizes, short, gear_count, fixed=fixed)
         files[d / "gears.txt"] = "".join(f"{h},{w}\n" for h, w in gear_list)
     files[d / "record.txt"] = record
     files[d / "quant.cfg"] = cfg
