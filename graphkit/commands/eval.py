@@ -77,9 +77,13 @@ def run(args: argparse.Namespace) -> int:
     console.print(t)
     joints = sum(result["predicted_joints"])
     result["warning"] = warning
+    if spec.source.type == "images":  # bottom-up: the whole image is the sample
+        what = f"{result['samples']} whole images"
+    else:
+        boxes = "detections" if result["dets"] else "ground-truth boxes"
+        what = f"{result['samples']} person boxes on {result['image_count']} images, {boxes}"
     console.print(
-        f"{result['ann']}: {result['samples']} person boxes on {result['image_count']} images, "
-        f"{'detections' if result['dets'] else 'ground-truth boxes'}, decode {result['decode']} "
+        f"{result['ann']}: {what}, decode {result['decode']} "
         f"({joints} of 17 COCO joints), {result['workers']} worker(s), {result['seconds']:.1f}s"
     )
     if reference is not None:
