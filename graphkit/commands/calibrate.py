@@ -12,7 +12,7 @@ from graphkit.errors import GraphkitError
 from graphkit.model import load_model, save_model
 from graphkit.quant.calibrators import ALIASES, CALIBRATORS, canonical_method
 from graphkit.quant.qdq import insert_qdq
-from graphkit.quant.quantize import RECIPES, quantize, recipe_of
+from graphkit.quant.quantize import RECIPES, held_out_summary, quantize, recipe_of
 from graphkit.runtime.ort import make_session
 
 EXIT_TARGET_MISSED = 3
@@ -218,14 +218,8 @@ def summary(plan, args: argparse.Namespace) -> str:
             f"activations, {len(plan.weights)} int8 weights, {plan.num_samples} samples"
         )
     ]
-    final = r.get("final")
-    if final:
-        agree = final.get("agreement")
-        lines.append(
-            f"held-out ({r['held_out']['scored']} crops): mean head SQNR "
-            f"{final.get('mean_sqnr_db', final['sqnr_db'])} dB (worst head {final['sqnr_db']})"
-            + (f", agreement {agree:.3f}" if agree is not None else "")
-        )
+    if held_out_summary(plan):
+        lines.append(held_out_summary(plan))
     fl = r.get("float_layers")
     if fl:
         lines.append(f"float layers: {fl['count']} of {fl['of']}")

@@ -8,6 +8,7 @@ from collections import Counter
 from rich.table import Table
 
 from graphkit.commands._common import console, short_name
+from graphkit.quant.quantize import held_out_summary
 from graphkit.quant.table import CalibrationTable
 
 
@@ -50,17 +51,13 @@ def run(args: argparse.Namespace) -> int:
         )
     if table.biases:
         console.print(f"bias corrected: {len(table.biases)} layer(s)")
-    final = table.recipe.get("final") if table.recipe else None
-    if final:
-        agree = final.get("agreement")
+    summary = held_out_summary(table)
+    if summary:
+        methods = table.recipe.get("methods", {})
         console.print(
-            f"held-out crops: mean head SQNR {final.get('mean_sqnr_db', final['sqnr_db'])} dB "
-            f"(worst head {final['sqnr_db']})"
-            + (f", agreement {agree}" if agree is not None else "")
+            summary
             + "; methods tried: "
-            + ", ".join(
-                f"{m} {v['sqnr_db']} dB" for m, v in table.recipe.get("methods", {}).items()
-            )
+            + ", ".join(f"{m} {v.get('mean_sqnr_db', v['sqnr_db'])} dB" for m, v in methods.items())
         )
     acts = Table(title="activations")
     acts.add_column("activation", no_wrap=True, min_width=36)

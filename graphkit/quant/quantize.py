@@ -329,8 +329,8 @@ def quantize(
             chosen.append(name)
             current = got
             plan.float_reasons[name] = (
-                f"sensitivity: head SQNR {alone[name]:.1f} dB with only this layer int8; "
-                f"kept float, the held-out SQNR rose to {got[0]:.1f} dB" + _agree(got[1])
+                f"sensitivity: alone int8 {alone[name]:.1f} dB at the heads; "
+                f"float lifts held-out to {_show(got)}"
             )
             steps.append({"layer": name, **_score(got)})
             say(f"kept float {name}: {_show(got)}")
@@ -385,6 +385,20 @@ def _key(score: tuple, recipe: Recipe) -> tuple[float, float]:
     if recipe.criterion == "mean" and len(score) > 2:
         return (score[2], sqnr)
     return (sqnr, 0.0)
+
+
+def held_out_summary(plan: QuantPlan) -> str | None:
+    """One line on the final held-out figures of a plan (None when nothing was measured)."""
+    final = (plan.recipe or {}).get("final")
+    if not final:
+        return None
+    crops = plan.recipe.get("held_out", {}).get("scored", "?")
+    agree = final.get("agreement")
+    return (
+        f"held-out ({crops} crops): mean head SQNR "
+        f"{final.get('mean_sqnr_db', final['sqnr_db'])} dB (worst head {final['sqnr_db']})"
+        + (f", agreement {agree:.3f}" if agree is not None else "")
+    )
 
 
 def _reached(score: tuple, recipe: Recipe) -> bool:
@@ -445,4 +459,4 @@ def _conv_biases(qdq: onnx.ModelProto, nodes: Sequence[str]) -> dict[str, list[f
     return out
 
 
-__all__ = ["RECIPES", "HeldOutScorer", "Recipe", "quantize", "recipe_of"]
+__all__ = ["RECIPES", "HeldOutScorer", "Recipe", "held_out_summary", "quantize", "recipe_of"]
