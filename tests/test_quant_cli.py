@@ -164,3 +164,23 @@ def test_ctrl_c_leaves_no_partial_table(tmp_path, data, monkeypatch):
     assert code == 130 and calls["n"] == 3
     assert not out.exists() and not qdq.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".graphkit")] == []
+
+
+def test_table_show_lists_consumers_only_with_wide(tmp_path, data, capsys):
+    model, spec = data
+    out = tmp_path / "t.json"
+    argv = ["calibrate", str(model), "--data", str(spec), "--recipe", "plain", "-o", str(out)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(["table", "show", str(out)]) == 0
+    assert "consumer" not in capsys.readouterr().out
+    assert main(["table", "show", str(out), "--wide"]) == 0
+    assert "consumer" in capsys.readouterr().out  # the header may fold on a narrow console
+
+
+def test_long_names_are_cut_in_the_middle():
+    from graphkit.commands._common import short_name
+
+    name = "model/backbone/stage3/block7/" + "x" * 40 + "/conv/Relu6:0"
+    cut = short_name(name, 36)
+    assert len(cut) == 36 and cut.startswith("model/back") and cut.endswith("/conv/Relu6:0")

@@ -36,8 +36,12 @@ def add_command(
 
 
 def short_name(name: str, width: int = 48) -> str:
-    """Keep the distinctive end of long exporter names so each row stays on one line."""
-    return name if len(name) <= width else "…" + name[-(width - 1) :]
+    """Long exporter names cut in the middle: the model part that says where (the start)
+    and the op part that says what (the end) both stay, and each row stays on one line."""
+    if len(name) <= width:
+        return name
+    head = (width - 1) // 3
+    return name[:head] + "…" + name[-(width - 1 - head) :]
 
 
 def progress_bar(label: str = "{task.description}", unit: str = "") -> Progress:

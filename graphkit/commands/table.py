@@ -30,6 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     show.add_argument(
         "--weights", action="store_true", help="also list every weight's channel range"
     )
+    show.add_argument(
+        "--wide", action="store_true", help="also show the layers reading each activation"
+    )
     return p
 
 
@@ -63,12 +66,12 @@ def run(args: argparse.Namespace) -> int:
     acts.add_column("activation", no_wrap=True, min_width=36)
     for col in ("amax", "scale", "min", "max", "clipped", "method"):
         acts.add_column(col, justify="right", no_wrap=True, min_width=max(len(col), 8))
-    acts.add_column("consumers", overflow="fold")
+    if args.wide:
+        acts.add_column("consumers", overflow="fold")
     for name, e in table.activations.items():
         observed = max(abs(e.min or 0.0), abs(e.max or 0.0))
         clipped = f"{100 * (1 - e.amax / observed):.1f}%" if observed > e.amax else "-"
-        cons = ", ".join(f"{op} {short_name(n, 28)}" for op, n in e.consumers) or "-"
-        acts.add_row(
+        row = [
             short_name(name, 36),
             f"{e.amax:.6g}",
             f"{e.scale:.6g}",
@@ -76,8 +79,10 @@ def run(args: argparse.Namespace) -> int:
             _num(e.max),
             clipped,
             e.method or table.method,
-            cons,
-        )
+        ]
+        if args.wide:
+            row.append(", ".join(f"{op} {short_name(n, 28)}" for op, n in e.consumers) or "-")
+        acts.add_row(*row)
     console.print(acts)
     weights = Table(title="weights", title_justify="left")
     weights.add_column("weight", overflow="fold", ratio=3)
