@@ -173,9 +173,9 @@ def test_table_show_lists_consumers_only_with_wide(tmp_path, data, capsys):
     assert main(argv) == 0
     capsys.readouterr()
     assert main(["table", "show", str(out)]) == 0
-    assert "consumer" not in capsys.readouterr().out
+    assert "┃ consumer" not in capsys.readouterr().out
     assert main(["table", "show", str(out), "--wide"]) == 0
-    assert "consumer" in capsys.readouterr().out  # the header may fold on a narrow console
+    assert "┃ consumer" in capsys.readouterr().out  # the header may fold on a narrow console
 
 
 def test_long_names_are_cut_in_the_middle():
