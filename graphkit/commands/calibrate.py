@@ -218,8 +218,8 @@ def summary(plan, args: argparse.Namespace) -> str:
             f"activations, {len(plan.weights)} int8 weights, {plan.num_samples} samples"
         )
     ]
-    if held_out_summary(plan):
-        lines.append(held_out_summary(plan))
+    if held_out := held_out_summary(plan):
+        lines.append(held_out)
     fl = r.get("float_layers")
     if fl:
         lines.append(f"float layers: {fl['count']} of {fl['of']}")

@@ -50,8 +50,11 @@ def run(args: argparse.Namespace) -> int:
             reference["predictions"]
         except (OSError, ValueError, KeyError, TypeError):
             raise GraphkitError(f"{ref_path} is not a graphkit eval --json file") from None
-    spec = prepare_spec(args.model_config, args.ann, args.images, args.dets, args.limit)
-    warning = evaluation_split(args.model_config, spec)
+    from graphkit.data import load_input_spec
+
+    config = load_input_spec(args.model_config)
+    spec = prepare_spec(config, args.ann, args.images, args.dets, args.limit)
+    warning = evaluation_split(config, spec)
     if warning:
         console.print(f"[yellow]warning: {warning}[/]")
     with progress_bar("evaluating") as bar:

@@ -8,8 +8,7 @@ from collections import Counter
 from rich.table import Table
 
 from graphkit.commands._common import console, short_name
-from graphkit.quant.quantize import held_out_summary
-from graphkit.quant.table import CalibrationTable
+from graphkit.quant.table import CalibrationTable, held_out_summary
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:

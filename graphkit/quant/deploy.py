@@ -40,7 +40,9 @@ def _rows(a: np.ndarray, axis: int | None) -> np.ndarray:
     return a.reshape(1, -1) if axis is None else np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1)
 
 
-def pin_extremes(q: np.ndarray, w: np.ndarray, entry: WeightEntry) -> np.ndarray:
+def pin_extremes(
+    q: np.ndarray, w: np.ndarray, entry: WeightEntry, near: np.ndarray | None = None
+) -> np.ndarray:
     """q with, in every channel where nearest rounding reaches +-qmax, its largest |w|
     element at +-qmax: the channel's absmax then stays amax after snapping (an optimized
     rounding may have pulled that element in by one step)."""
@@ -48,7 +50,7 @@ def pin_extremes(q: np.ndarray, w: np.ndarray, entry: WeightEntry) -> np.ndarray
         return np.asarray(q, np.float64)
     axis = entry.axis % w.ndim if entry.axis >= 0 and len(entry.amax) > 1 else None
     qm = _rows(np.asarray(q, np.float64), axis).copy()
-    near = _rows(nearest_integers(w, entry), axis)
+    near = _rows(nearest_integers(w, entry) if near is None else near, axis)
     idx = np.argmax(np.abs(_rows(w, axis)), axis=1)
     rows = np.arange(idx.size)
     hit = np.abs(near[rows, idx]) == entry.qmax
@@ -75,13 +77,13 @@ def fill_integers(
         if not entry.shape:
             entry.shape = list(w.shape)
         how = "nearest"
-        q = nearest_integers(w, entry)
+        q = near = nearest_integers(w, entry)
         if name in mine:
             r = numpy_helper.to_array(mine[name]).astype(np.float64)
             if not np.array_equal(r, w):
                 q = np.clip(np.round(r / channel_scales(entry, w.ndim)), -entry.qmax, entry.qmax)
                 how = rounding
-        entry.set_integers(pin_extremes(q, w, entry), how)
+        entry.set_integers(pin_extremes(q, w, entry, near), how)
 
 
 def deploy_model(plan: QuantPlan, model: onnx.ModelProto) -> onnx.ModelProto:

@@ -28,7 +28,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnx
@@ -37,8 +37,14 @@ from graphkit.errors import GraphkitError
 from graphkit.quant.calibrators import canonical_method
 from graphkit.quant.deploy import fill_integers
 from graphkit.quant.qdq import insert_qdq
-from graphkit.quant.sensitivity import OutputScorer, head_tensors, quantized_layers, sensitivity
-from graphkit.quant.table import QuantPlan
+from graphkit.quant.sensitivity import (
+    OutputScorer,
+    _sqnr,
+    head_tensors,
+    quantized_layers,
+    sensitivity,
+)
+from graphkit.quant.table import QuantPlan, held_out_summary
 
 Log = Callable[[str], None]
 
@@ -106,6 +112,15 @@ def recipe_of(recipe: Recipe | str, method: str | None = None, **overrides: Any)
     return recipe
 
 
+class Score(NamedTuple):
+    """A candidate on the held-out crops: worst head SQNR (dB), agreement (None without
+    a decoder), mean head SQNR (dB)."""
+
+    worst: float
+    agreement: float | None
+    mean: float
+
+
 class HeldOutScorer(OutputScorer):
     """Head SQNR (what `sensitivity` ranks by) and, with a decoder, the agreement of the
     decoded keypoints with FP32's, from one run of each candidate on the held-out crops."""
@@ -130,7 +145,6 @@ class HeldOutScorer(OutputScorer):
             if self.decoder is not None
             else []
         )
-        self.last_agreement: float | None = None
 
     def _points(self, outputs: list[np.ndarray], meta: dict) -> np.ndarray:
         """The decoded keypoints of one crop, in image pixels (17, 3)."""
@@ -140,8 +154,8 @@ class HeldOutScorer(OutputScorer):
         m = np.asarray(meta["crop_to_image"], np.float64)
         return np.c_[kp[:, :2] @ m[:, :2].T + m[:, 2], kp[:, 2:]]
 
-    def measure(self, candidate: onnx.ModelProto) -> tuple[float, float | None, float]:
-        """(min head SQNR dB, agreement or None, mean head SQNR dB) of a candidate model."""
+    def measure(self, candidate: onnx.ModelProto) -> Score:
+        """Worst and mean head SQNR and the agreement of a candidate model."""
         from graphkit.evaluators.coco import agreement
 
         sess = self._session(candidate)
@@ -154,37 +168,26 @@ class HeldOutScorer(OutputScorer):
                 noise[k] += float(np.sum(d * d))
             if self.decoder is not None:
                 points.append(self._points(got, meta))
-        per_head = [
-            10 * math.log10(s / n) if n > 0 and s > 0 else (math.inf if n == 0 else -math.inf)
-            for s, n in zip(self.signal, noise)
-        ]
-        self.last_per_head = per_head
-        sqnr = min(per_head)
+        per_head = [_sqnr(s, n) for s, n in zip(self.signal, noise)]
         agree = None
         if self.decoder is not None:
             areas = [m["area"] for m in self.metas]
             agree = agreement(
                 np.array(self.reference_points), np.array(points), areas, self.decoder.predicted
             )
-        self.last_agreement = agree
         finite = [h for h in per_head if math.isfinite(h)]
-        return sqnr, agree, (sum(finite) / len(finite) if finite else sqnr)
+        worst = min(per_head)
+        return Score(worst, agree, sum(finite) / len(finite) if finite else worst)
 
     def __call__(self, candidate: onnx.ModelProto) -> float:
         """The number `sensitivity` ranks layers by: the mean head SQNR (`rank_by="mean"`)
         or the worst head's."""
         got = self.measure(candidate)
-        return got[2] if self.rank_by == "mean" else got[0]
+        return got.mean if self.rank_by == "mean" else got.worst
 
 
 def _has_areas(samples: Sequence[Any]) -> bool:
     return all(s.meta.get("area") and s.meta.get("crop_to_image") is not None for s in samples)
-
-
-def _spec(data: Any, limit: int | None):
-    from graphkit.quant.calibrate import _load_spec
-
-    return _load_spec(data, limit)
 
 
 def held_out(spec, recipe: Recipe) -> tuple[list[Any], list[Any]]:
@@ -224,12 +227,12 @@ def quantize(
     every int8 decision the recipe allows (module doc). `calibrate_options` go to
     `graphkit.quant.calibrate.calibrate` (workers, limit, tensors, per_channel, bins,
     max_outputs_per_run, on_sample, on_total)."""
-    from graphkit.quant.calibrate import _load, calibrate_statistics
+    from graphkit.quant.calibrate import _load, _load_spec, calibrate_statistics
 
     say = log or (lambda _msg: None)
     recipe = recipe_of(recipe, method)
     model, model_path = _load(model)
-    spec = _spec(data, calibrate_options.pop("limit", None))
+    spec = _load_spec(data, calibrate_options.pop("limit", None))
     t0 = time.perf_counter()
     _, build = calibrate_statistics(
         model,
@@ -261,19 +264,13 @@ def quantize(
 
     # 1. method: the best held-out head SQNR, all from the same statistics
     t = time.perf_counter()
-    tried: dict[str, tuple[float, float | None]] = {}
-    plans: dict[str, QuantPlan] = {}
+    tried: dict[str, Score] = {}
+    plans: dict[str, QuantPlan] = {recipe.methods[0]: plan}
     for m in recipe.methods:
-        p = build(
-            m, settings if canonical_method(m) == canonical_method(recipe.methods[0]) else None
-        )
-        p.keep_float, p.float_reasons, p.model_path = (
-            list(keep_float),
-            plan.float_reasons,
-            model_path,
-        )
-        plans[m] = p
-        tried[m] = scorer.measure(insert_qdq(model, p))
+        if m not in plans:
+            plans[m] = build(m)
+            plans[m].float_reasons, plans[m].model_path = plan.float_reasons, model_path
+        tried[m] = scorer.measure(insert_qdq(model, plans[m]))
         say(f"method {m}: {_show(tried[m])}")
     best = max(tried, key=lambda m: _key(tried[m], recipe))
     plan = plans[best]
@@ -369,64 +366,45 @@ def quantize(
     fill_integers(plan, model, rounded)
     record["final"] = _score(current)
     # None: no decode section (or no person areas), so the agreement was not measured
-    record["target_reached"] = None if current[1] is None else _reached(current, recipe)
+    record["target_reached"] = None if current.agreement is None else _reached(current, recipe)
     record["float_layers"] = {"count": len(plan.keep_float), "of": len(layers) + len(keep_float)}
     record["seconds"] = _round(times)
     plan.recipe = record
     return plan
 
 
-def _key(score: tuple, recipe: Recipe) -> tuple[float, float]:
-    """What the float search maximizes: head SQNR, or the held-out agreement first (when
-    measured) with the SQNR breaking ties."""
-    sqnr, agree = score[:2]
-    if recipe.criterion == "agreement" and agree is not None:
-        return (agree, sqnr)
-    if recipe.criterion == "mean" and len(score) > 2:
-        return (score[2], sqnr)
-    return (sqnr, 0.0)
+def _key(score: Score, recipe: Recipe) -> tuple[float, float]:
+    """What every choice maximizes (`recipe.criterion`): the mean head SQNR, the worst
+    head's, or the agreement (when measured); the worst head breaks ties."""
+    if recipe.criterion == "agreement" and score.agreement is not None:
+        return (score.agreement, score.worst)
+    if recipe.criterion == "mean":
+        return (score.mean, score.worst)
+    return (score.worst, 0.0)
 
 
-def held_out_summary(plan: QuantPlan) -> str | None:
-    """One line on the final held-out figures of a plan (None when nothing was measured)."""
-    final = (plan.recipe or {}).get("final")
-    if not final:
-        return None
-    crops = plan.recipe.get("held_out", {}).get("scored", "?")
-    agree = final.get("agreement")
-    return (
-        f"held-out ({crops} crops): mean head SQNR "
-        f"{final.get('mean_sqnr_db', final['sqnr_db'])} dB (worst head {final['sqnr_db']})"
-        + (f", agreement {agree:.3f}" if agree is not None else "")
-    )
-
-
-def _reached(score: tuple, recipe: Recipe) -> bool:
+def _reached(score: Score, recipe: Recipe) -> bool:
     target = recipe.target_agreement
-    return target is not None and score[1] is not None and score[1] >= target
+    return target is not None and score.agreement is not None and score.agreement >= target
 
 
-def _show(score: tuple) -> str:
+def _show(score: Score) -> str:
     """A held-out score for the console: mean head SQNR (worst head), agreement."""
-    text = f"{score[2]:.2f} dB" if len(score) > 2 else f"{score[0]:.2f} dB"
-    if len(score) > 2 and score[2] != score[0]:
-        text += f" (worst head {score[0]:.2f})"
-    return text + _agree(score[1])
+    text = f"{score.mean:.2f} dB"
+    if score.mean != score.worst:
+        text += f" (worst head {score.worst:.2f})"
+    return text + ("" if score.agreement is None else f", agreement {score.agreement:.3f}")
 
 
-def _agree(a: float | None) -> str:
-    return "" if a is None else f", agreement {a:.3f}"
+def _score(v: Score) -> dict[str, float | None]:
+    def db(x: float) -> float | None:
+        return round(x, 3) if math.isfinite(x) else None
 
-
-def _score(v: tuple) -> dict[str, float | None]:
-    sq, ag = v[:2]
-    out = {
-        "sqnr_db": round(sq, 3) if math.isfinite(sq) else None,
-        "agreement": None if ag is None else round(ag, 4),
+    return {
+        "sqnr_db": db(v.worst),
+        "agreement": None if v.agreement is None else round(v.agreement, 4),
+        "mean_sqnr_db": db(v.mean),
     }
-    if len(v) > 2:
-        out["mean_sqnr_db"] = round(v[2], 3) if math.isfinite(v[2]) else None
-    return out
 
 
 def _round(times: dict[str, float]) -> dict[str, float]:
@@ -459,4 +437,12 @@ def _conv_biases(qdq: onnx.ModelProto, nodes: Sequence[str]) -> dict[str, list[f
     return out
 
 
-__all__ = ["RECIPES", "HeldOutScorer", "Recipe", "held_out_summary", "quantize", "recipe_of"]
+__all__ = [
+    "RECIPES",
+    "HeldOutScorer",
+    "Recipe",
+    "Score",
+    "held_out_summary",
+    "quantize",
+    "recipe_of",
+]

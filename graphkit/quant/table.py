@@ -173,6 +173,20 @@ class QuantPlan:
 CalibrationTable = QuantPlan  # the name used before the plan held weights and biases
 
 
+def held_out_summary(plan: QuantPlan) -> str | None:
+    """One line on the final held-out figures of a plan (None when nothing was measured)."""
+    final = (plan.recipe or {}).get("final")
+    if not final:
+        return None
+    crops = plan.recipe.get("held_out", {}).get("scored", "?")
+    agree = final.get("agreement")
+    return (
+        f"held-out ({crops} crops): mean head SQNR "
+        f"{final.get('mean_sqnr_db', final['sqnr_db'])} dB (worst head {final['sqnr_db']})"
+        + (f", agreement {agree:.3f}" if agree is not None else "")
+    )
+
+
 def _real(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
