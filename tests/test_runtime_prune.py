@@ -49,3 +49,32 @@ def test_outer_names_read_inside_subgraphs_keep_their_producers():
     removed = prune_to_outputs(model)
     assert removed == 1  # only the Sigmoid ("post") is unused
     assert {n.name for n in g.node} == {"body", "head", ""}
+
+
+def test_segments_run_part_by_part_give_the_full_run_and_keep_only_what_is_read_later():
+    from quant_synthetic import make_model, sample_feeds
+
+    from graphkit.runtime.segments import Segments
+
+    model = make_model()
+    feeds = sample_feeds(1)[0]
+    # r1 feeds two Convs of the second part; c2 and c3 meet again in the third
+    parts = Segments(model, [["c1"], ["c2", "c3"], ["y", "z"]])
+    env = dict(feeds)
+    parts.run(0, env)
+    assert set(env) == {"c1"}  # x: nothing after part 0 reads it
+    parts.run(1, env)
+    assert "c1" not in env and {"c2", "c3"} <= set(env)
+    parts.run(2, env)
+    full = make_session(with_outputs(model, ["c2", "y", "z"]), optimize=False)
+    c2, y, z = full.run(["c2", "y", "z"], feeds)
+    np.testing.assert_array_equal(env["y"], y)
+    np.testing.assert_array_equal(env["z"], z)
+    assert "c2" not in env  # read by part 2 and by nothing after it
+    # a change made between parts reaches the later parts (what bias correction relies on)
+    env = dict(feeds)
+    parts.run(0, env)
+    parts.run(1, env)
+    env["c3"] = env["c3"] + 1.0
+    parts.run(2, env)
+    assert not np.allclose(env["y"], y)

@@ -24,9 +24,9 @@ from onnx import numpy_helper
 from graphkit.errors import GraphkitError
 from graphkit.passes._graphutil import drop_unused_weights
 from graphkit.runtime.ort import make_session, with_outputs
+from graphkit.runtime.segments import Segments
 
 Feeds = dict[str, np.ndarray]
-CHUNKS = 8  # sessions per sweep, each pruned to the depths it measures
 
 
 @dataclass
@@ -81,6 +81,37 @@ def _depths(graph: onnx.GraphProto, convs: list[onnx.NodeProto]) -> dict[str, in
     return depths
 
 
+def _alone(conv: onnx.NodeProto):
+    """Run one Conv node (same attributes, same onnxruntime kernel) on given arrays."""
+    sessions = {}
+
+    def run(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+        key = (x.shape, w.shape)
+        if key not in sessions:
+            node = onnx.NodeProto()
+            node.CopyFrom(conv)
+            del node.input[:], node.output[:]
+            node.input.extend(["x", "w", "b"])
+            node.output.append("y")
+            arrays = {"x": x, "w": w, "b": b}
+            graph = onnx.helper.make_graph(
+                [node],
+                "conv",
+                [
+                    onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, a.shape)
+                    for n, a in arrays.items()
+                ],
+                [onnx.helper.make_empty_tensor_value_info("y")],
+            )
+            model = onnx.helper.make_model(
+                graph, opset_imports=[onnx.helper.make_opsetid("", 13)], ir_version=8
+            )
+            sessions[key] = make_session(model, optimize=False)
+        return sessions[key].run(["y"], {"x": x, "w": w, "b": b})[0]
+
+    return run
+
+
 def correct_bias(
     float_model: onnx.ModelProto,
     qdq: onnx.ModelProto,
@@ -94,8 +125,9 @@ def correct_bias(
     `samples`; `nodes` limits the corrected Convs.
 
     Convs are corrected depth by depth (all Convs of one depth together: none reads
-    another's output), each measured with every Conv upstream already corrected; one
-    onnxruntime session feeds the biases as inputs, one run per depth and sample.
+    another's output), each measured with every Conv upstream already corrected. The
+    model runs part by part (`Segments`, one part per depth): a corrected Conv's output
+    is run again alone with its new bias, so each sweep is about one forward pass per sample.
     Correcting all Convs from one measure (Jacobi) diverges: each downstream shift
     then counts the upstream ones again (posenet: mean |shift| 0.09 -> 0.18 at depth 4,
     x30 at the heads). `passes` > 1 repeats the sweep on what is left."""
@@ -154,33 +186,40 @@ def correct_bias(
     )
     depths = _depths(graph, convs)
     levels = sorted(set(depths.values()))
-    # onnxruntime runs every node of a session: one session per chunk of depths, pruned to
-    # the chunk's deepest outputs, so measuring the early depths does not run the heads
-    per_chunk = max(1, -(-len(levels) // CHUNKS))
-    chunks = [levels[i : i + per_chunk] for i in range(0, len(levels), per_chunk)]
-    sessions = {}
-    for chunk in chunks:
-        names = [n.output[0] for n in convs if depths[n.name] in chunk]
-        sess = make_session(with_outputs(probe, names, prune=True), optimize=False)
-        sessions.update({level: sess for level in chunk})
+    by_level = [[n for n in convs if depths[n.name] == level] for level in levels]
+    # one part per depth: each sweep costs one forward pass per sample, not one per depth;
+    # a corrected Conv alone is run again on its kept inputs, so later parts read exactly
+    # what the corrected model computes
+    reads = [[t for n in layer for t in n.input[:2]] for layer in by_level]
+    parts = Segments(probe, [[n.output[0] for n in layer] + r for layer, r in zip(by_level, reads)])
+    alone = {n.name: _alone(n) for n in convs}
     shifts = []
     for _ in range(passes):
         total, count = 0.0, 0
-        for level in levels:
-            layer = [n for n in convs if depths[n.name] == level]
-            names = [n.output[0] for n in layer]
+        envs = [{**feeds, **biases} for feeds in samples]
+        for k, layer in enumerate(by_level):
             acc: dict[str, np.ndarray] = {}
-            for feeds in samples:
-                for t, y in zip(names, sessions[level].run(names, {**feeds, **biases})):
-                    y = np.asarray(y, np.float64)
+            for env in envs:
+                parts.run(k, env)
+                for node in layer:
+                    t = node.output[0]
+                    y = np.asarray(env[t], np.float64)
                     m = y.mean(axis=tuple(i for i in range(y.ndim) if i != 1))
                     acc[t] = acc[t] + m if t in acc else m
             for node in layer:
-                shift = acc[node.output[0]] / len(samples) - ref[node.output[0]]
+                t = node.output[0]
+                shift = acc[t] / len(samples) - ref[t]
                 b = node.input[2]
                 biases[b] = (biases[b] - shift).astype(np.float32)
                 total += float(np.abs(shift).sum())
                 count += shift.size
+                for env in envs:
+                    x, w = (env[i] for i in node.input[:2])
+                    env[t] = alone[node.name](x, w, biases[b])
+            for env in envs:  # the kept Conv inputs, unless a later part reads them
+                for t in reads[k]:
+                    if parts.last_read.get(t, -1) <= k:
+                        env.pop(t, None)
         shifts.append(total / max(count, 1))
     graph.initializer.extend(numpy_helper.from_array(v, b) for b, v in biases.items())
     drop_unused_weights(graph, inits)  # a shared bias now copied to every reader
