@@ -8,12 +8,14 @@ per-layer diffs and COCO keypoint AP for pose networks.
 """
 
 from graphkit.errors import GraphkitError
-from graphkit.model import load_model, save_model
 
 __version__ = "0.1.0"
 
-# the quantization entry points load on first use, so `import graphkit` stays light
+# everything that needs onnx loads on first use, so `import graphkit` (and
+# `graphkit --help`) stays light
 _LAZY = {
+    "load_model": ("graphkit.model", "load_model"),
+    "save_model": ("graphkit.model", "save_model"),
     "quantize": ("graphkit.quant.quantize", "quantize"),
     "Recipe": ("graphkit.quant.quantize", "Recipe"),
     "QuantPlan": ("graphkit.quant.table", "QuantPlan"),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import pkgutil
 import sys
 
 from rich.console import Console
@@ -20,8 +19,11 @@ from graphkit.errors import GraphkitError
 err_console = Console(stderr=True, highlight=False)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from graphkit import commands
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Every command is listed; only `command`'s module (all of them when None) is
+    imported to define its options, so `graphkit --help` loads neither onnx nor
+    onnxruntime."""
+    from graphkit.commands._common import COMMANDS, module_doc
 
     parser = argparse.ArgumentParser(
         prog="graphkit",
@@ -32,14 +34,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"graphkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    mods = sorted(m.name for m in pkgutil.iter_modules(commands.__path__))
-    for name in mods:
-        if name.startswith("_"):
-            continue
-        module = importlib.import_module(f"graphkit.commands.{name}")
-        p = module.add_parser(sub)
-        p.set_defaults(_run=module.run)
+    for name, (module_name, doc_module) in COMMANDS.items():
+        if command is None or name == command:
+            module = importlib.import_module(f"graphkit.commands.{module_name}")
+            module.add_parser(sub).set_defaults(_run=module.run)
+        else:
+            sub.add_parser(name, help=module_doc(doc_module)[0])
     return parser
+
+
+def _command_in(argv: list[str]) -> str:
+    """The command named on the command line ("" when none is)."""
+    from graphkit.commands._common import COMMANDS
+
+    first = next((a for a in argv if not a.startswith("-")), "")
+    return first if first in COMMANDS else ""
 
 
 class Terminated(Exception):
@@ -57,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_in(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()

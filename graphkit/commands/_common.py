@@ -6,6 +6,7 @@ import argparse
 import inspect
 import os
 import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -15,18 +16,37 @@ _piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
 console = Console(highlight=False, width=120 if _piped else None)
 
 
-def doc_of(obj: object) -> tuple[str, str]:
-    """(first line, full text) of an object's docstring, for argparse help."""
-    doc = inspect.cleandoc(getattr(obj, "__doc__", "") or "")
+# command -> (module in graphkit/commands, module whose docstring is the command's help)
+COMMANDS = {
+    "apply": ("apply", "graphkit.pipeline"),
+    "calibrate": ("calibrate", "graphkit.quant.quantize"),
+    "demo": ("demo", "graphkit.demo"),
+    "diff": ("diff", "graphkit.evaluators.diff"),
+    "eval": ("eval", "graphkit.evaluators.evaluate"),
+    "export": ("export", "graphkit.quant.exporters"),
+    "inspect": ("inspect_model", "graphkit.inspect"),
+    "passes": ("passes", "graphkit.commands.passes"),
+    "table": ("table", "graphkit.commands.table"),
+}
+
+
+def module_doc(module: str) -> tuple[str, str]:
+    """(first line, full text) of a module's docstring, read from its source without
+    importing it: `graphkit --help` stays fast (no onnx, no onnxruntime)."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    source = Path(spec.origin).read_text(encoding="utf-8") if spec and spec.origin else ""
+    doc = inspect.cleandoc(ast.get_docstring(ast.parse(source)) or "")
     first = doc.splitlines()[0] if doc else ""
     return first, doc
 
 
-def add_command(
-    sub: argparse._SubParsersAction, name: str, target: object
-) -> argparse.ArgumentParser:
-    """A subparser whose help and description are `target`'s docstring."""
-    first, full = doc_of(target)
+def add_command(sub: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
+    """A subparser whose help and description are the docstring of the library module
+    the command calls (COMMANDS)."""
+    first, full = module_doc(COMMANDS[name][1])
     return sub.add_parser(
         name,
         help=first,

@@ -9,7 +9,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import graphkit.pipeline as pipeline_module
 from graphkit.commands._common import add_command, console
 from graphkit.errors import GraphkitError
 from graphkit.model import atomic_write_text, load_model, save_model
@@ -17,7 +16,7 @@ from graphkit.pipeline import StepReport, load_pipeline, run_pipeline
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = add_command(sub, "apply", pipeline_module)
+    p = add_command(sub, "apply")
     p.add_argument("pipeline", help="pipeline YAML: a list of passes, each optionally with options")
     p.add_argument("model", help="input ONNX model")
     p.add_argument("-o", "--output", required=True, help="where to write the resulting model")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import graphkit.quant.quantize as quantize_module
 from graphkit.commands._common import add_command, check_output_files, console, progress_bar
 from graphkit.commands.export import add_export_arguments, export_from_args
 from graphkit.errors import GraphkitError
@@ -19,7 +18,7 @@ EXIT_TARGET_MISSED = 3
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = add_command(sub, "calibrate", quantize_module)
+    p = add_command(sub, "calibrate")
     p.epilog = (
         "example: graphkit calibrate model.onnx --data examples/models/posenet.yaml "
         "-o plan.json --qdq model.int8.onnx --target ncnn,tensorrt --out-dir deploy/"

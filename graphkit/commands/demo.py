@@ -12,7 +12,7 @@ from graphkit.errors import GraphkitError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = add_command(sub, "demo", demo_module)
+    p = add_command(sub, "demo")
     p.add_argument(
         "--out-dir", default="graphkit-demo", help="where to write the model, pipeline and result"
     )

@@ -8,7 +8,6 @@ import json
 from rich import box
 from rich.table import Table
 
-import graphkit.evaluators.diff as diff_module
 from graphkit.commands._common import (
     add_command,
     check_output_files,
@@ -23,7 +22,7 @@ from graphkit.model import atomic_write_text
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = add_command(sub, "diff", diff_module)
+    p = add_command(sub, "diff")
     p.add_argument("ref", help="reference model: FP32 ONNX or ncnn .param")
     p.add_argument("quant", help="quantized model: Q/DQ ONNX or ncnn int8 .param")
     p.add_argument("--data", required=True, help="input spec YAML giving the real inputs")

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from rich.table import Table
 
-import graphkit.evaluators.evaluate as evaluate_module
 from graphkit.commands._common import add_command, check_output_files, console, progress_bar
 from graphkit.errors import GraphkitError
 from graphkit.evaluators.evaluate import agreement_of, evaluate, evaluation_split, prepare_spec
@@ -16,7 +15,7 @@ from graphkit.model import atomic_write_text
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = add_command(sub, "eval", evaluate_module)
+    p = add_command(sub, "eval")
     p.add_argument("model", help="ONNX model (FP32 or Q/DQ) or ncnn .param with its .bin beside")
     p.add_argument("--model-config", required=True, help="input spec YAML with a decode: section")
     p.add_argument(

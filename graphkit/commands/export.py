@@ -15,7 +15,7 @@ from graphkit.quant.exporters.tensorrt import ALGORITHMS as TRT_ALGORITHMS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = add_command(sub, "export", exporters_module)
+    p = add_command(sub, "export")
     p.add_argument(
         "table", help="graphkit calibration table (JSON) or a TensorRT calibration cache"
     )

@@ -7,14 +7,13 @@ import json
 
 from rich.table import Table
 
-import graphkit.inspect as inspect_module
 from graphkit.commands._common import add_command, console
 from graphkit.inspect import summarize
 from graphkit.model import atomic_write_text, load_model
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = add_command(sub, "inspect", inspect_module)
+    p = add_command(sub, "inspect")
     p.add_argument("model", help="ONNX model (external weights are not read)")
     p.add_argument("--json", metavar="FILE", help="also write the summary as JSON here")
     return p

@@ -1,11 +1,15 @@
-"""`graphkit passes`: list every pass with its options, from the code's docstrings."""
+"""List every pass, its options and what it does.
+
+Every registered pass with its options, types and defaults, generated from the code's
+own docstrings and type hints. Use the names in a pipeline YAML for `graphkit apply`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import inspect
 
-from graphkit.commands._common import console
+from graphkit.commands._common import add_command, console
 from graphkit.passes import load_all
 from graphkit.passes.base import option_type_name
 
@@ -30,13 +34,7 @@ def describe_passes(verbose: bool = True) -> str:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser(
-        "passes",
-        help="list every pass, its options and what it does",
-        description="Every registered pass with its options, types and defaults, generated "
-        "from the code's own docstrings and type hints. Use the names in a pipeline YAML "
-        "for `graphkit apply`.",
-    )
+    p = add_command(sub, "passes")
     p.add_argument("--short", action="store_true", help="one line per pass")
     return p
 

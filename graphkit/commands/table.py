@@ -1,4 +1,8 @@
-"""`graphkit table show TABLE.json`: print a calibration table readably."""
+"""Inspect quantization plans (calibration tables).
+
+Reads a plan written by `graphkit calibrate -o` (JSON, schema 1 or 2):
+`graphkit table show PLAN.json`.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,12 @@ from collections import Counter
 
 from rich.table import Table
 
-from graphkit.commands._common import console, short_name
+from graphkit.commands._common import add_command, console, short_name
 from graphkit.quant.table import CalibrationTable, held_out_summary
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser(
-        "table",
-        help="inspect quantization plans (calibration tables)",
-        description="Read a plan written by `graphkit calibrate -o` (JSON, schema 1 or 2).",
-    )
+    p = add_command(sub, "table")
     tsub = p.add_subparsers(dest="table_command", metavar="ACTION", required=True)
     show = tsub.add_parser(
         "show",
