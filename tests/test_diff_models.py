@@ -281,3 +281,35 @@ def test_max_tensors_per_run_below_one_is_refused_in_one_sentence(pair, capsys):
     assert code != 0
     err = capsys.readouterr().err
     assert "--max-tensors-per-run must be at least 1" in err and "Traceback" not in err
+
+
+def test_default_report_has_each_layers_own_error_equal_to_its_single_layer_error(pair):
+    rep = run_diff(
+        str(pair / "ref.onnx"),
+        str(pair / "q.onnx"),
+        str(pair / "data.yaml"),
+        per_layer=True,
+        per_layer_samples=3,
+    )
+    own = {r["node"]: r for r in rep.own}
+    single = {r["node"]: r for r in rep.per_layer}
+    assert set(own) == set(single) >= {"conv1", "conv2", "conv3"}
+    for name, r in single.items():
+        # the single-layer model has float everything upstream: its own-output SQNR is
+        # the layer's own error, measured here without running the network per layer
+        if r["layer_sqnr_db"] is not None:
+            assert own[name]["sqnr_db"] == pytest.approx(r["layer_sqnr_db"], abs=1e-3)
+    # conv3 is the last layer: its own error is the output error with it alone quantized
+    # (onnxruntime renamed its output; matched through the node name)
+    assert own["conv3"]["sqnr_db"] == pytest.approx(single["conv3"]["output_sqnr_db"], abs=1e-3)
+    assert all(r["sqnr_db"] > 20 for r in own.values())
+
+
+def test_own_error_table_is_printed_by_default_and_no_own_skips_it(pair, capsys):
+    out_json = pair / "own.json"
+    assert _diff_cli(pair, "--json", str(out_json)) == 0
+    assert "own error" in capsys.readouterr().out
+    assert {r["node"] for r in json.loads(out_json.read_text())["own"]} >= {"conv1", "conv3"}
+    assert _diff_cli(pair, "--json", str(out_json), "--no-own") == 0
+    assert "own error" not in capsys.readouterr().out
+    assert json.loads(out_json.read_text())["own"] is None

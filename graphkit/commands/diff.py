@@ -35,8 +35,23 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         action="store_true",
         help="also quantize one layer at a time (others float) and measure each one's error",
     )
-    p.add_argument("--per-layer-samples", type=int, default=8, help="samples for --per-layer")
-    p.add_argument("--top", type=int, default=25, help="rows in the terminal table (worst first)")
+    p.add_argument(
+        "--per-layer-samples",
+        type=int,
+        default=8,
+        help="samples for the own-error table and --per-layer (default: %(default)s)",
+    )
+    p.add_argument(
+        "--no-own",
+        action="store_true",
+        help="skip the table of each layer's own error (layer run alone on FP32 inputs)",
+    )
+    p.add_argument(
+        "--top",
+        type=int,
+        default=25,
+        help="rows in each terminal table, worst first (default: %(default)s)",
+    )
     p.add_argument(
         "--max-tensors-per-run",
         type=int,
@@ -74,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
             spec,
             per_layer=args.per_layer,
             per_layer_samples=args.per_layer_samples,
+            own=not args.no_own,
             histograms=bool(args.html),
             table=args.table,
             on_sample=lambda: bar.advance(samples),
@@ -118,6 +134,30 @@ def run(args: argparse.Namespace) -> int:
     for name, m in s["outputs"].items():
         sq = "exact" if m["sqnr_db"] is None else f"{m['sqnr_db']:.2f} dB"
         console.print(f"output {name}: SQNR {sq}, cosine {m['cosine']:.5f}")
+    if report.own:
+        from graphkit.evaluators.own_error import worst_own_first
+
+        ow = Table(
+            title="each quantized layer's own error: run alone on the FP32 inputs (worst first)",
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+        )
+        ow.add_column("layer", no_wrap=True)
+        for col in ("op", "own SQNR dB", "cosine", "max |err|"):
+            ow.add_column(col, justify="right", no_wrap=True, min_width=max(len(col), 8))
+        for r in worst_own_first(report.own)[: args.top]:
+            if "skipped" in r:
+                ow.add_row(short_name(r["node"]), r["op_type"], "-", "-", r["skipped"][:40])
+                continue
+            sq, cos = r["sqnr_db"], r["cosine"]
+            ow.add_row(
+                short_name(r["node"]),
+                r["op_type"],
+                "exact" if sq is None else f"{sq:.2f}",
+                "-" if cos is None else f"{cos:.5f}",
+                "-" if r["max_abs_err"] is None else f"{r['max_abs_err']:.4g}",
+            )
+        console.print(ow)
     if report.per_layer:
         pl = Table(
             title="each layer quantized alone (worst first)",

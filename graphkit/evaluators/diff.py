@@ -59,6 +59,7 @@ class DiffReport:
     samples: int
     rows: list[TensorRow]
     per_layer: list[dict[str, Any]] | None = None
+    own: list[dict[str, Any]] | None = None  # each quantized layer alone on FP32 inputs
     histograms: dict[str, dict[str, Any]] | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -81,6 +82,7 @@ class DiffReport:
             },
             "tensors": [r.as_dict() for r in self.rows],
             "per_layer": self.per_layer,
+            "own": self.own,
             "histograms": self.histograms,
             "notes": self.notes,
         }
@@ -254,6 +256,7 @@ def run_diff(
     limit: int | None = None,
     per_layer: bool = False,
     per_layer_samples: int = 8,
+    own: bool = True,
     histograms: bool = False,
     table: str | None = None,
     on_sample: Callable[[], None] | None = None,
@@ -263,7 +266,9 @@ def run_diff(
 ) -> DiffReport:
     """Compare REF against QUANT over the data spec's samples (see module docstring).
 
-    REF/QUANT are ONNX files (FP32 and Q/DQ) or ncnn .param files. `per_layer` adds the
+    REF/QUANT are ONNX files (FP32 and Q/DQ) or ncnn .param files. Two ONNX models also
+    get each quantized layer's own error (`own_error`, on the first `per_layer_samples`
+    samples; `own=False` skips it). `per_layer` adds the
     one-layer-at-a-time error of every quantized layer (ONNX Q/DQ only, on the first
     `per_layer_samples` samples); `histograms` streams |x| histograms of every reference
     tensor, and `table` (a graphkit calibration table) marks each tensor's threshold.
@@ -307,9 +312,20 @@ def run_diff(
             entry = cal.activations.get(name)
             h["threshold"] = entry.amax if entry is not None else None
         report.notes.append(f"thresholds from calibration table {table} ({cal.method})")
-    if per_layer:
-        from itertools import islice
+    from itertools import islice
 
+    if own and ref.kind == quant.kind == "onnx":
+        from graphkit.evaluators.own_error import own_errors
+
+        feeds = (s.feeds for s in islice(iter_samples(spec), per_layer_samples))
+        rows = own_errors(ref.model, quant.model, feeds)
+        if rows:
+            report.own = rows
+            report.notes.append(
+                f"own error: each quantized layer run alone on the FP32 model's inputs, "
+                f"first {min(per_layer_samples, report.samples)} samples"
+            )
+    if per_layer:
         from graphkit.evaluators.per_layer import per_layer_errors
 
         feeds = [s.feeds for s in islice(iter_samples(spec), per_layer_samples)]

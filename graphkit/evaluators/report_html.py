@@ -172,6 +172,22 @@ def render_html(report: dict[str, Any]) -> str:
             "power, 40 dB = 0.01%).</p></section>"
         ),
     ]
+    if report.get("own"):
+        own = [r for r in report["own"] if r.get("sqnr_db") is not None]
+        own.sort(key=lambda r: r["sqnr_db"])
+        rows = "".join(
+            f"<tr><td class=l>{html.escape(r['node'])}</td><td class=l>{html.escape(r['op_type'])}</td>"
+            f"<td>{_fmt(r['sqnr_db'])}</td><td>{_fmt(r['cosine'], 5)}</td>"
+            f"<td>{_fmt(r['max_abs_err'], 4)}</td></tr>"
+            for r in own[:WORST_N]
+        )
+        body.append(
+            "<section><h2>Each quantized layer's own error</h2>"
+            "<p class=note>Each layer run alone, with its input Q/DQ, on the FP32 model's "
+            "inputs: the error it adds by itself, not what reaches it from upstream.</p>"
+            "<table><tr><th class=l>layer</th><th class=l>op</th><th>own SQNR dB</th>"
+            f"<th>cosine</th><th>max |err|</th></tr>{rows}</table></section>"
+        )
     if report.get("per_layer"):
         pl = report["per_layer"]
         order = sorted(
