@@ -33,11 +33,21 @@ def test_targets_are_parsed_and_unknown_ones_refused():
 
 def test_export_all_writes_every_target_and_a_readme(tiny, tmp_path):
     model, table, data = tiny
+    lines: list[str] = []
     files = export_all(
-        table, model, "all", tmp_path, samples=lambda: iter(data), keep_float=["conv3x3"]
+        table,
+        model,
+        "all",
+        tmp_path,
+        samples=lambda: iter(data),
+        keep_float=["conv3x3"],
+        log=lines.append,
     )
     for f in files:
         assert f.path.exists(), f.path
+    # every target and every slow ncnn step says so before it starts
+    for step in ("ncnn: converting with pnnx", "ncnn: checking int8", "vacc: writing"):
+        assert any(line.startswith(step) for line in lines), (step, lines)
     readme = (tmp_path / "README.md").read_text()
     for f in files:
         assert str(f.path.relative_to(tmp_path)) in readme

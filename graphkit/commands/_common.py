@@ -6,6 +6,7 @@ import argparse
 import inspect
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -53,6 +54,19 @@ def add_command(sub: argparse._SubParsersAction, name: str) -> argparse.Argument
         description=full,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+
+def timed_log(prefix: str = "  ") -> Callable[[str], None]:
+    """A `log` for library calls: each line with the seconds since this was made, so a
+    long step is visible while it runs (and in piped CI logs)."""
+    import time
+
+    start = time.perf_counter()
+
+    def log(msg: str) -> None:
+        console.print(f"{prefix}[dim]{time.perf_counter() - start:6.1f}s[/] {msg}")
+
+    return log
 
 
 def short_name(name: str, width: int = 48) -> str:

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import graphkit.quant.exporters as exporters_module
-from graphkit.commands._common import add_command, console
+from graphkit.commands._common import add_command, console, timed_log
 from graphkit.errors import GraphkitError
 from graphkit.model import load_model
 from graphkit.quant.exporters.tensorrt import ALGORITHMS as TRT_ALGORITHMS
@@ -111,6 +111,7 @@ def export_from_args(args: argparse.Namespace, table, model, model_name: str = "
         gear_short_side=args.gear_short_side,
         threads=max(1, os.cpu_count() or 1),
         model_name=model_name,
+        log=timed_log(),
     )
 
 

@@ -109,6 +109,7 @@ def export_all(
     image_sizes: list[tuple[int, int]] | None = None,
     trt_version: str = "10.13.0",
     model_name: str = "model",
+    log: Callable[[str], None] | None = None,
     **options: object,
 ) -> list[ExportedFile]:
     """Write every target's files under out_dir (one sub-directory each) and README.md.
@@ -116,7 +117,9 @@ def export_all(
     samples: a function returning a fresh iterable of ONNX feeds dicts (batch 1), used by
     ncnn (calibrate the converted model) and vacc (the .npz calibration set).
     image_sizes: (h, w) of the dataset's images, for ATC gears of variable-size models.
+    log: called with a line before each step that takes a while (pnnx, ncnn checks).
     """
+    say = log or (lambda _msg: None)
     names = parse_targets(targets)
     check_table(table, model, keep_float)
     # every backend gets the plan's weights (integers, biases), not the raw float ones
@@ -130,6 +133,7 @@ def export_all(
     try:
         files: list[ExportedFile] = []
         for name in names:
+            say(f"{name}: writing")
             mod = importlib.import_module(TARGETS[name])
             files += mod.export(
                 table,
@@ -139,6 +143,7 @@ def export_all(
                 samples=samples,
                 image_sizes=image_sizes,
                 trt_version=trt_version,
+                log=say,
                 **options,
             )
         out.mkdir(exist_ok=True)

@@ -328,11 +328,13 @@ def export(
     winograd_6bit: bool = False,
     recalibrate: bool = False,
     threads: int = 1,
+    log: Callable[[str], None] | None = None,
     **_: object,
 ) -> list[ExportedFile]:
     """Convert with pnnx, calibrate on ncnn (or map the table), write table + int8 model."""
     from graphkit.ncnn_convert import convert
 
+    say = log or (lambda _msg: None)
     idx = check_table(table, model, keep_float)
     for name in keep_float:  # refuse before the (slow) conversion
         if idx.nodes[name].op_type not in ("Conv", "Gemm", "MatMul"):
@@ -341,7 +343,13 @@ def export(
                 "only Convolution and InnerProduct layers"
             )
     d = Path(out_dir) / "ncnn"
+    say("ncnn: converting with pnnx")
     nm = convert(model, d, "model")
+    say(
+        "ncnn: calibrating every layer on the converted model"
+        if recalibrate
+        else "ncnn: thresholds and weight integers from the plan"
+    )
     param = nc.read_param(nm.param)
     blobs = nc.read_bin(param, nm.bin.read_bytes(), str(nm.bin))
     net = nc.NcnnNet(nm.param, nm.bin, threads=threads) if samples else None
@@ -369,6 +377,7 @@ def export(
     )
     note = f"{len(ntable.activations)} layers int8"
     if samples and compare_samples:
+        say(f"ncnn: checking int8 against fp32 on {compare_samples} samples")
         int8 = nc.NcnnNet(d / "model.int8.param", d / "model.int8.bin", int8=True, threads=threads)
         from itertools import islice
 
