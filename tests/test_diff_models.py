@@ -313,3 +313,41 @@ def test_own_error_table_is_printed_by_default_and_no_own_skips_it(pair, capsys)
     assert _diff_cli(pair, "--json", str(out_json), "--no-own") == 0
     assert "own error" not in capsys.readouterr().out
     assert json.loads(out_json.read_text())["own"] is None
+
+
+def test_html_histogram_axis_labels_are_rounded_and_the_last_one_stays_inside(tmp_path):
+    """Runs the page's own script in node with a stub DOM and reads the SVG it draws."""
+    import shutil
+    import subprocess
+
+    from graphkit.evaluators.report_html import JS
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the page script cannot be run here")
+    hist = {
+        "counts": [5, 0, 3, 1],
+        "upper": 6.283185307179586,
+        "absmax": 6.283185307179586,
+        "min": 0.000123456789,
+        "max": 6.283185307179586,
+        "count": 9,
+        "threshold": 6.1234567,
+    }
+    data = {"histograms": {"t": hist}}
+    stub = (
+        "const boxes = {}; const el = id => (boxes[id] = boxes[id] || "
+        "{id, textContent: id === 'graphkit-diff-data' ? JSON.stringify(DATA) : '', "
+        "innerHTML: '', value: '', options: [1], onchange: null});\n"
+        "var document = {getElementById: el, querySelectorAll: () => []};\n"
+    ).replace("DATA", json.dumps(data))
+    script = stub + JS + "\nhist('t'); console.log(boxes['hist'].innerHTML);\n"
+    (tmp_path / "page.js").write_text(script)
+    svg = subprocess.run([node, str(tmp_path / "page.js")], capture_output=True, text=True)
+    assert svg.returncode == 0, svg.stderr
+    ticks = re.findall(r'text-anchor="(\w+)">([^<]+)</text>', svg.stdout)
+    axis = [(a, v) for a, v in ticks if not v.startswith(("log10", "threshold"))]
+    assert [v for _, v in axis] == ["0", "1.571", "3.142", "4.712", "6.283"]
+    assert axis[0][0] == "start" and axis[-1][0] == "end"
+    assert "min 1.23e-4, max 6.283" in svg.stdout and "threshold 6.123" in svg.stdout
+    assert re.search(r'text-anchor="end"[^>]*>threshold', svg.stdout)  # near the right edge

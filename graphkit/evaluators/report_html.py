@@ -34,6 +34,7 @@ svg text{font-size:11px;fill:#556}.note{color:#667;font-size:12px}select{font-si
 JS = """
 const data = JSON.parse(document.getElementById('graphkit-diff-data').textContent);
 const H = data.histograms || {};
+const num = v => (v!==0 && (Math.abs(v)>=1e5 || Math.abs(v)<1e-3)) ? v.toExponential(2) : String(+v.toPrecision(4));
 const esc = s => String(s).replace(/[&<>"]/g, c => ({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));
 function hist(name){
   const box = document.getElementById('hist'); const h = H[name];
@@ -43,15 +44,15 @@ function hist(name){
   let s=`<svg viewBox="0 0 ${W} ${Ht}" width="100%" role="img"><title>|x| histogram of ${esc(name)}</title>`;
   const bw=(W-L-10)/n;
   logc.forEach((v,i)=>{const bh=(Ht-B-10)*v/m;
-    s+=`<rect x="${L+i*bw}" y="${Ht-B-bh}" width="${Math.max(bw-0.5,0.5)}" height="${bh}" fill="#64748b"><title>[${(i*up/n).toPrecision(3)}, ${((i+1)*up/n).toPrecision(3)}): ${h.counts[i].toFixed(0)}</title></rect>`;});
+    s+=`<rect x="${L+i*bw}" y="${Ht-B-bh}" width="${Math.max(bw-0.5,0.5)}" height="${bh}" fill="#64748b"><title>[${num(i*up/n)}, ${num((i+1)*up/n)}): ${h.counts[i].toFixed(0)}</title></rect>`;});
   s+=`<line x1="${L}" y1="${Ht-B}" x2="${W-10}" y2="${Ht-B}" stroke="#999"/>`;
-  for(let t=0;t<=4;t++){const x=L+t*(W-L-10)/4; s+=`<text x="${x}" y="${Ht-B+16}" text-anchor="middle">${(t*up/4).toPrecision(3)}</text>`;}
+  for(let t=0;t<=4;t++){const x=L+t*(W-L-10)/4, a=t==0?'start':t==4?'end':'middle'; s+=`<text x="${x}" y="${Ht-B+16}" text-anchor="${a}">${num(t*up/4)}</text>`;}
   s+=`<text x="12" y="${(Ht-B)/2}" transform="rotate(-90 12 ${(Ht-B)/2})" text-anchor="middle">log10 count</text>`;
   if(h.threshold!=null){const x=L+Math.min(h.threshold/up,1)*(W-L-10);
-    s+=`<line x1="${x}" y1="8" x2="${x}" y2="${Ht-B}" stroke="#dc2626" stroke-width="2" stroke-dasharray="5 3"/><text x="${x+4}" y="18" fill="#dc2626" style="fill:#dc2626">threshold ${h.threshold.toPrecision(4)}</text>`;}
+    s+=`<line x1="${x}" y1="8" x2="${x}" y2="${Ht-B}" stroke="#dc2626" stroke-width="2" stroke-dasharray="5 3"/><text x="${x>W-160?x-4:x+4}" y="18" text-anchor="${x>W-160?'end':'start'}" fill="#dc2626" style="fill:#dc2626">threshold ${num(h.threshold)}</text>`;}
   s+='</svg>';
-  const t = h.threshold!=null ? `, threshold ${h.threshold.toPrecision(4)} (${(100*h.threshold/h.absmax).toFixed(1)}% of max)` : ', no calibration threshold given';
-  box.innerHTML = s + `<p class=note>${h.count.toLocaleString()} values, min ${h.min}, max ${h.max}${t}</p>`;
+  const t = h.threshold!=null ? `, threshold ${num(h.threshold)} (${(100*h.threshold/h.absmax).toFixed(1)}% of max)` : ', no calibration threshold given';
+  box.innerHTML = s + `<p class=note>${h.count.toLocaleString()} values, min ${num(h.min)}, max ${num(h.max)}${t}</p>`;
   document.getElementById('pick').value = name;
 }
 function sortBy(col, numeric){
