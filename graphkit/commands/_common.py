@@ -56,6 +56,24 @@ def add_command(sub: argparse._SubParsersAction, name: str) -> argparse.Argument
     )
 
 
+def add_executor_arguments(p: argparse.ArgumentParser) -> None:
+    """--executor / --ray-address, the same on every command that can use Ray."""
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this machine (--workers processes); ray: Ray tasks on the cluster in "
+        "RAY_ADDRESS or --ray-address, else on a local Ray; --workers then sets the number "
+        "of shards (default: one per CPU of the cluster). Results are the same. "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="Ray cluster to join (e.g. ray://head:10001; default: RAY_ADDRESS)",
+    )
+
+
 def timed_log(prefix: str = "  ") -> Callable[[str], None]:
     """A `log` for library calls: each line with the seconds since this was made, so a
     long step is visible while it runs (and in piped CI logs)."""

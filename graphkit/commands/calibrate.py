@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from graphkit.commands._common import add_command, check_output_files, console, progress_bar
+from graphkit.commands._common import (
+    add_command,
+    add_executor_arguments,
+    check_output_files,
+    console,
+    progress_bar,
+)
 from graphkit.commands.export import add_export_arguments, export_from_args
 from graphkit.errors import GraphkitError
 from graphkit.model import load_model, save_model
@@ -88,7 +94,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="K",
         help="samples after them on which every choice is measured (default 8)",
     )
-    p.add_argument("--workers", type=int, default=1, help="processes sharing the data (default 1)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes sharing the data (default 1; with --executor ray: shards)",
+    )
+    add_executor_arguments(p)
     p.add_argument(
         "--keep-float", nargs="+", default=[], metavar="NODE", help="nodes left in float"
     )
@@ -183,6 +195,8 @@ def run(args: argparse.Namespace) -> int:
             keep_float=args.keep_float,
             log=lambda msg: progress.console.print(f"  {msg}"),
             workers=args.workers,
+            executor=args.executor,
+            ray_address=args.ray_address,
             limit=args.limit,
             tensors=args.tensors or default_tensors(args),
             per_channel=not args.per_tensor_weights,

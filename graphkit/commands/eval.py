@@ -8,7 +8,13 @@ from pathlib import Path
 
 from rich.table import Table
 
-from graphkit.commands._common import add_command, check_output_files, console, progress_bar
+from graphkit.commands._common import (
+    add_command,
+    add_executor_arguments,
+    check_output_files,
+    console,
+    progress_bar,
+)
 from graphkit.errors import GraphkitError
 from graphkit.evaluators.evaluate import agreement_of, evaluate, evaluation_split, prepare_spec
 from graphkit.model import atomic_write_text
@@ -26,7 +32,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--images", help="image folder (default: as --ann)")
     p.add_argument("--dets", help="person detections (COCO results json) instead of GT boxes")
     p.add_argument("--backend", choices=("ort", "ncnn"), help="default: from the model file")
-    p.add_argument("--workers", type=int, default=1, help="processes to split the images over")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes to split the images over (default 1; with --executor ray: shards)",
+    )
+    add_executor_arguments(p)
     p.add_argument("--limit", type=int, help="evaluate only the first N person boxes")
     p.add_argument("--json", help="write every figure and the per-person keypoints here")
     p.add_argument("--results", help="write the COCO-format keypoint results here")
@@ -65,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
             spec,
             backend=args.backend,
             workers=args.workers,
+            executor=args.executor,
+            ray_address=args.ray_address,
             results_path=args.results,
             on_sample=lambda: bar.advance(task),
         )
@@ -86,7 +100,9 @@ def run(args: argparse.Namespace) -> int:
         what = f"{result['samples']} person boxes on {result['image_count']} images, {boxes}"
     console.print(
         f"{result['ann']}: {what}, decode {result['decode']} "
-        f"({joints} of 17 COCO joints), {result['workers']} worker(s), {result['seconds']:.1f}s"
+        f"({joints} of 17 COCO joints), {result['workers']} worker(s)"
+        + (" on Ray" if result.get("executor") == "ray" else "")
+        + f", {result['seconds']:.1f}s"
     )
     if reference is not None:
         console.print(f"agreement (mean OKS with {args.agreement_with}): {result['agreement']:.4f}")

@@ -171,6 +171,48 @@ def predict_shard(
     return out
 
 
+def _model_files(model_path: str) -> dict[str, bytes]:
+    """The model's file(s) by suffix, to send to Ray tasks (ONNX external data inlined)."""
+    p = Path(model_path)
+    if p.suffix == ".param":
+        return {".param": p.read_bytes(), ".bin": p.with_suffix(".bin").read_bytes()}
+    from graphkit.model import load_model
+
+    return {".onnx": load_model(p).SerializeToString()}
+
+
+def _predict_task(backend, spec, index, count, files):
+    """One Ray task: the model's files written to a scratch folder, then one shard."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="graphkit-ray-") as tmp:
+        for suffix, data in files.items():
+            (Path(tmp) / f"model{suffix}").write_bytes(data)
+        main = Path(tmp) / ("model.param" if ".param" in files else "model.onnx")
+        return predict_shard(str(main), backend, spec, index, count, threads=1)
+
+
+def _predict_ray(model_path, backend, spec, workers, total, on_sample, address):
+    from graphkit.runtime.ray_tasks import connect, run_tasks
+
+    open_executor(model_path, backend)  # a bad model or backend fails here, in one sentence
+    count = max(1, min(total, workers if workers > 1 else connect(address)))
+
+    def done(_i: int, part) -> None:
+        if on_sample is not None:
+            for _ in {p["index"] for p in part}:
+                on_sample()
+
+    parts = run_tasks(
+        _predict_task,
+        [(backend, spec, i, count) for i in range(count)],
+        shared={"files": _model_files(model_path)},
+        on_done=done,
+        address=address,
+    )
+    return [p for part in parts for p in part], count
+
+
 def evaluate(
     model_path: str | os.PathLike,
     config: str | os.PathLike | InputSpec,
@@ -183,9 +225,13 @@ def evaluate(
     results_path: str | os.PathLike | None = None,
     nms: bool | None = None,
     on_sample: Callable[[], None] | None = None,
+    executor: str = "local",
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
     """COCO keypoint AP of MODEL on the annotated person boxes (or detections).
 
+    executor="ray" runs the shards (`workers`, default one per CPU of the cluster) as Ray
+    tasks, the model's files travelling through the object store (`runtime.ray_tasks`).
     Returns {"stats": {AP, AP50, AP75, APm, APl, AR, AR50, ...}, "predictions": [...],
     ...}; `results_path` also writes the COCO-format results. `nms` (OKS NMS per image,
     threshold 0.9) defaults to on with detections and off with ground-truth boxes.
@@ -197,7 +243,13 @@ def evaluate(
     total = count_samples(spec)
     workers = max(1, min(int(workers), total))
     model_path = str(model_path)
-    if workers == 1:
+    if executor not in ("local", "ray"):
+        raise GraphkitError(f"unknown executor '{executor}' (local or ray)")
+    if executor == "ray":
+        preds, workers = _predict_ray(
+            model_path, backend, spec, workers, total, on_sample, ray_address
+        )
+    elif workers == 1:
         preds = predict_shard(model_path, backend, spec, on_sample=on_sample)
     else:
         threads = max(1, (os.cpu_count() or 1) // workers)
@@ -244,6 +296,7 @@ def evaluate(
         "samples": total,
         "image_count": len({p["image_id"] for p in preds}),
         "workers": workers,
+        "executor": executor,
         "oks_nms": use_nms,
         "stats": stats,
         "seconds": round(time.time() - start, 2),

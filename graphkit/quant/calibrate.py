@@ -74,14 +74,32 @@ def collect_statistics(
     on_sample: Callable[[], None] | None = None,
     threads: int | None = None,
     histograms: bool = True,
+    executor: str = "local",
+    ray_address: str | None = None,
 ) -> dict[str, TensorStats]:
     """Stream the spec's samples through the model; merge per-worker statistics.
 
-    histograms=False keeps min/max only (computed inside onnxruntime): enough for minmax."""
+    histograms=False keeps min/max only (computed inside onnxruntime): enough for minmax.
+    executor="ray": the shards are Ray tasks (`graphkit.runtime.ray_tasks`), `workers`
+    of them (default: one per CPU of the cluster)."""
     from graphkit.data import iter_samples
 
     if workers < 1:
         raise GraphkitError(f"--workers must be at least 1, got {workers}")
+    if executor == "ray":
+        return _collect_ray(
+            model,
+            spec,
+            tensors,
+            workers,
+            bins,
+            max_outputs_per_run,
+            on_sample,
+            histograms,
+            ray_address,
+        )
+    if executor != "local":
+        raise GraphkitError(f"unknown executor '{executor}' (local or ray)")
     if workers == 1:
         return collect(
             model,
@@ -195,6 +213,51 @@ def _collect_parallel(model, spec, tensors, workers, bins, max_outputs, on_sampl
     return merge_all(results[i] for i in sorted(results))
 
 
+def _shard_statistics(spec, index, count, tensors, bins, max_outputs, histograms, model_bytes):
+    """One Ray task: the statistics of shard `index` of `count`, and how many sample runs
+    they took (for progress and the sample count)."""
+    from graphkit.data import iter_samples, shard
+
+    part = shard(spec, index, count)
+    runs = [0]
+
+    def tick() -> None:
+        runs[0] += 1
+
+    stats = collect(
+        onnx.ModelProto.FromString(model_bytes),
+        lambda: (s.feeds for s in iter_samples(part)),
+        tensors,
+        bins=bins,
+        threads=1,
+        max_outputs_per_run=max_outputs,
+        observers=1,
+        on_sample=tick,
+        histograms=histograms,
+    )
+    return stats, runs[0]
+
+
+def _collect_ray(model, spec, tensors, workers, bins, max_outputs, on_sample, histograms, address):
+    from graphkit.runtime.ray_tasks import connect, run_tasks
+
+    count = workers if workers > 1 else connect(address)
+
+    def done(_i: int, result) -> None:
+        for _ in range(result[1]):
+            if on_sample is not None:
+                on_sample()
+
+    parts = run_tasks(
+        _shard_statistics,
+        [(spec, i, count, list(tensors), bins, max_outputs, histograms) for i in range(count)],
+        shared={"model_bytes": model.SerializeToString()},
+        on_done=done,
+        address=address,
+    )
+    return merge_all(stats for stats, _ in parts)
+
+
 def weight_entries(
     model: onnx.ModelProto, keep_float: Sequence[str] = (), per_channel: bool = True
 ) -> dict[str, WeightEntry]:
@@ -293,6 +356,8 @@ def calibrate_statistics(
     histograms: bool | None = None,
     on_sample: Callable[[], None] | None = None,
     on_total: Callable[[int], None] | None = None,
+    executor: str = "local",
+    ray_address: str | None = None,
 ) -> tuple[dict[str, TensorStats], Callable[..., CalibrationTable]]:
     """One pass over the data: the statistics, and `build(method, settings)` turning them
     into a table for any method (histograms are kept unless only minmax is wanted)."""
@@ -326,6 +391,8 @@ def calibrate_statistics(
         max_outputs_per_run=max_outputs_per_run,
         on_sample=tick,
         histograms=histograms,
+        executor=executor,
+        ray_address=ray_address,
     )
     groups = -(-len(names) // max_outputs_per_run) if max_outputs_per_run and histograms else 1
 
@@ -361,6 +428,8 @@ def calibrate(
     max_outputs_per_run: int | None = None,
     on_sample: Callable[[], None] | None = None,
     on_total: Callable[[int], None] | None = None,
+    executor: str = "local",
+    ray_address: str | None = None,
 ) -> CalibrationTable:
     """Calibrate `model` on the samples of `spec` (a YAML path or InputSpec) for int8:
     thresholds and weight ranges only (`graphkit.quantize` makes the other decisions).
@@ -384,6 +453,8 @@ def calibrate(
         max_outputs_per_run=max_outputs_per_run,
         on_sample=on_sample,
         on_total=on_total,
+        executor=executor,
+        ray_address=ray_address,
     )
     table = build(method, settings)
     table.model_path = model_path

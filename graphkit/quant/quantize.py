@@ -132,13 +132,14 @@ class HeldOutScorer(OutputScorer):
         heads,
         decoder=None,
         rank_by: str = "min",
+        threads: int | None = None,
     ):
         self.rank_by = rank_by
         self.decoder = decoder if decoder is not None and _has_areas(samples) else None
         self.metas = [s.meta for s in samples]
         extra = [o for o in (self.decoder.outputs if self.decoder else []) if o not in heads]
         self.heads = list(heads)
-        super().__init__(model, [s.feeds for s in samples], [*heads, *extra])
+        super().__init__(model, [s.feeds for s in samples], [*heads, *extra], threads)
         self.signal = self.signal[: len(self.heads)]
         self.reference_points = (
             [self._points(r, m) for r, m in zip(self.reference, self.metas)]
@@ -306,7 +307,12 @@ def quantize(
     chosen: list[str] = []
     if budget and not reached:
         t = time.perf_counter()
-        ranking = sensitivity(model, scorer, plan, keep_float=plan.keep_float, base=rounded)
+        if calibrate_options.get("executor", "local") == "ray":
+            ranking = _ray_sensitivity(
+                model, rounded, plan, score, heads, scorer.rank_by, calibrate_options
+            )
+        else:
+            ranking = sensitivity(model, scorer, plan, keep_float=plan.keep_float, base=rounded)
         alone = dict(ranking)
         pool = [name for name, _ in ranking]
         steps = []
@@ -371,6 +377,36 @@ def quantize(
     record["seconds"] = _round(times)
     plan.recipe = record
     return plan
+
+
+def _sensitivity_group(layers, plan, heads, rank_by, model_bytes, base_bytes, samples):
+    """One Ray task: `sensitivity` of some layers, on one core."""
+    model = onnx.ModelProto.FromString(model_bytes)
+    base = onnx.ModelProto.FromString(base_bytes) if base_bytes else None
+    scorer = HeldOutScorer(model, samples, heads, None, rank_by, threads=1)
+    return sensitivity(model, scorer, plan, layers=layers, keep_float=plan.keep_float, base=base)
+
+
+def _ray_sensitivity(model, rounded, plan, samples, heads, rank_by, options):
+    """`sensitivity` with the layers split over Ray tasks; the same ranking."""
+    from graphkit.runtime.ray_tasks import connect, run_tasks
+
+    address = options.get("ray_address")
+    layers = quantized_layers(model, plan, plan.keep_float)
+    count = max(1, min(len(layers), connect(address)))
+    # every layer costs one run of the whole model: equal shares, interleaved
+    groups = [layers[i::count] for i in range(count)]
+    parts = run_tasks(
+        _sensitivity_group,
+        [(g, plan, heads, rank_by) for g in groups],
+        shared={
+            "model_bytes": model.SerializeToString(),
+            "base_bytes": rounded.SerializeToString() if rounded is not None else b"",
+            "samples": list(samples),
+        },
+        address=address,
+    )
+    return sorted((row for part in parts for row in part), key=lambda r: (r[1], r[0]))
 
 
 def _key(score: Score, recipe: Recipe) -> tuple[float, float]:
