@@ -42,19 +42,32 @@ class NcnnModel:
 
 
 def pnnx_binary() -> str:
-    """The pnnx executable: on PATH, or inside the pnnx Python package."""
-    found = shutil.which("pnnx")
-    if found:
-        return found
-    try:
-        import pnnx  # type: ignore
+    """The pnnx executable, found without importing anything: the binary inside the
+    installed pnnx package (`import pnnx` and pip's `pnnx` console script both import
+    torch, which the binary does not need), else a native `pnnx` on PATH."""
+    import importlib.util
 
-        cand = Path(pnnx.__file__).parent / "pnnx"
-        if cand.exists():
+    spec = importlib.util.find_spec("pnnx")  # locates the package, does not run it
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        cand = Path(folder) / "pnnx"
+        if cand.is_file() and _is_native(cand):
             return str(cand)
-    except ImportError:
-        pass
-    raise GraphkitError("the pnnx converter is not installed (pip install pnnx)")
+    found = shutil.which("pnnx")
+    if found and _is_native(Path(found)):
+        return found
+    raise GraphkitError(
+        "the pnnx converter is not installed: pip install --no-deps pnnx "
+        "(its binary needs no torch)"
+    )
+
+
+def _is_native(path: Path) -> bool:
+    """An executable file that is not a script (pip's console scripts start with #!)."""
+    try:
+        with path.open("rb") as f:
+            return f.read(2) != b"#!" and os.access(path, os.X_OK)
+    except OSError:
+        return False
 
 
 def fixed_inputs(

@@ -19,3 +19,18 @@ def assets() -> Path:
     if not (path / "MANIFEST.md").exists():
         pytest.skip(f"real assets not found at {path} (set GRAPHKIT_ASSETS)")
     return path
+
+
+@pytest.fixture(scope="session")
+def pnnx_installed() -> str:
+    """The pnnx binary (ncnn conversion). Where it is missing the test skips, saying how
+    to install it; in CI (CI=true) it fails: CI installs it and must run these tests."""
+    from graphkit.errors import GraphkitError
+    from graphkit.ncnn_convert import pnnx_binary
+
+    try:
+        return pnnx_binary()
+    except GraphkitError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI runs the ncnn tests: {exc}")
+        pytest.skip(str(exc))

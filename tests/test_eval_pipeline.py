@@ -199,14 +199,11 @@ def test_real_movenet_on_a_few_val_persons_scores_and_agrees_with_itself(assets)
 
 
 @pytest.mark.slow
-def test_real_posenet_on_ncnn_scores_like_onnxruntime(assets, tmp_path):
+def test_real_posenet_on_ncnn_scores_like_onnxruntime(assets, tmp_path, pnnx_installed):
     pytest.importorskip("ncnn")
     from graphkit.ncnn_convert import convert
 
-    try:
-        nm = convert(onnx.load(assets / "models/posenet.onnx"), tmp_path, "posenet")
-    except GraphkitError as exc:
-        pytest.skip(f"pnnx is not usable here: {exc}")
+    nm = convert(onnx.load(assets / "models/posenet.onnx"), tmp_path, "posenet")
     kw = {
         "ann": str(assets / "coco-mini/annotations/person_keypoints_val2017.json"),
         "images": str(assets / "coco-mini/val2017"),

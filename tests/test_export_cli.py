@@ -31,7 +31,7 @@ def test_targets_are_parsed_and_unknown_ones_refused():
         parse_targets("ncnn,tflite")
 
 
-def test_export_all_writes_every_target_and_a_readme(tiny, tmp_path):
+def test_export_all_writes_every_target_and_a_readme(tiny, tmp_path, pnnx_installed):
     model, table, data = tiny
     lines: list[str] = []
     files = export_all(

@@ -21,7 +21,7 @@ GOLDEN = Path(__file__).parent / "golden"
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
+def converted(tmp_path_factory, pnnx_installed):
     model = tiny_cnn()
     nm = convert(model, tmp_path_factory.mktemp("ncnn"))
     param = nc.read_param(nm.param)
@@ -151,7 +151,7 @@ def test_quantize_weights_rounds_half_away_from_zero_and_clamps():
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tmp_path_factory, pnnx_installed):
     model = tiny_cnn()
     data = feeds(24)
     table = calibrated_table(model, data)
@@ -233,7 +233,7 @@ def test_keep_float_name_without_twin_is_refused(exported, tmp_path):
 
 
 @pytest.mark.slow
-def test_real_model_int8_tracks_fp32_on_val2017_crops(assets, tmp_path):
+def test_real_model_int8_tracks_fp32_on_val2017_crops(assets, tmp_path, pnnx_installed):
     """posenet (NHWC tf2onnx export) through pnnx, calibrated on 4 train crops."""
     from graphkit.data import iter_samples, load_input_spec
     from graphkit.model import load_model
@@ -277,3 +277,18 @@ def test_real_model_int8_tracks_fp32_on_val2017_crops(assets, tmp_path):
     assert r["cosine"]["out1"] > 0.98  # heatmaps
     for k, v in ort_cos.items():
         assert abs(r["cosine"][k] - float(np.mean(v))) < 0.03
+
+
+def test_pnnx_binary_is_found_without_importing_pnnx_or_torch(pnnx_installed):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom graphkit.ncnn_convert import pnnx_binary\n"
+        "path = pnnx_binary()\n"
+        "print(path, 'pnnx' in sys.modules, 'torch' in sys.modules)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    path, imported_pnnx, imported_torch = r.stdout.split()
+    assert (imported_pnnx, imported_torch) == ("False", "False")
+    assert Path(path).read_bytes()[:4] == b"\x7fELF"  # the native binary, not pip's script

@@ -109,7 +109,7 @@ def test_snapped_weights_give_back_the_integers_by_absmax(planned):
         assert np.array_equal(np.round(w / (amax / 127)), entry.integers()), name
 
 
-def test_every_backend_carries_the_same_integers(tmp_path, planned):
+def test_every_backend_carries_the_same_integers(tmp_path, planned, pnnx_installed):
     model, plan = planned
     export_all(plan, model, ["onnx", "tensorrt", "atc", "ncnn"], tmp_path / "out")
     out = tmp_path / "out"
@@ -152,7 +152,7 @@ def test_a_plan_for_other_weights_is_refused(tmp_path, planned):
     assert not (tmp_path / "out").exists()
 
 
-def test_ncnn_int8_computes_what_the_onnx_qdq_model_computes(tmp_path, planned):
+def test_ncnn_int8_computes_what_the_onnx_qdq_model_computes(tmp_path, planned, pnnx_installed):
     """Same integers, same thresholds: ncnn's int8 kernels (8-bit weights on the 3x3 s1
     conv too) and onnxruntime's Q/DQ model agree far below the int8 error itself."""
     from graphkit.runtime import ncnn as nc
