@@ -304,3 +304,19 @@ def test_model_over_2gb_round_trips_through_external_data(big_dir, capsys):
     assert [n.op_type for n in clean.graph.node] == ["Gather", "Gather", "Gather", "Sum"]
     w1 = numpy_helper.to_array(next(i for i in clean.graph.initializer if i.name == "w1"))
     assert w1.shape == (n,) and w1[1] == 2.0 and float(w1.sum()) == 2.0
+
+
+@pytest.mark.parametrize("value", ["-5", ".nan", ".inf"])
+def test_negative_or_non_finite_numeric_option_is_refused(tmp_path, demo_model, capsys, value):
+    pipe = tmp_path / "p.yaml"
+    pipe.write_text(f"- fold-constants: {{max_size_mb: {value}}}\n")
+    _bad(
+        tmp_path,
+        capsys,
+        "apply",
+        pipe,
+        demo_model,
+        "-o",
+        tmp_path / "o.onnx",
+        expect="must be a finite number of at least 0",
+    )

@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from graphkit.cli import main
 
 
@@ -76,3 +78,47 @@ def test_top_level_help_imports_no_onnx_and_every_command_help_is_its_library_do
         check=True,
     )
     assert "--max-float" in r.stdout and "--target-agreement" in r.stdout
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["calibrate", "m.onnx", "--data", "s.yaml", "-o", "t.json", "--workers", "0"],
+            "at least 1",
+        ),
+        (["calibrate", "m.onnx", "--data", "s.yaml", "-o", "t.json", "--limit", "0"], "at least 1"),
+        (
+            [
+                "calibrate",
+                "m.onnx",
+                "--data",
+                "s.yaml",
+                "-o",
+                "t.json",
+                "--max-outputs-per-run",
+                "0",
+            ],
+            "at least 1",
+        ),
+        (
+            ["export", "t.json", "m.onnx", "--target", "atc", "--out-dir", "o", "--gears", "-3"],
+            "at least 1",
+        ),
+        (["diff", "a.onnx", "b.onnx", "--data", "s.yaml", "--top", "0"], "at least 1"),
+        (["diff", "a.onnx", "b.onnx", "--data", "s.yaml", "--top", "-1"], "at least 1"),
+        (
+            ["diff", "a.onnx", "b.onnx", "--data", "s.yaml", "--per-layer-samples", "0"],
+            "at least 1",
+        ),
+        (["eval", "m.onnx", "--model-config", "c.yaml", "--workers", "0"], "at least 1"),
+        (["eval", "m.onnx", "--model-config", "c.yaml", "--limit", "two"], "whole number"),
+        (["apply", "p.yaml", "m.onnx", "-o", "o.onnx", "--seed", "-1"], "at least 0"),
+    ],
+)
+def test_counts_and_seeds_out_of_range_are_refused_before_any_work(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -352,3 +352,19 @@ def test_html_histogram_axis_labels_are_rounded_and_the_last_one_stays_inside(tm
     assert axis[0][0] == "start" and axis[-1][0] == "end"
     assert "min 1.23e-4, max 6.283" in svg.stdout and "threshold 6.123" in svg.stdout
     assert re.search(r'text-anchor="end"[^>]*>threshold', svg.stdout)  # near the right edge
+
+
+def test_tensor_names_with_markup_cannot_break_the_html_page(pair):
+    data = run_diff(str(pair / "ref.onnx"), str(pair / "q.onnx"), str(pair / "data.yaml")).to_dict()
+    evil = ["<!--<script>", "</script><b>x", 'a"b&c']
+    for t, name in zip(data["tensors"], evil):
+        t["name"] = name
+    page = render_html(data)
+    for name in evil[:2]:
+        assert name not in page  # escaped everywhere, in the HTML and in the JSON
+    m = re.search(
+        r'<script type="application/json" id="graphkit-diff-data">(.*?)</script>', page, re.DOTALL
+    )
+    embedded = json.loads(m.group(1))
+    assert [t["name"] for t in embedded["tensors"][:3]] == evil
+    assert page.count("<script") == 2  # the data and the page's own script, nothing else

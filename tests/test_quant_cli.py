@@ -87,8 +87,6 @@ def test_two_workers_give_the_same_table_as_one(data):
     "extra, message",
     [
         (["--keep-float", "nope"], "'nope' is not a node"),
-        (["--workers", "0"], "--workers must be at least 1"),
-        (["--limit", "0"], "--limit must be at least 1"),
         (["--percentile", "99"], "--percentile only applies"),
         (["--bins", "1000"], "--bins must be a power of two"),
     ],

@@ -56,6 +56,26 @@ def add_command(sub: argparse._SubParsersAction, name: str) -> argparse.Argument
     )
 
 
+def _whole(text: str, least: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type of every count, limit and size: a whole number >= 1."""
+    return _whole(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type of seeds: a whole number >= 0."""
+    return _whole(text, 0)
+
+
 def add_executor_arguments(p: argparse.ArgumentParser) -> None:
     """--executor / --ray-address, the same on every command that can use Ray."""
     p.add_argument(

@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from graphkit.commands._common import add_command, console
+from graphkit.commands._common import add_command, console, non_negative_int
 from graphkit.errors import GraphkitError
 from graphkit.model import atomic_write_text, load_model, save_model
 from graphkit.pipeline import StepReport, load_pipeline, run_pipeline
@@ -24,7 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--no-verify", action="store_true", help="skip the onnxruntime output comparison"
     )
     p.add_argument("--report", help="also write a JSON report of every step")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random sample inputs")
+    p.add_argument(
+        "--seed", type=non_negative_int, default=0, help="seed of the random sample inputs"
+    )
     return p
 
 

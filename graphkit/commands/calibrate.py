@@ -10,6 +10,7 @@ from graphkit.commands._common import (
     add_executor_arguments,
     check_output_files,
     console,
+    positive_int,
     progress_bar,
 )
 from graphkit.commands.export import add_export_arguments, export_from_args
@@ -83,20 +84,20 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--fit-samples",
         "--weight-samples",
-        type=int,
+        type=positive_int,
         metavar="K",
         help="samples fitting weight rounding and bias correction (default 8)",
     )
     p.add_argument(
         "--score-samples",
         "--sensitivity-samples",
-        type=int,
+        type=positive_int,
         metavar="K",
         help="samples after them on which every choice is measured (default 8)",
     )
     p.add_argument(
         "--workers",
-        type=int,
+        type=positive_int,
         default=1,
         help="processes sharing the data (default 1; with --executor ray: shards)",
     )
@@ -104,7 +105,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--keep-float", nargs="+", default=[], metavar="NODE", help="nodes left in float"
     )
-    p.add_argument("--limit", type=int, help="use only the first N samples of the spec")
+    p.add_argument("--limit", type=positive_int, help="use only the first N samples of the spec")
     p.add_argument(
         "--percentile", type=float, help="percentile method: the kept %% of |x| (default 99.99)"
     )
@@ -117,11 +118,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--per-tensor-weights", action="store_true", help="one weight scale per layer")
     p.add_argument(
-        "--bins", type=int, default=2048, help="histogram bins (power of two, default 2048)"
+        "--bins",
+        type=positive_int,
+        default=2048,
+        help="histogram bins (power of two, default 2048)",
     )
     p.add_argument(
         "--max-outputs-per-run",
-        type=int,
+        type=positive_int,
         help="observe at most N tensors per pass over the data (less memory, more passes)",
     )
     add_export_arguments(p)

@@ -12,6 +12,7 @@ from graphkit.commands._common import (
     add_command,
     check_output_files,
     console,
+    positive_int,
     progress_bar,
     short_name,
 )
@@ -26,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("ref", help="reference model: FP32 ONNX or ncnn .param")
     p.add_argument("quant", help="quantized model: Q/DQ ONNX or ncnn int8 .param")
     p.add_argument("--data", required=True, help="input spec YAML giving the real inputs")
-    p.add_argument("--limit", type=int, help="use only the first N samples")
+    p.add_argument("--limit", type=positive_int, help="use only the first N samples")
     p.add_argument("--html", help="write a self-contained HTML report here")
     p.add_argument("--json", help="write every figure as JSON here")
     p.add_argument("--table", help="graphkit calibration table: mark its thresholds on histograms")
@@ -37,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--per-layer-samples",
-        type=int,
+        type=positive_int,
         default=8,
         help="samples for the own-error table and --per-layer (default: %(default)s)",
     )
@@ -48,13 +49,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--top",
-        type=int,
+        type=positive_int,
         default=25,
         help="rows in each terminal table, worst first (default: %(default)s)",
     )
     p.add_argument(
         "--max-tensors-per-run",
-        type=int,
+        type=positive_int,
         metavar="N",
         help="compare at most N tensors per pass over the data (less memory, one run per group)",
     )

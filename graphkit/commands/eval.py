@@ -13,6 +13,7 @@ from graphkit.commands._common import (
     add_executor_arguments,
     check_output_files,
     console,
+    positive_int,
     progress_bar,
 )
 from graphkit.errors import GraphkitError
@@ -34,12 +35,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("ort", "ncnn"), help="default: from the model file")
     p.add_argument(
         "--workers",
-        type=int,
+        type=positive_int,
         default=1,
         help="processes to split the images over (default 1; with --executor ray: shards)",
     )
     add_executor_arguments(p)
-    p.add_argument("--limit", type=int, help="evaluate only the first N person boxes")
+    p.add_argument("--limit", type=positive_int, help="evaluate only the first N person boxes")
     p.add_argument("--json", help="write every figure and the per-person keypoints here")
     p.add_argument("--results", help="write the COCO-format keypoint results here")
     p.add_argument(

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import graphkit.quant.exporters as exporters_module
-from graphkit.commands._common import add_command, console, timed_log
+from graphkit.commands._common import add_command, console, positive_int, timed_log
 from graphkit.errors import GraphkitError
 from graphkit.model import load_model
 from graphkit.quant.exporters.tensorrt import ALGORITHMS as TRT_ALGORITHMS
@@ -53,7 +53,7 @@ def add_export_arguments(p: argparse.ArgumentParser, required: bool = False) -> 
     )
     p.add_argument(
         "--export-limit",
-        type=int,
+        type=positive_int,
         default=64,
         help="samples used by the ncnn calibration and the vacc set (default 64)",
     )
@@ -69,10 +69,12 @@ def add_export_arguments(p: argparse.ArgumentParser, required: bool = False) -> 
         help="calibrate every ncnn layer on the converted model with --data instead of "
         "taking the plan's thresholds (only layers without an ONNX twin need it)",
     )
-    p.add_argument("--gears", type=int, default=8, help="ATC gear count for variable-size inputs")
+    p.add_argument(
+        "--gears", type=positive_int, default=8, help="ATC gear count for variable-size inputs"
+    )
     p.add_argument(
         "--gear-short-side",
-        type=int,
+        type=positive_int,
         help="ATC gears: the short side images are resized to when the model fixes neither "
         "H nor W (default 512, mmpose's bottom-up setting); a fixed side is used as is",
     )

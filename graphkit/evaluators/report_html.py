@@ -256,7 +256,9 @@ def render_html(report: dict[str, Any]) -> str:
             + "".join(f"<li>{html.escape(n)}</li>" for n in report["notes"])
             + "</ul></section>"
         )
-    payload = json.dumps(report, allow_nan=False).replace("</", "<\\/")
+    # no "<" at all inside the script element: "</script>" would end it and "<!--" would
+    # make the HTML parser ignore the real end tag; \u003c is the same JSON string
+    payload = json.dumps(report, allow_nan=False).replace("<", "\\u003c")
     return (
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
         "<meta name=viewport content='width=device-width,initial-scale=1'>"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -108,6 +109,13 @@ def validate_options(info: PassInfo, options: dict[str, Any] | None) -> dict[str
             raise GraphkitError(
                 f"option '{key}' of pass '{info.name}' must be "
                 f"{option_type_name(info.options[key])}, got {type(value).__name__} {value!r}"
+            )
+        # every numeric pass option is a size, count, index or batch: finite, not negative
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if numeric and (not math.isfinite(value) or value < 0):
+            raise GraphkitError(
+                f"option '{key}' of pass '{info.name}' must be a finite number of at "
+                f"least 0, got {value!r}"
             )
     for key, param in info.options.items():
         if param.default is inspect.Parameter.empty and key not in options:
