@@ -99,7 +99,10 @@ def save_model(
                 location=data_name,
                 size_threshold=1024,
             )
-            os.replace(Path(tmpdir) / data_name, parent / data_name)
+            if (Path(tmpdir) / data_name).exists():  # no file when every tensor is small
+                # onnx writes it 0600; the model beside it gets the usual mode, so must it
+                os.chmod(Path(tmpdir) / data_name, 0o666 & ~_umask())
+                os.replace(Path(tmpdir) / data_name, parent / data_name)
         else:
             onnx.save_model(model, str(tmp_model))
         os.replace(tmp_model, out)

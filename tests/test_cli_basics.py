@@ -122,3 +122,34 @@ def test_counts_and_seeds_out_of_range_are_refused_before_any_work(argv, message
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_external_data_is_written_with_the_models_mode_and_small_models_need_no_data_file(
+    tmp_path,
+):
+    import os
+
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from graphkit.model import load_model, save_model
+
+    def model(weight_elems: int):
+        w = numpy_helper.from_array(np.ones(weight_elems, np.float32), "w")
+        g = helper.make_graph(
+            [helper.make_node("Add", ["x", "w"], ["y"])],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [weight_elems])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [weight_elems])],
+            [w],
+        )
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+    big = save_model(model(10_000), tmp_path / "big.onnx", external_data=True)
+    data = tmp_path / "big.onnx.data"
+    assert data.exists()
+    assert os.stat(data).st_mode & 0o777 == os.stat(big).st_mode & 0o777  # not 0600
+    assert load_model(big).graph.initializer[0].dims == [10_000]
+    # every tensor under onnx's external-data threshold: no .data file, and no error
+    small = save_model(model(4), tmp_path / "small.onnx", external_data=True)
+    assert small.exists() and not (tmp_path / "small.onnx.data").exists()
