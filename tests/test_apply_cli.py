@@ -111,7 +111,7 @@ def test_a_pass_that_changes_outputs_is_rolled_back_with_one_sentence(
     pipe.write_text(f"- cleanup\n- {breaking_pass}\n")
     code, out, err = cli(capsys, "apply", pipe, demo_model, "-o", tmp_path / "o.onnx")
     assert code != 0
-    assert "pass 'test-break-output' changed output 'heatmaps' by up to" in err
+    assert "pass 'test-break-output' changed output 'heatmaps' by " in err
     assert "rolled back" in err and "Traceback" not in err + out
     assert leftovers(tmp_path, {"pose.onnx", "p.yaml"}) == []
 

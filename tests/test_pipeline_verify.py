@@ -1,0 +1,119 @@
+"""Pass verification: per-channel tolerance, NaN-aware, on more than one input."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from graphkit.errors import GraphkitError
+from graphkit.passes.base import REGISTRY, PassResult, register
+from graphkit.pipeline import VERIFY_INPUTS, Tolerance, parse_pipeline, run_pipeline, worst_excess
+
+
+def test_a_small_channel_is_held_to_its_own_scale_not_the_largest_one():
+    ref = np.zeros((1, 2, 4, 4), np.float32)
+    ref[:, 0] = 4e7  # a huge channel
+    ref[:, 1] = 0.69  # a channel that never exceeds 0.69
+    moved = ref.copy()
+    moved[0, 1, 0, 0] += 1.0  # +145% on the small channel; 2.5e-8 of the largest value
+    diff, allowed = worst_excess(ref, moved, Tolerance())
+    assert diff == pytest.approx(1.0) and allowed == pytest.approx(1e-4 + 1e-3 * 0.69)
+    assert diff > allowed  # the whole-output scale would have allowed 40,000
+    # the same relative change on the huge channel is within its own allowance
+    ok = ref.copy()
+    ok[0, 0, 0, 0] *= 1 + 1e-5
+    diff, allowed = worst_excess(ref, ok, Tolerance())
+    assert diff <= allowed
+
+
+def test_nan_in_the_reference_neither_sets_the_scale_nor_fails_a_matching_output():
+    ref = np.array([[np.nan, 1.0, -2.0, np.inf]], np.float32)
+    same = ref.copy()
+    same[0, 1] += 1e-4
+    diff, allowed = worst_excess(ref, same, Tolerance())
+    assert np.isfinite(allowed) and diff <= allowed
+    moved_nan = ref.copy()
+    moved_nan[0, 0] = 0.0  # a NaN that went away is a change
+    assert worst_excess(ref, moved_nan, Tolerance())[0] == float("inf")
+
+
+def _log_model() -> onnx.ModelProto:
+    """y = Identity(Log(x)): NaN for every negative random input."""
+    nodes = [
+        helper.make_node("Log", ["x"], ["l"], name="log"),
+        helper.make_node("Identity", ["l"], ["i"], name="junk"),
+        helper.make_node("Mul", ["i", "two"], ["y"], name="mul"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "nan",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [numpy_helper.from_array(np.array(2.0, np.float32), "two")],
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_a_model_with_nan_outputs_on_random_inputs_can_still_be_cleaned():
+    model, reports = run_pipeline(_log_model(), parse_pipeline(["cleanup"]))
+    assert [n.op_type for n in model.graph.node] == ["Log", "Mul"]
+    assert reports[0].max_abs_diff is not None  # it was verified, not skipped
+
+
+@pytest.fixture()
+def break_on_some_inputs():
+    """A pass whose change shows only on inputs with max(x) > 1.5 (removed afterwards)."""
+    register("test-break-on-second-input")(_break_on_some_inputs)
+    yield
+    REGISTRY.pop("test-break-on-second-input", None)
+
+
+def _break_on_some_inputs(model: onnx.ModelProto) -> PassResult:
+    """Multiply y by 1 + 0.5 * [x[0,0,0,0] > 1.5]: a change only some inputs show."""
+    g = model.graph
+    for node in g.node:
+        if node.output[0] == "y":
+            node.output[0] = "y_raw"
+    g.initializer.extend(
+        [
+            numpy_helper.from_array(np.array(1.5, np.float32), "thr"),
+            numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+            numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+        ]
+    )
+    g.node.extend(
+        [
+            helper.make_node("ReduceMax", ["x"], ["xm"], keepdims=0),
+            helper.make_node("Greater", ["xm", "thr"], ["big"]),
+            helper.make_node("Cast", ["big"], ["bigf"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", ["bigf", "half"], ["bump"]),
+            helper.make_node("Add", ["one", "bump"], ["factor"]),
+            helper.make_node("Mul", ["y_raw", "factor"], ["y"]),
+        ]
+    )
+    return PassResult(model, True, ["changes y when max(x) > 1.5"])
+
+
+def test_every_pass_is_checked_on_more_than_one_random_input(break_on_some_inputs):
+    assert VERIFY_INPUTS >= 2
+    nodes = [helper.make_node("Relu", ["x"], ["y"], name="relu")]
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 1, 2])],
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    # find a seed whose first input hides the change and whose second shows it
+    from graphkit.pipeline import sample_feeds
+
+    seed = next(
+        s
+        for s in range(200)
+        if sample_feeds(model, model, s)["x"].max() <= 1.5
+        and sample_feeds(model, model, s + 1000)["x"].max() > 1.5
+    )
+    with pytest.raises(GraphkitError, match="test-break-on-second-input.*rolled back"):
+        run_pipeline(model, parse_pipeline(["test-break-on-second-input"]), seed=seed)
