@@ -335,8 +335,19 @@ def run_pipeline(
     verify: bool = True,
     on_step: ProgressFn | None = None,
     seed: int = 0,
+    verify_shapes: dict[str, list[int]] | None = None,
 ) -> tuple[onnx.ModelProto, list[StepReport]]:
-    """Apply every step; verify each; stop at the first failure (the model is unchanged)."""
+    """Apply every step; verify each; stop at the first failure (the model is unchanged).
+
+    Verification inputs have `verify_shapes` (from `runtime.ort.runnable_shapes`; chosen
+    here the same way when None): free dims at a size the model runs at."""
+    if verify and verify_shapes is None:
+        verify_shapes, _ = ort_rt.runnable_shapes(model)
+    with ort_rt.sample_shapes(verify_shapes if verify else None):
+        return _run_steps(model, pipeline, verify, on_step, seed)
+
+
+def _run_steps(model, pipeline, verify, on_step, seed) -> tuple[onnx.ModelProto, list[StepReport]]:
     reports: list[StepReport] = []
     current = model
     cache = OutputCache()

@@ -117,3 +117,66 @@ def test_every_pass_is_checked_on_more_than_one_random_input(break_on_some_input
     )
     with pytest.raises(GraphkitError, match="test-break-on-second-input.*rolled back"):
         run_pipeline(model, parse_pipeline(["test-break-on-second-input"]), seed=seed)
+
+
+def _two_scale_model(path):
+    """HRNet-like: a full-resolution branch plus a half-resolution one upsampled and joined
+    back; dynamic N, H, W. At H = W = 1 the branches come back at different sizes (1 and
+    2) and the Concat fails, as a real HRNet's fuse layers do."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "w")
+    scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Identity", ["c"], ["c_id"]),
+        helper.make_node("MaxPool", ["c_id"], ["half"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Resize", ["half", "", "scales"], ["up"], mode="nearest"),
+        helper.make_node("Concat", ["c_id", "up"], ["y"], axis=1),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "two_scale",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, "H", "W"])],
+        [w, scales],
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(model, path)
+    return path
+
+
+def test_free_dims_are_verified_at_a_size_the_model_runs_at(tmp_path, capsys):
+    from graphkit.cli import main
+
+    model = _two_scale_model(tmp_path / "m.onnx")
+    pipe = tmp_path / "p.yaml"
+    pipe.write_text("- cleanup\n")
+    assert main(["apply", str(pipe), str(model), "-o", str(tmp_path / "o.onnx")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "free dims set to 64 (x 1x3x64x64)" in out
+    assert "identity" in out.lower()  # the pass ran and was verified
+    # a size given by the user is used as is
+    args = ["apply", str(pipe), str(model), "-o", str(tmp_path / "o2.onnx")]
+    assert main([*args, "--verify-shape", "2x3x32x48"]) == 0
+    assert "given input shapes" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ("1x3x64", "does not fit the model's input ?x3x?x?"),
+        ("1x4x64x64", "does not fit"),
+        ("img:1x3x64x64", "not an input of the model"),
+        ("1x3xbigx64", "expected dims like"),
+    ],
+)
+def test_a_verify_shape_the_model_cannot_take_is_refused(tmp_path, capsys, shape, message):
+    from graphkit.cli import main
+
+    model = _two_scale_model(tmp_path / "m.onnx")
+    pipe = tmp_path / "p.yaml"
+    pipe.write_text("- cleanup\n")
+    out = tmp_path / "o.onnx"
+    assert main(["apply", str(pipe), str(model), "-o", str(out), "--verify-shape", shape]) == 2
+    assert message in " ".join(capsys.readouterr().err.split())
+    assert not out.exists()

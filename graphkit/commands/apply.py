@@ -13,6 +13,7 @@ from graphkit.commands._common import add_command, console, non_negative_int
 from graphkit.errors import GraphkitError
 from graphkit.model import atomic_write_text, load_model, save_model
 from graphkit.pipeline import StepReport, load_pipeline, run_pipeline
+from graphkit.runtime.ort import runnable_shapes
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -24,6 +25,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--no-verify", action="store_true", help="skip the onnxruntime output comparison"
     )
     p.add_argument("--report", help="also write a JSON report of every step")
+    p.add_argument(
+        "--verify-shape",
+        action="append",
+        default=[],
+        metavar="[INPUT:]DIMS",
+        help="input shape for the verification runs, e.g. 1x3x512x512 (one input) or "
+        "image:1x3x512x512; repeat per input (default: fixed dims as they are, batch 1, "
+        "other free dims the first of 1, 64, 128, 256, 512 the model runs at)",
+    )
     p.add_argument(
         "--seed", type=non_negative_int, default=0, help="seed of the random sample inputs"
     )
@@ -43,6 +53,31 @@ def _check_writable(path: str, what: str) -> None:
         raise GraphkitError(f"{what} directory {parent} is not writable") from None
     os.close(fd)
     os.unlink(probe)
+
+
+def parse_shapes(values: list[str], model) -> dict[str, list[int]]:
+    """`--verify-shape` values ([INPUT:]AxBxC) as {input: dims}."""
+    from graphkit.runtime.ort import graph_input_names
+
+    inputs = graph_input_names(model)
+    out: dict[str, list[int]] = {}
+    for value in values:
+        name, _, dims = value.rpartition(":")
+        if not name:
+            if len(inputs) != 1:
+                raise GraphkitError(
+                    f"--verify-shape {value}: the model has {len(inputs)} inputs; "
+                    "name one (INPUT:AxBxC)"
+                )
+            name = inputs[0]
+        try:
+            shape = [int(d) for d in dims.lower().split("x")]
+        except ValueError:
+            raise GraphkitError(f"--verify-shape {value}: expected dims like 1x3x512x512") from None
+        if not shape or any(d < 1 for d in shape):
+            raise GraphkitError(f"--verify-shape {value}: every dim must be at least 1")
+        out[name] = shape
+    return out
 
 
 def format_step(r: StepReport) -> list[str]:
@@ -88,7 +123,13 @@ def run(args: argparse.Namespace) -> int:
         markup=False,
         soft_wrap=True,
     )
-    result, reports = run_pipeline(model, pipeline, verify=verify, on_step=on_step, seed=args.seed)
+    shapes = None
+    if verify:
+        shapes, how = runnable_shapes(model, parse_shapes(args.verify_shape, model))
+        console.print(f"verifying on random inputs: {how}", markup=False, soft_wrap=True)
+    result, reports = run_pipeline(
+        model, pipeline, verify=verify, on_step=on_step, seed=args.seed, verify_shapes=shapes
+    )
     total = time.perf_counter() - start
     save_model(result, args.output)
     worst = max(

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import numpy as np
@@ -78,11 +81,85 @@ def input_shape(vi: onnx.ValueInfoProto, dynamic: int = 1) -> list[int]:
     return dims
 
 
+# the sizes tried for free dims (batch excepted) until the model runs: a multi-branch
+# HRNet cannot run at 1x1 (its branches meet at 1/32 scale)
+FREE_DIM_SIZES = (1, 64, 128, 256, 512)
+_SHAPES: ContextVar[dict[str, list[int]] | None] = ContextVar("sample_shapes", default=None)
+
+
+@contextmanager
+def sample_shapes(shapes: dict[str, list[int]] | None) -> Iterator[None]:
+    """Within the block, `sample_inputs` gives inputs of these names these shapes (when the
+    rank matches): the pipeline sets the verification size once, passes that check
+    themselves (strip-flip-test, extract) use it too."""
+    token = _SHAPES.set(shapes)
+    try:
+        yield
+    finally:
+        _SHAPES.reset(token)
+
+
+def runnable_shapes(
+    model: onnx.ModelProto, given: dict[str, list[int]] | None = None
+) -> tuple[dict[str, list[int]], str]:
+    """Shapes to verify `model` on, and a sentence saying how they were chosen: `given`
+    where named; else fixed dims as they are, a free first (batch) dim 1, and the other
+    free dims the first of FREE_DIM_SIZES the model runs at with no empty output."""
+    given = dict(given or {})
+    inputs = {vi.name: vi for vi in model.graph.input if vi.name in set(graph_input_names(model))}
+    for name, shape in given.items():
+        if name not in inputs:
+            raise GraphkitError(
+                f"--verify-shape names '{name}', not an input of the model "
+                f"(inputs: {', '.join(inputs)})"
+            )
+        fixed = input_shape(inputs[name], dynamic=0)
+        if len(shape) != len(fixed) or any(f and f != d for f, d in zip(fixed, shape)):
+            raise GraphkitError(
+                f"--verify-shape {name}: {'x'.join(map(str, shape))} does not fit the model's "
+                f"input {'x'.join(str(d) if d else '?' for d in fixed)}"
+            )
+    free = [n for n in inputs if n not in given and 0 in input_shape(inputs[n], dynamic=0)]
+    if not free:
+        shapes = {n: given.get(n) or input_shape(vi) for n, vi in inputs.items()}
+        how = "given" if given else "the model's own"
+        return shapes, f"{how} input shapes"
+    session_error = None
+    sess = make_session(model)  # a model that cannot load fails here, in one sentence
+    for size in FREE_DIM_SIZES:
+        shapes = dict(given)
+        for n in free:
+            dims = input_shape(inputs[n], dynamic=0)
+            shapes[n] = [d or (1 if i == 0 else size) for i, d in enumerate(dims)]
+        shapes.update({n: input_shape(inputs[n]) for n in inputs if n not in shapes})
+        with sample_shapes(shapes):
+            feeds = sample_inputs(model)
+        try:
+            outputs = sess.run(None, feeds)
+        except Exception as exc:  # noqa: BLE001 - too small for the model: try the next
+            session_error = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            continue
+        if any(np.asarray(o).size == 0 for o in outputs):
+            session_error = "an output is empty at that size"  # nothing would be compared
+            continue
+        described = ", ".join(f"{n} {'x'.join(map(str, shapes[n]))}" for n in free)
+        return shapes, f"free dims set to {size} ({described}): the first of " + ", ".join(
+            map(str, FREE_DIM_SIZES)
+        ) + " the model runs at"
+    raise GraphkitError(
+        "the model runs at none of the sizes "
+        + ", ".join(map(str, FREE_DIM_SIZES))
+        + f" for its free input dims ({session_error}); give one with --verify-shape"
+    )
+
+
 def sample_inputs(
     model: onnx.ModelProto, seed: int = 0, dynamic_dim: int = 1
 ) -> dict[str, np.ndarray]:
-    """Random inputs of the right dtype and shape: images for ints (0..255), N(0,1) floats."""
+    """Random inputs of the right dtype and shape: images for ints (0..255), N(0,1) floats.
+    Free dims are `dynamic_dim`, or as set by `sample_shapes`."""
     rng = np.random.default_rng(seed)
+    chosen = _SHAPES.get() or {}
     names = set(graph_input_names(model))
     feeds = {}
     for vi in model.graph.input:
@@ -96,6 +173,9 @@ def sample_inputs(
                 "which graphkit cannot generate samples for"
             )
         shape = input_shape(vi, dynamic_dim)
+        if vi.name in chosen and len(chosen[vi.name]) == len(shape):
+            fixed = input_shape(vi, dynamic=0)
+            shape = [f or c for f, c in zip(fixed, chosen[vi.name])]
         if np.issubdtype(dtype, np.integer):
             feeds[vi.name] = rng.integers(0, 256, size=shape).astype(dtype)
         elif dtype == np.bool_:
