@@ -28,6 +28,7 @@ from graphkit.quant.exporters._common import ExportedFile, check_table, safe_sca
 from graphkit.quant.table import QMAX, ActivationEntry, CalibrationTable
 
 DEFAULT_VERSION = "10.13.0"
+KNOWN_MAJORS = (7, 10)  # the releases with this cache format (header TRT-<code>-<algorithm>)
 CACHE_NAME = "CalibrationTable"
 ALGORITHMS = ("EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration", "LegacyCalibration")
 # our calibration methods -> the TensorRT calibrator whose algorithm is closest
@@ -49,6 +50,11 @@ def version_code(version: str) -> int:
     if not 1 <= len(parts) <= 3 or not all(p.isdigit() for p in parts):
         raise GraphkitError(f"TensorRT version '{version}' is not of the form MAJOR.MINOR.PATCH")
     major, minor, patch = (int(p) for p in parts + ["0"] * (3 - len(parts)))
+    if not KNOWN_MAJORS[0] <= major <= KNOWN_MAJORS[1]:
+        raise GraphkitError(
+            f"TensorRT version '{version}' is not one whose calibration cache graphkit knows "
+            f"(major {KNOWN_MAJORS[0]} to {KNOWN_MAJORS[1]}; e.g. 8.6.1, 10.13.0)"
+        )
     if minor > 99 or patch > 99:
         raise GraphkitError(f"TensorRT version '{version}' has a minor or patch number above 99")
     if major >= 10:
