@@ -318,3 +318,35 @@ def test_eval_scores_the_configs_eval_split_and_warns_on_the_calibration_source(
     assert main([*argv, str(dataset / "with_eval.yaml")]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "warning" not in out and "held_out.json" in out.replace(" ", "")
+
+
+def test_bottom_up_agreement_matches_persons_by_oks_and_counts_the_unmatched():
+    from graphkit.evaluators.evaluate import agreement_details
+
+    rng = np.random.default_rng(0)
+
+    def person(cx, cy, index, instance):
+        kp = np.c_[
+            rng.uniform(cx - 40, cx + 40, 17), rng.uniform(cy - 80, cy + 80, 17), np.ones(17)
+        ]
+        return {"index": index, "instance": instance, "keypoints": kp.tolist(), "area": 640 * 480}
+
+    ref = [person(100, 200, 0, 0), person(400, 200, 0, 1), person(250, 240, 1, 0)]
+    # the other model lists the two persons of image 0 the other way round, finds an extra
+    # one, and moves the second person of image 0 by 3 pixels
+    moved = dict(ref[1], keypoints=(np.asarray(ref[1]["keypoints"]) + [3, 0, 0]).tolist())
+    other = [dict(moved, instance=0), dict(ref[0], instance=1), person(600, 100, 0, 2), ref[2]]
+    joints = [True] * 17
+    d = agreement_details(
+        {"predictions": ref, "predicted_joints": joints},
+        {"predictions": other, "predicted_joints": joints},
+    )
+    assert d["pairs"] == 3 and d["unmatched"] == 1 and d["unmatched_reference"] == 0
+    assert d["matching"].startswith("greedy")
+    # two identical persons and one moved by 3 px
+    assert 0.9 < d["agreement"] < 1.0
+    from graphkit.evaluators.coco import oks
+
+    # pairing instance k with instance k (the old way) pairs people 300 px apart
+    naive = oks(ref[0]["keypoints"], other[0]["keypoints"], 640 * 480)
+    assert naive < 0.5 < d["agreement"]

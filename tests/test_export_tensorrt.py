@@ -49,7 +49,9 @@ def test_version_code_uses_each_major_encoding(version, code):
     assert trt.version_string(code) == ".".join((version.split(".") + ["0"])[:3])
 
 
-@pytest.mark.parametrize("bad", ["ten", "8.6.1.2", "8.10.0", "10.100.0", "", "99.0.0", "6.0.1", "11.0"])
+@pytest.mark.parametrize(
+    "bad", ["ten", "8.6.1.2", "8.10.0", "10.100.0", "", "99.0.0", "6.0.1", "11.0"]
+)
 def test_bad_versions_are_refused(bad):
     with pytest.raises(GraphkitError):
         trt.version_code(bad)

@@ -17,7 +17,7 @@ from graphkit.commands._common import (
     progress_bar,
 )
 from graphkit.errors import GraphkitError
-from graphkit.evaluators.evaluate import agreement_of, evaluate, evaluation_split, prepare_spec
+from graphkit.evaluators.evaluate import agreement_details, evaluate, evaluation_split, prepare_spec
 from graphkit.model import atomic_write_text
 
 
@@ -84,7 +84,9 @@ def run(args: argparse.Namespace) -> int:
             on_sample=lambda: bar.advance(task),
         )
     if reference is not None:
-        result["agreement"] = agreement_of(reference, result)
+        details = agreement_details(reference, result)
+        result["agreement"] = details["agreement"]
+        result["agreement_details"] = details
         result["agreement_with"] = args.agreement_with
     t = Table(title=f"COCO keypoint AP: {args.model}", title_justify="left")
     names = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50")
@@ -106,7 +108,16 @@ def run(args: argparse.Namespace) -> int:
         + f", {result['seconds']:.1f}s"
     )
     if reference is not None:
-        console.print(f"agreement (mean OKS with {args.agreement_with}): {result['agreement']:.4f}")
+        d = result["agreement_details"]
+        extra = ""
+        if d["matching"] != "by sample":
+            extra = (
+                f" ({d['pairs']} persons matched by OKS; unmatched: "
+                f"{d['unmatched_reference']} of the reference, {d['unmatched']} of this model)"
+            )
+        console.print(
+            f"agreement (mean OKS with {args.agreement_with}): {result['agreement']:.4f}{extra}"
+        )
     if args.json:
         atomic_write_text(args.json, json.dumps(result, indent=1))
         console.print(f"wrote {args.json}")

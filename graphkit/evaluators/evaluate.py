@@ -323,20 +323,72 @@ def coco_results(preds: list[dict[str, Any]], decoder: Decoder, nms: bool) -> li
 
 def agreement_of(a: dict[str, Any], b: dict[str, Any]) -> float:
     """Mean OKS between two evaluate() results of the same data (FP32 vs int8)."""
-    from graphkit.evaluators.coco import agreement
+    return agreement_details(a, b)["agreement"]
 
-    pa = {(p["index"], p["instance"]): p for p in a["predictions"]}
-    pb = {(p["index"], p["instance"]): p for p in b["predictions"]}
-    keys = sorted(set(pa) & set(pb))
-    if not keys or len(keys) != len(pa):
+
+def agreement_details(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Mean OKS of the persons of `a` (the reference) and `b` matched sample by sample,
+    and how many of each found no partner.
+
+    Top-down (one person per crop in both): the crop's person with the crop's person, at
+    the crop's ground-truth area. Bottom-up (any number per image): persons are matched by
+    OKS, greedily from the most similar pair (as COCO matches detections), each at the
+    area of the reference person's keypoint box; persons left over on either side are
+    counted as unmatched, not averaged in."""
+    from graphkit.evaluators.coco import oks
+
+    def by_sample(result: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
+        out: dict[int, list[dict[str, Any]]] = {}
+        for p in result["predictions"]:
+            out.setdefault(p["index"], []).append(p)
+        return out
+
+    sa, sb = by_sample(a), by_sample(b)
+    if not sa or set(sa) != set(sb):
         raise GraphkitError("the two evaluations did not run on the same samples")
     joints = np.asarray(a["predicted_joints"], bool) & np.asarray(b["predicted_joints"], bool)
-    return agreement(
-        [pa[k]["keypoints"] for k in keys],
-        [pb[k]["keypoints"] for k in keys],
-        [pa[k]["area"] for k in keys],
-        joints,
-    )
+    one_each = all(len(v) == 1 for v in sa.values()) and all(len(v) == 1 for v in sb.values())
+    scores: list[float] = []
+    unmatched_a = unmatched_b = 0
+    for index in sorted(sa):
+        pa, pb = sa[index], sb[index]
+        if one_each:
+            scores.append(oks(pa[0]["keypoints"], pb[0]["keypoints"], pa[0]["area"], joints))
+            continue
+        sim = np.array(
+            [
+                [oks(x["keypoints"], y["keypoints"], _keypoint_area(x), joints) for y in pb]
+                for x in pa
+            ]
+        ).reshape(len(pa), len(pb))
+        used_a, used_b = set(), set()
+        for flat in np.argsort(-sim, axis=None, kind="stable"):
+            i, j = divmod(int(flat), len(pb))
+            if i not in used_a and j not in used_b:
+                used_a.add(i)
+                used_b.add(j)
+                scores.append(float(sim[i, j]))
+        unmatched_a += len(pa) - len(used_a)
+        unmatched_b += len(pb) - len(used_b)
+    if not scores:
+        raise GraphkitError("no person of one evaluation could be paired with the other's")
+    return {
+        "agreement": float(np.mean(scores)),
+        "pairs": len(scores),
+        "unmatched_reference": unmatched_a,
+        "unmatched": unmatched_b,
+        "matching": "by sample" if one_each else "greedy by OKS within each image",
+    }
+
+
+def _keypoint_area(person: dict[str, Any]) -> float:
+    """The area of the box around a person's scored keypoints (its OKS scale)."""
+    kp = np.asarray(person["keypoints"], np.float64)
+    seen = kp[kp[:, 2] > 0] if kp.shape[1] > 2 else kp
+    if len(seen) < 2:
+        return float(person.get("area") or 1.0)
+    w, h = np.ptp(seen[:, 0]), np.ptp(seen[:, 1])
+    return float(w * h) if w * h > 0 else float(person.get("area") or 1.0)
 
 
 def default_results_path(json_path: str | os.PathLike) -> Path:
