@@ -371,3 +371,49 @@ def test_bench_counts_and_times_the_pipeline(tmp_path):
     )
     r = time_pipeline(str(spec), repeat=1)
     assert r["samples"] == 2 and r["data_s"] > 0
+
+
+def test_short_side_resize_gives_each_image_its_own_divisible_size_and_maps_back(tmp_path):
+    wide = write_img(tmp_path / "a_wide.png", 48, 100, bgr=(0, 0, 0))
+    wide[20:24, 70:74] = 255
+    cv2.imwrite(str(tmp_path / "a_wide.png"), wide)
+    write_img(tmp_path / "b_tall.png", 90, 30)
+    cfg = {"name": "x", "size": [64, 64], "dtype": "uint8", "layout": "NCHW"}
+    src = {"type": "images", "images": str(tmp_path), "resize": "short-side", "size_divisor": 32}
+    a, b = iter_samples(load_input_spec({"input": cfg, "source": src}))
+    # short side 48 -> 64 (x4/3), long side 100 -> 133.3 -> rounded up to 160
+    assert a.feeds["x"].shape == (1, 3, 64, 160) and tuple(a.meta["input_size"]) == (64, 160)
+    # portrait: short side 30 -> 64, long side 90 -> 192
+    assert b.feeds["x"].shape == (1, 3, 192, 64) and tuple(b.meta["input_size"]) == (192, 64)
+    x = a.feeds["x"][0, 0]
+    ys, xs = np.nonzero(x > 200)
+    back = apply_affine([[xs.mean(), ys.mean()]], a.meta["crop_to_image"])[0]
+    assert np.allclose(back, [71.5, 21.5], atol=0.5)  # the bright square, in image pixels
+
+
+@pytest.mark.parametrize(
+    "source, size, message",
+    [
+        (
+            {"type": "coco-topdown", "ann": "a.json", "images": "i"},
+            [64, 64],
+            "resizes whole images",
+        ),
+        ({"type": "images", "images": "i", "size_divisor": 48}, [64, 64], "multiple of"),
+        ({"type": "images", "images": "i", "size_divisor": 0}, [64, 64], "positive integer"),
+    ],
+)
+def test_short_side_resize_settings_that_cannot_work_are_refused(tmp_path, source, size, message):
+    cfg = {"name": "x", "size": size}
+    with pytest.raises(GraphkitError, match=message):
+        load_input_spec({"input": cfg, "source": {**source, "resize": "short-side"}})
+
+
+def test_short_side_resize_needs_a_model_with_free_height_and_width(tmp_path):
+    write_img(tmp_path / "a.png", 48, 100)
+    cfg = {"name": "x", "size": [64, 64], "layout": "NCHW"}
+    src = {"type": "images", "images": str(tmp_path), "resize": "short-side"}
+    spec = load_input_spec({"input": cfg, "source": src})
+    check_against_model(spec, tiny_model(["N", 3, "H", "W"]))
+    with pytest.raises(GraphkitError, match="fixed size .* short-side resizing"):
+        check_against_model(spec, tiny_model([1, 3, 64, 64]))

@@ -22,8 +22,10 @@ def _fmt(dims) -> str:
     return "x".join("?" if d is None else str(d) for d in dims)
 
 
-def _matches(dims: list[int | None], shape: tuple[int, ...]) -> bool:
-    return len(dims) == len(shape) and all(d is None or d == s for d, s in zip(dims, shape))
+def _matches(dims: list[int | None], shape: tuple[int | None, ...]) -> bool:
+    return len(dims) == len(shape) and all(
+        d is None or s is None or d == s for d, s in zip(dims, shape)
+    )
 
 
 def check_against_model(spec: InputSpec, model: onnx.ModelProto) -> None:
@@ -46,7 +48,15 @@ def check_against_model(spec: InputSpec, model: onnx.ModelProto) -> None:
             f"model input {cfg.name!r} takes {model_dtype_name} but the spec's input.dtype is {cfg.dtype}"
         )
     dims = _dims(vi)
-    want = expected_shape(cfg)
+    want = expected_shape(cfg, spec.source.resize)
+    if spec.source.resize == "short-side" and len(dims) == 4:
+        hw = dims[1:3] if cfg.layout == "NHWC" else dims[2:4]
+        if any(d is not None for d in hw):
+            raise GraphkitError(
+                f"model input {cfg.name!r} has a fixed size ({_fmt(dims)}) but short-side "
+                "resizing gives every image its own size: export the model with free H and W, "
+                "or use source.resize: letterbox"
+            )
     if spec.source.type in ("npy", "npz"):
         first = next(iter_samples(spec), None)
         if first is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -87,13 +88,31 @@ def _topdown_sample(spec: InputSpec, item: Item, img: np.ndarray) -> Sample:
     return Sample({cfg.name: to_tensor(pixels, cfg)}, meta)
 
 
+def short_side_size(image_hw: tuple[int, int], short: int, divisor: int) -> tuple[int, int]:
+    """(h, w) for an image whose short side becomes `short`: the long side keeps the
+    aspect ratio, rounded up to a multiple of `divisor` (the image centred, as mmpose's
+    bottom-up test does)."""
+    ih, iw = image_hw
+    scale = short / min(ih, iw)
+    return (
+        math.ceil(ih * scale / divisor) * divisor,
+        math.ceil(iw * scale / divisor) * divisor,
+    )
+
+
 def _whole_image_sample(spec: InputSpec, item: Item, img: np.ndarray) -> Sample:
     cfg = spec.input
     h, w = cfg.size
     ih, iw = img.shape[:2]
-    M = resize_affine((iw, ih), (w, h), letterbox=spec.source.resize == "letterbox")
+    if spec.source.resize == "short-side":
+        # the short side fills its (divisible) size exactly, so letterboxing into (w, h)
+        # scales by short / min(ih, iw) and centres the long side
+        h, w = short_side_size((ih, iw), min(cfg.size), spec.source.size_divisor)
+    M = resize_affine((iw, ih), (w, h), letterbox=spec.source.resize != "stretch")
     pixels = warp(img, M, (h, w), cfg.pad_value)
-    return Sample({cfg.name: to_tensor(pixels, cfg)}, _meta(item, M, cfg, iw * ih))
+    meta = _meta(item, M, cfg, iw * ih)
+    meta["input_size"] = (h, w)
+    return Sample({cfg.name: to_tensor(pixels, cfg)}, meta)
 
 
 def _array_sample(cfg: InputConfig, kind: str, item: Item, cache: dict) -> Sample:
@@ -132,11 +151,12 @@ def _array_sample(cfg: InputConfig, kind: str, item: Item, cache: dict) -> Sampl
     return Sample(feeds, meta)
 
 
-def expected_shape(cfg: InputConfig) -> tuple[int, ...] | None:
-    """The tensor shape the spec produces, or None when input.size is not given."""
+def expected_shape(cfg: InputConfig, resize: str = "letterbox") -> tuple[int | None, ...] | None:
+    """The tensor shape the spec produces, or None when input.size is not given; H and W
+    are None (one per image) with short-side resizing."""
     if cfg.size is None:
         return None
-    h, w = cfg.size
+    h, w = (None, None) if resize == "short-side" else cfg.size
     return (1, h, w, 3) if cfg.layout == "NHWC" else (1, 3, h, w)
 
 

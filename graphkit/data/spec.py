@@ -25,7 +25,9 @@ SOURCE_TYPES = ("coco-topdown", "images", "npy", "npz")
 LAYOUTS = ("NHWC", "NCHW")
 DTYPES = ("float32", "int32", "uint8")
 COLORS = ("RGB", "BGR")
-RESIZE_MODES = ("letterbox", "stretch")
+# short-side: the image's short side to min(input.size), the long side following the
+# aspect ratio, both rounded up to source.size_divisor (mmpose's bottom-up test geometry)
+RESIZE_MODES = ("letterbox", "stretch", "short-side")
 PATH_KEYS = ("ann", "images", "dets", "path")
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -58,6 +60,7 @@ class SourceConfig:
     score_thr: float = 0.5
     padding: float = 1.25
     resize: str = "letterbox"
+    size_divisor: int = 32  # short-side resize: both sides rounded up to a multiple of this
     limit: int | None = None
     shuffle: bool = False
     seed: int = 0
@@ -170,6 +173,17 @@ def _validate_eval(raw: Any, base: Path) -> dict | None:
 def _check_combination(cfg: InputConfig, source: SourceConfig) -> None:
     if source.type in ("coco-topdown", "images") and cfg.size is None:
         raise GraphkitError(f"a {source.type} source needs input.size: [height, width]")
+    if source.resize == "short-side":
+        if source.type != "images":
+            raise GraphkitError(
+                "source.resize: short-side resizes whole images (source.type: images); "
+                f"a {source.type} source makes fixed-size crops"
+            )
+        if min(cfg.size) % source.size_divisor:
+            raise GraphkitError(
+                f"short-side resize: the short side {min(cfg.size)} (the smaller of input.size) "
+                f"must be a multiple of source.size_divisor {source.size_divisor}"
+            )
 
 
 def _only_keys(d: dict, allowed: set[str], where: str) -> None:
@@ -338,6 +352,9 @@ def _validate_source(raw: dict, base: Path, expand: bool) -> SourceConfig:
     if not isinstance(vals.get("shuffle", False), bool):
         raise GraphkitError("source.shuffle must be true or false")
     vals["resize"] = _choice(vals.get("resize", "letterbox"), RESIZE_MODES, "source.resize").lower()
+    divisor = vals.get("size_divisor", 32)
+    if isinstance(divisor, bool) or not isinstance(divisor, int) or divisor < 1:
+        raise GraphkitError(f"source.size_divisor must be a positive integer, got {divisor!r}")
     return SourceConfig(**vals)
 
 
