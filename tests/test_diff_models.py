@@ -277,10 +277,11 @@ def test_comparing_in_groups_of_tensors_gives_the_same_figures(pair):
 
 
 def test_max_tensors_per_run_below_one_is_refused_in_one_sentence(pair, capsys):
-    code = _diff_cli(pair, "--max-tensors-per-run", "0")
-    assert code != 0
+    with pytest.raises(SystemExit) as exc:
+        _diff_cli(pair, "--max-tensors-per-run", "0")
+    assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "--max-tensors-per-run must be at least 1" in err and "Traceback" not in err
+    assert "--max-tensors-per-run: must be at least 1" in err and "Traceback" not in err
 
 
 def test_default_report_has_each_layers_own_error_equal_to_its_single_layer_error(pair):

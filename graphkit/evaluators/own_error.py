@@ -64,9 +64,9 @@ class LayerAlone:
             graph = helper.make_graph(
                 self.nodes,
                 "layer",
-                [
+                [  # shape left free: samples may differ in size
                     helper.make_tensor_value_info(
-                        t, helper.np_dtype_to_tensor_dtype(values[t].dtype), values[t].shape
+                        t, helper.np_dtype_to_tensor_dtype(values[t].dtype), None
                     )
                     for t in self.inputs
                 ],

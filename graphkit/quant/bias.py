@@ -86,7 +86,7 @@ def _alone(conv: onnx.NodeProto):
     sessions = {}
 
     def run(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-        key = (x.shape, w.shape)
+        key = (x.ndim, w.shape)
         if key not in sessions:
             node = onnx.NodeProto()
             node.CopyFrom(conv)
@@ -97,8 +97,10 @@ def _alone(conv: onnx.NodeProto):
             graph = onnx.helper.make_graph(
                 [node],
                 "conv",
-                [
-                    onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, a.shape)
+                [  # x of any size: samples may differ
+                    onnx.helper.make_tensor_value_info(
+                        n, onnx.TensorProto.FLOAT, None if n == "x" else a.shape
+                    )
                     for n, a in arrays.items()
                 ],
                 [onnx.helper.make_empty_tensor_value_info("y")],

@@ -64,9 +64,9 @@ class Segments:
             part = helper.make_graph(
                 nodes,
                 f"part{k}",
-                [
+                [  # dtype from the first arrays, shape left free: samples may differ in size
                     helper.make_tensor_value_info(
-                        t, helper.np_dtype_to_tensor_dtype(env[t].dtype), env[t].shape
+                        t, helper.np_dtype_to_tensor_dtype(env[t].dtype), None
                     )
                     for t in self.inputs[k]
                 ],
