@@ -252,34 +252,41 @@ def group_by_tag(
     peaks = heatmap_nms(heatmaps, nms_kernel)
     flat = peaks.reshape(h * w, k)
     topn = min(max_people, h * w)
-    persons: list[dict[str, Any]] = []
+    # persons as arrays: joints (P, K, 3), the sum and count of their tags (mean = sum / n)
+    joints_of = np.zeros((0, k, 3))
+    tag_sum = np.zeros((0, dims))
+    tag_n = np.zeros(0)
     for j in joint_order:
         order = np.argsort(-flat[:, j], kind="stable")[:topn]
-        cands = [(int(i), float(flat[i, j])) for i in order if flat[i, j] > detection_threshold]
-        if not cands:
+        vals = flat[order, j]
+        idx = order[vals > detection_threshold]
+        if not len(idx):
             continue
-        ctags = np.array([tag_of[i // w, i % w, :, j] for i, _ in cands])
-        pairs = []
-        for ci, ct in enumerate(ctags):
-            for pi, p in enumerate(persons):
-                dist = float(np.linalg.norm(ct - np.mean(p["tags"], axis=0)))
-                if dist < tag_threshold and p["joints"][j, 2] == 0:
-                    pairs.append((dist, ci, pi))
-        used_c, used_p = set(), set()
-        for dist, ci, pi in sorted(pairs):
-            if ci in used_c or pi in used_p:
-                continue
-            used_c.add(ci)
-            used_p.add(pi)
-            idx, val = cands[ci]
-            persons[pi]["joints"][j] = (idx % w, idx // w, val)
-            persons[pi]["tags"].append(ctags[ci])
-        for ci, (idx, val) in enumerate(cands):
-            if ci in used_c:
-                continue
-            joints = np.zeros((k, 3))
-            joints[j] = (idx % w, idx // w, val)
-            persons.append({"joints": joints, "tags": [ctags[ci]]})
+        vals = flat[idx, j]
+        ctags = tag_of[idx // w, idx % w, :, j]  # (C, dims)
+        taken = np.zeros(len(idx), bool)
+        if len(tag_n):
+            means = tag_sum / tag_n[:, None]
+            dist = np.linalg.norm(ctags[:, None, :] - means[None, :, :], axis=2)  # (C, P)
+            ok = (dist < tag_threshold) & (joints_of[:, j, 2] == 0)[None, :]
+            ci, pi = np.nonzero(ok)
+            busy = np.zeros(len(tag_n), bool)
+            for t in np.lexsort((pi, ci, dist[ci, pi])):  # closest pairs first
+                c, p = ci[t], pi[t]
+                if taken[c] or busy[p]:
+                    continue
+                taken[c] = busy[p] = True
+                joints_of[p, j] = (idx[c] % w, idx[c] // w, vals[c])
+                tag_sum[p] += ctags[c]
+                tag_n[p] += 1
+        new = ~taken  # every candidate no one took starts a person
+        if new.any():
+            fresh = np.zeros((int(new.sum()), k, 3))
+            fresh[:, j] = np.stack([idx[new] % w, idx[new] // w, vals[new]], axis=1)
+            joints_of = np.concatenate([joints_of, fresh])
+            tag_sum = np.concatenate([tag_sum, ctags[new]])
+            tag_n = np.concatenate([tag_n, np.ones(int(new.sum()))])
+    persons = [{"joints": joints_of[i].copy()} for i in range(len(tag_n))]
     result = []
     for p in persons:
         joints = p["joints"]

@@ -155,8 +155,8 @@ class HeldOutScorer(OutputScorer):
         m = np.asarray(meta["crop_to_image"], np.float64)
         return np.c_[kp[:, :2] @ m[:, :2].T + m[:, 2], kp[:, 2:]]
 
-    def measure(self, candidate: onnx.ModelProto) -> Score:
-        """Worst and mean head SQNR and the agreement of a candidate model."""
+    def measure(self, candidate: onnx.ModelProto, decode: bool = True) -> Score:
+        """Worst and mean head SQNR and (decode=True) the agreement of a candidate model."""
         from graphkit.evaluators.coco import agreement
 
         sess = self._session(candidate)
@@ -167,11 +167,11 @@ class HeldOutScorer(OutputScorer):
             for k in range(len(self.heads)):
                 d = ref[k].astype(np.float64) - got[k].astype(np.float64)
                 noise[k] += float(np.sum(d * d))
-            if self.decoder is not None:
+            if decode and self.decoder is not None:
                 points.append(self._points(got, meta))
         per_head = [_sqnr(s, n) for s, n in zip(self.signal, noise)]
         agree = None
-        if self.decoder is not None:
+        if decode and self.decoder is not None:
             areas = [m["area"] for m in self.metas]
             agree = agreement(
                 np.array(self.reference_points), np.array(points), areas, self.decoder.predicted
@@ -182,8 +182,8 @@ class HeldOutScorer(OutputScorer):
 
     def __call__(self, candidate: onnx.ModelProto) -> float:
         """The number `sensitivity` ranks layers by: the mean head SQNR (`rank_by="mean"`)
-        or the worst head's."""
-        got = self.measure(candidate)
+        or the worst head's; no decoding, which the ranking does not use."""
+        got = self.measure(candidate, decode=False)
         return got.mean if self.rank_by == "mean" else got.worst
 
 
