@@ -153,3 +153,18 @@ def test_external_data_is_written_with_the_models_mode_and_small_models_need_no_
     # every tensor under onnx's external-data threshold: no .data file, and no error
     small = save_model(model(4), tmp_path / "small.onnx", external_data=True)
     assert small.exists() and not (tmp_path / "small.onnx.data").exists()
+
+
+def test_progress_piped_prints_a_status_line_with_the_time_left(capsys):
+    import time
+
+    from graphkit.commands._common import progress_bar
+
+    with progress_bar(interval=0.05) as bar:  # pytest's capture is not a terminal
+        task = bar.add_task("calibrate", total=10)
+        for _ in range(4):
+            bar.advance(task)
+            time.sleep(0.04)
+        time.sleep(0.15)
+    out = capsys.readouterr().out
+    assert "calibrate: 4/10, 0 s, about" in out and "s left" in out

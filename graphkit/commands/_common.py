@@ -6,11 +6,19 @@ import argparse
 import inspect
 import os
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 # Logs and CI pipes get 120 columns instead of rich's 80, so tables stay one row per line.
 _piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
@@ -116,13 +124,53 @@ def short_name(name: str, width: int = 48) -> str:
     return name[:head] + "…" + name[-(width - 1 - head) :]
 
 
-def progress_bar(label: str = "{task.description}", unit: str = "") -> Progress:
-    """The progress bar every long command shows: label, bar, done/total, elapsed."""
+class PipedProgress(Progress):
+    """rich's live bar on a terminal; where output is piped (CI logs, `| tee`), where rich
+    draws nothing until the end, a plain line per running task every `interval` seconds."""
+
+    def __init__(self, *columns, interval: float = 10.0, **kwargs):
+        super().__init__(*columns, **kwargs)
+        self.interval = interval
+        self._done = threading.Event()
+        self._reporter: threading.Thread | None = None
+
+    def start(self) -> None:
+        super().start()
+        if not self.console.is_terminal:
+            self._reporter = threading.Thread(target=self._report, daemon=True)
+            self._reporter.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        if self._reporter is not None:
+            self._reporter.join()
+        super().stop()
+
+    def _report(self) -> None:
+        while not self._done.wait(self.interval):
+            for task in self.tasks:
+                if task.visible and not task.finished and task.started:
+                    self.console.print(status_line(task), markup=False, highlight=False)
+
+
+def status_line(task) -> str:
+    """`calibrate: 40/86, 12 s, about 14 s left` for a rich progress task."""
+    done = f"{task.completed:.0f}" + (f"/{task.total:.0f}" if task.total else "")
+    left = task.time_remaining
+    eta = f", about {left:.0f} s left" if left is not None and task.total else ""
+    return f"{task.description}: {done}, {task.elapsed or 0:.0f} s{eta}"
+
+
+def progress_bar(
+    label: str = "{task.description}", unit: str = "", interval: float = 10.0
+) -> Progress:
+    """The progress bar every long command shows: label, bar, done/total, elapsed and the
+    time left; piped, a status line every `interval` seconds instead."""
     columns = [TextColumn(label), BarColumn(), MofNCompleteColumn()]
     if unit:
         columns.append(TextColumn(unit))
-    columns.append(TimeElapsedColumn())
-    return Progress(*columns, console=console, transient=True)
+    columns += [TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+    return PipedProgress(*columns, console=console, transient=True, interval=interval)
 
 
 def check_output_files(models: str | list[str], **outputs: str | None) -> None:
