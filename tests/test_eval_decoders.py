@@ -172,3 +172,75 @@ def test_decoder_names_a_missing_output():
     d = build_decoder({"type": "regression-yx", "output": "nope"})
     with pytest.raises(GraphkitError, match="no output 'nope'"):
         d({"other": np.zeros((1, 1, 17, 3))}, (192, 192))
+
+
+def _mirror_equivariant(out, layout="NCHW"):
+    """What a flip-equivariant network returns for the mirrored input: flip_back is its
+    own inverse (mirror twice, swap twice)."""
+    from graphkit.evaluators.decoders import flip_back
+
+    return flip_back(out, layout)
+
+
+def test_flip_back_is_its_own_inverse_and_swaps_left_and_right_joints():
+    from graphkit.evaluators.decoders import flip_back
+
+    rng = np.random.default_rng(0)
+    maps = rng.random((1, 34, 6, 5)).astype(np.float32)
+    np.testing.assert_array_equal(flip_back(flip_back(maps, "NCHW"), "NCHW"), maps)
+    back = flip_back(maps, "NCHW")
+    np.testing.assert_array_equal(back[0, 1], maps[0, 2, :, ::-1])  # left eye <- right eye
+    np.testing.assert_array_equal(back[0, 17 + 5], maps[0, 17 + 6, :, ::-1])  # tags too
+    np.testing.assert_array_equal(back[0, 0], maps[0, 0, :, ::-1])  # the nose stays
+    nhwc = np.moveaxis(maps, 1, -1)
+    np.testing.assert_array_equal(flip_back(nhwc, "NHWC"), np.moveaxis(back, 1, -1))
+
+
+def test_ae_flip_test_averages_heatmaps_and_appends_the_flipped_tags():
+    from graphkit.evaluators.decoders import build_decoder
+
+    dec = build_decoder({"type": "associative-embedding", "output": "o", "flip_test": True})
+    rng = np.random.default_rng(1)
+    out = rng.random((1, 34, 8, 8)).astype(np.float32)
+    both = dec.flip({"o": out}, {"o": _mirror_equivariant(out)})["o"]
+    assert both.shape == (1, 51, 8, 8)
+    np.testing.assert_allclose(both[:, :17], out[:, :17], rtol=1e-6)  # same heatmaps
+    np.testing.assert_array_equal(both[:, 17:34], out[:, 17:])
+    np.testing.assert_array_equal(both[:, 34:], out[:, 17:])  # the second tag dimension
+    assert dec({"o": both}, (32, 32)) is not None  # decodes with 2-D tags
+
+
+def test_heatmap_flip_test_shifts_the_mirrored_map_one_pixel_as_mmpose_does():
+    from graphkit.evaluators.decoders import build_decoder
+
+    rng = np.random.default_rng(2)
+    out = rng.random((1, 17, 8, 6)).astype(np.float32)
+    plain = build_decoder({"type": "heatmap", "output": "h", "flip_test": True, "flip_shift": False})
+    np.testing.assert_allclose(
+        plain.flip({"h": out}, {"h": _mirror_equivariant(out)})["h"], out, rtol=1e-6
+    )
+    shifted = build_decoder({"type": "heatmap", "output": "h", "flip_test": True})
+    got = shifted.flip({"h": out}, {"h": _mirror_equivariant(out)})["h"]
+    np.testing.assert_allclose(got[..., 1:], (out[..., 1:] + out[..., :-1]) / 2, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "cfg, message",
+    [
+        ({"type": "regression-yx", "output": "o", "flip_test": True}, "not regression-yx"),
+        ({"type": "heatmap", "output": "o", "flip_test": "yes"}, "true or false"),
+        (
+            {"type": "heatmap-fullres", "output": "o", "flip_test": True, "joint_map": {0: 0}},
+            "flip_test is for heatmap",
+        ),
+        (
+            {"type": "heatmap", "output": "o", "flip_test": True, "joint_map": {0: 5, 1: 6}},
+            "17 joints in COCO order",
+        ),
+    ],
+)
+def test_flip_test_settings_that_cannot_work_are_refused(cfg, message):
+    from graphkit.evaluators.decoders import build_decoder
+
+    with pytest.raises(GraphkitError, match=message):
+        build_decoder(cfg)

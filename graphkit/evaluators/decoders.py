@@ -16,6 +16,11 @@ The `decode:` section of a model config picks a decoder:
 
 Common keys: `joint_map` (model joint index -> COCO-17 index; default identity for 17
 joints), `score_threshold` (keypoint scores counted in the instance score, 0.2).
+`flip_test: true` (heatmap and associative-embedding, 17 joints in COCO order) makes
+`graphkit eval` run every input mirrored as well and combine the outputs before decoding
+the way mmpose's test-time flip does: heatmaps flipped back, left/right joints swapped
+and averaged (top-down heatmaps also shifted one pixel, `flip_shift: false` to not); an
+AE model's flipped-back tag maps are appended as a second tag dimension.
 """
 
 from __future__ import annotations
@@ -126,6 +131,10 @@ class Decoder:
     joint_map: dict[int, int]
     score_threshold: float = 0.2
     options: dict[str, Any] = field(default_factory=dict)
+    # combines the outputs of the input and of the mirrored input (flip_test), or None
+    flip: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], dict[str, np.ndarray]] | None = (
+        None
+    )
 
     @property
     def predicted(self) -> np.ndarray:
@@ -317,6 +326,48 @@ def _require(cfg: dict[str, Any], key: str, kind: str) -> Any:
     return cfg[key]
 
 
+COCO_FLIP_PAIRS = ((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16))
+
+
+def flip_back(maps: np.ndarray, layout: str, joints: int = NUM_COCO) -> np.ndarray:
+    """Maps computed on a mirrored input, back in the input's frame: mirrored along W and
+    each left/right joint channel swapped with its partner (channel c of every group of
+    `joints` channels, so heatmaps and tag maps alike)."""
+    nchw = layout.upper() == "NCHW"
+    w_axis, c_axis = (-1, -3) if nchw else (-2, -1)
+    out = np.flip(np.asarray(maps), axis=w_axis)
+    perm = list(range(out.shape[c_axis]))
+    for base in range(0, len(perm) - joints + 1, joints):
+        for a, b in COCO_FLIP_PAIRS:
+            perm[base + a], perm[base + b] = base + b, base + a
+    return np.ascontiguousarray(np.take(out, perm, axis=c_axis))
+
+
+def _flip_heatmaps(name: str, layout: str, shift: bool):
+    def combine(plain, mirrored):
+        back = flip_back(mirrored[name], layout)
+        if shift:  # mmpose's shift_heatmap: the mirrored map is one pixel off
+            w_axis = -1 if layout.upper() == "NCHW" else -2
+            back = np.moveaxis(back, w_axis, -1).copy()
+            back[..., 1:] = back[..., :-1].copy()
+            back = np.moveaxis(back, -1, w_axis)
+        return {**plain, name: (np.asarray(plain[name]) + back) * 0.5}
+
+    return combine
+
+
+def _flip_ae(name: str, layout: str, joints: int):
+    def combine(plain, mirrored):
+        c_axis = -3 if layout.upper() == "NCHW" else -1
+        a, b = np.asarray(plain[name]), flip_back(mirrored[name], layout, joints)
+        heat = (np.take(a, range(joints), c_axis) + np.take(b, range(joints), c_axis)) * 0.5
+        tags_a = np.take(a, range(joints, 2 * joints), c_axis)
+        tags_b = np.take(b, range(joints, 2 * joints), c_axis)
+        return {**plain, name: np.concatenate([heat, tags_a, tags_b], axis=c_axis)}
+
+    return combine
+
+
 def build_decoder(cfg: dict[str, Any] | None) -> Decoder:
     """A Decoder from a model config's `decode:` section (schema in this module's docstring)."""
     if not isinstance(cfg, dict) or "type" not in cfg:
@@ -390,4 +441,19 @@ def build_decoder(cfg: dict[str, Any] | None) -> Decoder:
             return people
 
         names = [name]
-    return Decoder(kind, fn, names, num_joints, joint_map, threshold, dict(cfg))
+    flip = None
+    flip_test = cfg.get("flip_test", False)
+    if not isinstance(flip_test, bool):
+        raise GraphkitError(f"decode flip_test must be true or false, got {flip_test!r}")
+    if flip_test:
+        if kind not in ("heatmap", "associative-embedding"):
+            raise GraphkitError(
+                f"decode flip_test is for heatmap and associative-embedding, not {kind}"
+            )
+        if joint_map != {i: i for i in range(NUM_COCO)}:
+            raise GraphkitError("decode flip_test needs the model's 17 joints in COCO order")
+        if kind == "heatmap":
+            flip = _flip_heatmaps(names[0], layout, bool(cfg.get("flip_shift", True)))
+        else:
+            flip = _flip_ae(names[0], layout, num_joints)
+    return Decoder(kind, fn, names, num_joints, joint_map, threshold, dict(cfg), flip)

@@ -150,6 +150,13 @@ def predict_shard(
         meta = sample.meta
         got = executor.run(sample.feeds, [blobs[n] for n in decoder.outputs])
         raw = {n: got[blobs[n]] for n in decoder.outputs}
+        if decoder.flip is not None:  # test-time flip: the mirrored input too, combined
+            w_axis = 3 if spec.input.layout == "NCHW" else 2
+            mirrored = dict(sample.feeds)
+            x = mirrored[spec.input.name]
+            mirrored[spec.input.name] = np.ascontiguousarray(np.flip(x, axis=w_axis))
+            got = executor.run(mirrored, [blobs[n] for n in decoder.outputs])
+            raw = decoder.flip(raw, {n: got[blobs[n]] for n in decoder.outputs})
         for k, inst in enumerate(decoder(raw, tuple(meta["input_size"]))):
             kp = inst.keypoints.copy()
             kp[:, :2] = apply_affine(kp[:, :2], meta["crop_to_image"])
