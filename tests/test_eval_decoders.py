@@ -215,7 +215,9 @@ def test_heatmap_flip_test_shifts_the_mirrored_map_one_pixel_as_mmpose_does():
 
     rng = np.random.default_rng(2)
     out = rng.random((1, 17, 8, 6)).astype(np.float32)
-    plain = build_decoder({"type": "heatmap", "output": "h", "flip_test": True, "flip_shift": False})
+    plain = build_decoder(
+        {"type": "heatmap", "output": "h", "flip_test": True, "flip_shift": False}
+    )
     np.testing.assert_allclose(
         plain.flip({"h": out}, {"h": _mirror_equivariant(out)})["h"], out, rtol=1e-6
     )
