@@ -74,3 +74,26 @@ def test_hrnet_ae_to_vacc_and_atc_flow_runs_with_bottom_up_geometry(assets, tmp_
     details = int8["agreement_details"]
     assert details["matching"].startswith("greedy") and details["pairs"] > 0
     assert 0.0 < int8["agreement"] <= 1.0 and int8["workers"] == 2
+
+
+@pytest.mark.slow
+def test_fastpose_to_tensorrt_flow_rebuilds_the_cache_from_itself(assets, tmp_path):
+    pytest.importorskip("torch", reason="the export step needs PyTorch (the test extra)")
+    env = {**os.environ, "GRAPHKIT_ASSETS": str(assets), "LIMIT": "16", "SIZE": "128 96"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    run = subprocess.run(
+        ["bash", str(ROOT / "examples/seeds/fastpose-tensorrt/run.sh"), str(tmp_path / "w")],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    w = tmp_path / "w"
+    assert "the rebuilt cache is byte-identical" in run.stdout
+    cache = (w / "entropy/tensorrt/CalibrationTable").read_text().splitlines()
+    assert cache[0].startswith("TRT-") and cache[0].endswith("-EntropyCalibration")
+    assert len(cache) > 20  # every tensor TensorRT needs, not only the Conv inputs
+    for recipe in ("entropy", "default"):
+        got = json.loads((w / f"{recipe}.eval.json").read_text())
+        assert got["samples"] == 16 and 0.0 < got["agreement"] <= 1.0
