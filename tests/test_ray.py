@@ -90,3 +90,22 @@ def test_without_ray_installed_the_executor_says_how_to_get_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(GraphkitError, match=r"pip install 'graphkit\[ray\]'"):
         ray_tasks.ray_module()
+
+
+def test_ray_per_layer_diff_gives_the_single_process_rows(tmp_path):
+    import numpy as np
+    from test_diff_models import conv_model, ort_qdq
+
+    from graphkit.evaluators.per_layer import per_layer_errors, per_layer_errors_ray
+    from graphkit.model import load_model
+
+    rng = np.random.default_rng(1)
+    images = [rng.random((1, 3, 16, 16)).astype(np.float32) for _ in range(4)]
+    conv_model(tmp_path / "ref.onnx")
+    ort_qdq(tmp_path / "ref.onnx", tmp_path / "q.onnx", images)
+    ref, quant = load_model(tmp_path / "ref.onnx"), load_model(tmp_path / "q.onnx")
+    feeds = [{"x": im} for im in images]
+    seen = []
+    one = per_layer_errors(ref, quant, feeds)
+    got = per_layer_errors_ray(ref, quant, feeds, on_layer=seen.append)
+    assert got == one and sorted(seen) == sorted(r["node"] for r in one)

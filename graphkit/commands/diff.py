@@ -10,6 +10,7 @@ from rich.table import Table
 
 from graphkit.commands._common import (
     add_command,
+    add_executor_arguments,
     check_output_files,
     console,
     positive_int,
@@ -42,6 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=8,
         help="samples for the own-error table and --per-layer (default: %(default)s)",
     )
+    add_executor_arguments(p)
     p.add_argument(
         "--no-own",
         action="store_true",
@@ -103,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
             on_layer=on_layer,
             max_tensors_per_run=args.max_tensors_per_run,
             on_pass=on_pass,
+            executor=args.executor,
+            ray_address=args.ray_address,
         )
     data = report.to_dict()
     t = Table(

@@ -165,6 +165,8 @@ def compare(
     on_sample: Callable[[], None] | None = None,
     max_tensors_per_run: int | None = None,
     on_pass: Callable[[int, int], None] | None = None,
+    executor: str = "local",
+    ray_address: str | None = None,
 ) -> DiffReport:
     """Run both executors on every feeds dict and accumulate per-tensor metrics.
 
@@ -263,6 +265,8 @@ def run_diff(
     on_layer: Callable[[str], None] | None = None,
     max_tensors_per_run: int | None = None,
     on_pass: Callable[[int, int], None] | None = None,
+    executor: str = "local",
+    ray_address: str | None = None,
 ) -> DiffReport:
     """Compare REF against QUANT over the data spec's samples (see module docstring).
 
@@ -273,6 +277,7 @@ def run_diff(
     `per_layer_samples` samples); `histograms` streams |x| histograms of every reference
     tensor, and `table` (a graphkit calibration table) marks each tensor's threshold.
     `max_tensors_per_run` bounds memory by comparing the tensors in groups (see compare).
+    executor="ray" runs the per-layer models as Ray tasks (groups of layers).
     """
     from graphkit.data import check_against_model, iter_samples, load_input_spec
     from graphkit.evaluators.executors import open_executor
@@ -329,6 +334,13 @@ def run_diff(
         from graphkit.evaluators.per_layer import per_layer_errors
 
         feeds = [s.feeds for s in islice(iter_samples(spec), per_layer_samples)]
-        report.per_layer = per_layer_errors(ref.model, quant.model, feeds, on_layer=on_layer)
+        if executor == "ray":
+            from graphkit.evaluators.per_layer import per_layer_errors_ray
+
+            report.per_layer = per_layer_errors_ray(
+                ref.model, quant.model, feeds, on_layer=on_layer, address=ray_address
+            )
+        else:
+            report.per_layer = per_layer_errors(ref.model, quant.model, feeds, on_layer=on_layer)
         report.notes.append(f"per-layer errors measured on {len(feeds)} samples")
     return report

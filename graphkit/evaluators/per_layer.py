@@ -176,6 +176,50 @@ def per_layer_errors(
     return rows
 
 
+def _layer_group(names, ref_bytes, quant_bytes, samples):
+    """One Ray task: `per_layer_errors` of some layers."""
+    ref = onnx.ModelProto.FromString(ref_bytes)
+    quant = onnx.ModelProto.FromString(quant_bytes)
+    return per_layer_errors(ref, quant, samples, layers=set(names))
+
+
+def per_layer_errors_ray(
+    ref: onnx.ModelProto,
+    quant: onnx.ModelProto,
+    samples: Sequence[dict[str, np.ndarray]],
+    layers: Sequence[str] | None = None,
+    on_layer: Callable[[str], None] | None = None,
+    address: str | None = None,
+) -> list[dict[str, Any]]:
+    """`per_layer_errors` with the layers split over Ray tasks (`runtime.ray_tasks`): the
+    same rows in the same order; the models and samples go through the object store."""
+    from graphkit.runtime.ray_tasks import connect, run_tasks
+
+    picked = [n.name for n in quantized_layers(quant) if layers is None or n.name in layers]
+    if not picked:
+        raise GraphkitError("the quantized model has no Q/DQ layers to evaluate one at a time")
+    count = max(1, min(len(picked), connect(address)))
+
+    def done(_i: int, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            if on_layer is not None:
+                on_layer(row["node"])
+
+    parts = run_tasks(
+        _layer_group,
+        [(picked[i::count],) for i in range(count)],
+        shared={
+            "ref_bytes": ref.SerializeToString(),
+            "quant_bytes": quant.SerializeToString(),
+            "samples": list(samples),
+        },
+        on_done=done,
+        address=address,
+    )
+    by_node = {row["node"]: row for part in parts for row in part}
+    return [by_node[name] for name in picked]
+
+
 def sensitivity_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Most damaging layer first (lowest output SQNR; exact layers last)."""
     return sorted(
