@@ -3,8 +3,13 @@ per-layer diffs and COCO keypoint AP for pose networks.
 
     import graphkit
     model = graphkit.load_model("model.onnx")
+    model, steps = graphkit.run_pipeline(model, graphkit.load_pipeline("passes.yaml"))
     plan = graphkit.quantize(model, "spec.yaml")       # every int8 decision, measured
     graphkit.export_all(plan, model, ["ncnn", "tensorrt"], "deploy/")
+    result = graphkit.evaluate("model.onnx", "spec.yaml")          # COCO keypoint AP
+    report = graphkit.run_diff("model.onnx", "int8.onnx", "spec.yaml")  # per tensor
+
+Each `graphkit` command is one of these calls plus printing.
 """
 
 from graphkit.errors import GraphkitError
@@ -20,6 +25,12 @@ _LAZY = {
     "Recipe": ("graphkit.quant.quantize", "Recipe"),
     "QuantPlan": ("graphkit.quant.table", "QuantPlan"),
     "export_all": ("graphkit.quant.exporters", "export_all"),
+    "load_pipeline": ("graphkit.pipeline", "load_pipeline"),
+    "parse_pipeline": ("graphkit.pipeline", "parse_pipeline"),
+    "run_pipeline": ("graphkit.pipeline", "run_pipeline"),
+    "calibrate": ("graphkit.quant.calibrate", "calibrate"),
+    "evaluate": ("graphkit.evaluators.evaluate", "evaluate"),
+    "run_diff": ("graphkit.evaluators.diff", "run_diff"),
 }
 
 
@@ -37,8 +48,14 @@ __all__ = [
     "QuantPlan",
     "Recipe",
     "__version__",
+    "calibrate",
+    "evaluate",
     "export_all",
     "load_model",
+    "load_pipeline",
+    "parse_pipeline",
     "quantize",
+    "run_diff",
+    "run_pipeline",
     "save_model",
 ]

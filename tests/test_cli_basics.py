@@ -168,3 +168,17 @@ def test_progress_piped_prints_a_status_line_with_the_time_left(capsys):
         time.sleep(0.15)
     out = capsys.readouterr().out
     assert "calibrate: 4/10, 0 s, about" in out and "s left" in out
+
+
+def test_the_library_calls_behind_the_commands_are_importable_from_graphkit(tmp_path):
+    import graphkit
+
+    for name in graphkit.__all__:
+        assert getattr(graphkit, name) is not None, name
+    # a pass pipeline from Python, as README shows it
+    from graphkit.demo import build_pose_model
+
+    model = build_pose_model()
+    out, steps = graphkit.run_pipeline(model, graphkit.parse_pipeline(["cleanup", "fuse-bn"]))
+    assert [s.name for s in steps] == ["cleanup", "fuse-bn"]
+    assert len(out.graph.node) <= len(model.graph.node)
