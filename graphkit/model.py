@@ -15,6 +15,7 @@ from pathlib import Path
 
 import onnx
 
+from graphkit import scratch
 from graphkit.errors import GraphkitError
 
 PROTOBUF_LIMIT = 2**31 - 1
@@ -86,7 +87,8 @@ def save_model(
         model.ir_version = ir_version
     if external_data is None:
         external_data = model_size_bytes(model) > EXTERNAL_DATA_THRESHOLD
-    tmpdir = tempfile.mkdtemp(prefix=".graphkit-", dir=parent)
+    scratch.sweep(parent)
+    tmpdir = tempfile.mkdtemp(prefix=scratch.prefix("save-"), dir=parent)
     try:
         tmp_model = Path(tmpdir) / out.name
         data_name = out.name + ".data"
@@ -143,7 +145,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     if not parent.exists():
         raise GraphkitError(f"output directory {parent} does not exist")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".graphkit-", dir=parent)
+        scratch.sweep(parent)
+        fd, tmp = tempfile.mkstemp(prefix=scratch.prefix("write-"), dir=parent)
     except OSError as exc:
         raise GraphkitError(f"output directory {parent} is not writable ({exc.strerror})") from None
     try:

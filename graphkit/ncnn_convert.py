@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from graphkit import scratch
 from graphkit.errors import GraphkitError
 from graphkit.model import save_model
 
@@ -128,7 +129,8 @@ def convert(
         if dtype is None:
             raise GraphkitError(f"input '{vi.name}' has a type pnnx cannot feed")
         specs.append("[" + ",".join(str(d) for d in shapes[vi.name]) + "]" + dtype)
-    with tempfile.TemporaryDirectory(prefix="graphkit-pnnx-") as tmp:
+    scratch.sweep()
+    with tempfile.TemporaryDirectory(prefix=scratch.prefix("pnnx-")) as tmp:
         src = Path(tmp) / "model.onnx"
         save_model(model, src, ir_version=min(model.ir_version, PNNX_MAX_IR))
         param, binf = Path(tmp) / "m.ncnn.param", Path(tmp) / "m.ncnn.bin"
@@ -188,7 +190,7 @@ def check_runnable(param_path: Path) -> None:
 
 def _place(src: Path, dst: Path) -> None:
     """Copy next to the destination, then rename: readers never see half a file."""
-    tmp = dst.with_name(f".graphkit-{dst.name}")
+    tmp = dst.with_name(scratch.prefix("place-") + dst.name)
     shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
 

@@ -182,3 +182,30 @@ def test_the_library_calls_behind_the_commands_are_importable_from_graphkit(tmp_
     out, steps = graphkit.run_pipeline(model, graphkit.parse_pipeline(["cleanup", "fuse-bn"]))
     assert [s.name for s in steps] == ["cleanup", "fuse-bn"]
     assert len(out.graph.node) <= len(model.graph.node)
+
+
+def test_leftovers_of_killed_runs_are_swept_and_live_ones_kept(tmp_path):
+    import os
+
+    from graphkit.model import atomic_write_text
+    from graphkit.scratch import prefix
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    gone = int(dead.stdout)  # that process has exited
+    (tmp_path / f".graphkit-{gone}-export-abc").mkdir()
+    (tmp_path / f".graphkit-{gone}-export-abc" / "model.onnx").write_bytes(b"x" * 100)
+    (tmp_path / f".graphkit-{gone}-write-xyz").write_text("half a table")
+    live = tmp_path / f".graphkit-{os.getppid()}-save-keep"  # our parent is alive
+    live.mkdir()
+    mine = tmp_path / (prefix("write-") + "mine")
+    mine.write_text("ours")
+    user = tmp_path / ".graphkit-notes"  # not a scratch name: never touched
+    user.write_text("user file")
+    atomic_write_text(tmp_path / "out.json", "{}")
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(["out.json", live.name, mine.name, user.name])

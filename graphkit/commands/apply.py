@@ -9,6 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from graphkit import scratch
 from graphkit.commands._common import add_command, console, non_negative_int
 from graphkit.errors import GraphkitError
 from graphkit.model import atomic_write_text, load_model, save_model
@@ -48,7 +49,7 @@ def _check_writable(path: str, what: str) -> None:
     if Path(path).is_dir():
         raise GraphkitError(f"{what} path {path} is a directory")
     try:
-        fd, probe = tempfile.mkstemp(prefix=".graphkit-probe-", dir=parent)
+        fd, probe = tempfile.mkstemp(prefix=scratch.prefix("probe-"), dir=parent)
     except OSError:
         raise GraphkitError(f"{what} directory {parent} is not writable") from None
     os.close(fd)

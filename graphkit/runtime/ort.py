@@ -20,6 +20,8 @@ from onnx import TensorProto, helper
 
 from graphkit.errors import GraphkitError
 from graphkit.model import EXTERNAL_DATA_THRESHOLD, model_size_bytes, save_model
+from graphkit.scratch import prefix as scratch_prefix
+from graphkit.scratch import sweep
 
 ONNX_TO_NUMPY = {
     TensorProto.FLOAT: np.float32,
@@ -59,7 +61,8 @@ def make_session(
             return ort.InferenceSession(
                 model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
             )
-        with tempfile.TemporaryDirectory() as tmp:
+        sweep()
+        with tempfile.TemporaryDirectory(prefix=scratch_prefix("session-")) as tmp:
             path = save_model(model, Path(tmp) / "model.onnx", external_data=True)
             return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - any runtime failure becomes one sentence

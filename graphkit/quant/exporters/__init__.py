@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from graphkit import scratch
 from graphkit.errors import GraphkitError
 from graphkit.model import atomic_write_text
 from graphkit.quant.exporters._common import ExportedFile, check_table
@@ -129,7 +130,8 @@ def export_all(
     out.parent.mkdir(parents=True, exist_ok=True)
     # build everything in a scratch directory beside out_dir, move it in only when every
     # target succeeded: a failing target leaves no half-exported directory behind
-    tmp = Path(tempfile.mkdtemp(prefix=".graphkit-export-", dir=out.parent))
+    scratch.sweep(out.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=scratch.prefix("export-"), dir=out.parent))
     try:
         files: list[ExportedFile] = []
         for name in names:
