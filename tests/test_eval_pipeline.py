@@ -350,3 +350,36 @@ def test_bottom_up_agreement_matches_persons_by_oks_and_counts_the_unmatched():
     # pairing instance k with instance k (the old way) pairs people 300 px apart
     naive = oks(ref[0]["keypoints"], other[0]["keypoints"], 640 * 480)
     assert naive < 0.5 < d["agreement"]
+
+
+def test_a_decoder_reading_some_outputs_runs_the_model_as_onnxruntime_optimizes_it():
+    """Q/DQ models must run with onnxruntime's int8 kernels (optimized session) whether the
+    decoder reads every output or only some (posenet: 2 of 4); only intermediate tensors
+    need the unoptimized session."""
+    import onnxruntime as ort
+
+    from graphkit.evaluators.executors import OnnxExecutor
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Neg", ["x"], ["b"])]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in ("a", "b")]
+    model = helper.make_model(
+        helper.make_graph(nodes, "two", [x], outs), opset_imports=[helper.make_opsetid("", 13)]
+    )
+    ex = OnnxExecutor(model)
+    feeds = {"x": np.array([[-1, 2, -3, 4]], np.float32)}
+    assert ex.run(feeds, ["a"])["a"].tolist() == [[0, 2, 0, 4]]
+    level = ex._sessions[("a",)].get_session_options().graph_optimization_level
+    assert level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # an intermediate tensor (not a graph output) still gets the unoptimized session
+    chain = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Neg", ["r"], ["y"])]
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    inner = OnnxExecutor(
+        helper.make_model(
+            helper.make_graph(chain, "inner", [x], [y]),
+            opset_imports=[helper.make_opsetid("", 13)],
+        )
+    )
+    assert inner.run(feeds, ["r"])["r"].tolist() == [[0, 2, 0, 4]]
+    level = inner._sessions[("r",)].get_session_options().graph_optimization_level
+    assert level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL

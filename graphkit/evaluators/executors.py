@@ -51,6 +51,11 @@ class OnnxExecutor:
         if sess is None:
             if list(names) == self.outputs():
                 sess = ort_rt.make_session(self.model, threads=self.threads)
+            elif set(names) <= set(self.outputs()):
+                # some of the graph outputs (a decoder reading 2 of posenet's 4): prune the
+                # rest, keep the graph optimizations (they never remove a graph output)
+                target = ort_rt.with_outputs(self.model, list(names), prune=True)
+                sess = ort_rt.make_session(target, threads=self.threads)
             else:
                 # Keep intermediate names intact: no fusion may swallow a requested tensor.
                 target = ort_rt.with_outputs(self.model, list(names), prune=True)
