@@ -13,22 +13,29 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_example(flow: str, assets: Path, work: Path, **env: str) -> subprocess.CompletedProcess:
+    """`bash examples/seeds/<flow>/run.sh WORK` as a user runs it (this Python's scripts on
+    PATH, the assets exported, `env` as the script's knobs), asserted to succeed."""
+    pytest.importorskip("torch", reason="the export step needs PyTorch (the test extra)")
+    full = {**os.environ, "GRAPHKIT_ASSETS": str(assets), **env}
+    full["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{full.get('PATH', '')}"
+    run = subprocess.run(
+        ["bash", str(ROOT / "examples/seeds" / flow / "run.sh"), str(work)],
+        capture_output=True,
+        text=True,
+        env=full,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return run
+
+
 @pytest.mark.slow
 def test_hourglass_to_ncnn_int8_flow_runs_and_the_default_plan_beats_ncnn2table(
     assets, tmp_path, pnnx_installed
 ):
-    pytest.importorskip("torch", reason="the export step needs PyTorch (the test extra)")
     pytest.importorskip("ncnn")
-    env = {**os.environ, "GRAPHKIT_ASSETS": str(assets), "LIMIT": "24"}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    run = subprocess.run(
-        ["bash", str(ROOT / "examples/seeds/hourglass-ncnn/run.sh"), str(tmp_path / "work")],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    run = run_example("hourglass-ncnn", assets, tmp_path / "work", LIMIT="24")
     work = tmp_path / "work"
     for f in ("hourglass.onnx", "kl/ncnn/model.int8.param", "default/ncnn/model.int8.bin"):
         assert (work / f).exists(), f
@@ -46,17 +53,7 @@ def test_hourglass_to_ncnn_int8_flow_runs_and_the_default_plan_beats_ncnn2table(
 
 @pytest.mark.slow
 def test_hrnet_ae_to_vacc_and_atc_flow_runs_with_bottom_up_geometry(assets, tmp_path):
-    pytest.importorskip("torch", reason="the export step needs PyTorch (the test extra)")
-    env = {**os.environ, "GRAPHKIT_ASSETS": str(assets), "LIMIT": "12", "SHORT": "64"}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    run = subprocess.run(
-        ["bash", str(ROOT / "examples/seeds/hrnet-ae-vacc-atc/run.sh"), str(tmp_path / "w")],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    run = run_example("hrnet-ae-vacc-atc", assets, tmp_path / "w", LIMIT="12", SHORT="64")
     w = tmp_path / "w"
     out = " ".join(run.stdout.split())
     # the multi-branch net is verified at a size it runs at, not at 1x1
@@ -78,17 +75,7 @@ def test_hrnet_ae_to_vacc_and_atc_flow_runs_with_bottom_up_geometry(assets, tmp_
 
 @pytest.mark.slow
 def test_fastpose_to_tensorrt_flow_rebuilds_the_cache_from_itself(assets, tmp_path):
-    pytest.importorskip("torch", reason="the export step needs PyTorch (the test extra)")
-    env = {**os.environ, "GRAPHKIT_ASSETS": str(assets), "LIMIT": "16", "SIZE": "128 96"}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    run = subprocess.run(
-        ["bash", str(ROOT / "examples/seeds/fastpose-tensorrt/run.sh"), str(tmp_path / "w")],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    run = run_example("fastpose-tensorrt", assets, tmp_path / "w", LIMIT="16", SIZE="128 96")
     w = tmp_path / "w"
     assert "the rebuilt cache is byte-identical" in run.stdout
     cache = (w / "entropy/tensorrt/CalibrationTable").read_text().splitlines()

@@ -77,13 +77,7 @@ def run(args: argparse.Namespace) -> int:
         if args.limit is not None:
             spec = spec.with_source(limit=args.limit)
         samples = bar.add_task("comparing", total=count_samples(spec))
-        layer_count = None
-        if args.per_layer and args.quant.endswith(".onnx"):
-            from graphkit.evaluators.per_layer import quantized_layers
-            from graphkit.model import load_model
-
-            layer_count = len(quantized_layers(load_model(args.quant, load_external_data=False)))
-        layers = bar.add_task("per-layer", total=layer_count, visible=False)
+        layers = bar.add_task("per-layer", total=None, visible=False)
 
         def on_layer(_name: str) -> None:
             bar.update(layers, visible=True, advance=1)
@@ -103,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
             table=args.table,
             on_sample=lambda: bar.advance(samples),
             on_layer=on_layer,
+            on_layer_total=lambda n: bar.update(layers, total=n),
             max_tensors_per_run=args.max_tensors_per_run,
             on_pass=on_pass,
             executor=args.executor,

@@ -263,6 +263,7 @@ def run_diff(
     table: str | None = None,
     on_sample: Callable[[], None] | None = None,
     on_layer: Callable[[str], None] | None = None,
+    on_layer_total: Callable[[int], None] | None = None,
     max_tensors_per_run: int | None = None,
     on_pass: Callable[[int, int], None] | None = None,
     executor: str = "local",
@@ -338,9 +339,16 @@ def run_diff(
             from graphkit.evaluators.per_layer import per_layer_errors_ray
 
             report.per_layer = per_layer_errors_ray(
-                ref.model, quant.model, feeds, on_layer=on_layer, address=ray_address
+                ref.model,
+                quant.model,
+                feeds,
+                on_layer=on_layer,
+                address=ray_address,
+                on_total=on_layer_total,
             )
         else:
-            report.per_layer = per_layer_errors(ref.model, quant.model, feeds, on_layer=on_layer)
+            report.per_layer = per_layer_errors(
+                ref.model, quant.model, feeds, on_layer=on_layer, on_total=on_layer_total
+            )
         report.notes.append(f"per-layer errors measured on {len(feeds)} samples")
     return report

@@ -20,7 +20,7 @@ from onnx import helper
 
 from graphkit.evaluators.executors import OnnxExecutor
 from graphkit.evaluators.metrics import RunningDiff, finite_or_none
-from graphkit.evaluators.per_layer import counterpart, quantized_layers
+from graphkit.evaluators.per_layer import counterpart, input_chain, quantized_layers
 from graphkit.runtime.ort import make_session
 
 Feeds = dict[str, np.ndarray]
@@ -38,15 +38,11 @@ class LayerAlone:
         for t in layer.input:
             if not t or t in inits:
                 continue
-            dq = producer.get(t)
-            if dq is None or dq.op_type != "DequantizeLinear":
+            found = input_chain(producer, t)
+            if found is None:
                 self.inputs.append(t)
                 continue
-            chain, src = [dq], dq.input[0]
-            q = producer.get(src)
-            if q is not None and q.op_type == "QuantizeLinear":
-                chain.insert(0, q)
-                src = q.input[0]
+            chain, src = found
             self.nodes.extend(chain)
             if src not in inits:
                 self.inputs.append(src)

@@ -37,6 +37,23 @@ def quantized_layers(quant: onnx.ModelProto) -> list[onnx.NodeProto]:
     return out
 
 
+def input_chain(
+    producer: dict[str, onnx.NodeProto], tensor: str
+) -> tuple[list[onnx.NodeProto], str] | None:
+    """The [QuantizeLinear,] DequantizeLinear nodes that make a layer's input `tensor`, and
+    the tensor they start from (the float activation, or the integer weight); None when
+    `tensor` is not a DequantizeLinear output."""
+    dq = producer.get(tensor)
+    if dq is None or dq.op_type != "DequantizeLinear":
+        return None
+    chain, src = [dq], dq.input[0]
+    q = producer.get(src)
+    if q is not None and q.op_type == "QuantizeLinear":
+        chain.insert(0, q)
+        src = q.input[0]
+    return chain, src
+
+
 def counterpart(ref: onnx.ModelProto, layer: onnx.NodeProto) -> onnx.NodeProto | None:
     """The reference node a quantized layer came from: same name, else same outputs."""
     for n in ref.graph.node:
@@ -68,15 +85,11 @@ def single_layer_model(
                 have.add(t)
 
     for slot, t in enumerate(layer.input):
-        dq = producer.get(t)
-        if dq is None or dq.op_type != "DequantizeLinear":
+        found = input_chain(producer, t)
+        if found is None:
             continue
-        chain = [dq]
-        src = dq.input[0]
-        q = producer.get(src)
-        if q is not None and q.op_type == "QuantizeLinear":
-            chain.insert(0, q)
-            src = q.input[0]
+        chain, src = found
+        dq = chain[-1]
         if src not in tensors and src not in q_inits:
             raise GraphkitError(
                 f"layer '{layer.name}' quantizes tensor '{src}' that the reference does not have"
@@ -116,8 +129,10 @@ def per_layer_errors(
     samples: Sequence[dict[str, np.ndarray]],
     layers: Sequence[str] | None = None,
     on_layer: Callable[[str], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """For each quantized layer alone: SQNR at its own output and at the model outputs.
+    """For each quantized layer alone: SQNR at its own output and at the model outputs
+    (`on_total(n)` is told how many layers first, `on_layer` after each).
 
     `samples` is a list (it is replayed once per layer); reference outputs are computed
     once and kept, so memory is the model outputs of len(samples) images.
@@ -127,6 +142,8 @@ def per_layer_errors(
     picked = [n for n in quantized_layers(quant) if layers is None or n.name in layers]
     if not picked:
         raise GraphkitError("the quantized model has no Q/DQ layers to evaluate one at a time")
+    if on_total is not None:
+        on_total(len(picked))
     ref_outputs = [ref_exec.run(f, outs) for f in samples]
     rows = []
     for layer in picked:
@@ -190,6 +207,7 @@ def per_layer_errors_ray(
     layers: Sequence[str] | None = None,
     on_layer: Callable[[str], None] | None = None,
     address: str | None = None,
+    on_total: Callable[[int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """`per_layer_errors` with the layers split over Ray tasks (`runtime.ray_tasks`): the
     same rows in the same order; the models and samples go through the object store."""
@@ -198,6 +216,8 @@ def per_layer_errors_ray(
     picked = [n.name for n in quantized_layers(quant) if layers is None or n.name in layers]
     if not picked:
         raise GraphkitError("the quantized model has no Q/DQ layers to evaluate one at a time")
+    if on_total is not None:
+        on_total(len(picked))
     count = max(1, min(len(picked), connect(address)))
 
     def done(_i: int, rows: list[dict[str, Any]]) -> None:

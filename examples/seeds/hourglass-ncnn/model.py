@@ -19,21 +19,18 @@ is what a trained checkpoint exports, the AP is not. Load your own with `--check
 from __future__ import annotations
 
 import argparse
-import io
-import warnings
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # examples/seeds/seedlib.py
+from seedlib import conv_bn_relu, export_onnx, seeded
+
 JOINTS = 17
 COCO_FLIP_PAIRS = [(1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16)]
-
-
-def conv_bn_relu(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU()
-    )
 
 
 class Residual(nn.Module):
@@ -112,47 +109,13 @@ class FlipTest(nn.Module):
         return [(p + self._back(m)) * 0.5 for p, m in zip(plain, mirrored)]
 
 
-def seeded(net: nn.Module, seed: int = 0) -> nn.Module:
-    """Fixed random weights, BatchNorm with non-trivial running statistics, eval mode."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.Conv2d):
-                m.weight.copy_(
-                    torch.randn(m.weight.shape, generator=gen) * (2.0 / m.weight[0].numel()) ** 0.5
-                )
-                if m.bias is not None:
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
-            elif isinstance(m, nn.BatchNorm2d):
-                c = m.num_features
-                m.weight.copy_(1.0 + 0.2 * torch.randn(c, generator=gen))
-                m.bias.copy_(0.1 * torch.randn(c, generator=gen))
-                m.running_mean.copy_(0.2 * torch.randn(c, generator=gen))
-                m.running_var.copy_(0.5 + torch.rand(c, generator=gen))
-    return net.eval()
-
-
-def export_onnx(net: nn.Module, size: tuple[int, int], path: str) -> None:
-    """torch.onnx.export as mmdeploy's pytorch2onnx does: opset 11, one 1x3xHxW input,
-    every stage output named output_<i>."""
+def export(net: nn.Module, size: tuple[int, int], path: str) -> None:
+    """As mmdeploy's pytorch2onnx exports: opset 11, one 1x3xHxW input, every stage
+    output named output_<i>."""
     example = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         n_out = len(net(example))
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net,
-            (example,),
-            buf,
-            dynamo=False,
-            opset_version=11,
-            input_names=["input"],
-            output_names=[f"output_{i}" for i in range(n_out)],
-            do_constant_folding=True,
-        )
-    with open(path, "wb") as f:
-        f.write(buf.getvalue())
+    export_onnx(net, example, path, [f"output_{i}" for i in range(n_out)], opset=11)
 
 
 def main() -> None:
@@ -167,7 +130,7 @@ def main() -> None:
     net = seeded(HourglassNet(args.channels, args.stacks))
     if args.checkpoint:
         net.load_state_dict(torch.load(args.checkpoint, map_location="cpu"))
-    export_onnx(FlipTest(net) if args.flip_test else net, tuple(args.size), args.out)
+    export(FlipTest(net) if args.flip_test else net, tuple(args.size), args.out)
     print(f"wrote {args.out}")
 
 

@@ -17,19 +17,17 @@ the AP is not. Load your own with `--checkpoint` (a state dict of this module).
 from __future__ import annotations
 
 import argparse
-import io
-import warnings
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # examples/seeds/seedlib.py
+from seedlib import conv_bn_relu, export_onnx, seeded
+
 JOINTS = 17
-
-
-def conv_bn_relu(cin: int, cout: int, k: int = 3, stride: int = 1, relu: bool = True):
-    layers = [nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout)]
-    return nn.Sequential(*layers, nn.ReLU()) if relu else nn.Sequential(*layers)
 
 
 class Basic(nn.Module):
@@ -98,45 +96,12 @@ class HRNetAE(nn.Module):
         return self.head(xs[0])
 
 
-def seeded(net: nn.Module, seed: int = 0) -> nn.Module:
-    """Fixed random weights, BatchNorm with non-trivial running statistics, eval mode."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.Conv2d):
-                fan = m.weight[0].numel()
-                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * (2.0 / fan) ** 0.5)
-                if m.bias is not None:
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
-            elif isinstance(m, nn.BatchNorm2d):
-                c = m.num_features
-                m.weight.copy_(1.0 + 0.2 * torch.randn(c, generator=gen))
-                m.bias.copy_(0.1 * torch.randn(c, generator=gen))
-                m.running_mean.copy_(0.2 * torch.randn(c, generator=gen))
-                m.running_var.copy_(0.5 + torch.rand(c, generator=gen))
-    return net.eval()
-
-
-def export_onnx(net: nn.Module, path: str) -> None:
+def export(net: nn.Module, path: str) -> None:
     """opset 11, input 1x3xHxW with batch, height and width free (mmpose's
     pytorch2onnx with dynamic axes), output 1x34x(H/4)x(W/4)."""
     example = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net,
-            (example,),
-            buf,
-            dynamo=False,
-            opset_version=11,
-            input_names=["input"],
-            output_names=["output"],
-            dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"}, "output": {0: "batch"}},
-            do_constant_folding=True,
-        )
-    with open(path, "wb") as f:
-        f.write(buf.getvalue())
+    axes = {"input": {0: "batch", 2: "height", 3: "width"}, "output": {0: "batch"}}
+    export_onnx(net, example, path, ["output"], opset=11, dynamic_axes=axes)
 
 
 def main() -> None:
@@ -148,7 +113,7 @@ def main() -> None:
     net = seeded(HRNetAE(args.channels))
     if args.checkpoint:
         net.load_state_dict(torch.load(args.checkpoint, map_location="cpu"))
-    export_onnx(net, args.out)
+    export(net, args.out)
     print(f"wrote {args.out}")
 
 
