@@ -269,3 +269,23 @@ def test_keep_float_choice_on_rounded_weights_scores_the_model_it_ships(setup):
     )
     assert scorer(shipped) == pytest.approx(choice.sqnr_db)
     assert choice.baseline_db == pytest.approx(scorer(insert_qdq(rounded, table)))
+
+
+def test_rounding_all_groups_at_once_equals_rounding_each_group_alone():
+    from graphkit.quant.refine import _gptq
+
+    rng = np.random.default_rng(3)
+    groups, rows, cols = 5, 3, 12
+    w = rng.normal(0, 1, (groups, rows, cols))
+    x = rng.normal(0, 1, (groups, 200, cols)) + rng.uniform(0.5, 1.5, (groups, 1, cols))
+    h = np.matmul(x.transpose(0, 2, 1), x)
+    h[2, :, 4] = h[2, 4, :] = 0.0  # a dead input in one group
+    scale = np.abs(w).max(axis=2) / 127.0
+    together = _gptq(w, h, scale, 0.01, block=5)
+    alone = np.concatenate(
+        [_gptq(w[g : g + 1], h[g : g + 1], scale[g : g + 1], 0.01, block=5) for g in range(groups)]
+    )
+    assert np.array_equal(together, alone)
+    assert np.abs(together).max() <= 127 and not np.array_equal(
+        together, np.clip(np.round(w / scale[..., None]), -127, 127)
+    )

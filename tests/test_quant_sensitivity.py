@@ -143,3 +143,13 @@ def test_scored_tensors_are_the_heads_of_an_in_graph_decoder():
     assert head_tensors(model, ["peak_f"]) == ["y"]
     scorer = OutputScorer(model, feeds(2), head_tensors(model, ["peak_f"]))
     assert scorer.outputs == ["y"] and scorer(model) == float("inf")
+
+
+def test_a_scorer_on_its_first_samples_scores_like_one_built_on_them(planted):
+    model, samples, table = planted
+    qdq = insert_qdq(model, table)
+    inner = OutputScorer(model, samples, head_tensors(model)).subset(2)
+    fresh = OutputScorer(model, samples[:2], head_tensors(model))
+    assert len(inner.samples) == 2
+    assert inner(qdq) == pytest.approx(fresh(qdq), abs=1e-9)
+    assert inner(qdq) != pytest.approx(OutputScorer(model, samples)(qdq), abs=1e-6)

@@ -96,6 +96,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="samples after them on which every choice is measured (default 8)",
     )
     p.add_argument(
+        "--rank-samples",
+        type=positive_int,
+        metavar="K",
+        help="of the scored samples, the first K rank the layers for float fallback (default 4)",
+    )
+    p.add_argument(
         "--workers",
         type=positive_int,
         default=1,
@@ -186,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
         bias_correction=args.bias_correction,
         fit_samples=args.fit_samples,
         score_samples=args.score_samples,
+        rank_samples=args.rank_samples,
     )
     check_outputs(args)
     model = load_model(args.model)

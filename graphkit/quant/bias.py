@@ -81,39 +81,6 @@ def _depths(graph: onnx.GraphProto, convs: list[onnx.NodeProto]) -> dict[str, in
     return depths
 
 
-def _alone(conv: onnx.NodeProto):
-    """Run one Conv node (same attributes, same onnxruntime kernel) on given arrays."""
-    sessions = {}
-
-    def run(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-        key = (x.ndim, w.shape)
-        if key not in sessions:
-            node = onnx.NodeProto()
-            node.CopyFrom(conv)
-            del node.input[:], node.output[:]
-            node.input.extend(["x", "w", "b"])
-            node.output.append("y")
-            arrays = {"x": x, "w": w, "b": b}
-            graph = onnx.helper.make_graph(
-                [node],
-                "conv",
-                [  # x of any size: samples may differ
-                    onnx.helper.make_tensor_value_info(
-                        n, onnx.TensorProto.FLOAT, None if n == "x" else a.shape
-                    )
-                    for n, a in arrays.items()
-                ],
-                [onnx.helper.make_empty_tensor_value_info("y")],
-            )
-            model = onnx.helper.make_model(
-                graph, opset_imports=[onnx.helper.make_opsetid("", 13)], ir_version=8
-            )
-            sessions[key] = make_session(model, optimize=False)
-        return sessions[key].run(["y"], {"x": x, "w": w, "b": b})[0]
-
-    return run
-
-
 def correct_bias(
     float_model: onnx.ModelProto,
     qdq: onnx.ModelProto,
@@ -190,11 +157,9 @@ def correct_bias(
     levels = sorted(set(depths.values()))
     by_level = [[n for n in convs if depths[n.name] == level] for level in levels]
     # one part per depth: each sweep costs one forward pass per sample, not one per depth;
-    # a corrected Conv alone is run again on its kept inputs, so later parts read exactly
-    # what the corrected model computes
-    reads = [[t for n in layer for t in n.input[:2]] for layer in by_level]
-    parts = Segments(probe, [[n.output[0] for n in layer] + r for layer, r in zip(by_level, reads)])
-    alone = {n.name: _alone(n) for n in convs}
+    # a corrected Conv's kept output moves by its bias change, so later parts read
+    # exactly what the corrected model computes
+    parts = Segments(probe, [[n.output[0] for n in layer] for layer in by_level])
     shifts = []
     for _ in range(passes):
         total, count = 0.0, 0
@@ -212,16 +177,15 @@ def correct_bias(
                 t = node.output[0]
                 shift = acc[t] / len(samples) - ref[t]
                 b = node.input[2]
-                biases[b] = (biases[b] - shift).astype(np.float32)
+                new = (biases[b] - shift).astype(np.float32)
+                # the Conv is linear in its bias: the corrected output is the kept one
+                # moved by the change, per channel (axis 1)
+                step = new - biases[b]
+                biases[b] = new
                 total += float(np.abs(shift).sum())
                 count += shift.size
                 for env in envs:
-                    x, w = (env[i] for i in node.input[:2])
-                    env[t] = alone[node.name](x, w, biases[b])
-            for env in envs:  # the kept Conv inputs, unless a later part reads them
-                for t in reads[k]:
-                    if parts.last_read.get(t, -1) <= k:
-                        env.pop(t, None)
+                    env[t] = env[t] + step.reshape((1, -1) + (1,) * (env[t].ndim - 2))
         shifts.append(total / max(count, 1))
     graph.initializer.extend(numpy_helper.from_array(v, b) for b, v in biases.items())
     drop_unused_weights(graph, inits)  # a shared bias now copied to every reader

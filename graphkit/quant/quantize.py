@@ -64,6 +64,7 @@ class Recipe:
     bias_correction: str = "auto"  # auto (kept if it helps), on, off
     fit_samples: int = 8  # rounding and bias correction are fitted on these
     score_samples: int = 8  # choices are measured on these (held out from the fit)
+    rank_samples: int = 4  # the sensitivity ranking runs on the first of the scored crops
 
     @property
     def measures(self) -> bool:
@@ -105,8 +106,8 @@ def recipe_of(recipe: Recipe | str, method: str | None = None, **overrides: Any)
         raise GraphkitError(f"criterion must be sqnr, mean or agreement, not {recipe.criterion}")
     if recipe.lookahead < 1:
         raise GraphkitError(f"lookahead must be at least 1, got {recipe.lookahead}")
-    if recipe.fit_samples < 1 or recipe.score_samples < 1:
-        raise GraphkitError("fit and score sample counts must be at least 1")
+    if min(recipe.fit_samples, recipe.score_samples, recipe.rank_samples) < 1:
+        raise GraphkitError("fit, score and rank sample counts must be at least 1")
     for m in recipe.methods:
         canonical_method(m)
     return recipe
@@ -146,6 +147,11 @@ class HeldOutScorer(OutputScorer):
             if self.decoder is not None
             else []
         )
+
+    def subset(self, count: int) -> HeldOutScorer:
+        out = super().subset(count)
+        out.metas, out.reference_points = self.metas[:count], self.reference_points[:count]
+        return out
 
     def _points(self, outputs: list[np.ndarray], meta: dict) -> np.ndarray:
         """The decoded keypoints of one crop, in image pixels (17, 3)."""
@@ -309,10 +315,17 @@ def quantize(
         t = time.perf_counter()
         if calibrate_options.get("executor", "local") == "ray":
             ranking = _ray_sensitivity(
-                model, rounded, plan, score, heads, scorer.rank_by, calibrate_options
+                model,
+                rounded,
+                plan,
+                score[: recipe.rank_samples],
+                heads,
+                scorer.rank_by,
+                calibrate_options,
             )
         else:
-            ranking = sensitivity(model, scorer, plan, keep_float=plan.keep_float, base=rounded)
+            ranker = scorer.subset(recipe.rank_samples)
+            ranking = sensitivity(model, ranker, plan, keep_float=plan.keep_float, base=rounded)
         alone = dict(ranking)
         pool = [name for name, _ in ranking]
         steps = []

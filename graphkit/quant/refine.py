@@ -267,42 +267,50 @@ def _patches(x: np.ndarray, geo: dict, index) -> np.ndarray:
     return p.reshape(g, len(ys), (c // g) * kh * kw)
 
 
-def _rounding_error(q: np.ndarray, scale: np.ndarray, w: np.ndarray, h: np.ndarray) -> float:
-    """Output squared error of integer weights q (rows) on the sampled patches:
-    (W - D) sum(x x^T) (W - D)^T, D = q * scale."""
-    d = w - q * scale[:, None]
-    return float(np.sum((d @ h) * d))
+def _rounding_error(q: np.ndarray, scale: np.ndarray, w: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """Output squared error of integer weights q (groups, rows, cols) on the sampled
+    patches, per group: (W - D) sum(x x^T) (W - D)^T, D = q * scale."""
+    d = w - q * scale[..., None]
+    return np.sum((d @ h) * d, axis=(1, 2))
 
 
 def _gptq(
     w: np.ndarray, h: np.ndarray, scale: np.ndarray, damp: float, block: int = 128
 ) -> np.ndarray:
-    """Integer weights for rows of `w` (rows x cols) with per-row `scale` that keep
-    (w - q*s) H (w - q*s)^T small: quantize column by column, pushing each column's
-    rounding error onto the columns not yet quantized (GPTQ / optimal brain quantization)."""
-    cols = h.shape[0]
+    """Integer weights for `w` (groups, rows, cols) with per-row `scale` (groups, rows)
+    that keep (w - q*s) H (w - q*s)^T small in every group: quantize column by column,
+    pushing each column's rounding error onto the columns not yet quantized (GPTQ /
+    optimal brain quantization). All groups at once: a depthwise Conv is hundreds of
+    one-row groups."""
+    groups, _, cols = w.shape
     h = h.copy()
-    dead = np.diag(h) == 0
-    h[dead, dead] = 1.0
-    w = w.copy()
-    h += np.eye(cols) * damp * max(float(np.mean(np.diag(h))), 1e-12)
+    diag = np.arange(cols)
+    d = h[:, diag, diag]
+    h[:, diag, diag] = np.where(d == 0, 1.0, d)  # dead inputs
+    mean = np.maximum(h[:, diag, diag].mean(axis=1), 1e-12)
+    h[:, diag, diag] += damp * mean[:, None]
     try:
-        hinv = np.linalg.cholesky(np.linalg.inv(h)).T  # upper
+        hinv = np.linalg.cholesky(np.linalg.inv(h)).transpose(0, 2, 1)  # upper
     except np.linalg.LinAlgError:
-        return np.clip(np.round(w / scale[:, None]), -QMAX, QMAX)
+        if groups == 1:
+            return np.clip(np.round(w / scale[..., None]), -QMAX, QMAX)
+        return np.concatenate(
+            [_gptq(w[g : g + 1], h[g : g + 1], scale[g : g + 1], 0.0, block) for g in range(groups)]
+        )
+    w = w.copy()
     q = np.zeros_like(w)
     for b0 in range(0, cols, block):  # lazy batch updates: one matmul per block of columns
         b1 = min(b0 + block, cols)
-        wb = w[:, b0:b1].copy()
+        wb = w[:, :, b0:b1].copy()
         errs = np.zeros_like(wb)
-        hb = hinv[b0:b1, b0:b1]
+        hb = hinv[:, b0:b1, b0:b1]
         for i in range(b1 - b0):
-            qi = np.clip(np.round(wb[:, i] / scale), -QMAX, QMAX)
-            q[:, b0 + i] = qi
-            err = (wb[:, i] - qi * scale) / hb[i, i]
-            wb[:, i + 1 :] -= np.outer(err, hb[i, i + 1 :])
-            errs[:, i] = err
-        w[:, b1:] -= errs @ hinv[b0:b1, b1:]
+            qi = np.clip(np.round(wb[:, :, i] / scale), -QMAX, QMAX)
+            q[:, :, b0 + i] = qi
+            err = (wb[:, :, i] - qi * scale) / hb[:, i, i, None]
+            wb[:, :, i + 1 :] -= err[:, :, None] * hb[:, None, i, i + 1 :]
+            errs[:, :, i] = err
+        w[:, :, b1:] -= errs @ hinv[:, b0:b1, b1:]
     return q
 
 
@@ -375,19 +383,15 @@ def optimize_weights(
         scale = np.maximum(np.asarray(table.weights[wname].amax, np.float64), 1e-12) / QMAX
         rows = w.reshape(g, cout // g, -1)
         srows = scale.reshape(g, cout // g)
-        q_new = np.empty_like(rows)
-        before = after = 0.0
-        h_all = hess[node.name]
-        for gi in range(g):
-            h = h_all[gi]
-            q0 = np.clip(np.round(rows[gi] / srows[gi][:, None]), -QMAX, QMAX)
-            q1 = _gptq(rows[gi], h, srows[gi], damp)
-
-            e0 = _rounding_error(q0, srows[gi], rows[gi], h)
-            e1 = _rounding_error(q1, srows[gi], rows[gi], h)
-            q_new[gi] = q1 if e1 < e0 else q0
-            before += e0
-            after += min(e0, e1)
+        h = hess[node.name]
+        q0 = np.clip(np.round(rows / srows[..., None]), -QMAX, QMAX)
+        q1 = _gptq(rows, h, srows, damp)
+        e0 = _rounding_error(q0, srows, rows, h)
+        e1 = _rounding_error(q1, srows, rows, h)
+        # per group, the rounding with the lower error on the sampled patches
+        q_new = np.where((e1 < e0)[:, None, None], q1, q0)
+        before = float(e0.sum())
+        after = float(np.minimum(e0, e1).sum())
         new_w = (q_new * srows[:, :, None]).reshape(w.shape).astype(np.float32)
         out_inits[wname].CopyFrom(numpy_helper.from_array(new_w, wname))
         r = WeightRefinement(node.name, before, after)

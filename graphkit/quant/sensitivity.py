@@ -14,6 +14,7 @@ of a heatmap head, whose error is the output error, ranks high.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from graphkit.errors import GraphkitError
 from graphkit.quant.collect import activation_inputs, initializer_names, quantizable_nodes
 from graphkit.quant.qdq import insert_qdq
 from graphkit.quant.table import CalibrationTable
-from graphkit.runtime.ort import make_session, with_outputs
+from graphkit.runtime.ort import make_session, output_infos, with_outputs
 
 Feeds = dict[str, np.ndarray]
 
@@ -121,6 +122,7 @@ class OutputScorer:
         self.samples = list(samples)
         self.threads = threads
         self._graph_outputs = [o.name for o in model.graph.output] == self.outputs
+        self._infos = {} if self._graph_outputs else output_infos(model, self.outputs)
         sess = self._session(model)
         self.reference = [sess.run(self.outputs, f) for f in self.samples]
         self.signal = [
@@ -131,7 +133,19 @@ class OutputScorer:
     def _session(self, model: onnx.ModelProto):
         if self._graph_outputs:
             return make_session(model, threads=self.threads)
-        return make_session(with_outputs(model, self.outputs), threads=self.threads)
+        return make_session(
+            with_outputs(model, self.outputs, infos=self._infos), threads=self.threads
+        )
+
+    def subset(self, count: int) -> OutputScorer:
+        """This scorer on its first `count` samples only (the FP32 outputs reused)."""
+        out = copy.copy(self)
+        out.samples, out.reference = self.samples[:count], self.reference[:count]
+        out.signal = [
+            sum(float(np.sum(np.square(r[k], dtype=np.float64))) for r in out.reference)
+            for k in range(len(self.signal))
+        ]
+        return out
 
     def __call__(self, candidate: onnx.ModelProto) -> float:
         sess = self._session(candidate)

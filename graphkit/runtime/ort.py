@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -208,21 +208,35 @@ def prune_to_outputs(model: onnx.ModelProto) -> int:
     return len(doomed)
 
 
-def with_outputs(model: onnx.ModelProto, names: list[str], prune: bool = False) -> onnx.ModelProto:
+def output_infos(model: onnx.ModelProto, names: Sequence[str]) -> dict[str, onnx.ValueInfoProto]:
+    """The typed value infos of tensors `names` (shape inference where the graph has none)."""
+    known = {vi.name: vi for vi in [*model.graph.output, *model.graph.input]}
+    if any(n not in known for n in names):
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model)
+        except Exception:  # noqa: BLE001 - untyped outputs are accepted below
+            inferred = model
+        for vi in inferred.graph.value_info:
+            known.setdefault(vi.name, vi)
+    return {n: known[n] for n in names if n in known}
+
+
+def with_outputs(
+    model: onnx.ModelProto,
+    names: list[str],
+    prune: bool = False,
+    infos: dict[str, onnx.ValueInfoProto] | None = None,
+) -> onnx.ModelProto:
     """A copy of `model` whose graph outputs are exactly `names` (any tensors in it).
 
-    prune=True also drops the nodes those outputs do not need (see prune_to_outputs)."""
+    prune=True also drops the nodes those outputs do not need (see prune_to_outputs).
+    `infos` (from `output_infos`) saves the shape inference when called per candidate."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     known = {vi.name: vi for vi in copy.graph.output}
-    missing = [n for n in names if n not in known]
-    if missing:
-        try:
-            inferred = onnx.shape_inference.infer_shapes(copy)
-        except Exception:  # noqa: BLE001 - any runtime failure becomes one sentence
-            inferred = copy
-        for vi in list(inferred.graph.value_info) + list(inferred.graph.input):
-            known.setdefault(vi.name, vi)
+    known.update(infos or {})
+    if any(n not in known for n in names):
+        known.update({k: v for k, v in output_infos(copy, names).items() if k not in known})
     del copy.graph.output[:]
     for n in names:
         if n in known and known[n].type.tensor_type.elem_type:
