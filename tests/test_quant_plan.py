@@ -82,10 +82,15 @@ def test_schema_1_tables_still_load(tmp_path, planned):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda d: d.update(colour=1), "unknown field 'colour'"),
-        (lambda d: d["activations"]["x"].update(amax="big"), "invalid amax"),
-        (lambda d: d["weights"]["w1"].update(qmax=1000), "invalid qmax"),
-        (lambda d: d["weights"]["w1"].update(speed=2), "unknown field 'speed'"),
+        (lambda d: d.update(colour=1), "unknown key 'colour'"),
+        (lambda d: d["activations"]["x"].update(amax="big"), "activations.x.amax: input should"),
+        (lambda d: d["weights"]["w1"].update(qmax=1000), "weights.w1.qmax: input should be less"),
+        (lambda d: d["weights"]["w1"].update(speed=2), "unknown key 'weights.w1.speed'"),
+        (lambda d: d["weights"]["w1"].update(axis="0"), "weights.w1.axis: input should"),
+        (lambda d: d["weights"]["w1"]["amax"].append(float("nan")), "weights.w1.amax.*finite"),
+        (lambda d: d.update(keep_float="conv1"), "keep_float: input should be a list"),
+        (lambda d: d.pop("method"), "not a graphkit calibration table"),
+        (lambda d: d.pop("schema_version"), "schema version None"),
     ],
 )
 def test_malformed_plan_files_are_refused_in_one_sentence(tmp_path, planned, edit, message):
@@ -175,5 +180,5 @@ def test_degenerate_thresholds_are_refused(tmp_path, planned, amax):
     d = planned[1].to_dict()
     d["activations"]["x"]["amax"] = amax
     (tmp_path / "bad.json").write_text(json.dumps(d))
-    with pytest.raises(GraphkitError, match="invalid amax"):
+    with pytest.raises(GraphkitError, match="activations.x.amax: input should"):
         QuantPlan.load(tmp_path / "bad.json")

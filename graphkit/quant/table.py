@@ -16,17 +16,18 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import zlib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import onnx
+from pydantic import Field
 
 from graphkit.errors import GraphkitError
 from graphkit.model import atomic_write_text
+from graphkit.validation import STRICT, validate
 
 SCHEMA_VERSION = 2
 MIN_AMAX = 1e-12  # below this a scale underflows float32 arithmetic in backends
@@ -36,7 +37,9 @@ QMAX = 127.0
 
 @dataclass
 class ActivationEntry:
-    amax: float
+    __pydantic_config__ = STRICT  # how plan files are checked (graphkit.validation)
+
+    amax: Annotated[float, Field(ge=MIN_AMAX)]
     # statistics that justify the threshold, for reports: observed min/max of the tensor
     min: float | None = None
     max: float | None = None
@@ -52,11 +55,14 @@ class ActivationEntry:
 
 @dataclass
 class WeightEntry:
-    amax: list[float]  # per channel (one value when per-tensor)
+    __pydantic_config__ = STRICT
+
+    amax: list[Annotated[float, Field(ge=0)]]  # per channel (one value when per-tensor)
     axis: int = 0
     node: str = ""  # the node using this weight
     op_type: str = ""
-    qmax: float = QMAX  # the integer grid: q in [-qmax, qmax], scale = amax / qmax
+    # the integer grid: q in [-qmax, qmax], scale = amax / qmax
+    qmax: Annotated[float, Field(ge=1, le=QMAX)] = QMAX
     shape: list[int] = field(default_factory=list)
     int8: str = ""  # the final integers (row-major, `shape`), zlib + base64; "" = round nearest
     rounding: str = ""  # how the integers were chosen: "nearest", "gptq"
@@ -81,6 +87,8 @@ class WeightEntry:
 
 @dataclass
 class QuantPlan:
+    __pydantic_config__ = STRICT
+
     method: str
     settings: dict[str, Any] = field(default_factory=dict)
     model_hash: str = ""
@@ -134,29 +142,12 @@ class QuantPlan:
                 f"{source} has table schema version {version}; this graphkit reads "
                 + ", ".join(map(str, READABLE_VERSIONS))
             )
-        acts = {
-            k: _entry(ActivationEntry, v, f"{source}: activation '{k}'", {"scale"})
-            for k, v in _mapping(d["activations"], f"{source}: activations").items()
-        }
-        weights = {
-            k: _entry(WeightEntry, v, f"{source}: weight '{k}'", {"scales"})
-            for k, v in _mapping(d.get("weights", {}), f"{source}: weights").items()
-        }
-        for name, entry in acts.items():
-            if not (_real(entry.amax) and entry.amax >= MIN_AMAX):
-                raise GraphkitError(f"{source}: activation '{name}' has invalid amax {entry.amax}")
-        for name, entry in weights.items():
-            if not isinstance(entry.amax, list) or not all(_real(a) and a >= 0 for a in entry.amax):
-                raise GraphkitError(f"{source}: weight '{name}' has an invalid amax list")
-            if not (_real(entry.qmax) and 1 <= entry.qmax <= QMAX):
-                raise GraphkitError(f"{source}: weight '{name}' has invalid qmax {entry.qmax}")
-        rest = {k: v for k, v in d.items() if k not in ("activations", "weights")}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(rest) - known)
-        if unknown:
-            raise GraphkitError(f"{source} has an unknown field '{unknown[0]}'")
-        rest["schema_version"] = SCHEMA_VERSION
-        return cls(activations=acts, weights=weights, **rest)
+        d = dict(d)
+        # the derived scales written for readers are not read back
+        d["activations"] = _without(d["activations"], "scale")
+        d["weights"] = _without(d.get("weights", {}), "scales")
+        d["schema_version"] = SCHEMA_VERSION
+        return validate(cls, d, source)
 
     @classmethod
     def load(cls, path: str | Path) -> QuantPlan:
@@ -187,26 +178,11 @@ def held_out_summary(plan: QuantPlan) -> str | None:
     )
 
 
-def _real(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _mapping(v: Any, what: str) -> dict:
-    if not isinstance(v, dict):
-        raise GraphkitError(f"{what} is not a mapping")
-    return v
-
-
-def _entry(kind: type, v: Any, what: str, derived: set[str]):
-    """One table entry from JSON: unknown or mistyped fields refused in one sentence."""
-    if not isinstance(v, dict):
-        raise GraphkitError(f"{what} is not a mapping")
-    v = {k: x for k, x in v.items() if k not in derived}
-    known = {f.name for f in fields(kind)}
-    unknown = sorted(set(v) - known)
-    if unknown:
-        raise GraphkitError(f"{what} has an unknown field '{unknown[0]}'")
-    try:
-        return kind(**v)
-    except TypeError as exc:
-        raise GraphkitError(f"{what} is malformed: {exc}") from None
+def _without(entries: Any, key: str) -> Any:
+    """Each entry of a mapping without `key` (anything else is left for validation)."""
+    if not isinstance(entries, dict):
+        return entries
+    return {
+        k: {f: x for f, x in v.items() if f != key} if isinstance(v, dict) else v
+        for k, v in entries.items()
+    }
