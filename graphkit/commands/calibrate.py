@@ -99,7 +99,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--rank-samples",
         type=positive_int,
         metavar="K",
-        help="of the scored samples, the first K rank the layers for float fallback (default 4)",
+        help="of the scored samples, the first K rank the layers for float fallback "
+        "(default: all; fewer is faster, and may miss a layer)",
     )
     p.add_argument(
         "--workers",

@@ -64,7 +64,8 @@ class Recipe:
     bias_correction: str = "auto"  # auto (kept if it helps), on, off
     fit_samples: int = 8  # rounding and bias correction are fitted on these
     score_samples: int = 8  # choices are measured on these (held out from the fit)
-    rank_samples: int = 4  # the sensitivity ranking runs on the first of the scored crops
+    # the sensitivity ranking runs on the first of the scored crops (None: all of them)
+    rank_samples: int | None = None
 
     @property
     def measures(self) -> bool:
@@ -106,7 +107,7 @@ def recipe_of(recipe: Recipe | str, method: str | None = None, **overrides: Any)
         raise GraphkitError(f"criterion must be sqnr, mean or agreement, not {recipe.criterion}")
     if recipe.lookahead < 1:
         raise GraphkitError(f"lookahead must be at least 1, got {recipe.lookahead}")
-    if min(recipe.fit_samples, recipe.score_samples, recipe.rank_samples) < 1:
+    if min(recipe.fit_samples, recipe.score_samples, recipe.rank_samples or 1) < 1:
         raise GraphkitError("fit, score and rank sample counts must be at least 1")
     for m in recipe.methods:
         canonical_method(m)
@@ -324,7 +325,7 @@ def quantize(
                 calibrate_options,
             )
         else:
-            ranker = scorer.subset(recipe.rank_samples)
+            ranker = scorer.subset(recipe.rank_samples or len(score))
             ranking = sensitivity(model, ranker, plan, keep_float=plan.keep_float, base=rounded)
         alone = dict(ranking)
         pool = [name for name, _ in ranking]
