@@ -55,12 +55,20 @@ def describe(exc: ValidationError, where: str) -> str:
         return f"{where}: unknown key '{key}'"
     if first["type"] == "missing":
         return f"{where}: '{key}' is missing"
+    if first["type"] == "value_error":  # our own checks: the message names its key
+        message = message.removeprefix("Value error, ")
+        if "." in key:
+            return f"{where}: {key}: {message} (got {_shown(first.get('input'))})"
+        return f"{where}: {message}"
     got = first.get("input")
-    shown = repr(got)
-    if len(shown) > 60:
-        shown = shown[:57] + "..."
+    shown = _shown(got)
     at = f" {key}:" if key else ""
     return f"{where}:{at} {message[0].lower()}{message[1:]} (got {shown})"
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 __all__ = ["STRICT", "describe", "validate"]

@@ -400,7 +400,11 @@ def test_short_side_resize_gives_each_image_its_own_divisible_size_and_maps_back
             "resizes whole images",
         ),
         ({"type": "images", "images": "i", "size_divisor": 48}, [64, 64], "multiple of"),
-        ({"type": "images", "images": "i", "size_divisor": 0}, [64, 64], "positive integer"),
+        (
+            {"type": "images", "images": "i", "size_divisor": 0},
+            [64, 64],
+            "size_divisor: input should be greater than 0",
+        ),
     ],
 )
 def test_short_side_resize_settings_that_cannot_work_are_refused(tmp_path, source, size, message):

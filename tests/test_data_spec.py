@@ -72,24 +72,28 @@ def test_unset_env_var_without_default_is_one_sentence(monkeypatch):
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"input__layout": "NCWH"}, "input.layout must be one of"),
-        ({"input__dtype": "float16"}, "input.dtype must be one of"),
-        ({"input__size": [32]}, r"input.size must be \[height, width\]"),
+        ({"input__layout": "NCWH"}, "input.layout: must be one of NHWC, NCHW"),
+        ({"input__dtype": "float16"}, "input.dtype: must be one of"),
+        ({"input__size": [32]}, "input.size.1. is missing"),
         ({"input__std": [1, 0, 1]}, "must not contain 0"),
         ({"input__dtype": "int32"}, "mean/std/scale cannot be used"),
         ({"input__scale": 0.5}, "give only one"),
-        ({"input__name": None}, "input.name must name"),
-        ({"input__colour": "RGB"}, r"unknown key\(s\) colour"),
+        ({"input__name": None}, "input.name. is missing"),
+        ({"input__colour": "RGB"}, "unknown key .input.colour"),
         ({"input__size": None}, "needs input.size"),
-        ({"source__type": "video"}, "source.type must be one of"),
+        ({"source__type": "video"}, "source.type: must be one of"),
         ({"source__images": None}, "needs source.images"),
-        ({"source__limit": 0}, "source.limit must be a positive integer"),
-        ({"source__score_thr": 2}, "source.score_thr must be a number in 0..1"),
-        ({"source__padding": 0}, "source.padding must be a positive number"),
-        ({"source__padding": float("inf")}, "source.padding must be a positive number"),
-        ({"input__std": [float("nan"), 1, 1]}, "input.std must be a finite number"),
-        ({"input__mean": float("inf")}, "input.mean must be a finite number"),
-        ({"source__shuffle": "yes"}, "source.shuffle must be true or false"),
+        ({"source__limit": 0}, "source.limit: input should be greater than 0"),
+        ({"source__score_thr": 2}, "source.score_thr: input should be less than or equal to 1"),
+        ({"source__padding": 0}, "source.padding: input should be greater than 0"),
+        ({"source__padding": float("inf")}, "source.padding: input should be a finite number"),
+        ({"input__std": [float("nan"), 1, 1]}, "input.std.0: input should be a finite number"),
+        ({"input__mean": float("inf")}, "input.mean.0: input should be a finite number"),
+        ({"source__shuffle": "yes"}, "source.shuffle: input should be a valid boolean"),
+        ({"source__seed": "1"}, "source.seed: input should be a valid integer"),
+        ({"input__size": [32, 0]}, "input.size.1: input should be greater than 0"),
+        ({"input__pad_value": True}, "input.pad_value: input should be a valid number"),
+        ({"source__size_divisor": 0}, "source.size_divisor: input should be greater than 0"),
     ],
 )
 def test_bad_specs_fail_with_one_sentence(changes, message):
@@ -117,9 +121,9 @@ def test_with_source_overrides_and_rejects_unknown_keys(tmp_path, monkeypatch):
     assert other.source.images == str(tmp_path / "elsewhere")
     assert (other.source.limit, other.source.shuffle) == (5, True)
     assert spec.source.limit is None  # the original is untouched
-    with pytest.raises(GraphkitError, match="unknown source key"):
+    with pytest.raises(GraphkitError, match="unknown key .imgs"):
         spec.with_source(imgs="x")
-    with pytest.raises(GraphkitError, match="source.limit"):
+    with pytest.raises(GraphkitError, match="the source: limit: input should be greater than 0"):
         spec.with_source(limit=-1)
 
 

@@ -3,22 +3,32 @@
 A spec has three sections: `input` (what the model wants: name, size, layout, dtype and
 normalization), `source` (where the samples come from) and an optional `decode` that is
 passed through untouched for the evaluators. Loading validates everything up front so a
-typo fails in one sentence before any image is read.
+typo fails in one sentence before any image is read: pydantic checks each section as
+written (`_SpecFile`), then paths are expanded and resolved and the sections checked
+against each other.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    Field,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 
 from graphkit.errors import GraphkitError
+from graphkit.validation import STRICT, validate
 
 DEFAULT_ASSETS = "../shared/assets"
 SOURCE_TYPES = ("coco-topdown", "images", "npy", "npz")
@@ -95,20 +105,122 @@ class InputSpec:
     def with_source(self, **overrides: Any) -> InputSpec:
         """A copy with some source keys replaced (e.g. ann=..., images=..., limit=...);
         relative paths here resolve against the current directory, as on a command line."""
-        known = {f.name for f in dataclasses.fields(SourceConfig)}
-        bad = sorted(set(overrides) - known)
-        if bad:
-            raise GraphkitError(
-                f"unknown source key(s) {', '.join(bad)}; known keys are {', '.join(sorted(known))}"
-            )
-        merged = dataclasses.asdict(self.source)
-        for key, value in overrides.items():
+        merged = {k: v for k, v in dataclasses.asdict(self.source).items() if v is not None}
+        merged.update(overrides)
+        section = validate(_SourceSection, merged, "the source")
+        source = _source_config(section, Path.cwd(), False)
+        for key, value in overrides.items():  # paths given here: relative to the cwd
             if key in PATH_KEYS and value is not None:
-                value = _resolve_path(_expand(str(value), f"source.{key}"), Path.cwd())
-            merged[key] = value
-        source = _validate_source(merged, Path.cwd(), False)
+                path = _resolve_path(_expand(str(value), f"source.{key}"), Path.cwd())
+                source = dataclasses.replace(source, **{key: path})
         _check_combination(self.input, source)
         return dataclasses.replace(self, source=source)
+
+
+class _Section(BaseModel):
+    """A spec section as written: types, unknown keys, NaN/inf refused (pydantic, strict)."""
+
+    model_config = STRICT
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, v: Any) -> Any:
+        return None if v == "" else v
+
+
+def _one_of(choices: tuple[str, ...]):
+    """A case-insensitive choice, given back as written in `choices`."""
+
+    def check(v: Any) -> str:
+        for c in choices:
+            if isinstance(v, str) and v.upper() == c.upper():
+                return c
+        raise ValueError(f"must be one of {', '.join(choices)}")
+
+    return BeforeValidator(check)
+
+
+def _three(v: Any) -> Any:
+    """mean/std: one number for all channels or three (RGB / BGR order as `color`)."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return (v,) * 3
+    if isinstance(v, list):  # a before-validator hands on Python values: tuples, not lists
+        return tuple(v * 3 if len(v) == 1 else v)
+    return v
+
+
+def _pair(v: Any) -> Any:
+    """input.size: [height, width], or one number for both."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return (v, v)
+    return tuple(v) if isinstance(v, list) else v
+
+
+Channels = Annotated[tuple[float, float, float], BeforeValidator(_three)]
+Path_ = Annotated[str, Field(min_length=1)]
+
+
+class _InputSection(_Section):
+    name: Annotated[str, Field(min_length=1)]
+    size: Annotated[tuple[PositiveInt, PositiveInt] | None, BeforeValidator(_pair)] = None
+    layout: Annotated[str, _one_of(LAYOUTS)] = "NHWC"
+    dtype: Annotated[str, _one_of(DTYPES)] = "float32"
+    color: Annotated[str, _one_of(COLORS)] = "RGB"
+    mean: Channels | None = None
+    std: Channels | None = None
+    scale: float | None = None
+    pad_value: float = 0.0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> _InputSection:
+        if self.std is not None and 0 in self.std:
+            raise ValueError("input.std must not contain 0")
+        if self.scale is not None and self.scale == 0:
+            raise ValueError("input.scale must not be 0")
+        if self.scale is not None and self.std is not None:
+            raise ValueError("input.scale and input.std both divide the pixels; give only one")
+        if self.dtype != "float32" and (self.mean, self.std, self.scale) != (None,) * 3:
+            raise ValueError(
+                f"input.dtype {self.dtype} feeds raw 0..255 pixels, so mean/std/scale "
+                "cannot be used"
+            )
+        return self
+
+
+class _SourceSection(_Section):
+    type: Annotated[str, _one_of(SOURCE_TYPES)]
+    ann: Path_ | None = None
+    images: Path_ | None = None
+    dets: Path_ | None = None
+    path: Path_ | None = None
+    score_thr: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    padding: Annotated[float, Field(gt=0.0)] = 1.25
+    resize: Annotated[str, _one_of(RESIZE_MODES)] = "letterbox"
+    size_divisor: PositiveInt = 32
+    limit: PositiveInt | None = None
+    shuffle: bool = False
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _has_its_paths(self) -> _SourceSection:
+        need = {"coco-topdown": ("ann", "images"), "images": ("images",)}
+        for key in need.get(self.type, ("path",)):
+            if getattr(self, key) is None:
+                raise ValueError(f"a {self.type} source needs source.{key}")
+        return self
+
+
+class _EvalSection(_Section):
+    ann: Path_
+    images: Path_
+    dets: Path_ | None = None
+
+
+class _SpecFile(_Section):
+    input: _InputSection
+    source: _SourceSection
+    decode: dict[str, Any] | None = None
+    eval: _EvalSection | None = None
 
 
 def load_input_spec(
@@ -119,6 +231,7 @@ def load_input_spec(
     Relative paths resolve against `base_dir`, else the spec file's folder, else the cwd.
     """
     origin = None
+    where = "the input spec"
     if isinstance(path_or_dict, dict):
         raw = path_or_dict
         base = Path(base_dir) if base_dir is not None else Path.cwd()
@@ -129,45 +242,42 @@ def load_input_spec(
         try:
             raw = yaml.safe_load(p.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
-            where = getattr(exc, "problem_mark", None)
-            line = f" at line {where.line + 1}" if where is not None else ""
+            mark = getattr(exc, "problem_mark", None)
+            line = f" at line {mark.line + 1}" if mark is not None else ""
             raise GraphkitError(f"input spec {p} is not valid YAML{line}") from None
+        except UnicodeDecodeError:
+            raise GraphkitError(f"input spec {p} is not a text file") from None
         base = Path(base_dir) if base_dir is not None else p.resolve().parent
         origin = str(p)
+        where = f"input spec {p}"
     if not isinstance(raw, dict):
         raise GraphkitError("an input spec must be a mapping with 'input' and 'source' sections")
-    _only_keys(raw, {"input", "source", "decode", "eval"}, "the input spec")
     for section in ("input", "source"):
-        if not isinstance(raw.get(section), dict):
+        if section in raw and not isinstance(raw[section], dict):
             raise GraphkitError(f"the input spec needs a '{section}:' section (a mapping)")
-    decode = raw.get("decode")
-    if decode is not None and not isinstance(decode, dict):
-        raise GraphkitError("the input spec's 'decode:' section must be a mapping")
-    cfg = _validate_input(raw["input"])
-    source = _validate_source(raw["source"], base.resolve(), True)
+    checked = validate(_SpecFile, raw, where)
+    cfg = InputConfig(**checked.input.model_dump())
+    source = _source_config(checked.source, base.resolve(), True)
     _check_combination(cfg, source)
-    evaluation = _validate_eval(raw.get("eval"), base.resolve())
-    return InputSpec(input=cfg, source=source, decode=decode, origin=origin, evaluation=evaluation)
+    evaluation = None
+    if checked.eval is not None:
+        evaluation = {
+            k: _resolve_path(_expand(v, f"eval.{k}"), base.resolve())
+            for k, v in checked.eval.model_dump().items()
+            if v is not None
+        }
+    return InputSpec(
+        input=cfg, source=source, decode=checked.decode, origin=origin, evaluation=evaluation
+    )
 
 
-def _validate_eval(raw: Any, base: Path) -> dict | None:
-    """The `eval:` section: paths of the split to score (ann and images, dets optional)."""
-    if raw is None:
-        return None
-    if not isinstance(raw, dict):
-        raise GraphkitError("the input spec's 'eval:' section must be a mapping")
-    _only_keys(raw, {"ann", "images", "dets"}, "the 'eval:' section")
-    out = {}
-    for key in ("ann", "images", "dets"):
-        v = raw.get(key)
-        if v is None or v == "":
-            continue
-        if not isinstance(v, (str, os.PathLike)):
-            raise GraphkitError(f"eval.{key} must be a path, got {v!r}")
-        out[key] = _resolve_path(_expand(str(v), f"eval.{key}"), base)
-    if "ann" not in out or "images" not in out:
-        raise GraphkitError("the 'eval:' section needs ann and images")
-    return out
+def _source_config(section: _SourceSection, base: Path, expand: bool) -> SourceConfig:
+    """The checked source section with its paths expanded (${VAR}) and made absolute."""
+    vals = section.model_dump()
+    for key in PATH_KEYS:
+        if vals[key] is not None and expand:
+            vals[key] = _resolve_path(_expand(vals[key], f"source.{key}"), base)
+    return SourceConfig(**vals)
 
 
 def _check_combination(cfg: InputConfig, source: SourceConfig) -> None:
@@ -184,14 +294,6 @@ def _check_combination(cfg: InputConfig, source: SourceConfig) -> None:
                 f"short-side resize: the short side {min(cfg.size)} (the smaller of input.size) "
                 f"must be a multiple of source.size_divisor {source.size_divisor}"
             )
-
-
-def _only_keys(d: dict, allowed: set[str], where: str) -> None:
-    bad = sorted(str(k) for k in d if k not in allowed)
-    if bad:
-        raise GraphkitError(
-            f"unknown key(s) {', '.join(bad)} in {where}; allowed: {', '.join(sorted(allowed))}"
-        )
 
 
 def default_assets() -> str:
@@ -232,130 +334,6 @@ def _expand(value: str, where: str) -> str:
 def _resolve_path(value: str, base: Path) -> str:
     p = Path(value).expanduser()
     return str(p if p.is_absolute() else (base / p).resolve())
-
-
-def _number_list(value: Any, where: str) -> tuple[float, ...]:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = [value]
-    if (
-        not isinstance(value, (list, tuple))
-        or len(value) not in (1, 3)
-        or not all(_is_number(v) for v in value)
-    ):
-        raise GraphkitError(
-            f"{where} must be a finite number or a list of 3 finite numbers, got {value!r}"
-        )
-    return tuple(float(v) for v in value) * (3 if len(value) == 1 else 1)
-
-
-def _is_number(v: Any) -> bool:
-    """A finite int or float (NaN and infinities are refused: they poison every sample)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _choice(value: Any, choices: tuple[str, ...], where: str) -> str:
-    v = str(value)
-    for c in choices:
-        if v.upper() == c.upper():
-            return c
-    raise GraphkitError(f"{where} must be one of {', '.join(choices)}, got {value!r}")
-
-
-def _validate_input(raw: dict) -> InputConfig:
-    allowed = {f.name for f in dataclasses.fields(InputConfig)}
-    _only_keys(raw, allowed, "the 'input:' section")
-    name = raw.get("name")
-    if not isinstance(name, str) or not name:
-        raise GraphkitError("input.name must name the model input the samples feed")
-    size = raw.get("size")
-    if size is not None:
-        if isinstance(size, int) and not isinstance(size, bool):
-            size = [size, size]
-        if (
-            not isinstance(size, (list, tuple))
-            or len(size) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
-        ):
-            raise GraphkitError(
-                f"input.size must be [height, width] in positive pixels, got {size!r}"
-            )
-        size = (int(size[0]), int(size[1]))
-    mean = _number_list(raw["mean"], "input.mean") if raw.get("mean") is not None else None
-    std = _number_list(raw["std"], "input.std") if raw.get("std") is not None else None
-    if std is not None and any(s == 0 for s in std):
-        raise GraphkitError("input.std must not contain 0")
-    scale = raw.get("scale")
-    if scale is not None:
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale == 0:
-            raise GraphkitError(f"input.scale must be a non-zero number, got {scale!r}")
-        scale = float(scale)
-        if std is not None:
-            raise GraphkitError("input.scale and input.std both divide the pixels; give only one")
-    dtype = _choice(raw.get("dtype", "float32"), DTYPES, "input.dtype").lower()
-    if dtype != "float32" and (mean is not None or std is not None or scale is not None):
-        raise GraphkitError(
-            f"input.dtype {dtype} feeds raw 0..255 pixels, so mean/std/scale cannot be used"
-        )
-    pad = raw.get("pad_value", 0)
-    if isinstance(pad, bool) or not isinstance(pad, (int, float)):
-        raise GraphkitError(f"input.pad_value must be a pixel value (0..255), got {pad!r}")
-    return InputConfig(
-        name=name,
-        size=size,
-        layout=_choice(raw.get("layout", "NHWC"), LAYOUTS, "input.layout"),
-        dtype=dtype,
-        color=_choice(raw.get("color", "RGB"), COLORS, "input.color"),
-        mean=mean,
-        std=std,
-        scale=scale,
-        pad_value=float(pad),
-    )
-
-
-def _validate_source(raw: dict, base: Path, expand: bool) -> SourceConfig:
-    allowed = {f.name for f in dataclasses.fields(SourceConfig)}
-    _only_keys(raw, allowed, "the 'source:' section")
-    kind = raw.get("type")
-    if kind not in SOURCE_TYPES:
-        raise GraphkitError(f"source.type must be one of {', '.join(SOURCE_TYPES)}, got {kind!r}")
-    vals = dict(raw)
-    for key in PATH_KEYS:
-        v = vals.get(key)
-        if v is None or v == "":
-            vals[key] = None
-            continue
-        if not isinstance(v, (str, os.PathLike)):
-            raise GraphkitError(f"source.{key} must be a path, got {v!r}")
-        vals[key] = _resolve_path(_expand(str(v), f"source.{key}"), base) if expand else str(v)
-    need = {
-        "coco-topdown": ("ann", "images"),
-        "images": ("images",),
-        "npy": ("path",),
-        "npz": ("path",),
-    }
-    for key in need[kind]:
-        if vals.get(key) is None:
-            raise GraphkitError(f"a {kind} source needs source.{key}")
-    limit = vals.get("limit")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise GraphkitError(f"source.limit must be a positive integer or null, got {limit!r}")
-    score = vals.get("score_thr", 0.5)
-    if not _is_number(score) or not 0.0 <= score <= 1.0:
-        raise GraphkitError(f"source.score_thr must be a number in 0..1, got {score!r}")
-    padding = vals.get("padding", 1.25)
-    if not _is_number(padding) or padding <= 0:
-        raise GraphkitError(f"source.padding must be a positive number, got {padding!r}")
-    vals["score_thr"], vals["padding"] = float(score), float(padding)
-    seed = vals.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise GraphkitError(f"source.seed must be an integer, got {seed!r}")
-    if not isinstance(vals.get("shuffle", False), bool):
-        raise GraphkitError("source.shuffle must be true or false")
-    vals["resize"] = _choice(vals.get("resize", "letterbox"), RESIZE_MODES, "source.resize").lower()
-    divisor = vals.get("size_divisor", 32)
-    if isinstance(divisor, bool) or not isinstance(divisor, int) or divisor < 1:
-        raise GraphkitError(f"source.size_divisor must be a positive integer, got {divisor!r}")
-    return SourceConfig(**vals)
 
 
 def shard(spec: InputSpec, index: int, count: int) -> InputSpec:
