@@ -29,11 +29,13 @@ from typing import Any
 import numpy as np
 import onnx
 import yaml
+from pydantic import BaseModel, PositiveInt
 
 from graphkit.errors import GraphkitError
 from graphkit.passes._graphutil import skeleton
 from graphkit.passes.base import PassInfo, count_ops, get_pass, validate_options
 from graphkit.runtime import ort as ort_rt
+from graphkit.validation import STRICT, validate
 
 
 @dataclass
@@ -95,21 +97,22 @@ class StepReport:
         return dict(self.__dict__)
 
 
+class _PipelineFile(BaseModel):
+    """The mapping form of a pipeline file (the list form is its `passes` alone)."""
+
+    model_config = STRICT
+
+    passes: list[Any] | None = None  # each step is checked below, with its pass
+    fixed_point: bool = False
+    max_iterations: PositiveInt = 10
+
+
 def parse_pipeline(data: Any, source: str = "pipeline") -> Pipeline:
     """Build a Pipeline from already-parsed YAML, validating pass names and options."""
     fixed_point, max_iter = False, 10
     if isinstance(data, dict):
-        unknown = set(data) - {"passes", "fixed_point", "max_iterations"}
-        if unknown:
-            raise GraphkitError(
-                f"{source}: unknown key(s) {', '.join(sorted(unknown))}; "
-                "expected passes, fixed_point, max_iterations"
-            )
-        fixed_point = bool(data.get("fixed_point", False))
-        max_iter = data.get("max_iterations", 10)
-        if not isinstance(max_iter, int) or max_iter < 1:
-            raise GraphkitError(f"{source}: max_iterations must be a positive integer")
-        data = data.get("passes")
+        head = validate(_PipelineFile, data, source)
+        fixed_point, max_iter, data = head.fixed_point, head.max_iterations, head.passes
     if not isinstance(data, list) or not data:
         raise GraphkitError(f"{source} must be a non-empty list of passes")
     steps = []

@@ -12,7 +12,7 @@ import json
 from functools import cache
 from typing import Any, TypeVar
 
-from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic import ConfigDict, PydanticUserError, TypeAdapter, ValidationError
 
 from graphkit.errors import GraphkitError
 
@@ -24,7 +24,10 @@ STRICT = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 @cache
 def _adapter(kind: Any) -> TypeAdapter:
-    return TypeAdapter(kind)
+    try:  # a plain type (a pass option's annotation) is checked as strictly as a file
+        return TypeAdapter(kind, config=STRICT)
+    except PydanticUserError:  # models and dataclasses carry their own config
+        return TypeAdapter(kind)
 
 
 def validate(kind: type[T] | Any, data: Any, where: str) -> T:

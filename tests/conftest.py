@@ -34,3 +34,12 @@ def pnnx_installed() -> str:
         if os.environ.get("CI"):
             pytest.fail(f"CI runs the ncnn tests: {exc}")
         pytest.skip(str(exc))
+
+
+def pytest_report_header(config) -> str:
+    seed = config.getoption("hypothesis_seed", None)
+    if seed is not None:
+        return f"hypothesis: seed {seed}"
+    if os.environ.get("CI"):
+        return "hypothesis: new random examples this run (a failure prints its seed)"
+    return "hypothesis: property tests derandomized (CI=1 draws new examples)"

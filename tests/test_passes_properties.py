@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 import pytest
@@ -29,7 +31,9 @@ SETTINGS = settings(
     max_examples=25,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    derandomize=True,
+    # fixed examples on a developer's machine; new ones on every CI run (a failure prints
+    # the seed that reproduces it: pytest --hypothesis-seed=N)
+    derandomize=not os.environ.get("CI"),
 )
 
 

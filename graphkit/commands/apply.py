@@ -10,7 +10,12 @@ import time
 from pathlib import Path
 
 from graphkit import scratch
-from graphkit.commands._common import add_command, console, non_negative_int
+from graphkit.commands._common import (
+    add_command,
+    check_output_files,
+    console,
+    non_negative_int,
+)
 from graphkit.errors import GraphkitError
 from graphkit.model import atomic_write_text, load_model, save_model
 from graphkit.pipeline import StepReport, load_pipeline, run_pipeline
@@ -106,6 +111,8 @@ def format_step(r: StepReport) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    # never replace an input: a failed or surprising clean would leave nothing to go back to
+    check_output_files([args.model, args.pipeline], output=args.output, report=args.report)
     _check_writable(args.output, "output")
     if args.report:
         _check_writable(args.report, "report")

@@ -20,6 +20,7 @@ from typing import Any
 import onnx
 
 from graphkit.errors import GraphkitError
+from graphkit.validation import validate
 
 
 @dataclass
@@ -104,12 +105,6 @@ def validate_options(info: PassInfo, options: dict[str, Any] | None) -> dict[str
             raise GraphkitError(
                 f"pass '{info.name}' has no option '{key}'{hint}; its options are: {known}"
             )
-        expected = hints.get(key)
-        if expected is not None and not _matches(value, expected):
-            raise GraphkitError(
-                f"option '{key}' of pass '{info.name}' must be "
-                f"{option_type_name(info.options[key])}, got {type(value).__name__} {value!r}"
-            )
         # every numeric pass option is a size, count, index or batch: finite, not negative
         numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
         if numeric and (not math.isfinite(value) or value < 0):
@@ -117,39 +112,20 @@ def validate_options(info: PassInfo, options: dict[str, Any] | None) -> dict[str
                 f"option '{key}' of pass '{info.name}' must be a finite number of at "
                 f"least 0, got {value!r}"
             )
+        expected = hints.get(key)
+        if expected is not None and expected is not Any:
+            try:
+                validate(expected, value, "")
+            except GraphkitError:
+                raise GraphkitError(
+                    f"option '{key}' of pass '{info.name}' must be "
+                    f"{option_type_name(info.options[key])}, got {type(value).__name__} "
+                    f"{value!r}"
+                ) from None
     for key, param in info.options.items():
         if param.default is inspect.Parameter.empty and key not in options:
             raise GraphkitError(f"pass '{info.name}' needs option '{key}'")
     return options
-
-
-def _matches(value: Any, expected: Any) -> bool:
-    """A small runtime type check covering the annotations passes use."""
-    if expected is Any:
-        return True
-    origin = typing.get_origin(expected)
-    args = typing.get_args(expected)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", typing.Union)):
-        return any(_matches(value, a) for a in args)
-    if expected is type(None):
-        return value is None
-    if expected is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if expected is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            return False
-        return not args or all(_matches(v, args[0]) for v in value)
-    if origin is dict:
-        if not isinstance(value, dict):
-            return False
-        if not args:
-            return True
-        return all(_matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items())
-    if isinstance(expected, type):
-        return isinstance(value, expected)
-    return True
 
 
 def count_ops(model: onnx.ModelProto) -> dict[str, int]:

@@ -1,0 +1,240 @@
+"""The bad-input table: every file a user hands in, broken one way at a time.
+
+Each row edits one file of a good workspace (model, input spec, plan, pass pipeline) and
+runs one command. Every row must end the same way: exit code 2, one sentence on stderr
+naming the problem, no traceback, no file written or changed. Add a row for every new
+way of breaking an input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+from quant_planted import feeds, make_model, table_for, write_files
+
+from graphkit.cli import main
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory) -> Path:
+    """model.onnx, spec.yaml, plan.json and passes.yaml that all work."""
+    root = tmp_path_factory.mktemp("good")
+    model_path, spec_path = write_files(root)
+    model_path.rename(root / "model.onnx")
+    spec_path.rename(root / "spec.yaml")
+    model = make_model()
+    plan = table_for(model, feeds(4))
+    from graphkit.model import model_hash
+
+    plan.model_hash = model_hash(model)
+    plan.save(root / "plan.json")
+    (root / "passes.yaml").write_text("passes:\n  - cleanup\n  - fold-constants\n")
+    assert (
+        main(
+            [
+                "export",
+                str(root / "plan.json"),
+                str(root / "model.onnx"),
+                "--target",
+                "onnx",
+                "--out-dir",
+                str(root / "probe"),
+            ]
+        )
+        == 0
+    )
+    shutil.rmtree(root / "probe")
+    return root
+
+
+def edit_yaml(name: str, change: Callable[[dict], None]) -> Callable[[Path], None]:
+    def run(ws: Path) -> None:
+        data = yaml.safe_load((ws / name).read_text())
+        change(data)
+        (ws / name).write_text(yaml.safe_dump(data))
+
+    return run
+
+
+def edit_plan(change: Callable[[dict], None]) -> Callable[[Path], None]:
+    def run(ws: Path) -> None:
+        data = json.loads((ws / "plan.json").read_text())
+        change(data)
+        (ws / "plan.json").write_text(json.dumps(data))
+
+    return run
+
+
+def write(name: str, text: str) -> Callable[[Path], None]:
+    return lambda ws: (ws / name).write_text(text)
+
+
+def first_act(d: dict) -> dict:
+    return next(iter(d["activations"].values()))
+
+
+def first_weight(d: dict) -> dict:
+    return next(iter(d["weights"].values()))
+
+
+def heavier_weights(ws: Path) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(ws / "model.onnx")
+    w = m.graph.initializer[0]
+    w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * 4, w.name))
+    onnx.save(m, ws / "model.onnx")
+
+
+CALIBRATE = ["calibrate", "model.onnx", "--data", "spec.yaml", "-o", "new.json"]
+EXPORT = ["export", "plan.json", "model.onnx", "--target", "onnx", "--out-dir", "out"]
+APPLY = ["apply", "passes.yaml", "model.onnx", "-o", "clean.onnx"]
+
+CASES = {
+    # input spec
+    "spec std NaN": (
+        edit_yaml("spec.yaml", lambda d: d["input"].update(std=float("nan"))),
+        CALIBRATE,
+        "input.std.0: input should be a finite number",
+    ),
+    "spec unknown key": (
+        edit_yaml("spec.yaml", lambda d: d["source"].update(imgs="x")),
+        CALIBRATE,
+        "unknown key 'source.imgs'",
+    ),
+    "spec limit as text": (
+        edit_yaml("spec.yaml", lambda d: d["source"].update(limit="5")),
+        CALIBRATE,
+        "source.limit: input should be a valid integer",
+    ),
+    "spec seed negative type": (
+        edit_yaml("spec.yaml", lambda d: d["source"].update(seed=1.5)),
+        CALIBRATE,
+        "source.seed: input should be a valid integer",
+    ),
+    "spec layout typo": (
+        edit_yaml("spec.yaml", lambda d: d["input"].update(layout="NCWH")),
+        CALIBRATE,
+        "input.layout: must be one of NHWC, NCHW",
+    ),
+    "spec not a mapping": (write("spec.yaml", "- 1\n- 2\n"), CALIBRATE, "must be a mapping"),
+    "spec binary": (
+        lambda ws: (ws / "spec.yaml").write_bytes(b"\xff\xfe\x00"),
+        CALIBRATE,
+        "spec.yaml",
+    ),
+    "spec input name not in model": (
+        edit_yaml("spec.yaml", lambda d: d["input"].update(name="image")),
+        CALIBRATE,
+        "image",
+    ),
+    # plan file
+    "plan amax tiny": (
+        edit_plan(lambda d: first_act(d).update(amax=1e-45)),
+        EXPORT,
+        "amax: input should be greater than or equal to",
+    ),
+    "plan amax bool": (
+        edit_plan(lambda d: first_act(d).update(amax=True)),
+        EXPORT,
+        "amax: input should be a valid number",
+    ),
+    "plan weight amax NaN": (
+        edit_plan(lambda d: first_weight(d)["amax"].append(float("nan"))),
+        EXPORT,
+        "input should be a finite number",
+    ),
+    "plan axis as text": (
+        edit_plan(lambda d: first_weight(d).update(axis="0")),
+        EXPORT,
+        "axis: input should be a valid integer",
+    ),
+    "plan unknown key": (edit_plan(lambda d: d.update(colour=1)), EXPORT, "unknown key 'colour'"),
+    "plan keep_float text": (
+        edit_plan(lambda d: d.update(keep_float="conv1")),
+        EXPORT,
+        "keep_float: input should be a list",
+    ),
+    "plan for other weights": (heavier_weights, EXPORT, "made for another model"),
+    "plan is a directory": (
+        lambda ws: ((ws / "plan.json").unlink(), (ws / "plan.json").mkdir()),
+        EXPORT,
+        "plan.json",
+    ),
+    "plan not JSON": (write("plan.json", "{"), EXPORT, "not a JSON calibration table"),
+    # pass pipeline
+    "pipeline fixed_point text": (
+        write("passes.yaml", "passes: [cleanup]\nfixed_point: 'yes'\n"),
+        APPLY,
+        "fixed_point: input should be a valid boolean",
+    ),
+    "pipeline max_iterations 0": (
+        write("passes.yaml", "passes: [cleanup]\nmax_iterations: 0\n"),
+        APPLY,
+        "max_iterations: input should be greater than 0",
+    ),
+    "pipeline unknown key": (
+        write("passes.yaml", "passes: [cleanup]\nrepeat: 2\n"),
+        APPLY,
+        "unknown key 'repeat'",
+    ),
+    "pipeline option NaN": (
+        write("passes.yaml", "- fold-constants: {max_size_mb: .nan}\n"),
+        APPLY,
+        "must be a finite number of at least 0",
+    ),
+    "pipeline option type": (
+        write("passes.yaml", "- fold-constants: {max_size_mb: big}\n"),
+        APPLY,
+        "must be float",
+    ),
+    "pipeline unknown pass": (
+        write("passes.yaml", "- fold-constant\n"),
+        APPLY,
+        "did you mean 'fold-constants'",
+    ),
+    # outputs that would destroy inputs
+    "calibrate onto its model": (
+        lambda ws: None,
+        ["calibrate", "model.onnx", "--data", "spec.yaml", "-o", "model.onnx"],
+        "model.onnx",
+    ),
+    "apply onto its model": (
+        lambda ws: None,
+        ["apply", "passes.yaml", "model.onnx", "-o", "model.onnx"],
+        "model.onnx",
+    ),
+}
+
+
+def digest(ws: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(ws)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "/"
+        for p in sorted(ws.rglob("*"))
+    }
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_sentence_exit_2_and_nothing_written(
+    case, good, tmp_path, capsys, monkeypatch
+):
+    breaks, argv, expect = CASES[case]
+    ws = tmp_path / "ws"
+    shutil.copytree(good, ws)
+    breaks(ws)
+    before = digest(ws)
+    monkeypatch.chdir(ws)
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == 2, (case, code, err)
+    assert expect in " ".join(err.split()), err
+    assert "Traceback" not in out + err
+    assert err.strip().count("\n") == 0, err
+    assert digest(ws) == before  # nothing written, nothing changed
