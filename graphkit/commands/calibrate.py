@@ -30,7 +30,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "example: graphkit calibrate model.onnx --data examples/models/posenet.yaml "
         "-o plan.json --qdq model.int8.onnx --target ncnn,tensorrt --out-dir deploy/"
     )
-    p.add_argument("model", help="ONNX model to calibrate")
+    p.add_argument(
+        "model",
+        help="ONNX model to calibrate, or an ncnn model.param (beside model.bin): then "
+        "the table and int8 model are written into --out-dir as ncnn2table/ncnn2int8 do",
+    )
     p.add_argument("--data", required=True, help="input spec YAML (see examples/models/)")
     p.add_argument(
         "-o", "--output", help="where to write the plan (JSON table; needs -o, --qdq or --out-dir)"
@@ -175,6 +179,8 @@ def check_outputs(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if str(args.model).endswith(".param"):
+        return run_ncnn(args)
     if args.workers < 1:
         raise GraphkitError(f"--workers must be at least 1, got {args.workers}")
     if args.bins < 8 or args.bins & (args.bins - 1):
@@ -231,6 +237,56 @@ def run(args: argparse.Namespace) -> int:
     console.print(summary(plan, args))
     missed = plan.recipe.get("target_reached") is False
     return EXIT_TARGET_MISSED if missed and args.strict else 0
+
+
+def run_ncnn(args: argparse.Namespace) -> int:
+    """An ncnn model (.param beside its .bin): ncnn2table + ncnn2int8 into --out-dir."""
+    from graphkit.quant.ncnn_native import DEFAULT_METHOD, calibrate_ncnn_model, write_ncnn_int8
+
+    onnx_only = {
+        "-o": args.output,
+        "--qdq": args.qdq,
+        "--target": args.target,
+        "--max-float": args.max_float,
+        "--target-agreement": args.target_agreement,
+        "--executor ray": args.executor == "ray" or None,
+    }
+    given = [flag for flag, value in onnx_only.items() if value]
+    if given:
+        raise GraphkitError(
+            f"{given[0]} applies to ONNX models; an ncnn model is calibrated into --out-dir "
+            "(table and int8 model, as ncnn2table and ncnn2int8 write them)"
+        )
+    if not args.out_dir:
+        raise GraphkitError("an ncnn model is calibrated into --out-dir: give --out-dir DIR")
+    from graphkit.quant.exporters import check_out_dir
+
+    check_out_dir(Path(args.out_dir))
+    settings = {"bins": args.bins}
+    if args.percentile is not None:
+        settings["percentile"] = args.percentile
+    method = args.method or DEFAULT_METHOD
+    with progress_bar("calibrating ncnn", "samples") as progress:
+        task = progress.add_task("calibrate", total=args.limit)
+        table, context = calibrate_ncnn_model(
+            args.model,
+            args.data,
+            method=method,
+            settings=settings,
+            keep_float=args.keep_float,
+            winograd_6bit=args.ncnn_winograd_6bit,
+            limit=args.limit,
+            on_sample=lambda: progress.advance(task),
+        )
+    files = write_ncnn_int8(table, context, args.out_dir)
+    console.print(
+        f"[green]wrote {args.out_dir}[/]: {len(table.activations)} ncnn layers int8 "
+        f"({canonical_method(method)}, {context['samples']} samples)",
+        markup=True,
+    )
+    for f in files:
+        console.print(f"  {f.path}: {f.what}", markup=False, soft_wrap=True)
+    return 0
 
 
 def summary(plan, args: argparse.Namespace) -> str:

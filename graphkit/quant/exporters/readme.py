@@ -11,14 +11,22 @@ from graphkit.quant.table import CalibrationTable
 def readme_text(
     table: CalibrationTable, files: list[ExportedFile], out_dir: Path, model_name: str
 ) -> str:
-    lines = [
-        f"# int8 export of {model_name}",  # exporters.README_HEADER: how graphkit knows it
-        "",
+    calibration = (
         f"Calibration: method `{table.method}`, {table.num_samples} samples"
         + (f" from {table.data_source}" if table.data_source else "")
         + (f"; layers kept in float: {', '.join(table.keep_float)}" if table.keep_float else "")
         + ". Written by graphkit from one quantization plan: every backend below carries "
-        "the same int8 weights. Paths are relative to this directory.",
+        "the same int8 weights. Paths are relative to this directory."
+    )
+    return files_readme(model_name, calibration, files, out_dir)
+
+
+def files_readme(model_name: str, about: str, files: list[ExportedFile], out_dir: Path) -> str:
+    """The README of any graphkit output directory: `about`, then each file and command."""
+    lines = [
+        f"# int8 export of {model_name}",  # exporters.README_HEADER: how graphkit knows it
+        "",
+        about,
         "",
         "| file | what it is |",
         "|---|---|",
