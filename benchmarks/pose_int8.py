@@ -10,6 +10,9 @@ FP32 inference (data loading included) over the same calibration crops:
 - graphkit default: `graphkit.quantize(model, spec)` = `graphkit calibrate` with no flags,
   run in onnxruntime (Q/DQ) and, where pnnx converts the model, in ncnn int8 (the ncnn
   files `graphkit export --target ncnn` writes from the same plan);
+- the seeds' ncnn recipe: the float model converted by pnnx, ncnn2table with KL on the
+  ncnn model itself and ncnn2int8 (`graphkit calibrate model.param --method kl-ncnn
+  --out-dir D`), run in ncnn int8;
 - graphkit with a larger float budget (`--max-float 20%`, onnxruntime);
 - graphkit plain (`--recipe plain`: mse, nearest rounding, every layer int8);
 - onnxruntime `quantize_static` (QDQ, per-channel int8 weights, uint8 activations, MinMax),
@@ -181,6 +184,21 @@ def fp32_seconds(path: Path, spec) -> float:
     return time.perf_counter() - start
 
 
+def seed_ncnn_kl(name: str, model, spec, tmp: Path, score) -> None:
+    """The seeds' recipe: the float model to ncnn (pnnx), then ncnn2table with KL on the
+    ncnn model and ncnn2int8 (`graphkit calibrate model.param --method kl-ncnn`)."""
+    from graphkit.ncnn_convert import convert
+    from graphkit.quant.ncnn_native import calibrate_ncnn_model, write_ncnn_int8
+
+    nm = convert(model, tmp / f"{name}.seed")
+    start = time.perf_counter()
+    table, context = calibrate_ncnn_model(nm.param, spec, method="kl-ncnn")
+    files = write_ncnn_int8(table, context, tmp / f"{name}.seed" / "int8", compare_samples=0)
+    seconds = time.perf_counter() - start
+    param = next(f.path for f in files if f.path.name == "model.int8.param")
+    score(param, "seed recipe: pnnx, ncnn2table KL, ncnn2int8", "ncnn int8", seconds=seconds)
+
+
 def bench_model(name: str, args, tmp: Path) -> dict:
     from graphkit.evaluators.evaluate import agreement_of, evaluate
     from graphkit.model import load_model, save_model
@@ -237,6 +255,7 @@ def bench_model(name: str, args, tmp: Path) -> dict:
                 print(f"{name}: {setting} [ncnn]: {exc}", flush=True)
             else:
                 score(out / "ncnn" / "model.int8.param", setting, "ncnn int8")
+                seed_ncnn_kl(name, model, spec, tmp, score)
     if not args.no_peers:
         for peer, label in PEERS.items():
             out = tmp / f"{name}.{peer}.onnx"
