@@ -168,7 +168,11 @@ def test_int8_model_runs_in_ncnn_and_tracks_fp32(exported):
     q = nc.NcnnNet(d / "model.int8.param", d / "model.int8.bin", int8=True)
     param = nc.read_param(d / "model.int8.param")
     tops = [lay.tops[0] for lay in param.layers if lay.get(8)]
-    r = ex.compare(fp, q, feeds(8, seed=11), ["out0"], tops, {"x": "in0"})
+    table = ex.parse_table((d / "model.table").read_text())
+    fp_param = nc.read_param(d / "model.ncnn.param")
+    requantized = ex.requantized_tops(fp_param, table)
+    assert requantized  # int8 codes on those tops: compared after dividing by the scale
+    r = ex.compare(fp, q, feeds(8, seed=11), ["out0"], tops, {"x": "in0"}, requantized)
     print(f"tiny fixture: cosine {r['cosine']['out0']:.5f}, SQNR dB {r['sqnr_db']}")
     assert r["cosine"]["out0"] > 0.99
     assert all(v > 20 for v in r["sqnr_db"].values())
@@ -188,7 +192,8 @@ def test_int8_weights_equal_ncnn_own_load_time_quantization(exported):
         if lay.name not in q_blobs:
             continue
         if lay.get(8):
-            mixed[lay.name] = fp_blobs[lay.name] + q_blobs[lay.name][-2:]  # fp32 weights + scales
+            scales = [b for b in q_blobs[lay.name] if b.role.endswith("_scales")]
+            mixed[lay.name] = fp_blobs[lay.name] + scales  # fp32 weights + scales
         else:
             mixed[lay.name] = q_blobs[lay.name]
     (d / "runtime.bin").write_bytes(nc.write_bin(p8, mixed))
@@ -292,3 +297,69 @@ def test_pnnx_binary_is_found_without_importing_pnnx_or_torch(pnnx_installed):
     path, imported_pnnx, imported_torch = r.stdout.split()
     assert (imported_pnnx, imported_torch) == ("False", "False")
     assert Path(path).read_bytes()[:4] == b"\x7fELF"  # the native binary, not pip's script
+
+
+PAIRS_PARAM = """7767517
+8 10
+Input            in      0 1 x
+Convolution      a       1 1 x a 0=4 1=1 6=12
+Split            s       1 2 a a1 a2
+Convolution      b       1 1 a1 b 0=4 1=1 6=16
+ConvolutionDepthWise c   1 1 a2 c 0=4 1=3 6=36 7=4
+Convolution      d       1 1 c d 0=4 1=1 6=16
+ReLU             r       1 1 d r
+Convolution      e       1 1 r e 0=4 1=1 6=16
+"""
+
+
+@pytest.mark.parametrize(
+    "int8, pairs",
+    [
+        ({"a", "b", "c", "d", "e"}, {"a": "b", "c": "d"}),  # d -> ReLU layer -> e: no fusion
+        ({"a", "c", "d", "e"}, {"c": "d"}),  # a Split reader is float: a writes float
+        ({"a", "b", "c", "e"}, {"a": "b"}),  # d float: c writes float
+    ],
+)
+def test_requantize_fusion_follows_ncnn2int8s_rules(int8, pairs):
+    assert ex.requantize_pairs(nc.parse_param(PAIRS_PARAM), int8) == pairs
+
+
+def test_requantized_int8_model_runs_like_the_unfused_one(exported):
+    _, _, d, data = exported
+    param = nc.read_param(d / "model.ncnn.param")
+    blobs = nc.read_bin(param, (d / "model.ncnn.bin").read_bytes())
+    table = ex.parse_table((d / "model.table").read_text())
+    fused = ex.requantize_pairs(param, set(table.activations))
+    assert fused  # the tiny net has a depthwise conv read only by a 1x1 conv
+    p8 = nc.read_param(d / "model.int8.param")
+    for name, reader in fused.items():
+        layer = p8.layer(name)
+        assert int(layer.params[8]) > 100
+        got = nc.read_bin(p8, (d / "model.int8.bin").read_bytes())[name]
+        assert got[-1].role == "top_scales"
+        assert got[-1].data[0] == np.float32(table.activations[reader])
+    ptext, bbytes = ex.to_int8(param, blobs, table, requantize=False)
+    (d / "plain.param").write_text(ptext)
+    (d / "plain.bin").write_bytes(bbytes)
+    fused_net = nc.NcnnNet(d / "model.int8.param", d / "model.int8.bin", int8=True)
+    plain_net = nc.NcnnNet(d / "plain.param", d / "plain.bin", int8=True)
+    fp = nc.NcnnNet(d / "model.ncnn.param", d / "model.ncnn.bin")
+    for sample in data[:4]:
+        f = {"in0": sample["x"]}
+        a, b = fused_net.run(f, ["out0"])["out0"], plain_net.run(f, ["out0"])["out0"]
+        ref = fp.run(f, ["out0"])["out0"]
+        # the same int8 arithmetic, the requantize done in one step: at most a rounding apart
+        assert np.abs(a - b).max() <= 0.05 * np.abs(ref).max() + 1e-6
+
+
+def test_executor_reads_requantized_blobs_back_in_float(exported):
+    from graphkit.evaluators.executors import open_executor
+
+    _, _, d, data = exported
+    q, fp = open_executor(d / "model.int8.param"), open_executor(d / "model.ncnn.param")
+    assert q.requantized and not fp.requantized
+    for top in q.requantized:
+        a = q.run({"in0": data[0]["x"]}, [top])[top]
+        b = fp.run({"in0": data[0]["x"]}, [top])[top]
+        # int8 codes would be up to 127 where the float values are a few units
+        assert np.abs(a - b).max() <= 0.1 * np.abs(b).max()

@@ -98,6 +98,15 @@ class NcnnExecutor:
         self.net = ncnn_rt.NcnnNet(
             param, Path(param).with_suffix(".bin"), int8=int8, threads=threads or 1
         )
+        # layers fused with their reader's requantize (8=101/102) write int8 codes: read
+        # back in float by dividing by their top scale
+        self.requantized: dict[str, float] = {}
+        if any(int(lay.get(8) or 0) > 100 for lay in self.param.layers):
+            blobs = ncnn_rt.read_bin(self.param, Path(param).with_suffix(".bin").read_bytes())
+            for lay in self.param.layers:
+                if int(lay.get(8) or 0) > 100:
+                    top = next(b for b in blobs[lay.name] if b.role == "top_scales")
+                    self.requantized[lay.tops[0]] = float(top.data[0])
 
     @property
     def label(self) -> str:
@@ -123,7 +132,11 @@ class NcnnExecutor:
     ) -> dict[str, np.ndarray]:
         if set(feeds) != set(self.inputs()) and len(feeds) == len(self.inputs()) == 1:
             feeds = {self.inputs()[0]: next(iter(feeds.values()))}
-        return self.net.run(feeds, names or self.outputs())
+        got = self.net.run(feeds, names or self.outputs())
+        for name, scale in self.requantized.items():
+            if name in got:
+                got[name] = got[name] / np.float32(scale)
+        return got
 
 
 def open_executor(path: str | Path, backend: str | None = None, threads: int | None = None):

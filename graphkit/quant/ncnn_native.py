@@ -27,6 +27,7 @@ from graphkit.quant.exporters.ncnn import (
     NcnnTable,
     calibrate_ncnn,
     compare,
+    requantized_tops,
     to_int8,
     weight_scales,
 )
@@ -206,7 +207,15 @@ def write_ncnn_int8(
             net = context["net"]
             tops = {param.layer(name).tops[0]: name for name in table.activations}
             feeds = (s.feeds for s in islice(iter_samples(context["spec"]), compare_samples))
-            r = compare(net, int8, feeds, net.outputs, list(tops), input_map=context["input_map"])
+            r = compare(
+                net,
+                int8,
+                feeds,
+                net.outputs,
+                list(tops),
+                input_map=context["input_map"],
+                requantized=requantized_tops(param, table),
+            )
         report = {
             "samples": r["samples"],
             "cosine": r["cosine"],

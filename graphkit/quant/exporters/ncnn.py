@@ -18,7 +18,9 @@ measured with ncnn 1.0.20261020 on x86, 8-bit weights on such a layer run exactl
 onnxruntime's Q/DQ, so the default keeps the plan's 8-bit integers); then `<layer> s` with
 s = 127 / threshold of the layer's input. int8 model (ncnn2int8): `8=2` (Convolution,
 InnerProduct) or `8=1` (depthwise) in the param; in the bin the weights tagged int8
-(round, clamp +-127, padded to 4 bytes), bias fp32, weight scales, the bottom scale.
+(round, clamp +-127, padded to 4 bytes), bias fp32, weight scales, the bottom scale; and
+ncnn2int8's requantize fusion: a conv whose output only int8 convs read gets `8=102` /
+`8=101` and the reader's input scale as a top scale, so it hands them int8 directly.
 """
 
 from __future__ import annotations
@@ -131,11 +133,50 @@ def quantize_weights(w: np.ndarray, scales: list[float]) -> np.ndarray:
     return np.clip(q, -127, 127).astype(np.int8).reshape(-1)
 
 
+CONV_TYPES = ("Convolution", "ConvolutionDepthWise")
+
+
+def requantized_tops(param: nc.Param, table: NcnnTable) -> dict[str, float]:
+    """Top blob -> scale of every layer of an int8 param that writes int8 (8=101/102)."""
+    pairs = requantize_pairs(param, set(table.activations))
+    return {param.layer(a).tops[0]: table.activations[b] for a, b in pairs.items()}
+
+
+def requantize_pairs(param: nc.Param, int8_layers: set[str]) -> dict[str, str]:
+    """int8 conv -> the int8 conv whose input scale its output is requantized to, by
+    ncnn2int8's two rules: a conv read directly by a later conv, or through a Split whose
+    every output a conv reads (then the conv reading the Split's first output). The conv
+    then writes int8 (8=101/102, one more scale in the bin) instead of float."""
+    layers = param.layers
+    first_reader: dict[str, nc.Layer] = {}
+    for lay in layers:
+        if lay.type in CONV_TYPES and len(lay.bottoms) == 1:
+            first_reader.setdefault(lay.bottoms[0], lay)
+    splits = {
+        lay.bottoms[0]: lay for lay in layers if lay.type == "Split" and len(lay.bottoms) == 1
+    }
+    pairs: dict[str, str] = {}
+    for lay in layers:
+        if lay.type not in CONV_TYPES or lay.name not in int8_layers:
+            continue
+        top = lay.tops[0]
+        reader = first_reader.get(top)
+        if reader is None and top in splits:
+            readers = [first_reader.get(t) for t in splits[top].tops]
+            if all(r is not None and r.name in int8_layers for r in readers):
+                reader = readers[0]
+        if reader is not None and reader.name in int8_layers:
+            pairs[lay.name] = reader.name
+    return pairs
+
+
 def to_int8(
-    param: nc.Param, blobs: dict[str, list[nc.Blob]], table: NcnnTable
+    param: nc.Param, blobs: dict[str, list[nc.Blob]], table: NcnnTable, requantize: bool = True
 ) -> tuple[str, bytes]:
-    """The (param text, bin bytes) ncnn2int8 writes for `table`."""
+    """The (param text, bin bytes) ncnn2int8 writes for `table`, with its requantize
+    fusion (`requantize_pairs`) unless `requantize=False`."""
     out_blobs = {k: list(v) for k, v in blobs.items()}
+    fused = requantize_pairs(param, set(table.activations)) if requantize else {}
     layers = []
     for layer in param.layers:
         layer = nc.Layer(layer.type, layer.name, layer.bottoms, layer.tops, dict(layer.params))
@@ -151,7 +192,7 @@ def to_int8(
         if cur["weight"].data.dtype == np.int8:
             raise GraphkitError(f"layer {layer.name} is already int8")
         term = 1 if layer.type == "ConvolutionDepthWise" else 2
-        layer.params[8] = str(term)
+        layer.params[8] = str(term + (100 if layer.name in fused else 0))
         new = [nc.Blob("weight", quantize_weights(cur["weight"].data, ws))]
         if "bias" in cur:
             new.append(cur["bias"])
@@ -159,6 +200,9 @@ def to_int8(
         new.append(
             nc.Blob("bottom_scales", np.asarray([table.activations[layer.name]], np.float32))
         )
+        if layer.name in fused:
+            top = table.activations[fused[layer.name]]
+            new.append(nc.Blob("top_scales", np.asarray([top], np.float32)))
         out_blobs[layer.name] = new
     p = nc.Param(layers, param.blob_count)
     return p.text(), nc.write_bin(p, out_blobs)
@@ -226,8 +270,12 @@ def compare(
     outputs: list[str],
     layer_tops: list[str] = (),
     input_map: dict[str, str] | None = None,
+    requantized: dict[str, float] | None = None,
 ) -> dict:
-    """Cosine of outputs (mean over samples, per output) and SQNR (dB) of quantized layers' outputs."""
+    """Cosine of outputs (mean over samples, per output) and SQNR (dB) of quantized layers'
+    outputs. `requantized`: top blob -> scale of layers that write int8 (requantize
+    fusion), whose extracted values are int8 codes, divided by it here."""
+    requantized = requantized or {}
     cos: dict[str, list[float]] = {o: [] for o in outputs}
     sig: dict[str, float] = {t: 0.0 for t in layer_tops}
     err: dict[str, float] = {t: 0.0 for t in layer_tops}
@@ -242,6 +290,8 @@ def compare(
             cos[o].append(float(x @ y / den) if den > 0 else float(np.array_equal(x, y)))
         for t in layer_tops:
             x, y = a[t].astype(np.float64), b[t].astype(np.float64)
+            if t in requantized:
+                y = y / requantized[t]
             sig[t] += float((x * x).sum())
             err[t] += float(((x - y) ** 2).sum())
         n += 1
@@ -389,6 +439,7 @@ def export(
             list(nm.outputs.values()),
             list(tops),
             input_map=nm.inputs,
+            requantized=requantized_tops(param, ntable),
         )
         note += "; cosine vs ncnn fp32 on {} calibration samples: {}".format(
             r["samples"], ", ".join(f"{k} {v:.4f}" for k, v in r["cosine"].items())
