@@ -32,7 +32,7 @@ import yaml
 from pydantic import BaseModel, PositiveInt
 
 from graphkit.errors import GraphkitError
-from graphkit.passes._graphutil import skeleton
+from graphkit.graph import skeleton
 from graphkit.passes.base import PassInfo, count_ops, get_pass, validate_options
 from graphkit.runtime import ort as ort_rt
 from graphkit.validation import STRICT, validate

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from graphkit.errors import GraphkitError
-from graphkit.evaluators.decoders import (
+from graphkit.pose.decoders import (
     build_decoder,
     decode_heatmap,
     decode_heatmap_offset,
@@ -177,13 +177,13 @@ def test_decoder_names_a_missing_output():
 def _mirror_equivariant(out, layout="NCHW"):
     """What a flip-equivariant network returns for the mirrored input: flip_back is its
     own inverse (mirror twice, swap twice)."""
-    from graphkit.evaluators.decoders import flip_back
+    from graphkit.pose.decoders import flip_back
 
     return flip_back(out, layout)
 
 
 def test_flip_back_is_its_own_inverse_and_swaps_left_and_right_joints():
-    from graphkit.evaluators.decoders import flip_back
+    from graphkit.pose.decoders import flip_back
 
     rng = np.random.default_rng(0)
     maps = rng.random((1, 34, 6, 5)).astype(np.float32)
@@ -197,7 +197,7 @@ def test_flip_back_is_its_own_inverse_and_swaps_left_and_right_joints():
 
 
 def test_ae_flip_test_averages_heatmaps_and_appends_the_flipped_tags():
-    from graphkit.evaluators.decoders import build_decoder
+    from graphkit.pose.decoders import build_decoder
 
     dec = build_decoder({"type": "associative-embedding", "output": "o", "flip_test": True})
     rng = np.random.default_rng(1)
@@ -211,7 +211,7 @@ def test_ae_flip_test_averages_heatmaps_and_appends_the_flipped_tags():
 
 
 def test_heatmap_flip_test_shifts_the_mirrored_map_one_pixel_as_mmpose_does():
-    from graphkit.evaluators.decoders import build_decoder
+    from graphkit.pose.decoders import build_decoder
 
     rng = np.random.default_rng(2)
     out = rng.random((1, 17, 8, 6)).astype(np.float32)
@@ -242,7 +242,7 @@ def test_heatmap_flip_test_shifts_the_mirrored_map_one_pixel_as_mmpose_does():
     ],
 )
 def test_flip_test_settings_that_cannot_work_are_refused(cfg, message):
-    from graphkit.evaluators.decoders import build_decoder
+    from graphkit.pose.decoders import build_decoder
 
     with pytest.raises(GraphkitError, match=message):
         build_decoder(cfg)

@@ -345,7 +345,7 @@ def test_bottom_up_agreement_matches_persons_by_oks_and_counts_the_unmatched():
     assert d["matching"].startswith("greedy")
     # two identical persons and one moved by 3 px
     assert 0.9 < d["agreement"] < 1.0
-    from graphkit.evaluators.coco import oks
+    from graphkit.pose.oks import oks
 
     # pairing instance k with instance k (the old way) pairs people 300 px apart
     naive = oks(ref[0]["keypoints"], other[0]["keypoints"], 640 * 480)

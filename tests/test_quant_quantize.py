@@ -171,7 +171,7 @@ def test_default_on_posenet_measures_agreement_and_beats_plain(assets, monkeypat
     assert agree is not None and 0 < agree <= 1
     assert len(plan.keep_float) <= 3  # 10 % of 31 layers
     plain = quantize(model, spec, "plain")
-    from graphkit.evaluators.decoders import build_decoder
+    from graphkit.pose.decoders import build_decoder
 
     _, score = held_out(spec, recipe)
     scorer = HeldOutScorer(model, score, head_tensors(model), build_decoder(spec.decode))

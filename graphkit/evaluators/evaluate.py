@@ -36,8 +36,8 @@ from graphkit.evaluators.coco import (
     mask_unpredicted,
     oks_nms,
 )
-from graphkit.evaluators.decoders import Decoder, build_decoder
 from graphkit.evaluators.executors import open_executor
+from graphkit.pose.decoders import Decoder, build_decoder
 
 
 def prepare_spec(
@@ -342,7 +342,7 @@ def agreement_details(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     OKS, greedily from the most similar pair (as COCO matches detections), each at the
     area of the reference person's keypoint box; persons left over on either side are
     counted as unmatched, not averaged in."""
-    from graphkit.evaluators.coco import oks
+    from graphkit.pose.oks import oks
 
     def by_sample(result: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
         out: dict[int, list[dict[str, Any]]] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnx
 from onnx import numpy_helper
 
-from graphkit.passes._graphutil import (
+from graphkit.graph import (
     GraphIndex,
     keep_only,
     node_reads,

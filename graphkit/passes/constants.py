@@ -7,7 +7,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from graphkit.errors import GraphkitError
-from graphkit.passes._graphutil import (
+from graphkit.graph import (
     GraphIndex,
     constant_node_value,
     has_subgraph,
@@ -311,7 +311,7 @@ def _fold_once(
     used = {i for n in g.node for i in n.input} | out_names
     keep_only(g.initializer, lambda i: i.name in used or i.name in idx.input_names)
     if new_nodes:
-        from graphkit.passes._graphutil import toposort
+        from graphkit.graph import toposort
 
         toposort(g)
 

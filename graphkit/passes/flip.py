@@ -29,8 +29,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from graphkit.graph import ancestors, consumers, producers
 from graphkit.passes.base import PassResult, register
-from graphkit.passes.outputs import ancestors, consumers, producers, prune, value_infos
+from graphkit.passes.outputs import prune, value_infos
 
 
 @dataclass

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from graphkit.passes._graphutil import (
+from graphkit.graph import (
     GraphIndex,
     LazyShapes,
     attr,

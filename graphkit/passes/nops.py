@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from graphkit.passes._graphutil import GraphIndex, attr, plural, skeleton
+from graphkit.graph import GraphIndex, attr, plural, skeleton
 from graphkit.passes.base import PassResult, register
 
 _RESHAPES = {"Reshape", "Squeeze", "Unsqueeze", "Flatten"}

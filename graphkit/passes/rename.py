@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnx
 
 from graphkit.errors import GraphkitError
-from graphkit.passes._graphutil import plural, subgraphs, unique_name
+from graphkit.graph import plural, subgraphs, unique_name
 from graphkit.passes.base import PassResult, register
 
 

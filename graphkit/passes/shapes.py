@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnx
 
 from graphkit.errors import GraphkitError
-from graphkit.passes._graphutil import drop_stale_value_info
+from graphkit.graph import drop_stale_value_info
 from graphkit.passes.base import PassResult, register
 from graphkit.runtime.ort import graph_input_names
 

@@ -22,7 +22,7 @@ import onnx
 from onnx import numpy_helper
 
 from graphkit.errors import GraphkitError
-from graphkit.passes._graphutil import drop_unused_weights
+from graphkit.graph import drop_unused_weights
 from graphkit.runtime.ort import make_session, with_outputs
 from graphkit.runtime.segments import Segments
 

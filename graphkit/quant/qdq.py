@@ -18,7 +18,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from graphkit.errors import GraphkitError
-from graphkit.passes._graphutil import drop_unused_weights
+from graphkit.graph import drop_unused_weights
 from graphkit.quant.collect import activation_inputs, initializer_names, quantizable_nodes
 from graphkit.quant.table import QMAX, CalibrationTable
 from graphkit.quant.weights import weight_amax, weight_axis

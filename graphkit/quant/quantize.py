@@ -164,7 +164,7 @@ class HeldOutScorer(OutputScorer):
 
     def measure(self, candidate: onnx.ModelProto, decode: bool = True) -> Score:
         """Worst and mean head SQNR and (decode=True) the agreement of a candidate model."""
-        from graphkit.evaluators.coco import agreement
+        from graphkit.pose.oks import agreement
 
         sess = self._session(candidate)
         noise = [0.0] * len(self.heads)
@@ -260,7 +260,7 @@ def quantize(
         plan.recipe = {**record, "seconds": _round(times)}
         return plan
 
-    from graphkit.evaluators.decoders import build_decoder
+    from graphkit.pose.decoders import build_decoder
 
     fit, score = held_out(spec, recipe)
     decoder = build_decoder(spec.decode) if getattr(spec, "decode", None) else None

@@ -305,7 +305,7 @@ def spec_samples(spec, count: int, skip: int = 0) -> tuple[list[Feeds], list[str
         samples = [s.feeds for s in itertools.islice(iter_samples(spec), count)]
     outputs = None
     if getattr(spec, "decode", None):
-        from graphkit.evaluators.decoders import build_decoder
+        from graphkit.pose.decoders import build_decoder
 
         outputs = list(build_decoder(spec.decode).outputs)
     return samples, outputs

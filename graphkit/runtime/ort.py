@@ -196,8 +196,7 @@ def prune_to_outputs(model: onnx.ModelProto) -> int:
     onnxruntime runs every node of a session's graph whatever outputs are asked for: a
     calibration session that only exposes inner tensors would still compute the heads and
     the post-processing after them (on efficientpose the full-resolution ConvTranspose)."""
-    from graphkit.passes._graphutil import drop_unused_weights
-    from graphkit.passes.outputs import ancestors
+    from graphkit.graph import ancestors, drop_unused_weights
 
     g = model.graph
     needed = ancestors(g, [o.name for o in g.output])

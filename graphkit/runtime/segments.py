@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from graphkit.passes.outputs import ancestors, node_inputs
+from graphkit.graph import ancestors, node_inputs
 from graphkit.runtime.ort import make_session
 
 Env = dict[str, np.ndarray]

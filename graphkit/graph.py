@@ -1,8 +1,10 @@
-"""Small graph-editing helpers shared by graphkit's own passes.
+"""Graph queries and edits on ONNX protos, below every other layer that reads a graph.
 
-Passes edit the ModelProto they are given in place (the pipeline hands them a copy). These
-helpers keep the bookkeeping in one place: who produces and who consumes a tensor, which
-tensors are constants, and how to bypass a node without breaking graph output names.
+Passes edit the ModelProto they are given in place (the pipeline hands them a copy); the
+runtime cuts graphs into parts and prunes them; quantization inserts nodes. These
+helpers keep the bookkeeping in one place: who produces and who consumes a tensor (with
+the tensors subgraphs capture), which nodes a tensor depends on, which tensors are
+constants, and how to bypass a node without breaking graph output names.
 """
 
 from __future__ import annotations
@@ -437,3 +439,60 @@ def toposort(graph: onnx.GraphProto) -> bool:
 
 def plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def subgraph_refs(node: onnx.NodeProto) -> set[str]:
+    """Outer-scope tensors used inside a node's subgraphs (If/Loop/Scan bodies)."""
+    refs: set[str] = set()
+    for attr in node.attribute:
+        graphs = list(attr.graphs) + ([attr.g] if attr.HasField("g") else [])
+        for g in graphs:
+            local = {i.name for i in g.input} | {i.name for i in g.initializer}
+            for sub in g.node:
+                local.update(sub.output)
+            for sub in g.node:
+                refs.update(n for n in list(sub.input) + list(subgraph_refs(sub)) if n)
+            refs -= local
+    return refs
+
+
+def node_inputs(node: onnx.NodeProto) -> list[str]:
+    """Every tensor a node reads, including those its subgraphs capture."""
+    names = [n for n in node.input if n]
+    if any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute
+    ):
+        names += sorted(subgraph_refs(node))
+    return names
+
+
+def producers(graph: onnx.GraphProto) -> dict[str, int]:
+    """Tensor name -> index of the node that produces it."""
+    return {out: i for i, node in enumerate(graph.node) for out in node.output if out}
+
+
+def consumers(graph: onnx.GraphProto) -> dict[str, list[int]]:
+    """Tensor name -> indices of the nodes that read it."""
+    result: dict[str, list[int]] = {}
+    for i, node in enumerate(graph.node):
+        for name in node_inputs(node):
+            result.setdefault(name, []).append(i)
+    return result
+
+
+def ancestors(
+    graph: onnx.GraphProto, targets: Iterable[str], stop: set[str] | None = None
+) -> set[int]:
+    """Indices of the nodes that `targets` depend on, not walking past `stop` tensors."""
+    prod = producers(graph)
+    stop = stop or set()
+    seen: set[int] = set()
+    todo = [t for t in targets if t not in stop]
+    while todo:
+        name = todo.pop()
+        idx = prod.get(name)
+        if idx is None or idx in seen:
+            continue
+        seen.add(idx)
+        todo.extend(n for n in node_inputs(graph.node[idx]) if n not in stop)
+    return seen

@@ -1,0 +1,2 @@
+"""Pose-specific pieces below quantization and evaluation: decoders (model outputs ->
+keypoints) and OKS (how two keypoint sets compare)."""
