@@ -72,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    from graphkit.commands._common import console
+
+    if getattr(args, "json", None) == "-":  # stdout is the JSON: people read stderr
+        console.file = sys.stderr
     try:
         return int(args._run(args) or 0)
     except GraphkitError as exc:
@@ -83,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated:
         err_console.print("graphkit: terminated; no output was written")
         return 143
+    finally:
+        console.file = None  # back to whatever sys.stdout is (the console was made so)
 
 
 if __name__ == "__main__":

@@ -209,3 +209,28 @@ def test_leftovers_of_killed_runs_are_swept_and_live_ones_kept(tmp_path):
     atomic_write_text(tmp_path / "out.json", "{}")
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == sorted(["out.json", live.name, mine.name, user.name])
+
+
+def test_every_command_has_json_output_and_a_help_that_says_so(capsys):
+    from graphkit.commands._common import COMMANDS
+
+    for name in COMMANDS:
+        argv = [name, "show", "--help"] if name == "table" else [name, "--help"]
+        with pytest.raises(SystemExit):
+            main(argv)
+        out = " ".join(capsys.readouterr().out.split())
+        assert "--json FILE" in out, name
+
+
+def test_json_dash_puts_only_json_on_stdout(tmp_path, capsys):
+    import json
+
+    assert main(["passes", "--short", "--json", "-"]) == 0
+    out, err = capsys.readouterr()
+    names = [p["name"] for p in json.loads(out)]
+    assert "fuse-bn" in names and "fuse-bn" in err  # the listing moved to stderr
+    assert main(["demo", "--out-dir", str(tmp_path / "d"), "--json", "-"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["nodes_after"] < doc["nodes_before"] and doc["steps"]
+    assert main(["passes", "--short"]) == 0  # the next command prints to stdout again
+    assert "fuse-bn" in capsys.readouterr().out

@@ -173,6 +173,33 @@ def progress_bar(
     return PipedProgress(*columns, console=console, transient=True, interval=interval)
 
 
+def add_json_argument(p: argparse.ArgumentParser, what: str) -> None:
+    """`--json FILE`: the command's result for programs; '-' writes it to stdout (the
+    console text then goes to stderr)."""
+    p.add_argument(
+        "--json",
+        metavar="FILE",
+        help=f"write {what} as JSON to FILE ('-': to stdout, the console text to stderr)",
+    )
+
+
+def write_json(path: str | None, doc: object) -> None:
+    """The `--json` output: stdout for '-', else written atomically (and said so)."""
+    import json
+
+    if not path:
+        return
+    text = json.dumps(doc, indent=1, default=str)
+    if path == "-":
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+        return
+    from graphkit.model import atomic_write_text
+
+    atomic_write_text(path, text)
+    console.print(f"wrote {path}", markup=False)
+
+
 def check_output_files(models: str | list[str], **outputs: str | None) -> None:
     """Refuse, before any work, output files that cannot be written or would replace an
     input model: `json=path` style keywords (underscores for dashes) -> one sentence."""
@@ -182,7 +209,7 @@ def check_output_files(models: str | list[str], **outputs: str | None) -> None:
 
     inputs = {Path(m).resolve() for m in ([models] if isinstance(models, str) else models)}
     for flag, value in outputs.items():
-        if not value:
+        if not value or (flag == "json" and value == "-"):
             continue
         name = "-o" if flag == "output" else "--" + flag.replace("_", "-")
         p = Path(value)

@@ -12,9 +12,11 @@ from pathlib import Path
 from graphkit import scratch
 from graphkit.commands._common import (
     add_command,
+    add_json_argument,
     check_output_files,
     console,
     non_negative_int,
+    write_json,
 )
 from graphkit.errors import GraphkitError
 from graphkit.model import atomic_write_text, load_model, save_model
@@ -30,7 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--no-verify", action="store_true", help="skip the onnxruntime output comparison"
     )
-    p.add_argument("--report", help="also write a JSON report of every step")
+    p.add_argument("--report", help="also write a JSON report of every step (as --json)")
+    add_json_argument(p, "the report of every step")
     p.add_argument(
         "--verify-shape",
         action="append",
@@ -112,7 +115,9 @@ def format_step(r: StepReport) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     # never replace an input: a failed or surprising clean would leave nothing to go back to
-    check_output_files([args.model, args.pipeline], output=args.output, report=args.report)
+    check_output_files(
+        [args.model, args.pipeline], output=args.output, report=args.report, json=args.json
+    )
     _check_writable(args.output, "output")
     if args.report:
         _check_writable(args.report, "report")
@@ -151,20 +156,21 @@ def run(args: argparse.Namespace) -> int:
         markup=False,
         soft_wrap=True,
     )
-    if args.report:
-        doc = {
-            "pipeline": args.pipeline,
-            "model": args.model,
-            "output": args.output,
-            "verified": verify,
-            "nodes_before": before,
-            "nodes_after": len(result.graph.node),
-            "seconds": total,
-            "steps": [r.as_dict() for r in reports],
-        }
-        try:
+    doc = {
+        "pipeline": args.pipeline,
+        "model": args.model,
+        "output": args.output,
+        "verified": verify,
+        "nodes_before": before,
+        "nodes_after": len(result.graph.node),
+        "seconds": total,
+        "steps": [r.as_dict() for r in reports],
+    }
+    try:
+        if args.report:
             atomic_write_text(args.report, json.dumps(doc, indent=2))
-        except GraphkitError:
-            Path(args.output).unlink(missing_ok=True)
-            raise
+        write_json(args.json, doc)
+    except GraphkitError:
+        Path(args.output).unlink(missing_ok=True)
+        raise
     return 0

@@ -8,10 +8,12 @@ from pathlib import Path
 from graphkit.commands._common import (
     add_command,
     add_executor_arguments,
+    add_json_argument,
     check_output_files,
     console,
     positive_int,
     progress_bar,
+    write_json,
 )
 from graphkit.commands.export import add_export_arguments, export_from_args
 from graphkit.errors import GraphkitError
@@ -41,6 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "-o", "--output", help="where to write the plan (JSON table; needs -o, --qdq or --out-dir)"
     )
     p.add_argument("--qdq", help="also write a Q/DQ ONNX model (int8, runs in onnxruntime)")
+    add_json_argument(p, "what was decided and written (the plan's summary, the files)")
     p.add_argument(
         "--recipe",
         default="default",
@@ -172,7 +175,7 @@ def check_outputs(args: argparse.Namespace) -> None:
     """Refuse, before any work, outputs that would overwrite the model or cannot be written."""
     if not (args.output or args.qdq or args.out_dir):
         raise GraphkitError("nothing to write: give -o PLAN.json, --qdq OUT.onnx or --out-dir")
-    check_output_files(args.model, output=args.output, qdq=args.qdq)
+    check_output_files(args.model, output=args.output, qdq=args.qdq, json=args.json)
     if args.out_dir:
         from graphkit.quant.exporters import check_out_dir
 
@@ -236,6 +239,20 @@ def run(args: argparse.Namespace) -> int:
     if qdq is not None:
         save_model(qdq, args.qdq)
     console.print(summary(plan, args))
+    write_json(
+        args.json,
+        {
+            "plan": args.output,
+            "qdq": args.qdq,
+            "out_dir": args.out_dir,
+            "method": plan.method,
+            "activations": len(plan.activations),
+            "int8_weights": len(plan.weights),
+            "samples": plan.num_samples,
+            "keep_float": plan.float_reasons,
+            "recipe": plan.recipe,
+        },
+    )
     missed = plan.recipe.get("target_reached") is False
     return EXIT_TARGET_MISSED if missed and args.strict else 0
 
@@ -287,6 +304,16 @@ def run_ncnn(args: argparse.Namespace) -> int:
     )
     for f in files:
         console.print(f"  {f.path}: {f.what}", markup=False, soft_wrap=True)
+    from graphkit.commands.export import files_doc
+
+    write_json(
+        args.json,
+        {
+            "method": canonical_method(method),
+            "samples": context["samples"],
+            "files": files_doc(files),
+        },
+    )
     return 0
 
 

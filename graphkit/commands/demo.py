@@ -6,7 +6,7 @@ import argparse
 import os
 
 import graphkit.demo as demo_module
-from graphkit.commands._common import add_command, console
+from graphkit.commands._common import add_command, add_json_argument, console, write_json
 from graphkit.commands.apply import format_step
 from graphkit.errors import GraphkitError
 
@@ -16,6 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--out-dir", default="graphkit-demo", help="where to write the model, pipeline and result"
     )
+    add_json_argument(p, "the paths written and every pass's report")
     return p
 
 
@@ -41,5 +42,16 @@ def run(args: argparse.Namespace) -> int:
         f"Same job on your model: graphkit apply {res.pipeline_path} MODEL.onnx -o OUT.onnx",
         markup=False,
         soft_wrap=True,
+    )
+    write_json(
+        args.json,
+        {
+            "model": str(res.model_path),
+            "pipeline": str(res.pipeline_path),
+            "result": str(res.output_path),
+            "nodes_before": res.nodes_before,
+            "nodes_after": res.nodes_after,
+            "steps": [r.as_dict() for r in res.reports],
+        },
     )
     return 0

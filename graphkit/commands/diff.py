@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from rich import box
 from rich.table import Table
@@ -11,11 +10,13 @@ from rich.table import Table
 from graphkit.commands._common import (
     add_command,
     add_executor_arguments,
+    add_json_argument,
     check_output_files,
     console,
     positive_int,
     progress_bar,
     short_name,
+    write_json,
 )
 from graphkit.errors import GraphkitError
 from graphkit.evaluators.diff import run_diff
@@ -30,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="input spec YAML giving the real inputs")
     p.add_argument("--limit", type=positive_int, help="use only the first N samples")
     p.add_argument("--html", help="write a self-contained HTML report here")
-    p.add_argument("--json", help="write every figure as JSON here")
+    add_json_argument(p, "every figure")
     p.add_argument("--table", help="graphkit calibration table: mark its thresholds on histograms")
     p.add_argument(
         "--per-layer",
@@ -185,9 +186,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(pl)
     for note in report.notes:
         console.print(f"note: {note}")
-    if args.json:
-        atomic_write_text(args.json, json.dumps(data, indent=1, allow_nan=False))
-        console.print(f"wrote {args.json}")
+    write_json(args.json, data)
     if args.html:
         from graphkit.evaluators.report_html import render_html
 

@@ -11,14 +11,15 @@ from rich.table import Table
 from graphkit.commands._common import (
     add_command,
     add_executor_arguments,
+    add_json_argument,
     check_output_files,
     console,
     positive_int,
     progress_bar,
+    write_json,
 )
 from graphkit.errors import GraphkitError
 from graphkit.evaluators.evaluate import agreement_details, evaluate, evaluation_split, prepare_spec
-from graphkit.model import atomic_write_text
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -41,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     add_executor_arguments(p)
     p.add_argument("--limit", type=positive_int, help="evaluate only the first N person boxes")
-    p.add_argument("--json", help="write every figure and the per-person keypoints here")
+    add_json_argument(p, "every figure and the per-person keypoints")
     p.add_argument("--results", help="write the COCO-format keypoint results here")
     p.add_argument(
         "--agreement-with",
@@ -118,9 +119,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(
             f"agreement (mean OKS with {args.agreement_with}): {result['agreement']:.4f}{extra}"
         )
-    if args.json:
-        atomic_write_text(args.json, json.dumps(result, indent=1))
-        console.print(f"wrote {args.json}")
+    write_json(args.json, result)
     if args.results:
         console.print(f"wrote {args.results}")
     return 0

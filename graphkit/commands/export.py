@@ -8,7 +8,15 @@ import os
 from pathlib import Path
 
 import graphkit.quant.exporters as exporters_module
-from graphkit.commands._common import add_command, console, positive_int, timed_log
+from graphkit.commands._common import (
+    add_command,
+    add_json_argument,
+    check_output_files,
+    console,
+    positive_int,
+    timed_log,
+    write_json,
+)
 from graphkit.errors import GraphkitError
 from graphkit.model import load_model
 from graphkit.quant.exporters.tensorrt import ALGORITHMS as TRT_ALGORITHMS
@@ -21,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("model", help="the float ONNX model the table was made for")
     add_export_arguments(p, required=True)
+    add_json_argument(p, "the files written, what each is and the command that uses it")
     return p
 
 
@@ -134,6 +143,7 @@ def image_sizes(spec, limit: int) -> list[tuple[int, int]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_files([args.model, args.table], json=args.json)
     model = load_model(args.model)
     table = exporters_module.load_table(args.table, model)
     if args.export_limit < 1:
@@ -142,4 +152,10 @@ def run(args: argparse.Namespace) -> int:
     for f in files:
         console.print(f"  {f.path}  [dim]{f.what}[/]")
     console.print(f"[green]wrote {len(files)} files and README.md to {args.out_dir}[/]")
+    write_json(args.json, files_doc(files))
     return 0
+
+
+def files_doc(files) -> list[dict]:
+    """Exported files as data (for --json)."""
+    return [{"path": str(f.path), "what": f.what, "command": f.command or None} for f in files]

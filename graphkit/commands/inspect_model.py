@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from rich.table import Table
 
-from graphkit.commands._common import add_command, console
+from graphkit.commands._common import add_command, add_json_argument, console, write_json
 from graphkit.inspect import summarize
-from graphkit.model import atomic_write_text, load_model
+from graphkit.model import load_model
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = add_command(sub, "inspect")
     p.add_argument("model", help="ONNX model (external weights are not read)")
-    p.add_argument("--json", metavar="FILE", help="also write the summary as JSON here")
+    add_json_argument(p, "the summary")
     return p
 
 
@@ -35,7 +34,5 @@ def run(args: argparse.Namespace) -> int:
     for op, n in sorted(info["ops"].items(), key=lambda kv: -kv[1]):
         h.add_row(op, str(n))
     console.print(h)
-    if args.json:
-        atomic_write_text(args.json, json.dumps(info, indent=1))
-        console.print(f"wrote {args.json}")
+    write_json(args.json, info)
     return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import inspect
 
-from graphkit.commands._common import add_command, console
+from graphkit.commands._common import add_command, add_json_argument, console, write_json
 from graphkit.passes import load_all
 from graphkit.passes.base import option_type_name
 
@@ -36,9 +36,31 @@ def describe_passes(verbose: bool = True) -> str:
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = add_command(sub, "passes")
     p.add_argument("--short", action="store_true", help="one line per pass")
+    add_json_argument(p, "every pass with its options")
     return p
+
+
+def passes_doc() -> list[dict]:
+    """Every pass as data: name, doc, whether it changes outputs, options."""
+    return [
+        {
+            "name": name,
+            "changes_outputs": info.changes_outputs,
+            "doc": info.doc,
+            "options": {
+                opt: {
+                    "type": option_type_name(param),
+                    "default": None if param.default is inspect.Parameter.empty else param.default,
+                    "required": param.default is inspect.Parameter.empty,
+                }
+                for opt, param in info.options.items()
+            },
+        }
+        for name, info in sorted(load_all().items())
+    ]
 
 
 def run(args: argparse.Namespace) -> int:
     console.print(describe_passes(verbose=not args.short), markup=False)
+    write_json(args.json, passes_doc())
     return 0

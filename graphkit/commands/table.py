@@ -11,7 +11,13 @@ from collections import Counter
 
 from rich.table import Table
 
-from graphkit.commands._common import add_command, console, short_name
+from graphkit.commands._common import (
+    add_command,
+    add_json_argument,
+    console,
+    short_name,
+    write_json,
+)
 from graphkit.quant.table import CalibrationTable, held_out_summary
 
 
@@ -32,6 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     show.add_argument(
         "--wide", action="store_true", help="also show the layers reading each activation"
     )
+    add_json_argument(show, "the whole plan (every field of docs/calibration.md)")
     return p
 
 
@@ -102,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
                 "  per channel: " + " ".join(f"{a:.4g}" for a in w.amax), "", "", "", "", ""
             )
     console.print(weights)
+    write_json(args.json, table.to_dict())
     return 0
 
 
