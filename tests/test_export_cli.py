@@ -187,3 +187,12 @@ def test_readme_paths_are_relative_to_the_export_folder(tmp_path, tiny, monkeypa
     export_all(table, model, ["onnx"], "deploy")
     readme = (tmp_path / "deploy" / "README.md").read_text()
     assert "| `onnx/model.qdq.onnx` |" in readme and "deploy/onnx" not in readme
+
+
+def test_a_misspelled_export_option_is_refused_not_ignored(tmp_path):
+    from graphkit.errors import GraphkitError
+    from graphkit.quant.exporters import export_all
+
+    with pytest.raises(GraphkitError, match="no exporter takes the option 'gear_cont'"):
+        export_all(None, None, ["onnx"], tmp_path / "out", gear_cont=3)
+    assert not (tmp_path / "out").exists()

@@ -13,6 +13,7 @@ docs/exporters.md.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import shutil
 import tempfile
@@ -99,6 +100,20 @@ def check_out_dir(out: Path) -> None:
                 )
 
 
+def check_options(options: dict[str, object]) -> None:
+    """Refuse an option no exporter takes (a misspelling would otherwise be ignored: each
+    exporter takes the options of all and keeps its own)."""
+    known: set[str] = set()
+    for module in TARGETS.values():
+        params = inspect.signature(importlib.import_module(module).export).parameters
+        known |= {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise GraphkitError(
+            f"no exporter takes the option '{unknown[0]}' (options: {', '.join(sorted(known))})"
+        )
+
+
 def export_all(
     table: CalibrationTable,
     model: onnx.ModelProto,
@@ -122,6 +137,7 @@ def export_all(
     """
     say = log or (lambda _msg: None)
     names = parse_targets(targets)
+    check_options(options)
     check_table(table, model, keep_float)
     # every backend gets the plan's weights (integers, biases), not the raw float ones
     model = table.deploy_model(model)
