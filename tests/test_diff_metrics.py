@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from graphkit.errors import GraphkitError
-from graphkit.evaluators.metrics import RunningDiff
+from graphkit.metrics import RunningDiff
 
 
 def test_metrics_match_hand_computed_values():

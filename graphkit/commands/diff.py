@@ -20,7 +20,7 @@ from graphkit.commands._common import (
 )
 from graphkit.errors import GraphkitError
 from graphkit.evaluators.diff import run_diff
-from graphkit.evaluators.metrics import finite_or_none
+from graphkit.metrics import finite_or_none
 from graphkit.model import atomic_write_text
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from graphkit.errors import GraphkitError
-from graphkit.evaluators.metrics import RunningDiff
+from graphkit.metrics import RunningDiff
 
 
 @dataclass

@@ -19,8 +19,8 @@ import onnx
 from onnx import helper
 
 from graphkit.evaluators.executors import OnnxExecutor
-from graphkit.evaluators.metrics import RunningDiff, finite_or_none
 from graphkit.evaluators.per_layer import counterpart, input_chain, quantized_layers
+from graphkit.metrics import RunningDiff, finite_or_none
 from graphkit.runtime.ort import make_session
 
 Feeds = dict[str, np.ndarray]

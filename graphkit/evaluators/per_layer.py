@@ -19,7 +19,7 @@ import onnx
 
 from graphkit.errors import GraphkitError
 from graphkit.evaluators.executors import OnnxExecutor
-from graphkit.evaluators.metrics import RunningDiff, finite_or_none
+from graphkit.metrics import RunningDiff, finite_or_none
 
 
 def quantized_layers(quant: onnx.ModelProto) -> list[onnx.NodeProto]:

@@ -34,12 +34,12 @@ import numpy as np
 import onnx
 
 from graphkit.errors import GraphkitError
+from graphkit.metrics import sqnr_db
 from graphkit.quant.calibrators import canonical_method
 from graphkit.quant.deploy import fill_integers
 from graphkit.quant.qdq import insert_qdq
 from graphkit.quant.sensitivity import (
     OutputScorer,
-    _sqnr,
     head_tensors,
     quantized_layers,
     sensitivity,
@@ -176,7 +176,7 @@ class HeldOutScorer(OutputScorer):
                 noise[k] += float(np.sum(d * d))
             if decode and self.decoder is not None:
                 points.append(self._points(got, meta))
-        per_head = [_sqnr(s, n) for s, n in zip(self.signal, noise)]
+        per_head = [sqnr_db(s, n) for s, n in zip(self.signal, noise)]
         agree = None
         if decode and self.decoder is not None:
             areas = [m["area"] for m in self.metas]

@@ -15,7 +15,6 @@ of a heatmap head, whose error is the output error, ranks high.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -23,6 +22,7 @@ import numpy as np
 import onnx
 
 from graphkit.errors import GraphkitError
+from graphkit.metrics import sqnr_db
 from graphkit.quant.collect import activation_inputs, initializer_names, quantizable_nodes
 from graphkit.quant.qdq import insert_qdq
 from graphkit.quant.table import CalibrationTable
@@ -155,15 +155,7 @@ class OutputScorer:
             for k, (a, b) in enumerate(zip(ref, got)):
                 d = a.astype(np.float64) - b.astype(np.float64)
                 noise[k] += float(np.sum(d * d))
-        return min(_sqnr(s, n) for s, n in zip(self.signal, noise))
-
-
-def _sqnr(signal: float, noise: float) -> float:
-    if noise == 0:
-        return math.inf
-    if signal == 0:
-        return -math.inf
-    return 10.0 * math.log10(signal / noise)
+        return min(sqnr_db(s, n) for s, n in zip(self.signal, noise))
 
 
 def _qdq(

@@ -37,6 +37,7 @@ import numpy as np
 import onnx
 
 from graphkit.errors import GraphkitError
+from graphkit.metrics import sqnr_db
 from graphkit.quant.exporters._common import ExportedFile, ModelIndex, check_table, write_all
 from graphkit.quant.table import CalibrationTable
 from graphkit.runtime import ncnn as nc
@@ -295,10 +296,7 @@ def compare(
             sig[t] += float((x * x).sum())
             err[t] += float(((x - y) ** 2).sum())
         n += 1
-    sqnr = {
-        t: (10 * math.log10(sig[t] / err[t]) if err[t] > 0 else math.inf) if sig[t] > 0 else 0.0
-        for t in layer_tops
-    }
+    sqnr = {t: sqnr_db(sig[t], err[t]) for t in layer_tops}
     return {"samples": n, "cosine": {o: float(np.mean(v)) for o, v in cos.items()}, "sqnr_db": sqnr}
 
 

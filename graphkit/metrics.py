@@ -77,11 +77,7 @@ class RunningDiff:
     @property
     def sqnr_db(self) -> float:
         """10 log10(signal / error power); +inf when identical, -inf for a zero reference."""
-        if self.sum_err2 == 0.0:
-            return math.inf
-        if self.sum_ref2 == 0.0:
-            return -math.inf
-        return 10.0 * math.log10(self.sum_ref2 / self.sum_err2)
+        return sqnr_db(self.sum_ref2, self.sum_err2)
 
     @property
     def rel_l2(self) -> float:
@@ -132,6 +128,16 @@ def _dots(r: np.ndarray, x: np.ndarray, e: np.ndarray) -> tuple[float, float, fl
         rq += float(np.dot(a, b))
         ee += float(np.dot(c, c))
     return rr, qq, rq, ee
+
+
+def sqnr_db(signal: float, noise: float) -> float:
+    """10 log10(signal power / noise power), the one SQNR of graphkit: +inf when there is
+    no noise (identical), -inf when the reference is all zeros but the other is not."""
+    if noise == 0:
+        return math.inf
+    if signal == 0:
+        return -math.inf
+    return 10.0 * math.log10(signal / noise)
 
 
 def finite_or_none(v: float) -> float | None:
