@@ -16,7 +16,7 @@ from pathlib import Path
 import onnx
 
 from graphkit import scratch
-from graphkit.errors import GraphkitError
+from graphkit.errors import GraphkitError, ModelError
 
 PROTOBUF_LIMIT = 2**31 - 1
 # Leave headroom: the serialized size is not exactly the sum of the tensors.
@@ -27,9 +27,9 @@ def load_model(path: str | os.PathLike, load_external_data: bool = True) -> onnx
     """Read an ONNX model, or raise GraphkitError with one sentence saying why it cannot be."""
     p = Path(path)
     if not p.exists():
-        raise GraphkitError(f"model file {p} does not exist")
+        raise ModelError(f"model file {p} does not exist")
     if p.is_dir():
-        raise GraphkitError(f"{p} is a directory, not an ONNX model file")
+        raise ModelError(f"{p} is a directory, not an ONNX model file")
     try:
         model = onnx.load(str(p), load_external_data=load_external_data)
     except FileNotFoundError as exc:
@@ -42,9 +42,9 @@ def load_model(path: str | os.PathLike, load_external_data: bool = True) -> onnx
             f"{type(exc).__name__})"
         ) from None
     if not model.graph.node and not model.graph.output:
-        raise GraphkitError(f"{p} is not an ONNX model (no graph found in it)")
+        raise ModelError(f"{p} is not an ONNX model (no graph found in it)")
     if model.ir_version == 0:
-        raise GraphkitError(f"{p} is not an ONNX model (no IR version in it)")
+        raise ModelError(f"{p} is not an ONNX model (no IR version in it)")
     return model
 
 

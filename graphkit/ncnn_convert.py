@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 from graphkit import scratch
-from graphkit.errors import GraphkitError
+from graphkit.errors import BackendError, GraphkitError
 from graphkit.model import save_model
 
 PNNX_MAX_IR = 13
@@ -56,7 +56,7 @@ def pnnx_binary() -> str:
     found = shutil.which("pnnx")
     if found and _is_native(Path(found)):
         return found
-    raise GraphkitError(
+    raise BackendError(
         "the pnnx converter is not installed: pip install --no-deps pnnx "
         "(its binary needs no torch)"
     )
@@ -152,12 +152,12 @@ def convert(
                 cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout, check=False
             )
         except subprocess.TimeoutExpired:
-            raise GraphkitError(
+            raise BackendError(
                 f"pnnx did not finish converting the model within {timeout:.0f} s"
             ) from None
         if not param.exists() or not binf.exists():
             tail = (proc.stderr or proc.stdout).strip().splitlines()
-            raise GraphkitError(
+            raise BackendError(
                 "pnnx could not convert the model to ncnn"
                 + (f" (it said: {tail[-1].strip()})" if tail else "")
             )
@@ -182,7 +182,7 @@ def check_runnable(param_path: Path) -> None:
     if unknown:
         param_path.unlink(missing_ok=True)
         param_path.with_suffix(".bin").unlink(missing_ok=True)
-        raise GraphkitError(
+        raise BackendError(
             f"pnnx left ops ncnn cannot run ({', '.join(unknown)}); simplify or cut the model "
             "(e.g. remove in-graph post-processing) before exporting to ncnn"
         )
@@ -209,7 +209,7 @@ def check_conversion(
     for onnx_name, blob in nm.outputs.items():
         r, g = ref[onnx_name], got[blob]
         if r.size != g.size:
-            raise GraphkitError(
+            raise BackendError(
                 f"ncnn output {blob} has {g.size} values but ONNX output '{onnx_name}' has {r.size}"
             )
         diffs[onnx_name] = float(np.abs(g.reshape(r.shape) - r).max())

@@ -31,7 +31,7 @@ import onnx
 import yaml
 from pydantic import BaseModel, PositiveInt
 
-from graphkit.errors import GraphkitError
+from graphkit.errors import GraphkitError, InputError, VerificationError
 from graphkit.graph import skeleton
 from graphkit.passes.base import PassInfo, count_ops, get_pass, validate_options
 from graphkit.runtime import ort as ort_rt
@@ -114,7 +114,7 @@ def parse_pipeline(data: Any, source: str = "pipeline") -> Pipeline:
         head = validate(_PipelineFile, data, source)
         fixed_point, max_iter, data = head.fixed_point, head.max_iterations, head.passes
     if not isinstance(data, list) or not data:
-        raise GraphkitError(f"{source} must be a non-empty list of passes")
+        raise InputError(f"{source} must be a non-empty list of passes")
     steps = []
     for i, item in enumerate(data, 1):
         if isinstance(item, str):
@@ -124,12 +124,12 @@ def parse_pipeline(data: Any, source: str = "pipeline") -> Pipeline:
             if options is None:
                 options = {}
             if not isinstance(options, dict):
-                raise GraphkitError(
+                raise InputError(
                     f"{source}: options of step {i} ('{name}') must be a mapping, "
                     f"got {type(options).__name__}"
                 )
         else:
-            raise GraphkitError(
+            raise InputError(
                 f"{source}: step {i} must be a pass name or '- name: {{option: value}}'"
             )
         info = get_pass(str(name))
@@ -141,15 +141,15 @@ def load_pipeline(path: str | Path) -> Pipeline:
     """Read a pipeline YAML file."""
     p = Path(path)
     if not p.exists():
-        raise GraphkitError(f"pipeline file {p} does not exist")
+        raise InputError(f"pipeline file {p} does not exist")
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise GraphkitError(f"pipeline file {p} is not valid YAML{where}") from None
+        raise InputError(f"pipeline file {p} is not valid YAML{where}") from None
     except UnicodeDecodeError:
-        raise GraphkitError(f"pipeline file {p} is not a text file") from None
+        raise InputError(f"pipeline file {p} is not a text file") from None
     return parse_pipeline(data, str(p))
 
 
@@ -287,11 +287,11 @@ def compare(
     for new_name, old_name in mapping.items():
         a, b = old[old_name], new[new_name]
         if a.shape != b.shape:
-            raise GraphkitError(
+            raise VerificationError(
                 f"output '{new_name}' changed shape from {list(a.shape)} to {list(b.shape)}"
             )
         if a.dtype != b.dtype:
-            raise GraphkitError(f"output '{new_name}' changed type from {a.dtype} to {b.dtype}")
+            raise VerificationError(f"output '{new_name}' changed type from {a.dtype} to {b.dtype}")
         result[new_name] = (max_abs_diff(a, b), *worst_excess(a, b, tol))
     return result
 
@@ -396,7 +396,7 @@ def run_step(
         raise GraphkitError(f"pass '{step.name}' failed: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - a pass bug must not leave a traceback or a file
         msg = (str(exc).strip().splitlines() or [""])[0]
-        raise GraphkitError(
+        raise VerificationError(
             f"pass '{step.name}' crashed ({type(exc).__name__}: {msg}); the model was left "
             "unchanged, please report this"
         ) from None
@@ -407,7 +407,7 @@ def run_step(
         try:
             check_model(new, f"pass '{step.name}'")
         except GraphkitError as exc:
-            raise GraphkitError(f"{exc}; it was rolled back") from None
+            raise VerificationError(f"{exc}; it was rolled back") from None
     diffs = None
     verify_start = time.perf_counter()
     if verify and (result.changed or info.changes_outputs):
@@ -419,10 +419,10 @@ def run_step(
                     model, new, result.output_map, feeds, result.input_map, cache=cache, slot=slot
                 )
             except GraphkitError as exc:
-                raise GraphkitError(f"pass '{step.name}' was rolled back: {exc}") from None
+                raise VerificationError(f"pass '{step.name}' was rolled back: {exc}") from None
             for out, (largest, diff, allowed) in measured.items():
                 if not diff <= allowed:
-                    raise GraphkitError(
+                    raise VerificationError(
                         f"pass '{step.name}' changed output '{out}' by {diff:.3g} where "
                         f"{allowed:.3g} is allowed (tolerance per channel); it was rolled back"
                     )

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from pydantic import ConfigDict, PydanticUserError, TypeAdapter, ValidationError
 
-from graphkit.errors import GraphkitError
+from graphkit.errors import InputError
 
 T = TypeVar("T")
 
@@ -39,7 +39,7 @@ def validate(kind: type[T] | Any, data: Any, where: str) -> T:
     try:
         return _adapter(kind).validate_json(text)
     except ValidationError as exc:
-        raise GraphkitError(describe(exc, where)) from None
+        raise InputError(describe(exc, where)) from None
 
 
 def describe(exc: ValidationError, where: str) -> str:

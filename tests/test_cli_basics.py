@@ -234,3 +234,18 @@ def test_json_dash_puts_only_json_on_stdout(tmp_path, capsys):
     assert doc["nodes_after"] < doc["nodes_before"] and doc["steps"]
     assert main(["passes", "--short"]) == 0  # the next command prints to stdout again
     assert "fuse-bn" in capsys.readouterr().out
+
+
+def test_errors_say_what_kind_of_mistake_they_are(tmp_path):
+    from graphkit.data import load_input_spec
+    from graphkit.errors import GraphkitError, InputError, ModelError, VerificationError
+    from graphkit.model import load_model
+    from graphkit.pipeline import parse_pipeline
+
+    with pytest.raises(InputError, match="unknown key"):
+        load_input_spec({"input": {"name": "x", "nmae": 1}, "source": {"type": "npy", "path": "p"}})
+    with pytest.raises(InputError, match="did you mean"):
+        parse_pipeline(["fuse-bn", {"fold-constants": {"max_size_mbb": 1}}])
+    with pytest.raises(ModelError, match="does not exist"):
+        load_model(tmp_path / "none.onnx")
+    assert issubclass(VerificationError, GraphkitError) and issubclass(ModelError, GraphkitError)

@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from graphkit.errors import GraphkitError
+from graphkit.errors import InputError
 from graphkit.validation import STRICT, validate
 
 DEFAULT_ASSETS = "../shared/assets"
@@ -238,23 +238,23 @@ def load_input_spec(
     else:
         p = Path(path_or_dict)
         if not p.is_file():
-            raise GraphkitError(f"input spec {p} does not exist")
+            raise InputError(f"input spec {p} does not exist")
         try:
             raw = yaml.safe_load(p.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = f" at line {mark.line + 1}" if mark is not None else ""
-            raise GraphkitError(f"input spec {p} is not valid YAML{line}") from None
+            raise InputError(f"input spec {p} is not valid YAML{line}") from None
         except UnicodeDecodeError:
-            raise GraphkitError(f"input spec {p} is not a text file") from None
+            raise InputError(f"input spec {p} is not a text file") from None
         base = Path(base_dir) if base_dir is not None else p.resolve().parent
         origin = str(p)
         where = f"input spec {p}"
     if not isinstance(raw, dict):
-        raise GraphkitError("an input spec must be a mapping with 'input' and 'source' sections")
+        raise InputError("an input spec must be a mapping with 'input' and 'source' sections")
     for section in ("input", "source"):
         if section in raw and not isinstance(raw[section], dict):
-            raise GraphkitError(f"the input spec needs a '{section}:' section (a mapping)")
+            raise InputError(f"the input spec needs a '{section}:' section (a mapping)")
     checked = validate(_SpecFile, raw, where)
     cfg = InputConfig(**checked.input.model_dump())
     source = _source_config(checked.source, base.resolve(), True)
@@ -282,15 +282,15 @@ def _source_config(section: _SourceSection, base: Path, expand: bool) -> SourceC
 
 def _check_combination(cfg: InputConfig, source: SourceConfig) -> None:
     if source.type in ("coco-topdown", "images") and cfg.size is None:
-        raise GraphkitError(f"a {source.type} source needs input.size: [height, width]")
+        raise InputError(f"a {source.type} source needs input.size: [height, width]")
     if source.resize == "short-side":
         if source.type != "images":
-            raise GraphkitError(
+            raise InputError(
                 "source.resize: short-side resizes whole images (source.type: images); "
                 f"a {source.type} source makes fixed-size crops"
             )
         if min(cfg.size) % source.size_divisor:
-            raise GraphkitError(
+            raise InputError(
                 f"short-side resize: the short side {min(cfg.size)} (the smaller of input.size) "
                 f"must be a multiple of source.size_divisor {source.size_divisor}"
             )
@@ -321,7 +321,7 @@ def _expand(value: str, where: str) -> str:
             elif name == "GRAPHKIT_ASSETS":
                 val = default_assets()
             else:
-                raise GraphkitError(
+                raise InputError(
                     f"{where} uses ${{{name}}} but that environment variable is not set"
                 )
         if name == "GRAPHKIT_ASSETS":
@@ -340,7 +340,7 @@ def shard(spec: InputSpec, index: int, count: int) -> InputSpec:
     """Part `index` of `count` disjoint, deterministic parts whose union is the whole spec
     (after shuffle and limit), for calibrating with several worker processes."""
     if count < 1 or not 0 <= index < count:
-        raise GraphkitError(f"shard index must be in 0..{count - 1}, got {index}")
+        raise InputError(f"shard index must be in 0..{count - 1}, got {index}")
     if spec.shard_count != 1:
         # Sharding a shard: part `index` of the parent's part.
         return dataclasses.replace(

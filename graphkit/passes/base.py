@@ -19,7 +19,7 @@ from typing import Any
 
 import onnx
 
-from graphkit.errors import GraphkitError
+from graphkit.errors import GraphkitError, InputError
 from graphkit.validation import validate
 
 
@@ -102,13 +102,13 @@ def validate_options(info: PassInfo, options: dict[str, Any] | None) -> dict[str
             close = difflib.get_close_matches(key, list(info.options), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             known = ", ".join(info.options) or "none"
-            raise GraphkitError(
+            raise InputError(
                 f"pass '{info.name}' has no option '{key}'{hint}; its options are: {known}"
             )
         # every numeric pass option is a size, count, index or batch: finite, not negative
         numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
         if numeric and (not math.isfinite(value) or value < 0):
-            raise GraphkitError(
+            raise InputError(
                 f"option '{key}' of pass '{info.name}' must be a finite number of at "
                 f"least 0, got {value!r}"
             )
@@ -124,7 +124,7 @@ def validate_options(info: PassInfo, options: dict[str, Any] | None) -> dict[str
                 ) from None
     for key, param in info.options.items():
         if param.default is inspect.Parameter.empty and key not in options:
-            raise GraphkitError(f"pass '{info.name}' needs option '{key}'")
+            raise InputError(f"pass '{info.name}' needs option '{key}'")
     return options
 
 

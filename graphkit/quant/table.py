@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from pydantic import Field
 
-from graphkit.errors import GraphkitError
+from graphkit.errors import InputError, ModelError
 from graphkit.model import atomic_write_text
 from graphkit.validation import STRICT, validate
 
@@ -119,7 +119,7 @@ class QuantPlan:
         from graphkit.model import model_hash
 
         if self.model_hash and model_hash(model) != self.model_hash:
-            raise GraphkitError(
+            raise ModelError(
                 f"the {what} was made for another model (weights/graph hash "
                 f"{self.model_hash}, this model {model_hash(model)}): calibrate this model again"
             )
@@ -135,10 +135,10 @@ class QuantPlan:
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "table") -> QuantPlan:
         if not isinstance(d, dict) or "activations" not in d or "method" not in d:
-            raise GraphkitError(f"{source} is not a graphkit calibration table")
+            raise InputError(f"{source} is not a graphkit calibration table")
         version = d.get("schema_version")
         if version not in READABLE_VERSIONS:
-            raise GraphkitError(
+            raise InputError(
                 f"{source} has table schema version {version}; this graphkit reads "
                 + ", ".join(map(str, READABLE_VERSIONS))
             )
@@ -153,11 +153,11 @@ class QuantPlan:
     def load(cls, path: str | Path) -> QuantPlan:
         p = Path(path)
         if not p.is_file():
-            raise GraphkitError(f"calibration table {p} does not exist or is not a file")
+            raise InputError(f"calibration table {p} does not exist or is not a file")
         try:
             data = json.loads(p.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise GraphkitError(f"{p} is not a JSON calibration table") from None
+            raise InputError(f"{p} is not a JSON calibration table") from None
         return cls.from_dict(data, str(p))
 
 

@@ -18,7 +18,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from graphkit.errors import GraphkitError
+from graphkit.errors import GraphkitError, ModelError
 from graphkit.model import EXTERNAL_DATA_THRESHOLD, model_size_bytes, save_model
 from graphkit.scratch import prefix as scratch_prefix
 from graphkit.scratch import sweep
@@ -67,7 +67,7 @@ def make_session(
             return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - any runtime failure becomes one sentence
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise GraphkitError(f"onnxruntime cannot load the model: {msg}") from None
+        raise ModelError(f"onnxruntime cannot load the model: {msg}") from None
 
 
 def graph_input_names(model: onnx.ModelProto) -> list[str]:
@@ -261,7 +261,7 @@ def run(
         values = sess.run(names, feeds)
     except Exception as exc:  # noqa: BLE001 - any runtime failure becomes one sentence
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise GraphkitError(f"onnxruntime failed to run the model: {msg}") from None
+        raise ModelError(f"onnxruntime failed to run the model: {msg}") from None
     return dict(zip(names, values))
 
 
