@@ -33,8 +33,8 @@ def main() -> int:
     os.environ.setdefault("GRAPHKIT_ASSETS", str(assets))
 
     from graphkit.data import iter_samples, load_input_spec
-    from graphkit.evaluators.decoders import build_decoder
     from graphkit.model import load_model
+    from graphkit.pose.decoders import build_decoder
     from graphkit.quant.calibrate import calibrate
     from graphkit.quant.equalize import apply_equalization, equalization
     from graphkit.quant.qdq import insert_qdq

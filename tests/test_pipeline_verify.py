@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from graphkit.errors import GraphkitError
+from graphkit.errors import VerificationError
 from graphkit.passes.base import REGISTRY, PassResult, register
 from graphkit.pipeline import VERIFY_INPUTS, Tolerance, parse_pipeline, run_pipeline, worst_excess
 
@@ -115,8 +115,6 @@ def test_every_pass_is_checked_on_more_than_one_random_input(break_on_some_input
         if sample_feeds(model, model, s)["x"].max() <= 1.5
         and sample_feeds(model, model, s + 1000)["x"].max() > 1.5
     )
-    from graphkit.errors import VerificationError
-
     with pytest.raises(VerificationError, match="test-break-on-second-input.*rolled back"):
         run_pipeline(model, parse_pipeline(["test-break-on-second-input"]), seed=seed)
 
