@@ -33,6 +33,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"graphkit {__version__}")
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="log the library's steps to stderr at this level (default warning; -v info, "
+        "-vv debug), before the command: graphkit -v calibrate ...",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, doc_module) in COMMANDS.items():
         if command is None or name == command:
@@ -47,8 +54,29 @@ def _command_in(argv: list[str]) -> str:
     """The command named on the command line ("" when none is)."""
     from graphkit.commands._common import COMMANDS
 
-    first = next((a for a in argv if not a.startswith("-")), "")
-    return first if first in COMMANDS else ""
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--log-level":  # its value is not the command
+            skip = True
+        elif not a.startswith("-"):
+            return a if a in COMMANDS else ""
+    return ""
+
+
+def configure_logging(level: str | None, verbose: int) -> None:
+    """The `graphkit.*` loggers to stderr: --log-level wins, else -v / -vv, else warnings."""
+    import logging
+
+    name = level or {0: "warning", 1: "info"}.get(verbose, "debug")
+    logger = logging.getLogger("graphkit")
+    logger.setLevel(getattr(logging, name.upper()))
+    if not any(getattr(h, "_graphkit", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        handler._graphkit = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
 
 
 class Terminated(Exception):
@@ -74,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from graphkit.commands._common import console
 
+    configure_logging(args.log_level, args.verbose)
     if getattr(args, "json", None) == "-":  # stdout is the JSON: people read stderr
         console.file = sys.stderr
     try:

@@ -20,6 +20,7 @@ did, ops removed/added, its time and the per-output differences.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ class Pipeline:
     max_iterations: int = 10
 
 
+log = logging.getLogger(__name__)
 VERIFY_INPUTS = 2  # random inputs each pass is checked on
 
 
@@ -364,6 +366,14 @@ def _run_steps(model, pipeline, verify, on_step, seed) -> tuple[onnx.ModelProto,
             report, current = run_step(current, step, verify, iteration, seed, cache, inplace)
             reports.append(report)
             any_change |= report.changed
+            log.info(
+                "%s: %d -> %d nodes in %.2fs%s",
+                report.name,
+                report.nodes_before,
+                report.nodes_after,
+                report.seconds,
+                "" if report.max_abs_diff is None else f", max |diff| {report.max_abs_diff}",
+            )
             if on_step:
                 on_step(report)
         if not any_change:

@@ -249,3 +249,16 @@ def test_errors_say_what_kind_of_mistake_they_are(tmp_path):
     with pytest.raises(ModelError, match="does not exist"):
         load_model(tmp_path / "none.onnx")
     assert issubclass(VerificationError, GraphkitError) and issubclass(ModelError, GraphkitError)
+
+
+def test_log_level_and_verbose_show_the_library_steps(tmp_path, capsys, caplog):
+    import logging
+
+    assert main(["--log-level", "info", "demo", "--out-dir", str(tmp_path / "a")]) == 0
+    assert logging.getLogger("graphkit").level == logging.INFO
+    steps = [r.getMessage() for r in caplog.records if r.name == "graphkit.pipeline"]
+    assert any(m.startswith("fuse-bn: ") and "nodes" in m for m in steps), steps
+    assert main(["-vv", "passes", "--short"]) == 0
+    assert logging.getLogger("graphkit").level == logging.DEBUG
+    assert main(["passes", "--short"]) == 0
+    assert logging.getLogger("graphkit").level == logging.WARNING

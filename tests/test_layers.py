@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "graphkit"
 
 # lowest first; a unit may import its own modules and any unit of a lower layer
 LAYERS = [
-    {"errors", "validation", "scratch", "metrics"},
+    {"errors", "validation", "scratch", "metrics", "logs"},
     {"model"},
     {"graph"},
     {"runtime"},

@@ -34,6 +34,7 @@ import numpy as np
 import onnx
 
 from graphkit.errors import GraphkitError
+from graphkit.logs import step
 from graphkit.metrics import sqnr_db
 from graphkit.quant.calibrators import canonical_method
 from graphkit.quant.deploy import fill_integers
@@ -237,7 +238,7 @@ def quantize(
     max_outputs_per_run, on_sample, on_total)."""
     from graphkit.quant.calibrate import _load, _load_spec, calibrate_statistics
 
-    say = log or (lambda _msg: None)
+    say = step(__name__, log)
     recipe = recipe_of(recipe, method)
     model, model_path = _load(model)
     spec = _load_spec(data, calibrate_options.pop("limit", None))

@@ -25,6 +25,7 @@ import onnx
 
 from graphkit import scratch
 from graphkit.errors import GraphkitError
+from graphkit.logs import step
 from graphkit.model import atomic_write_text
 from graphkit.quant.exporters._common import ExportedFile, check_table
 from graphkit.quant.table import CalibrationTable
@@ -135,7 +136,7 @@ def export_all(
     image_sizes: (h, w) of the dataset's images, for ATC gears of variable-size models.
     log: called with a line before each step that takes a while (pnnx, ncnn checks).
     """
-    say = log or (lambda _msg: None)
+    say = step(__name__, log)
     names = parse_targets(targets)
     check_options(options)
     check_table(table, model, keep_float)

@@ -37,6 +37,7 @@ import numpy as np
 import onnx
 
 from graphkit.errors import GraphkitError
+from graphkit.logs import step
 from graphkit.metrics import sqnr_db
 from graphkit.quant.exporters._common import ExportedFile, ModelIndex, check_table, write_all
 from graphkit.quant.table import CalibrationTable
@@ -382,7 +383,7 @@ def export(
     """Convert with pnnx, calibrate on ncnn (or map the table), write table + int8 model."""
     from graphkit.ncnn_convert import convert
 
-    say = log or (lambda _msg: None)
+    say = step(__name__, log)
     idx = check_table(table, model, keep_float)
     for name in keep_float:  # refuse before the (slow) conversion
         if idx.nodes[name].op_type not in ("Conv", "Gemm", "MatMul"):
