@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print("graphkit: terminated; no output was written")
         return 143
     finally:
-        console.file = None  # back to whatever sys.stdout is (the console was made so)
+        console.file = None  # type: ignore[assignment]  # back to sys.stdout, as made
 
 
 if __name__ == "__main__":

@@ -113,14 +113,14 @@ def parse_pipeline(data: Any, source: str = "pipeline") -> Pipeline:
     """Build a Pipeline from already-parsed YAML, validating pass names and options."""
     fixed_point, max_iter = False, 10
     if isinstance(data, dict):
-        head = validate(_PipelineFile, data, source)
+        head: _PipelineFile = validate(_PipelineFile, data, source)
         fixed_point, max_iter, data = head.fixed_point, head.max_iterations, head.passes
     if not isinstance(data, list) or not data:
         raise InputError(f"{source} must be a non-empty list of passes")
     steps = []
     for i, item in enumerate(data, 1):
         if isinstance(item, str):
-            name, options = item, {}
+            name, options = item, dict[str, Any]()
         elif isinstance(item, dict) and len(item) == 1:
             name, options = next(iter(item.items()))
             if options is None:
@@ -418,7 +418,7 @@ def run_step(
             check_model(new, f"pass '{step.name}'")
         except GraphkitError as exc:
             raise VerificationError(f"{exc}; it was rolled back") from None
-    diffs = None
+    diffs: dict[str, float] | None = None
     verify_start = time.perf_counter()
     if verify and (result.changed or info.changes_outputs):
         diffs = {}

@@ -37,7 +37,7 @@ def sweep(folder: str | os.PathLike | None = None) -> list[Path]:
     system temp folder); returns what was removed. Errors are ignored: sweeping is a
     courtesy, never a reason to fail the run."""
     where = Path(folder) if folder is not None else Path(tempfile.gettempdir())
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(where.iterdir())
     except OSError:

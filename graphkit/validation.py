@@ -30,7 +30,7 @@ def _adapter(kind: Any) -> TypeAdapter:
         return TypeAdapter(kind)
 
 
-def validate(kind: type[T] | Any, data: Any, where: str) -> T:
+def validate(kind: Any, data: Any, where: str) -> Any:
     """`data` as `kind` (a dataclass, pydantic model or type), or GraphkitError naming
     `where` (e.g. the file), the key and the problem."""
     # as JSON: in strict mode a mapping is a valid dataclass only when it comes as JSON,

@@ -112,7 +112,8 @@ class InputSpec:
         for key, value in overrides.items():  # paths given here: relative to the cwd
             if key in PATH_KEYS and value is not None:
                 path = _resolve_path(_expand(str(value), f"source.{key}"), Path.cwd())
-                source = dataclasses.replace(source, **{key: path})
+                moved: dict[str, Any] = {key: path}
+                source = dataclasses.replace(source, **moved)
         _check_combination(self.input, source)
         return dataclasses.replace(self, source=source)
 
@@ -283,7 +284,7 @@ def _source_config(section: _SourceSection, base: Path, expand: bool) -> SourceC
 def _check_combination(cfg: InputConfig, source: SourceConfig) -> None:
     if source.type in ("coco-topdown", "images") and cfg.size is None:
         raise InputError(f"a {source.type} source needs input.size: [height, width]")
-    if source.resize == "short-side":
+    if source.resize == "short-side" and cfg.size is not None:
         if source.type != "images":
             raise InputError(
                 "source.resize: short-side resizes whole images (source.type: images); "

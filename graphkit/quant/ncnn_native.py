@@ -185,7 +185,7 @@ def write_ncnn_int8(
     d = Path(out_dir)
     param, blobs = context["param"], context["blobs"]
     ptext, bbytes = to_int8(param, blobs, table)
-    files = {
+    files: dict[Path, bytes | str] = {
         d / "model.table": table.text(),
         d / "model.int8.param": ptext,
         d / "model.int8.bin": bbytes,

@@ -158,6 +158,7 @@ class HeldOutScorer(OutputScorer):
     def _points(self, outputs: list[np.ndarray], meta: dict) -> np.ndarray:
         """The decoded keypoints of one crop, in image pixels (17, 3)."""
         named = dict(zip(self.outputs, outputs))
+        assert self.decoder is not None  # only called when there is one
         people = self.decoder({k: named[k] for k in self.decoder.outputs}, meta["input_size"])
         kp = people[0].keypoints if people else np.zeros((17, 3))
         m = np.asarray(meta["crop_to_image"], np.float64)
@@ -334,12 +335,12 @@ def quantize(
         while pool and len(chosen) < budget and not _reached(current, recipe):
             # the next `lookahead` most sensitive layers, each tried with those chosen;
             # the one that raises the held-out SQNR most is kept, the others stay in the pool
-            tried = []
+            trials: list[tuple[Score, str]] = []
             for name in pool[: recipe.lookahead]:
                 cand = _candidate(model, rounded, plan, [*plan.keep_float, *chosen, name])
-                tried.append((scorer.measure(cand), name))
-            got, name = max(tried, key=lambda t: _key(t[0], recipe))
-            worse = {t[1] for t in tried if _key(t[0], recipe) <= _key(current, recipe)}
+                trials.append((scorer.measure(cand), name))
+            got, name = max(trials, key=lambda t: _key(t[0], recipe))
+            worse = {t[1] for t in trials if _key(t[0], recipe) <= _key(current, recipe)}
             pool = [n for n in pool if n not in worse]
             if _key(got, recipe) <= _key(current, recipe):
                 continue

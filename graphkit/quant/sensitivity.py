@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Self
 
 import numpy as np
 import onnx
@@ -137,7 +138,7 @@ class OutputScorer:
             with_outputs(model, self.outputs, infos=self._infos), threads=self.threads
         )
 
-    def subset(self, count: int) -> OutputScorer:
+    def subset(self, count: int) -> Self:
         """This scorer on its first `count` samples only (the FP32 outputs reused)."""
         out = copy.copy(self)
         out.samples, out.reference = self.samples[:count], self.reference[:count]

@@ -107,8 +107,8 @@ class QuantPlan:
         d = asdict(self)
         for name, entry in self.activations.items():
             d["activations"][name]["scale"] = entry.scale
-        for name, entry in self.weights.items():
-            d["weights"][name]["scales"] = entry.scales
+        for name, weight in self.weights.items():
+            d["weights"][name]["scales"] = weight.scales
         return d
 
     def save(self, path: str | Path) -> Path:

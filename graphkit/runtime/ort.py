@@ -166,7 +166,7 @@ def sample_inputs(
     rng = np.random.default_rng(seed)
     chosen = _SHAPES.get() or {}
     names = set(graph_input_names(model))
-    feeds = {}
+    feeds: dict[str, np.ndarray] = {}
     for vi in model.graph.input:
         if vi.name not in names:
             continue
