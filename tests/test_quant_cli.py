@@ -182,3 +182,16 @@ def test_long_names_are_cut_in_the_middle():
     name = "model/backbone/stage3/block7/" + "x" * 40 + "/conv/Relu6:0"
     cut = short_name(name, 36)
     assert len(cut) == 36 and cut.startswith("model/back") and cut.endswith("/conv/Relu6:0")
+
+
+def test_exports_use_the_samples_the_plan_was_calibrated_on(tmp_path):
+    from quant_planted import write_files
+
+    model, spec = write_files(tmp_path, n=6)
+    base = ["calibrate", str(model), "--data", str(spec), "--recipe", "plain", "--target", "vacc"]
+    assert main([*base, "--limit", "3", "--out-dir", str(tmp_path / "a")]) == 0
+    assert len(list((tmp_path / "a" / "vacc" / "calib").glob("*.npz"))) == 3
+    assert main([*base, "--out-dir", str(tmp_path / "b")]) == 0
+    assert len(list((tmp_path / "b" / "vacc" / "calib").glob("*.npz"))) == 6
+    assert main([*base, "--export-limit", "2", "--out-dir", str(tmp_path / "c")]) == 0
+    assert len(list((tmp_path / "c" / "vacc" / "calib").glob("*.npz"))) == 2

@@ -63,8 +63,9 @@ def add_export_arguments(p: argparse.ArgumentParser, required: bool = False) -> 
     p.add_argument(
         "--export-limit",
         type=positive_int,
-        default=64,
-        help="samples used by the ncnn calibration and the vacc set (default 64)",
+        help="samples used by the ncnn calibration, the vacc set and ATC gears (default: "
+        "the samples the plan is calibrated on: all of --data, or calibrate's --limit; "
+        "the vacc set keeps at most 200)",
     )
     p.add_argument(
         "--ncnn-winograd-6bit",
@@ -100,7 +101,8 @@ def export_from_args(args: argparse.Namespace, table, model, model_name: str = "
         from graphkit.data import iter_samples, load_input_spec
 
         spec = load_input_spec(spec_arg) if isinstance(spec_arg, (str, Path)) else spec_arg
-        limit = args.export_limit
+        # the same samples as the JSON table unless asked otherwise
+        limit = args.export_limit or getattr(args, "limit", None)
 
         def samples():
             return (s.feeds for s in itertools.islice(iter_samples(spec), limit))
@@ -126,7 +128,7 @@ def export_from_args(args: argparse.Namespace, table, model, model_name: str = "
     )
 
 
-def image_sizes(spec, limit: int) -> list[tuple[int, int]]:
+def image_sizes(spec, limit: int | None) -> list[tuple[int, int]]:
     """(h, w) of the spec's images, read from file headers only."""
     from PIL import Image
 
@@ -146,8 +148,6 @@ def run(args: argparse.Namespace) -> int:
     check_output_files([args.model, args.table], json=args.json)
     model = load_model(args.model)
     table = exporters_module.load_table(args.table, model)
-    if args.export_limit < 1:
-        raise GraphkitError("--export-limit must be at least 1")
     files = export_from_args(args, table, model, Path(args.model).stem)
     for f in files:
         console.print(f"  {f.path}  [dim]{f.what}[/]")
