@@ -9,7 +9,8 @@ per-layer diffs and COCO keypoint AP for pose networks.
     result = graphkit.evaluate("model.onnx", "spec.yaml")          # COCO keypoint AP
     report = graphkit.run_diff("model.onnx", "int8.onnx", "spec.yaml")  # per tensor
 
-Each `graphkit` command is one of these calls plus printing.
+Each `graphkit` command is one of these calls plus printing (docs/api.md, run as
+doctests).
 """
 
 from graphkit.errors import GraphkitError
@@ -31,6 +32,8 @@ _LAZY = {
     "calibrate": ("graphkit.quant.calibrate", "calibrate"),
     "evaluate": ("graphkit.evaluators.evaluate", "evaluate"),
     "run_diff": ("graphkit.evaluators.diff", "run_diff"),
+    "calibrate_ncnn_model": ("graphkit.quant.ncnn_native", "calibrate_ncnn_model"),
+    "write_ncnn_int8": ("graphkit.quant.ncnn_native", "write_ncnn_int8"),
 }
 
 
@@ -49,6 +52,7 @@ __all__ = [
     "Recipe",
     "__version__",
     "calibrate",
+    "calibrate_ncnn_model",
     "evaluate",
     "export_all",
     "load_model",
@@ -58,4 +62,5 @@ __all__ = [
     "run_diff",
     "run_pipeline",
     "save_model",
+    "write_ncnn_int8",
 ]
