@@ -421,3 +421,36 @@ def test_short_side_resize_needs_a_model_with_free_height_and_width(tmp_path):
     check_against_model(spec, tiny_model(["N", 3, "H", "W"]))
     with pytest.raises(GraphkitError, match="fixed size .* short-side resizing"):
         check_against_model(spec, tiny_model([1, 3, 64, 64]))
+
+
+def test_prefetched_keeps_order_raises_where_the_producer_failed_and_stops_early():
+    import threading
+
+    from graphkit.data import prefetched
+
+    assert list(prefetched(iter(range(50)), depth=3)) == list(range(50))
+
+    def broken():
+        yield 1
+        yield 2
+        raise GraphkitError("image 3 is truncated")
+
+    got = []
+    with pytest.raises(GraphkitError, match="image 3 is truncated"):
+        for x in prefetched(broken()):
+            got.append(x)
+    assert got == [1, 2]
+    produced = []
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    stream = prefetched(endless(), depth=2)
+    assert next(stream) == 0
+    stream.close()  # the consumer leaves: the producer thread ends, bounded by the queue
+    assert len(produced) <= 5
+    assert not any(t.name == "graphkit-prefetch" and t.is_alive() for t in threading.enumerate())

@@ -10,7 +10,7 @@ See docs/data.md for every key of the spec.
 
 from graphkit.data.affine import apply_affine, get_affine, invert_affine
 from graphkit.data.check import check_against_model
-from graphkit.data.samples import Sample, count_samples, iter_samples
+from graphkit.data.samples import Sample, count_samples, iter_samples, prefetched
 from graphkit.data.spec import InputConfig, InputSpec, SourceConfig, load_input_spec, shard
 
 __all__ = [
@@ -25,5 +25,6 @@ __all__ = [
     "invert_affine",
     "iter_samples",
     "load_input_spec",
+    "prefetched",
     "shard",
 ]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -13,6 +16,8 @@ from graphkit.data.preprocess import NUMPY_DTYPES, read_image, to_tensor, warp
 from graphkit.data.sources import Item, _load_array, _open_npz, select_items
 from graphkit.data.spec import InputConfig, InputSpec
 from graphkit.errors import GraphkitError
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -31,6 +36,50 @@ class Sample:
 def count_samples(spec: InputSpec) -> int:
     """How many samples `iter_samples` yields; reads json and folder listings only."""
     return len(select_items(spec))
+
+
+def prefetched(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """`items`, produced `depth` ahead in a thread: image reading and warping (which
+    release the GIL in OpenCV / PIL) overlap the caller's inference. An error in the
+    producer is raised here, at the item it failed on; leaving early stops the producer."""
+    done = object()
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer below
+            failure.append(exc)
+        while not stop.is_set():
+            try:
+                q.put(done, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    worker = threading.Thread(target=produce, name="graphkit-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                if failure:
+                    raise failure[0]
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=5)
 
 
 def iter_samples(spec: InputSpec) -> Iterator[Sample]:

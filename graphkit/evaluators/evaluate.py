@@ -26,6 +26,7 @@ from graphkit.data import (
     count_samples,
     iter_samples,
     load_input_spec,
+    prefetched,
     shard,
 )
 from graphkit.errors import GraphkitError
@@ -146,7 +147,8 @@ def predict_shard(
     part = shard(spec, index, count) if count > 1 else spec
     blobs = output_blobs(executor, decoder)
     out = []
-    for sample in iter_samples(part):
+    # the next images are read and warped while this one runs
+    for sample in prefetched(iter_samples(part)):
         meta = sample.meta
         got = executor.run(sample.feeds, [blobs[n] for n in decoder.outputs])
         raw = {n: got[blobs[n]] for n in decoder.outputs}
