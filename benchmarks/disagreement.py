@@ -36,7 +36,8 @@ def split_loss(fp: dict, q: dict) -> dict:
         d2 = ((ka[:, :2] - kb[:, :2]) ** 2).sum(axis=1)
         sims.append(np.exp(-d2 / (2 * COCO_SIGMAS) ** 2 / a[i]["area"] / 2))
         conf.append(ka[:, 2])
-    s, c = np.array(sims), np.array(conf)
+    joints = np.asarray(fp["predicted_joints"], bool)  # as agreement_of: joints the model has
+    s, c = np.array(sims)[:, joints], np.array(conf)[:, joints]
     loss = 1.0 - s
     total = float(loss.sum()) or 1.0
     bands = {
