@@ -262,3 +262,23 @@ def test_log_level_and_verbose_show_the_library_steps(tmp_path, capsys, caplog):
     assert logging.getLogger("graphkit").level == logging.DEBUG
     assert main(["passes", "--short"]) == 0
     assert logging.getLogger("graphkit").level == logging.WARNING
+
+
+def test_every_command_help_ends_with_an_example_that_parses(capsys):
+    import shlex
+
+    from graphkit.cli import build_parser
+    from graphkit.commands._common import COMMANDS, EXAMPLES
+
+    for name in COMMANDS:
+        argv = [name, "show", "--help"] if name == "table" else [name, "--help"]
+        with pytest.raises(SystemExit):
+            main(argv)
+        out = capsys.readouterr().out
+        if name != "table":
+            assert "example: graphkit " in out, name
+        for example in EXAMPLES[name].split("; an ncnn model: "):
+            words = shlex.split(example)
+            assert words[0] == "graphkit"
+            args = build_parser(name).parse_args(words[1:])  # SystemExit if it did not parse
+            assert args.command == name

@@ -39,6 +39,39 @@ COMMANDS = {
 }
 
 
+# one command line per command, shown at the end of its --help
+EXAMPLES = {
+    "apply": "graphkit apply examples/passes/default.yaml model.onnx -o clean.onnx --report r.json",
+    "calibrate": "graphkit calibrate model.onnx --data examples/models/posenet.yaml -o plan.json "
+    "--qdq model.int8.onnx --target ncnn,tensorrt --out-dir deploy/; an ncnn model: graphkit "
+    "calibrate model.param --data spec.yaml --out-dir int8/",
+    "demo": "graphkit demo --out-dir graphkit-demo",
+    "diff": "graphkit diff model.onnx model.int8.onnx --data examples/models/posenet.yaml "
+    "--html diff.html --per-layer",
+    "eval": "graphkit eval model.int8.onnx --model-config examples/models/posenet.yaml --workers 2",
+    "export": "graphkit export plan.json model.onnx --target ncnn,tensorrt,atc,vacc "
+    "--out-dir deploy/ --data examples/models/posenet.yaml",
+    "inspect": "graphkit inspect model.onnx --json -",
+    "passes": "graphkit passes --short",
+    "table": "graphkit table show plan.json --weights",
+}
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written (they are docstrings); every option with a real default
+    says it, unless its help already does."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "default" not in text
+            and action.default not in (None, False, argparse.SUPPRESS, [], "")
+            and action.option_strings
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
 def module_doc(module: str) -> tuple[str, str]:
     """(first line, full text) of a module's docstring, read from its source without
     importing it: `graphkit --help` stays fast (no onnx, no onnxruntime)."""
@@ -60,7 +93,8 @@ def add_command(sub: argparse._SubParsersAction, name: str) -> argparse.Argument
         name,
         help=first,
         description=full,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"example: {EXAMPLES[name]}" if name in EXAMPLES else None,
+        formatter_class=HelpFormatter,
     )
 
 

@@ -28,11 +28,6 @@ EXIT_TARGET_MISSED = 3
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = add_command(sub, "calibrate")
-    p.epilog = (
-        "example: graphkit calibrate model.onnx --data examples/models/posenet.yaml "
-        "-o plan.json --qdq model.int8.onnx --target ncnn,tensorrt --out-dir deploy/; "
-        "an ncnn model: graphkit calibrate model.param --data spec.yaml --out-dir int8/"
-    )
     p.add_argument(
         "model",
         help="ONNX model to calibrate, or an ncnn model.param (beside model.bin): then "

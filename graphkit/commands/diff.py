@@ -57,10 +57,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="rows in each terminal table, worst first (default: %(default)s)",
     )
     p.add_argument(
+        "--max-outputs-per-run",
         "--max-tensors-per-run",
+        dest="max_tensors_per_run",
         type=positive_int,
         metavar="N",
-        help="compare at most N tensors per pass over the data (less memory, one run per group)",
+        help="compare at most N tensors per pass over the data (less memory, one run per "
+        "group; the same option as calibrate's)",
     )
     return p
 
@@ -70,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise GraphkitError("--limit must be at least 1")
     if args.max_tensors_per_run is not None and args.max_tensors_per_run < 1:
-        raise GraphkitError("--max-tensors-per-run must be at least 1")
+        raise GraphkitError("--max-outputs-per-run must be at least 1")
     with progress_bar() as bar:
         from graphkit.data import count_samples, load_input_spec
 
