@@ -37,8 +37,16 @@ def test_hourglass_to_ncnn_int8_flow_runs_and_the_default_plan_beats_ncnn2table(
     pytest.importorskip("ncnn")
     run = run_example("hourglass-ncnn", assets, tmp_path / "work", LIMIT="24")
     work = tmp_path / "work"
-    for f in ("hourglass.onnx", "kl/ncnn/model.int8.param", "default/ncnn/model.int8.bin"):
+    for f in (
+        "hourglass.onnx",
+        "kl/model.int8.param",
+        "kl/model.table",
+        "default/ncnn/model.int8.bin",
+    ):
         assert (work / f).exists(), f
+    # the seeds' ncnn2int8: requantize fusion between the stacked convolutions
+    kl_param = (work / "kl/model.int8.param").read_text()
+    assert " 8=102" in kl_param or " 8=101" in kl_param
     fp32 = json.loads((work / "fp32.json").read_text())
     kl = json.loads((work / "kl.eval.json").read_text())
     default = json.loads((work / "default.eval.json").read_text())
