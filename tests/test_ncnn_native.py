@@ -83,6 +83,8 @@ def test_keep_float_and_method_reach_the_table(ncnn_files, tmp_path):
     [
         (None, ["-o", "t.json"], "-o applies to ONNX models"),
         (None, ["--qdq", "q.onnx"], "--qdq applies to ONNX models"),
+        (None, ["--workers", "2"], "--workers applies to ONNX models"),
+        (None, ["--max-float", "20%"], "--max-float applies to ONNX models"),
         (None, ["--keep-float", "nope"], "'nope' is not a layer"),
         ("layout", [], "reads 3 channels first: fix input.layout"),
         ("no-bin", [], "do not exist"),

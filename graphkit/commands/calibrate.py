@@ -260,9 +260,21 @@ def run_ncnn(args: argparse.Namespace) -> int:
         "-o": args.output,
         "--qdq": args.qdq,
         "--target": args.target,
+        "--recipe": args.recipe != "default",
         "--max-float": args.max_float,
         "--target-agreement": args.target_agreement,
-        "--executor ray": args.executor == "ray" or None,
+        "--strict": args.strict,
+        "--round-weights": args.round_weights is not None,
+        "--bias-correction": args.bias_correction,
+        "--fit-samples": args.fit_samples,
+        "--score-samples": args.score_samples,
+        "--rank-samples": args.rank_samples,
+        "--workers": args.workers != 1,
+        "--executor ray": args.executor == "ray",
+        "--tensors": args.tensors,
+        "--per-tensor-weights": args.per_tensor_weights,
+        "--max-outputs-per-run": args.max_outputs_per_run,
+        "--ncnn-recalibrate": args.ncnn_recalibrate,
     }
     given = [flag for flag, value in onnx_only.items() if value]
     if given:
