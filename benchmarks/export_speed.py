@@ -25,9 +25,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 def main() -> int:
     from pose_int8 import assets, spec_of
 
+    from graphkit.backends import export_all
     from graphkit.data import iter_samples
     from graphkit.model import load_model
-    from graphkit.quant.exporters import export_all
     from graphkit.quant.quantize import quantize
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

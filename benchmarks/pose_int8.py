@@ -187,8 +187,8 @@ def fp32_seconds(path: Path, spec) -> float:
 def seed_ncnn_kl(name: str, model, spec, tmp: Path, score) -> None:
     """The seeds' recipe: the float model to ncnn (pnnx), then ncnn2table with KL on the
     ncnn model and ncnn2int8 (`graphkit calibrate model.param --method kl-ncnn`)."""
-    from graphkit.ncnn_convert import convert
-    from graphkit.quant.ncnn_native import calibrate_ncnn_model, write_ncnn_int8
+    from graphkit.backends.ncnn.convert import convert
+    from graphkit.backends.ncnn.native import calibrate_ncnn_model, write_ncnn_int8
 
     nm = convert(model, tmp / f"{name}.seed")
     start = time.perf_counter()
@@ -200,9 +200,9 @@ def seed_ncnn_kl(name: str, model, spec, tmp: Path, score) -> None:
 
 
 def bench_model(name: str, args, tmp: Path) -> dict:
+    from graphkit.backends import export_all
     from graphkit.evaluators.evaluate import agreement_of, evaluate
     from graphkit.model import load_model, save_model
-    from graphkit.quant.exporters import export_all
     from graphkit.quant.qdq import insert_qdq
     from graphkit.quant.quantize import quantize, recipe_of
 

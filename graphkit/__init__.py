@@ -25,15 +25,15 @@ _LAZY = {
     "quantize": ("graphkit.quant.quantize", "quantize"),
     "Recipe": ("graphkit.quant.quantize", "Recipe"),
     "QuantPlan": ("graphkit.quant.table", "QuantPlan"),
-    "export_all": ("graphkit.quant.exporters", "export_all"),
+    "export_all": ("graphkit.backends", "export_all"),
     "load_pipeline": ("graphkit.pipeline", "load_pipeline"),
     "parse_pipeline": ("graphkit.pipeline", "parse_pipeline"),
     "run_pipeline": ("graphkit.pipeline", "run_pipeline"),
     "calibrate": ("graphkit.quant.calibrate", "calibrate"),
     "evaluate": ("graphkit.evaluators.evaluate", "evaluate"),
     "run_diff": ("graphkit.evaluators.diff", "run_diff"),
-    "calibrate_ncnn_model": ("graphkit.quant.ncnn_native", "calibrate_ncnn_model"),
-    "write_ncnn_int8": ("graphkit.quant.ncnn_native", "write_ncnn_int8"),
+    "calibrate_ncnn_model": ("graphkit.backends.ncnn.native", "calibrate_ncnn_model"),
+    "write_ncnn_int8": ("graphkit.backends.ncnn.native", "write_ncnn_int8"),
 }
 
 

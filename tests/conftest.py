@@ -25,8 +25,8 @@ def assets() -> Path:
 def pnnx_installed() -> str:
     """The pnnx binary (ncnn conversion). Where it is missing the test skips, saying how
     to install it; in CI (CI=true) it fails: CI installs it and must run these tests."""
+    from graphkit.backends.ncnn.convert import pnnx_binary
     from graphkit.errors import GraphkitError
-    from graphkit.ncnn_convert import pnnx_binary
 
     try:
         return pnnx_binary()

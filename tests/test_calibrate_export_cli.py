@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from quant_synthetic import write_data
 
+from graphkit.backends.tensorrt.exporter import parse_cache
 from graphkit.cli import main
-from graphkit.quant.exporters.tensorrt import parse_cache
 from graphkit.quant.table import CalibrationTable
 
 

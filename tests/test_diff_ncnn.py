@@ -13,7 +13,7 @@ pytest.importorskip("ncnn")
 
 @pytest.fixture(scope="module")
 def ncnn_model(pair, pnnx_installed):  # noqa: F811
-    from graphkit.ncnn_convert import convert
+    from graphkit.backends.ncnn.convert import convert
 
     return convert(onnx.load(pair / "ref.onnx"), pair / "ncnn", "ref")
 

@@ -201,7 +201,7 @@ def test_real_movenet_on_a_few_val_persons_scores_and_agrees_with_itself(assets)
 @pytest.mark.slow
 def test_real_posenet_on_ncnn_scores_like_onnxruntime(assets, tmp_path, pnnx_installed):
     pytest.importorskip("ncnn")
-    from graphkit.ncnn_convert import convert
+    from graphkit.backends.ncnn.convert import convert
 
     nm = convert(onnx.load(assets / "models/posenet.onnx"), tmp_path, "posenet")
     kw = {

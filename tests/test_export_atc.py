@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_export_fixtures import golden_table, two_conv
 
+from graphkit.backends.atc import exporter as atc
 from graphkit.errors import GraphkitError
-from graphkit.quant.exporters import atc
 from graphkit.quant.table import ActivationEntry, CalibrationTable, WeightEntry
 
 GOLDEN = Path(__file__).parent / "golden"

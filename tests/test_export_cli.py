@@ -9,9 +9,9 @@ import onnx
 import pytest
 from test_export_fixtures import calibrated_table, feeds, tiny_cnn
 
+from graphkit.backends import TARGETS, export_all, load_table, parse_targets
 from graphkit.cli import main
 from graphkit.errors import GraphkitError
-from graphkit.quant.exporters import TARGETS, export_all, load_table, parse_targets
 from graphkit.quant.table import ActivationEntry, WeightEntry
 
 ALL_BUT_NCNN = [t for t in TARGETS if t != "ncnn"]
@@ -190,9 +190,22 @@ def test_readme_paths_are_relative_to_the_export_folder(tmp_path, tiny, monkeypa
 
 
 def test_a_misspelled_export_option_is_refused_not_ignored(tmp_path):
+    from graphkit.backends import export_all
     from graphkit.errors import GraphkitError
-    from graphkit.quant.exporters import export_all
 
     with pytest.raises(GraphkitError, match="no exporter takes the option 'gear_cont'"):
         export_all(None, None, ["onnx"], tmp_path / "out", gear_cont=3)
     assert not (tmp_path / "out").exists()
+
+
+def test_every_backend_package_is_a_backend():
+    import inspect
+
+    from graphkit.backends import TARGETS, backend
+
+    for name in TARGETS:
+        b = backend(name)
+        assert b.NAME == name
+        params = inspect.signature(b.export).parameters
+        assert list(params)[:3] == ["table", "model", "out_dir"]
+        assert params["keep_float"].kind is inspect.Parameter.KEYWORD_ONLY

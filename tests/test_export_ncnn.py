@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_export_fixtures import calibrated_table, feeds, tiny_cnn
 
+from graphkit.backends.ncnn import exporter as ex
+from graphkit.backends.ncnn import runtime as nc
+from graphkit.backends.ncnn.convert import check_conversion, convert
 from graphkit.errors import GraphkitError
-from graphkit.ncnn_convert import check_conversion, convert
-from graphkit.quant.exporters import ncnn as ex
-from graphkit.runtime import ncnn as nc
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -263,7 +263,7 @@ def test_real_model_int8_tracks_fp32_on_val2017_crops(assets, tmp_path, pnnx_ins
     crops = [s.feeds for s in itertools.islice(iter_samples(val), 4)]
     r = ex.compare(fp, q, crops, fp.outputs, input_map={spec.input.name: "in0"})
     # the same table through onnxruntime's int8 Q/DQ kernels: ncnn must agree with it
-    from graphkit.quant.exporters.qdq_rules import plain_qdq
+    from graphkit.backends.qdq_rules import plain_qdq
     from graphkit.runtime.ort import make_session
 
     s_fp, s_q = make_session(model), make_session(plain_qdq(table, model))
@@ -289,7 +289,7 @@ def test_pnnx_binary_is_found_without_importing_pnnx_or_torch(pnnx_installed):
     import sys
 
     code = (
-        "import sys\nfrom graphkit.ncnn_convert import pnnx_binary\n"
+        "import sys\nfrom graphkit.backends.ncnn.convert import pnnx_binary\n"
         "path = pnnx_binary()\n"
         "print(path, 'pnnx' in sys.modules, 'torch' in sys.modules)\n"
     )

@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_export_fixtures import calibrated_table, feeds, tiny_cnn
 
+from graphkit.backends.qdq_rules import residual_adds
+from graphkit.backends.tensorrt import exporter as trt
 from graphkit.errors import GraphkitError
-from graphkit.quant.exporters import tensorrt as trt
-from graphkit.quant.exporters.qdq_rules import residual_adds
 from graphkit.quant.table import ActivationEntry, CalibrationTable
 from graphkit.runtime.ort import run
 

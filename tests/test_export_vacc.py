@@ -9,8 +9,8 @@ import pytest
 import yaml
 from test_export_fixtures import golden_table, two_conv
 
+from graphkit.backends.vacc import exporter as vacc
 from graphkit.errors import GraphkitError
-from graphkit.quant.exporters import vacc
 
 GOLDEN = Path(__file__).parent / "golden"
 

@@ -9,10 +9,10 @@ import pytest
 import yaml
 from test_export_fixtures import calibrated_table, feeds, tiny_cnn
 
+from graphkit.backends.ncnn import exporter as ex
+from graphkit.backends.ncnn import runtime as nc
+from graphkit.backends.ncnn.convert import convert
 from graphkit.cli import main
-from graphkit.ncnn_convert import convert
-from graphkit.quant.exporters import ncnn as ex
-from graphkit.runtime import ncnn as nc
 
 
 @pytest.fixture(scope="module")

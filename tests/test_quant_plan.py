@@ -10,9 +10,9 @@ import pytest
 from onnx import numpy_helper
 from test_export_fixtures import calibrated_table, feeds, tiny_cnn
 
+from graphkit.backends import export_all
 from graphkit.errors import GraphkitError
 from graphkit.quant.deploy import fill_integers, nearest_integers
-from graphkit.quant.exporters import export_all
 from graphkit.quant.refine import optimize_weights
 from graphkit.quant.table import QuantPlan
 
@@ -124,8 +124,8 @@ def test_every_backend_carries_the_same_integers(tmp_path, planned, pnnx_install
         for name, entry in plan.weights.items():
             assert np.array_equal(got[name], entry.integers()), (qdq, name)
     # ncnn: the int8 weight blob of each layer, matched to its ONNX twin by the fp32 weights
-    from graphkit.quant.exporters import ncnn as ex
-    from graphkit.runtime import ncnn as nc
+    from graphkit.backends.ncnn import exporter as ex
+    from graphkit.backends.ncnn import runtime as nc
 
     fp32 = nc.read_param(out / "ncnn/model.ncnn.param")
     fp32_blobs = nc.read_bin(fp32, (out / "ncnn/model.ncnn.bin").read_bytes())
@@ -160,7 +160,7 @@ def test_a_plan_for_other_weights_is_refused(tmp_path, planned):
 def test_ncnn_int8_computes_what_the_onnx_qdq_model_computes(tmp_path, planned, pnnx_installed):
     """Same integers, same thresholds: ncnn's int8 kernels (8-bit weights on the 3x3 s1
     conv too) and onnxruntime's Q/DQ model agree far below the int8 error itself."""
-    from graphkit.runtime import ncnn as nc
+    from graphkit.backends.ncnn import runtime as nc
     from graphkit.runtime.ort import make_session
 
     model, plan = planned

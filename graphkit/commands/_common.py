@@ -32,7 +32,7 @@ COMMANDS = {
     "demo": ("demo", "graphkit.demo"),
     "diff": ("diff", "graphkit.evaluators.diff"),
     "eval": ("eval", "graphkit.evaluators.evaluate"),
-    "export": ("export", "graphkit.quant.exporters"),
+    "export": ("export", "graphkit.backends"),
     "inspect": ("inspect_model", "graphkit.inspect"),
     "passes": ("passes", "graphkit.commands.passes"),
     "table": ("table", "graphkit.commands.table"),

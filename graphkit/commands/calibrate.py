@@ -146,7 +146,7 @@ def default_tensors(args: argparse.Namespace) -> str:
     """Every float tensor when a TensorRT cache is written (implicit int8 runs a layer
     without a cache entry in float), else only the inputs of quantized layers."""
     if getattr(args, "target", None):
-        from graphkit.quant.exporters import parse_targets
+        from graphkit.backends import parse_targets
 
         if "tensorrt" in parse_targets(args.target):
             return "all"
@@ -172,7 +172,7 @@ def check_outputs(args: argparse.Namespace) -> None:
         raise GraphkitError("nothing to write: give -o PLAN.json, --qdq OUT.onnx or --out-dir")
     check_output_files(args.model, output=args.output, qdq=args.qdq, json=args.json)
     if args.out_dir:
-        from graphkit.quant.exporters import check_out_dir
+        from graphkit.backends import check_out_dir
 
         check_out_dir(Path(args.out_dir))
 
@@ -254,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_ncnn(args: argparse.Namespace) -> int:
     """An ncnn model (.param beside its .bin): ncnn2table + ncnn2int8 into --out-dir."""
-    from graphkit.quant.ncnn_native import DEFAULT_METHOD, calibrate_ncnn_model, write_ncnn_int8
+    from graphkit.backends.ncnn.native import DEFAULT_METHOD, calibrate_ncnn_model, write_ncnn_int8
 
     onnx_only = {
         "-o": args.output,
@@ -284,7 +284,7 @@ def run_ncnn(args: argparse.Namespace) -> int:
         )
     if not args.out_dir:
         raise GraphkitError("an ncnn model is calibrated into --out-dir: give --out-dir DIR")
-    from graphkit.quant.exporters import check_out_dir
+    from graphkit.backends import check_out_dir
 
     check_out_dir(Path(args.out_dir))
     settings = {"bins": args.bins}

@@ -7,7 +7,8 @@ import itertools
 import os
 from pathlib import Path
 
-import graphkit.quant.exporters as exporters_module
+import graphkit.backends as exporters_module
+from graphkit.backends.tensorrt.exporter import ALGORITHMS as TRT_ALGORITHMS
 from graphkit.commands._common import (
     add_command,
     add_json_argument,
@@ -19,7 +20,6 @@ from graphkit.commands._common import (
 )
 from graphkit.errors import GraphkitError
 from graphkit.model import load_model
-from graphkit.quant.exporters.tensorrt import ALGORITHMS as TRT_ALGORITHMS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -81,7 +81,7 @@ class OnnxExecutor:
 
 
 class NcnnExecutor:
-    """An ncnn param/bin pair (fp32 or int8) run by graphkit.runtime.ncnn.
+    """An ncnn param/bin pair (fp32 or int8) run by graphkit.backends.ncnn.runtime.
 
     Blobs are named by the param file; a blob counts as quantized when the layer producing
     it has an int8 scale term (Convolution, ConvolutionDepthWise, InnerProduct).
@@ -90,7 +90,7 @@ class NcnnExecutor:
     kind = "ncnn"
 
     def __init__(self, param: str | Path, threads: int | None = None):
-        from graphkit.runtime import ncnn as ncnn_rt
+        from graphkit.backends.ncnn import runtime as ncnn_rt
 
         self.path = str(param)
         self.param = ncnn_rt.read_param(param)

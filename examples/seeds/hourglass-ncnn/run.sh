@@ -29,7 +29,7 @@ graphkit apply "$here/../../passes/mmpose.yaml" "$work/hourglass_flip.onnx" -o "
 
 echo "== 3a. the seeds' recipe: the float model to ncnn (pnnx), ncnn2table with KL and"
 echo "       6-bit 3x3 weights on the ncnn model itself, then ncnn2int8"
-python -c "import sys; from graphkit.model import load_model; from graphkit.ncnn_convert import convert; convert(load_model(sys.argv[1]), sys.argv[2])" \
+python -c "import sys; from graphkit.model import load_model; from graphkit.backends.ncnn.convert import convert; convert(load_model(sys.argv[1]), sys.argv[2])" \
   "$work/hourglass.onnx" "$work/ncnn_fp32"
 graphkit calibrate "$work/ncnn_fp32/model.ncnn.param" --data "$spec" --method kl-ncnn \
   --ncnn-winograd-6bit --out-dir "$work/kl"

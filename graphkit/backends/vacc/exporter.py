@@ -17,8 +17,8 @@ import numpy as np
 import onnx
 import yaml
 
+from graphkit.backends._common import ExportedFile, check_table, write_all
 from graphkit.errors import GraphkitError
-from graphkit.quant.exporters._common import ExportedFile, check_table, write_all
 from graphkit.quant.table import CalibrationTable
 
 # our method -> vamc calibrate_mode (max | percentile | kl_divergence | mse)

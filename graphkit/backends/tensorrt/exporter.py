@@ -23,8 +23,8 @@ from pathlib import Path
 
 import onnx
 
+from graphkit.backends._common import ExportedFile, check_table, safe_scale, write_all
 from graphkit.errors import GraphkitError
-from graphkit.quant.exporters._common import ExportedFile, check_table, safe_scale, write_all
 from graphkit.quant.table import QMAX, ActivationEntry, CalibrationTable
 
 DEFAULT_VERSION = "10.13.0"
@@ -151,7 +151,7 @@ def parse_cache(text: str, source: str = "cache") -> CalibrationTable:
 
 def qdq_model(table: CalibrationTable, model: onnx.ModelProto, keep_float=()) -> onnx.ModelProto:
     """Q/DQ ONNX in TensorRT's explicit-quantization form (see qdq_rules)."""
-    from graphkit.quant.exporters import qdq_rules
+    from graphkit.backends import qdq_rules
 
     return qdq_rules.tensorrt_qdq(table, model, keep_float)
 
@@ -175,7 +175,7 @@ def export(
     # legacy cache: tensors consumed only by keep-float nodes are left out, so TensorRT
     # runs those nodes in float (a tensor missing from the cache is not quantized)
     if kept:
-        from graphkit.quant.exporters._common import ModelIndex
+        from graphkit.backends._common import ModelIndex
 
         idx = ModelIndex.of(model)
         acts = {

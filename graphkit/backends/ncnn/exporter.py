@@ -36,12 +36,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from graphkit.backends._common import ExportedFile, ModelIndex, check_table, write_all
+from graphkit.backends.ncnn import runtime as nc
 from graphkit.errors import GraphkitError
 from graphkit.logs import step
 from graphkit.metrics import sqnr_db
-from graphkit.quant.exporters._common import ExportedFile, ModelIndex, check_table, write_all
 from graphkit.quant.table import CalibrationTable
-from graphkit.runtime import ncnn as nc
 
 QUANT_TYPES = ("Convolution", "ConvolutionDepthWise", "InnerProduct")
 Samples = Callable[[], Iterable[dict[str, np.ndarray]]]
@@ -381,7 +381,7 @@ def export(
     **_: object,
 ) -> list[ExportedFile]:
     """Convert with pnnx, calibrate on ncnn (or map the table), write table + int8 model."""
-    from graphkit.ncnn_convert import convert
+    from graphkit.backends.ncnn.convert import convert
 
     say = step(__name__, log)
     idx = check_table(table, model, keep_float)

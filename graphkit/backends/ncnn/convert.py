@@ -173,7 +173,7 @@ def convert(
 def check_runnable(param_path: Path) -> None:
     """Refuse a conversion that left layers ncnn does not have (pnnx keeps ops it could not
     map, e.g. `Tensor.to` or `pnnx.Expression`, as unknown layer types)."""
-    from graphkit.runtime.ncnn import _ncnn, read_param
+    from graphkit.backends.ncnn.runtime import _ncnn, read_param
 
     ncnn = _ncnn()
     unknown = sorted(
@@ -199,7 +199,7 @@ def check_conversion(
     model: onnx.ModelProto, nm: NcnnModel, feeds: dict[str, np.ndarray]
 ) -> dict[str, float]:
     """Max |ncnn fp32 - onnxruntime| per output on one input (the conversion's check)."""
-    from graphkit.runtime.ncnn import NcnnNet
+    from graphkit.backends.ncnn.runtime import NcnnNet
     from graphkit.runtime.ort import run
 
     ref = run(model, feeds)

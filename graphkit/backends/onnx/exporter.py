@@ -6,7 +6,7 @@ from pathlib import Path
 
 import onnx
 
-from graphkit.quant.exporters._common import ExportedFile
+from graphkit.backends._common import ExportedFile
 from graphkit.quant.table import CalibrationTable
 
 
@@ -14,8 +14,8 @@ def export(
     table: CalibrationTable, model: onnx.ModelProto, out_dir: Path, *, keep_float=(), **_: object
 ) -> list[ExportedFile]:
     """Write `onnx/model.qdq.onnx`."""
+    from graphkit.backends.qdq_rules import plain_qdq
     from graphkit.model import save_model
-    from graphkit.quant.exporters.qdq_rules import plain_qdq
 
     qdq = plain_qdq(table, model, keep_float)
     d = Path(out_dir) / "onnx"

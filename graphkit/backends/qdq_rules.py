@@ -13,8 +13,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from graphkit.backends._common import check_table
 from graphkit.errors import GraphkitError
-from graphkit.quant.exporters._common import check_table
 from graphkit.quant.table import QMAX, CalibrationTable
 
 CONV_OPS = ("Conv", "ConvTranspose")

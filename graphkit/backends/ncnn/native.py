@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from graphkit.errors import GraphkitError
-from graphkit.quant.exporters._common import ExportedFile, write_all
-from graphkit.quant.exporters.ncnn import (
+from graphkit.backends._common import ExportedFile, write_all
+from graphkit.backends.ncnn import runtime as nc
+from graphkit.backends.ncnn.exporter import (
     QUANT_TYPES,
     NcnnTable,
     calibrate_ncnn,
@@ -31,8 +31,8 @@ from graphkit.quant.exporters.ncnn import (
     to_int8,
     weight_scales,
 )
-from graphkit.quant.exporters.readme import files_readme
-from graphkit.runtime import ncnn as nc
+from graphkit.backends.readme import files_readme
+from graphkit.errors import GraphkitError
 
 DEFAULT_METHOD = "kl-ncnn"  # ncnn2table's default
 

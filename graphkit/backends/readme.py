@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from graphkit.quant.exporters._common import ExportedFile
+from graphkit.backends._common import ExportedFile
 from graphkit.quant.table import CalibrationTable
 
 

@@ -22,14 +22,14 @@ from pathlib import Path
 
 import onnx
 
-from graphkit.errors import GraphkitError
-from graphkit.quant.exporters._common import (
+from graphkit.backends._common import (
     ExportedFile,
     check_table,
     quant_layers,
     safe_scale,
     write_all,
 )
+from graphkit.errors import GraphkitError
 from graphkit.quant.table import QMAX, ActivationEntry, CalibrationTable, WeightEntry
 
 MAX_GEARS = 100  # ATC accepts at most 100 gears
@@ -252,8 +252,8 @@ def export(
 ) -> list[ExportedFile]:
     """Write `atc/record.txt`, `atc/quant.cfg` (JSON), `atc/model.qdq.onnx` and, for
     variable-size inputs, the gear list in `atc/gears.txt`."""
+    from graphkit.backends import qdq_rules
     from graphkit.model import save_model
-    from graphkit.quant.exporters import qdq_rules
 
     record = record_text(table, model, keep_float)
     cfg = json.dumps(quant_config(table, model, keep_float), indent=2)

@@ -1,4 +1,11 @@
-"""Write one calibration table in each backend's int8 format, with a README saying how to use it.
+"""The backends: one package each, and `export_all` writing a plan in each one's format.
+
+Each backend is a package `graphkit.backends.<name>` that satisfies `Backend`: its
+`export(plan, deploy_model, out_dir, *, keep_float, **options)` writes that backend's
+files; ncnn also holds its converter (`convert`, pnnx), runtime (`runtime`, the ncnn
+bindings) and the calibration of an existing ncnn model (`native`). `_common` (files,
+the plan-against-model check), `qdq_rules` (TensorRT / ATC Q/DQ placement) and `readme`
+are shared.
 
 Targets: ncnn (pnnx conversion, ncnn2table table, ncnn2int8 model, run and checked here),
 tensorrt (explicit Q/DQ ONNX + legacy calibration cache), atc (AMCT record, quant config,
@@ -19,24 +26,44 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Protocol, cast
 
 import numpy as np
 import onnx
 
 from graphkit import scratch
+from graphkit.backends._common import ExportedFile, check_table
 from graphkit.errors import GraphkitError
 from graphkit.logs import step
 from graphkit.model import atomic_write_text
-from graphkit.quant.exporters._common import ExportedFile, check_table
 from graphkit.quant.table import CalibrationTable
 
 TARGETS = {
-    "ncnn": "graphkit.quant.exporters.ncnn",
-    "tensorrt": "graphkit.quant.exporters.tensorrt",
-    "atc": "graphkit.quant.exporters.atc",
-    "vacc": "graphkit.quant.exporters.vacc",
-    "onnx": "graphkit.quant.exporters.onnx_qdq",
+    name: f"graphkit.backends.{name}" for name in ("ncnn", "tensorrt", "atc", "vacc", "onnx")
 }
+
+
+class Backend(Protocol):
+    """What every backend package provides (checked by tests/test_export_cli.py)."""
+
+    NAME: str
+
+    def export(
+        self,
+        table: CalibrationTable,
+        model: onnx.ModelProto,
+        out_dir: Path,
+        *,
+        keep_float: Sequence[str] = (),
+        **options: object,
+    ) -> list[ExportedFile]: ...
+
+
+def backend(name: str) -> Backend:
+    """The backend package `name` (one of TARGETS), imported on first use."""
+    if name not in TARGETS:
+        raise GraphkitError(f"unknown backend '{name}' (known: {', '.join(TARGETS)})")
+    return cast(Backend, importlib.import_module(TARGETS[name]))
 
 
 def parse_targets(text: str | Sequence[str]) -> list[str]:
@@ -69,8 +96,8 @@ def load_table(path: str | Path, model: onnx.ModelProto) -> CalibrationTable:
     with open(p, "rb") as f:
         head = f.read(4)
     if head == b"TRT-":
+        from graphkit.backends.tensorrt.exporter import read_cache
         from graphkit.quant.calibrate import weight_entries
-        from graphkit.quant.exporters.tensorrt import read_cache
 
         table = read_cache(p)
         table.weights = weight_entries(model)
@@ -153,7 +180,7 @@ def export_all(
         files: list[ExportedFile] = []
         for name in names:
             say(f"{name}: writing")
-            mod = importlib.import_module(TARGETS[name])
+            mod = backend(name)
             files += mod.export(
                 table,
                 model,
@@ -178,7 +205,7 @@ def export_all(
         shutil.rmtree(tmp, ignore_errors=True)
     for f in files:
         f.path = out / Path(f.path).relative_to(tmp)
-    from graphkit.quant.exporters.readme import readme_text
+    from graphkit.backends.readme import readme_text
 
     atomic_write_text(out / "README.md", readme_text(table, files, out, model_name))
     return files
