@@ -36,11 +36,23 @@ def unit_of(module: str) -> str:
     return parts[1] if len(parts) > 1 else "graphkit"
 
 
+def _runtime_nodes(tree: ast.AST):
+    """Every node except those under `if TYPE_CHECKING:` (imports for annotations only)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING":
+            todo.extend(node.orelse)
+            continue
+        yield node
+        todo.extend(ast.iter_child_nodes(node))
+
+
 def imports(path: Path) -> list[tuple[str, int]]:
     """(graphkit module, line) of every import in a file, `from graphkit import x` as
     graphkit.x."""
     out = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             out += [(a.name, node.lineno) for a in node.names if a.name.startswith("graphkit")]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -83,3 +95,53 @@ def test_the_check_catches_an_upward_import(tmp_path, monkeypatch):
     assert violations() == [
         "graphkit/runtime/x.py:2: runtime imports graphkit.quant, a higher layer"
     ]
+
+
+def module_graph() -> dict[str, set[str]]:
+    """graphkit module -> the graphkit modules it imports at run time (any depth of the
+    file; `from pkg import sub` counts as importing pkg.sub)."""
+    mods = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for mod, path in mods.items():
+        if mod == "graphkit":
+            continue
+        for node in _runtime_nodes(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                subs = [f"{node.module}.{a.name}" for a in node.names]
+                names = [s for s in subs if s in mods] or [node.module]
+            graph[mod] |= {n for n in names if n in mods and n not in (mod, "graphkit")}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    found, state, stack = [], {}, []
+
+    def visit(u: str) -> None:
+        state[u] = 1
+        stack.append(u)
+        for v in sorted(graph[u]):
+            if state.get(v) == 1:
+                found.append([*stack[stack.index(v) :], v])
+            elif v not in state:
+                visit(v)
+        stack.pop()
+        state[u] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+    return found
+
+
+def test_no_module_imports_itself_through_others():
+    assert cycles(module_graph()) == []
+
+
+def test_the_cycle_check_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]

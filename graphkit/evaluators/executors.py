@@ -90,7 +90,7 @@ class NcnnExecutor:
     kind = "ncnn"
 
     def __init__(self, param: str | Path, threads: int | None = None):
-        from graphkit.backends.ncnn import runtime as ncnn_rt
+        import graphkit.backends.ncnn.runtime as ncnn_rt
 
         self.path = str(param)
         self.param = ncnn_rt.read_param(param)

@@ -10,6 +10,7 @@ old tensor each kept output must equal through `PassResult.output_map`.
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
 import math
 import typing
@@ -74,8 +75,6 @@ def register(name: str, changes_outputs: bool = False) -> Callable:
 
 def get_pass(name: str) -> PassInfo:
     """Look a pass up by name, suggesting the closest one when it does not exist."""
-    from graphkit.passes import load_all
-
     load_all()
     if name in REGISTRY:
         return REGISTRY[name]
@@ -133,3 +132,21 @@ def count_ops(model: onnx.ModelProto) -> dict[str, int]:
     for node in model.graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts
+
+
+_loaded = False
+
+
+def load_all() -> dict[str, PassInfo]:
+    """Import every pass module of this package so the registry is complete (by file name:
+    the package itself is not imported from here, which would be a cycle)."""
+    global _loaded
+    if not _loaded:
+        import pkgutil
+        from pathlib import Path
+
+        for mod in pkgutil.iter_modules([str(Path(__file__).parent)]):
+            if mod.name != "base" and not mod.name.startswith("_"):
+                importlib.import_module(f"graphkit.passes.{mod.name}")
+        _loaded = True
+    return REGISTRY

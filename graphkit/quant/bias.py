@@ -197,7 +197,7 @@ def bias_correct_spec(
     float_model: onnx.ModelProto, qdq: onnx.ModelProto, spec, *, samples: int = 8, passes: int = 1
 ) -> tuple[onnx.ModelProto, BiasCorrection]:
     """`correct_bias` on the first `samples` samples of an input spec (path or InputSpec)."""
-    from graphkit.quant.sensitivity import spec_samples
+    from graphkit.quant.collect import spec_samples
 
     feeds, _ = spec_samples(spec, samples)
     return correct_bias(float_model, qdq, feeds, passes=passes)

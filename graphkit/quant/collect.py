@@ -13,6 +13,7 @@ import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -22,6 +23,9 @@ from graphkit.errors import GraphkitError
 from graphkit.quant.observers import DEFAULT_BINS, TensorStats, compiled_kernel
 from graphkit.quant.weights import QUANTIZED_OPS
 from graphkit.runtime.ort import graph_input_names, make_session, with_outputs
+
+if TYPE_CHECKING:
+    from graphkit.quant.table import CalibrationTable
 
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
 
@@ -320,3 +324,42 @@ def collect(
         if pool is not None:
             pool.shutdown()
     return {t: s for t, s in stats.items() if s.samples}
+
+
+def quantized_layers(
+    model: onnx.ModelProto, table: CalibrationTable, keep_float: Sequence[str] = ()
+) -> list[str]:
+    """Names of the nodes `insert_qdq(model, table, keep_float)` quantizes, in graph order."""
+    keep = set(keep_float) | set(table.keep_float)
+    constants = initializer_names(model)
+    out = []
+    for node in quantizable_nodes(model, sorted(keep)):
+        acts = activation_inputs(node, constants)
+        if acts and all(t in table.activations for _, t in acts):
+            out.append(node.name)
+    return out
+
+
+def spec_samples(
+    spec, count: int, skip: int = 0
+) -> tuple[list[dict[str, np.ndarray]], list[str] | None]:
+    """`count` samples of an input spec (path or InputSpec) after the first `skip` (from
+    the start when there are none after it), and the outputs its decode section reads
+    (None without one: every output is scored)."""
+    import itertools
+
+    from graphkit.data import iter_samples, load_input_spec
+
+    if count < 1:
+        raise GraphkitError(f"the sensitivity analysis needs at least 1 sample, got {count}")
+    if not hasattr(spec, "source"):
+        spec = load_input_spec(spec)
+    samples = [s.feeds for s in itertools.islice(iter_samples(spec), skip, skip + count)]
+    if not samples:  # too few samples to hold some out: reuse the first ones
+        samples = [s.feeds for s in itertools.islice(iter_samples(spec), count)]
+    outputs = None
+    if getattr(spec, "decode", None):
+        from graphkit.pose.decoders import build_decoder
+
+        outputs = list(build_decoder(spec.decode).outputs)
+    return samples, outputs

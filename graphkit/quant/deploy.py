@@ -10,14 +10,18 @@ snapped weights is the plan's scale and a backend's own round-to-nearest gives b
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from graphkit.errors import GraphkitError
-from graphkit.quant.table import QuantPlan, WeightEntry
 
 MIN_SCALE = 1e-12
+
+if TYPE_CHECKING:  # the plan imports this module to build its deploy model
+    from graphkit.quant.table import QuantPlan, WeightEntry
 
 
 def channel_scales(entry: WeightEntry, ndim: int) -> np.ndarray:

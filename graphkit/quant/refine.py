@@ -28,7 +28,13 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from graphkit.errors import GraphkitError
-from graphkit.quant.collect import activation_inputs, initializer_names, quantizable_nodes
+from graphkit.quant.collect import (
+    activation_inputs,
+    initializer_names,
+    quantizable_nodes,
+    quantized_layers,
+    spec_samples,
+)
 from graphkit.quant.qdq import insert_qdq
 from graphkit.quant.table import QMAX, ActivationEntry, CalibrationTable
 from graphkit.runtime.ort import make_session, with_outputs
@@ -402,8 +408,6 @@ def optimize_weights(
 
 
 def _quantized_nodes(model: onnx.ModelProto, table: CalibrationTable) -> list[str]:
-    from graphkit.quant.sensitivity import quantized_layers
-
     return quantized_layers(model, table)
 
 
@@ -428,8 +432,6 @@ def round_weights(
     model: onnx.ModelProto, spec, table: CalibrationTable, *, samples: int = 8
 ) -> onnx.ModelProto:
     """`optimize_weights` on the first `samples` samples of an input spec (path or InputSpec)."""
-    from graphkit.quant.sensitivity import spec_samples
-
     feeds, _ = spec_samples(spec, samples)
     rounded, _ = optimize_weights(model, feeds, table)
     return rounded

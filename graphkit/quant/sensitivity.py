@@ -24,26 +24,12 @@ import onnx
 
 from graphkit.errors import GraphkitError
 from graphkit.metrics import sqnr_db
-from graphkit.quant.collect import activation_inputs, initializer_names, quantizable_nodes
+from graphkit.quant.collect import quantized_layers, spec_samples
 from graphkit.quant.qdq import insert_qdq
 from graphkit.quant.table import CalibrationTable
 from graphkit.runtime.ort import make_session, output_infos, with_outputs
 
 Feeds = dict[str, np.ndarray]
-
-
-def quantized_layers(
-    model: onnx.ModelProto, table: CalibrationTable, keep_float: Sequence[str] = ()
-) -> list[str]:
-    """Names of the nodes `insert_qdq(model, table, keep_float)` quantizes, in graph order."""
-    keep = set(keep_float) | set(table.keep_float)
-    constants = initializer_names(model)
-    out = []
-    for node in quantizable_nodes(model, sorted(keep)):
-        acts = activation_inputs(node, constants)
-        if acts and all(t in table.activations for _, t in acts):
-            out.append(node.name)
-    return out
 
 
 def _check_outputs(model: onnx.ModelProto, outputs: Sequence[str] | None) -> list[str]:
@@ -279,29 +265,6 @@ def with_keep_float(table: CalibrationTable, nodes: Sequence[str]) -> Calibratio
         weights=weights,
         keep_float=keep,
     )
-
-
-def spec_samples(spec, count: int, skip: int = 0) -> tuple[list[Feeds], list[str] | None]:
-    """`count` samples of an input spec (path or InputSpec) after the first `skip` (from
-    the start when there are none after it), and the outputs its decode section reads
-    (None without one: every output is scored)."""
-    import itertools
-
-    from graphkit.data import iter_samples, load_input_spec
-
-    if count < 1:
-        raise GraphkitError(f"the sensitivity analysis needs at least 1 sample, got {count}")
-    if not hasattr(spec, "source"):
-        spec = load_input_spec(spec)
-    samples = [s.feeds for s in itertools.islice(iter_samples(spec), skip, skip + count)]
-    if not samples:  # too few samples to hold some out: reuse the first ones
-        samples = [s.feeds for s in itertools.islice(iter_samples(spec), count)]
-    outputs = None
-    if getattr(spec, "decode", None):
-        from graphkit.pose.decoders import build_decoder
-
-        outputs = list(build_decoder(spec.decode).outputs)
-    return samples, outputs
 
 
 def auto_keep_float(

@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+import graphkit.backends.ncnn.runtime as nc
 from graphkit.backends._common import ExportedFile, ModelIndex, check_table, write_all
-from graphkit.backends.ncnn import runtime as nc
 from graphkit.errors import GraphkitError
 from graphkit.logs import step
 from graphkit.metrics import sqnr_db

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
+import graphkit.backends.ncnn.runtime as nc
 from graphkit.backends._common import ExportedFile, write_all
-from graphkit.backends.ncnn import runtime as nc
 from graphkit.backends.ncnn.exporter import (
     QUANT_TYPES,
     NcnnTable,
