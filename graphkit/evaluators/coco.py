@@ -48,7 +48,7 @@ def check_annotations(data: Any, source: str = "annotations") -> None:
         )
 
 
-def mask_unpredicted(gt: dict[str, Any], predicted: Sequence[bool]) -> dict[str, Any]:
+def mask_unpredicted(gt: dict[str, Any], predicted: Sequence[bool] | np.ndarray) -> dict[str, Any]:
     """A copy of the ground truth where joints the model lacks are unlabeled (v=0).
 
     num_keypoints is recomputed, so persons left with no labeled joint are ignored by

@@ -247,7 +247,7 @@ def evaluate(
     """
     start = time.time()
     spec = prepare_spec(config, ann, images, dets, limit)
-    gt = load_annotations(spec.source.ann)
+    gt = load_annotations(spec.source.ann or "")  # prepare_spec requires ann
     decoder = build_decoder(spec.decode)
     total = count_samples(spec)
     workers = max(1, min(int(workers), total))
@@ -322,7 +322,7 @@ def coco_results(preds: list[dict[str, Any]], decoder: Decoder, nms: bool) -> li
         by_image: dict[int, list[dict[str, Any]]] = {}
         for p in preds:
             by_image.setdefault(p["image_id"], []).append(p)
-        kept = []
+        kept: list[dict[str, Any]] = []
         for group in by_image.values():
             inst = [{**p, "keypoints": np.asarray(p["keypoints"])} for p in group]
             kept.extend(group[i] for i in oks_nms(inst))

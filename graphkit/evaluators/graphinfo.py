@@ -8,6 +8,7 @@ Q/DQ model, which layers actually read quantized inputs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import onnx
 from onnx import TensorProto
@@ -84,7 +85,7 @@ def dequantized_views(model: onnx.ModelProto) -> dict[str, str]:
     for n in model.graph.node:
         for t in n.input:
             consumers.setdefault(t, []).append(n)
-    views = {}
+    views: dict[str, Any] = {}
     for q in model.graph.node:
         if q.op_type != "QuantizeLinear":
             continue

@@ -52,7 +52,7 @@ class LayerAlone:
         self._inits = [inits[t] for t in sorted(needed & set(inits))]
         self._opsets = list(quant.opset_import)
         self._ir = quant.ir_version
-        self._session = None
+        self._session: Any = None
 
     def run(self, values: Feeds) -> np.ndarray:
         """The layer's first output from the float `values` of its inputs."""

@@ -164,7 +164,7 @@ def per_layer_errors(
             )
             continue
         source = counterpart(ref, layer)
-        own = [o for o in source.output if o and o not in outs][:1]
+        own = [o for o in source.output if o and o not in outs][:1] if source is not None else []
         names = outs + own
         layer_exec = OnnxExecutor(model)
         out_diffs = {o: RunningDiff() for o in outs}

@@ -232,11 +232,11 @@ def render_html(report: dict[str, Any]) -> str:
             "<p class=note>Tensors listed worst first; click a table row to show it. The red "
             "dashed line is the calibration threshold (amax): values beyond it are clipped.</p></section>"
         )
-    rows = []
+    tensor_rows: list[str] = []
     for t in sorted(tensors, key=lambda t: (t["sqnr_db"] is None, t["sqnr_db"] or 0)):
         cls = ' class="worst"' if t["name"] in worst_names else ""
         sq = t["sqnr_db"]
-        rows.append(
+        tensor_rows.append(
             f'<tr{cls} data-name="{html.escape(t["name"], quote=True)}">'
             f"<td class=l>{html.escape(t['name'])}</td><td class=l>{html.escape(t['op_type'])}</td>"
             f"<td class=l>{'<span class=q>int8</span>' if t['quantized'] else '<span class=f>float</span>'}</td>"
@@ -248,7 +248,7 @@ def render_html(report: dict[str, Any]) -> str:
         "<section><h2>Every tensor, worst first</h2><table id=rows><thead><tr>"
         "<th class=l>tensor</th><th class=l>op</th><th class=l>layer</th><th data-num=1>SQNR dB</th>"
         "<th data-num=1>cosine</th><th data-num=1>rel L2</th><th data-num=1>max |err|</th>"
-        f"<th data-num=1>position</th></tr></thead><tbody>{''.join(rows)}</tbody></table></section>"
+        f"<th data-num=1>position</th></tr></thead><tbody>{''.join(tensor_rows)}</tbody></table></section>"
     )
     if report.get("notes"):
         body.append(

@@ -212,10 +212,16 @@ def dedupe(model: onnx.ModelProto) -> PassResult:
             for a in node.attribute
         ):
             continue
-        key = (node.domain, node.op_type, tuple(node.input), len(node.output), _attrs_key(node))
-        first = seen.get(key)
+        node_key = (
+            node.domain,
+            node.op_type,
+            tuple(node.input),
+            len(node.output),
+            _attrs_key(node),
+        )
+        first = seen.get(node_key)
         if first is None:
-            seen[key] = node
+            seen[node_key] = node
             continue
         if any(o in idx.output_names for o in node.output if o):
             continue

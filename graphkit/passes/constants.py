@@ -38,7 +38,7 @@ def _shape_value(node: onnx.NodeProto, shape: list[int | None] | None) -> np.nda
     if shape is None or any(d is None for d in shape):
         return None
     if node.op_type == "Size":
-        return np.array(int(np.prod(shape, dtype=np.int64)), dtype=np.int64)
+        return np.array(int(np.prod([int(d or 0) for d in shape], dtype=np.int64)), dtype=np.int64)
     rank = len(shape)
     start, end = 0, rank
     for a in node.attribute:
@@ -86,7 +86,7 @@ def _evaluate_simple(
 
     def get(name: str) -> np.ndarray:
         if name not in env:
-            env[name] = numpy_helper.to_array(known[name]) if name in known else idx.const(name)
+            env[name] = numpy_helper.to_array(known[name]) if name in known else idx.const(name)  # type: ignore[assignment]
         return env[name]
 
     for node in plan:
@@ -105,9 +105,10 @@ def _evaluate_simple(
             out = get(node.input[0])
         else:
             x = get(node.input[0])
-            axes = [a.ints for a in node.attribute if a.name == "axes"]
-            if axes:
-                axes = list(axes[0])
+            found = [a.ints for a in node.attribute if a.name == "axes"]
+            axes: list[int] | None
+            if found:
+                axes = list(found[0])
             elif len(node.input) > 1 and node.input[1]:
                 axes = [int(v) for v in get(node.input[1]).reshape(-1)]
             else:
@@ -115,6 +116,8 @@ def _evaluate_simple(
             if op == "Squeeze":
                 out = np.squeeze(x, axis=tuple(axes)) if axes is not None else np.squeeze(x)
             else:
+                if axes is None:  # Unsqueeze needs its axes: not foldable
+                    return None
                 rank = x.ndim + len(axes)
                 out = x
                 for a in sorted(a + rank if a < 0 else a for a in axes):

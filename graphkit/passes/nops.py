@@ -49,7 +49,7 @@ def _is_nop(idx: GraphIndex, node: onnx.NodeProto, types: dict) -> bool:
     src, dst = node.input[0], node.output[0]
     t_in, t_out = types.get(src), types.get(dst)
     same_type = t_in is not None and t_out is not None and t_in[0] == t_out[0] and t_in[0] != 0
-    same_shape = same_type and _static(t_in[1]) and t_in[1] == t_out[1]
+    same_shape = same_type and _static(t_in[1]) and t_in[1] == t_out[1]  # type: ignore[index]
     if op == "Split":
         return len(node.output) == 1 and same_shape
     if op == "Concat":
@@ -82,7 +82,7 @@ def _neutral_source(idx: GraphIndex, node: onnx.NodeProto, types: dict) -> str |
             if c is not None and c.size and np.all(c == neutral):
                 t_x = types.get(node.input[k[0]])
                 same = t_x is not None and t_out is not None and t_x[0] == t_out[0]
-                if same and _static(t_x[1]) and t_x[1] == t_out[1]:
+                if same and _static(t_x[1]) and t_x[1] == t_out[1]:  # type: ignore[index]
                     return node.input[k[0]]
     return None
 

@@ -265,7 +265,11 @@ def _typed(
 ) -> onnx.ValueInfoProto:
     """A ValueInfo with dtype (and shape where known) for a tensor becoming an input/output."""
     vi = known.get(name)
-    if _has_type(vi) and (role == "output" or vi.type.tensor_type.HasField("shape")):
+    if (
+        vi is not None
+        and _has_type(vi)
+        and (role == "output" or vi.type.tensor_type.HasField("shape"))
+    ):
         copy = onnx.ValueInfoProto()
         copy.CopyFrom(vi)
         return copy

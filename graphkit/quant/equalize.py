@@ -53,13 +53,13 @@ def find_pairs(model: onnx.ModelProto, skip: Sequence[str] = ()) -> list[Pair]:
         for t in n.input:
             readers.setdefault(t, []).append(n)
     outputs = {o.name for o in g.output}
-    skip = set(skip)
+    skipped = set(skip)
 
     def plain_conv(n: onnx.NodeProto) -> bool:
         return (
             n.op_type == "Conv"
             and bool(n.name)
-            and n.name not in skip
+            and n.name not in skipped
             and len(n.input) >= 2
             and n.input[1] in inits
             and len(inits[n.input[1]].dims) == 4

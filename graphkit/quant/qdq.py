@@ -144,19 +144,31 @@ def insert_qdq(
             new_inits.append(numpy_helper.from_array(q, qname))
             head.append(
                 helper.make_node(
-                    "DequantizeLinear", [qname, scale_name, zp_name], [dq_out], name=dq_out, **attrs
+                    "DequantizeLinear",
+                    [qname, scale_name, zp_name],
+                    [dq_out],
+                    name=dq_out,
+                    **attrs,  # type: ignore[arg-type]
                 )
             )
         else:
             q_out = names.new(f"{wname}_QuantizeLinear")
             head.append(
                 helper.make_node(
-                    "QuantizeLinear", [wname, scale_name, zp_name], [q_out], name=q_out, **attrs
+                    "QuantizeLinear",
+                    [wname, scale_name, zp_name],
+                    [q_out],
+                    name=q_out,
+                    **attrs,  # type: ignore[arg-type]
                 )
             )
             head.append(
                 helper.make_node(
-                    "DequantizeLinear", [q_out, scale_name, zp_name], [dq_out], name=dq_out, **attrs
+                    "DequantizeLinear",
+                    [q_out, scale_name, zp_name],
+                    [dq_out],
+                    name=dq_out,
+                    **attrs,  # type: ignore[arg-type]
                 )
             )
         weight_dq[wname] = dq_out

@@ -103,7 +103,7 @@ def build_config(
 
 def npz_bytes(feeds: dict[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
-    np.savez(buf, **feeds)
+    np.savez(buf, **feeds)  # type: ignore[arg-type]
     return buf.getvalue()
 
 
