@@ -47,25 +47,24 @@ def prefetched(items: Iterable[T], depth: int = 2) -> Iterator[T]:
     stop = threading.Event()
     failure: list[BaseException] = []
 
+    def put(item: object) -> bool:
+        """Queue `item` unless the consumer has left (then False)."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(item):
                     return
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer below
             failure.append(exc)
-        while not stop.is_set():
-            try:
-                q.put(done, timeout=0.1)
-                return
-            except queue.Full:
-                continue
+        put(done)
 
     worker = threading.Thread(target=produce, name="graphkit-prefetch", daemon=True)
     worker.start()
