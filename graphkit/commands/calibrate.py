@@ -306,7 +306,7 @@ def run_ncnn(args: argparse.Namespace) -> int:
     files = write_ncnn_int8(table, context, args.out_dir)
     console.print(
         f"[green]wrote {args.out_dir}[/]: {len(table.activations)} ncnn layers int8 "
-        f"({canonical_method(method)}, {context['samples']} samples)",
+        f"({canonical_method(method)}, {context.samples} samples)",
         markup=True,
     )
     for f in files:
@@ -317,7 +317,7 @@ def run_ncnn(args: argparse.Namespace) -> int:
         args.json,
         {
             "method": canonical_method(method),
-            "samples": context["samples"],
+            "samples": context.samples,
             "files": files_doc(files),
         },
     )

@@ -341,7 +341,7 @@ def optimize_weights(
     if not samples:
         raise GraphkitError("weight optimization needs at least one sample")
     inits = {i.name: i for i in model.graph.initializer}
-    quantized = set(_quantized_nodes(model, table))
+    quantized = set(quantized_layers(model, table))
     picked = []
     for node in model.graph.node:
         if node.op_type != "Conv" or node.name not in quantized:
@@ -405,10 +405,6 @@ def optimize_weights(
         if on_node is not None:
             on_node(r)
     return out, report
-
-
-def _quantized_nodes(model: onnx.ModelProto, table: CalibrationTable) -> list[str]:
-    return quantized_layers(model, table)
 
 
 def restore_weights(

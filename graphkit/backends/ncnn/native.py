@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,21 @@ def _check_channels(x: np.ndarray, want: int, spec) -> None:
         )
 
 
+@dataclass
+class NcnnCalibration:
+    """What `calibrate_ncnn_model` read and ran, for `write_ncnn_int8` to write and check."""
+
+    param: nc.Param
+    blobs: dict[str, list[nc.Blob]]
+    net: nc.NcnnNet
+    spec: Any
+    input_map: dict[str, str]
+    method: str
+    param_path: Path
+    bin_path: Path
+    samples: int  # how many the thresholds were measured on
+
+
 def calibrate_ncnn_model(
     param_path: str | Path,
     data: Any,
@@ -94,7 +110,7 @@ def calibrate_ncnn_model(
     limit: int | None = None,
     threads: int = 1,
     on_sample: Callable[[], None] | None = None,
-) -> tuple[NcnnTable, dict[str, Any]]:
+) -> tuple[NcnnTable, NcnnCalibration]:
     """The ncnn2table table of an ncnn model on the samples of `data` (input spec path or
     InputSpec), and what is needed to write and check it (`write_ncnn_int8`)."""
     from graphkit.data import iter_samples, load_input_spec
@@ -158,22 +174,14 @@ def calibrate_ncnn_model(
         )
     for name in layers:
         table.activations[name] = 127.0 / amax[name] if amax[name] > 0 else 1.0
-    context = {
-        "param": param,
-        "blobs": blobs,
-        "net": net,
-        "spec": spec,
-        "input_map": input_map,
-        "method": method,
-        "paths": (param_path, bin_path),
-        "samples": count[0],
-    }
-    return table, context
+    return table, NcnnCalibration(
+        param, blobs, net, spec, input_map, method, param_path, bin_path, count[0]
+    )
 
 
 def write_ncnn_int8(
     table: NcnnTable,
-    context: dict[str, Any],
+    context: NcnnCalibration,
     out_dir: str | Path,
     *,
     compare_samples: int = 8,
@@ -183,7 +191,7 @@ def write_ncnn_int8(
     from graphkit.data import iter_samples
 
     d = Path(out_dir)
-    param, blobs = context["param"], context["blobs"]
+    param, blobs = context.param, context.blobs
     ptext, bbytes = to_int8(param, blobs, table)
     files: dict[Path, bytes | str] = {
         d / "model.table": table.text(),
@@ -204,16 +212,16 @@ def write_ncnn_int8(
             int8 = nc.NcnnNet(
                 Path(tmp) / "m.param", Path(tmp) / "m.bin", int8=True, threads=threads
             )
-            net = context["net"]
+            net = context.net
             tops = {param.layer(name).tops[0]: name for name in table.activations}
-            feeds = (s.feeds for s in islice(iter_samples(context["spec"]), compare_samples))
+            feeds = (s.feeds for s in islice(iter_samples(context.spec), compare_samples))
             r = compare(
                 net,
                 int8,
                 feeds,
                 net.outputs,
                 list(tops),
-                input_map=context["input_map"],
+                input_map=context.input_map,
                 requantized=requantized_tops(param, table),
             )
         report = {
@@ -227,11 +235,11 @@ def write_ncnn_int8(
         note += "; cosine vs fp32 on {} samples: {}".format(
             r["samples"], ", ".join(f"{k} {v:.4f}" for k, v in r["cosine"].items())
         )
-    src_param, src_bin = context["paths"]
+    src_param, src_bin = context.param_path, context.bin_path
     out = [
         ExportedFile(
             d / "model.table",
-            f"ncnn2table-format table ({context['method']}, {len(table.activations)} layers)",
+            f"ncnn2table-format table ({context.method}, {len(table.activations)} layers)",
             f"ncnn2int8 {src_param.resolve()} {src_bin.resolve()} out.param out.bin model.table",
         ),
         ExportedFile(d / "model.int8.param", f"ncnn int8 model as ncnn2int8 writes it ({note})"),
@@ -244,10 +252,10 @@ def write_ncnn_int8(
                 "ncnn int8 vs fp32: output cosine and the SQNR (dB) of every quantized layer",
             )
         )
-    source = context["spec"].describe()
+    source = context.spec.describe()
     about = (
-        f"Calibration of the ncnn model `{src_param}`: method `{context['method']}`, "
-        f"{context['samples']} samples from {source.get('images') or source.get('path')}. "
+        f"Calibration of the ncnn model `{src_param}`: method `{context.method}`, "
+        f"{context.samples} samples from {source.get('images') or source.get('path')}. "
         "Written by graphkit as ncnn2table and ncnn2int8 write them."
     )
     files[d / "README.md"] = files_readme(src_param.stem, about, out, d)
@@ -255,4 +263,4 @@ def write_ncnn_int8(
     return out
 
 
-__all__ = ["DEFAULT_METHOD", "bin_of", "calibrate_ncnn_model", "write_ncnn_int8"]
+__all__ = ["DEFAULT_METHOD", "NcnnCalibration", "bin_of", "calibrate_ncnn_model", "write_ncnn_int8"]
