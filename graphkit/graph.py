@@ -17,6 +17,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from graphkit import weights
+
 
 def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
     """Graphs held in a node's attributes (If/Loop/Scan bodies)."""
@@ -125,7 +127,7 @@ class GraphIndex:
 
     def const(self, name: str) -> np.ndarray | None:
         if name in self.inits and name not in self.input_names:
-            return numpy_helper.to_array(self.inits[name])
+            return weights.tensor_array(self.inits[name])
         node = self.producer.get(name)
         if node is not None and node.op_type == "Constant" and not node.domain:
             return constant_node_value(node)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import onnx
 
-from graphkit import scratch
+from graphkit import scratch, weights
 from graphkit.errors import GraphkitError, ModelError
 
 PROTOBUF_LIMIT = 2**31 - 1
@@ -23,15 +23,21 @@ PROTOBUF_LIMIT = 2**31 - 1
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
 
-def load_model(path: str | os.PathLike, load_external_data: bool = True) -> onnx.ModelProto:
-    """Read an ONNX model, or raise GraphkitError with one sentence saying why it cannot be."""
+def load_model(
+    path: str | os.PathLike, load_external_data: bool = True, lazy: bool = False
+) -> onnx.ModelProto:
+    """Read an ONNX model, or raise GraphkitError with one sentence saying why it cannot be.
+
+    lazy=True leaves external weights on disk (`graphkit.weights`): a 2 GB model costs a
+    few kilobytes until a pass reads a tensor, and saving copies the bytes file to file.
+    """
     p = Path(path)
     if not p.exists():
         raise ModelError(f"model file {p} does not exist")
     if p.is_dir():
         raise ModelError(f"{p} is a directory, not an ONNX model file")
     try:
-        model = onnx.load(str(p), load_external_data=load_external_data)
+        model = onnx.load(str(p), load_external_data=load_external_data and not lazy)
     except FileNotFoundError as exc:
         raise GraphkitError(
             f"{p} refers to external data that is missing ({exc.filename})"
@@ -45,6 +51,8 @@ def load_model(path: str | os.PathLike, load_external_data: bool = True) -> onnx
         raise ModelError(f"{p} is not an ONNX model (no graph found in it)")
     if model.ir_version == 0:
         raise ModelError(f"{p} is not an ONNX model (no IR version in it)")
+    if lazy:
+        weights.attach(model, p.parent)
     return model
 
 
@@ -85,14 +93,22 @@ def save_model(
             else model
         )
         model.ir_version = ir_version
+    lazy = bool(weights.lazy_tensors(model))
     if external_data is None:
-        external_data = model_size_bytes(model) > EXTERNAL_DATA_THRESHOLD
+        external_data = lazy or model_size_bytes(model) > EXTERNAL_DATA_THRESHOLD
+    if lazy and not external_data:
+        raise GraphkitError(
+            "a model with weights left on disk can only be saved with external data"
+        )
     scratch.sweep(parent)
     tmpdir = tempfile.mkdtemp(prefix=scratch.prefix("save-"), dir=parent)
     try:
         tmp_model = Path(tmpdir) / out.name
         data_name = out.name + ".data"
-        if external_data:
+        if lazy:
+            weights.write_external(model, tmp_model, Path(tmpdir) / data_name, threshold=1024)
+            _publish_data(Path(tmpdir) / data_name, parent / data_name)
+        elif external_data:
             onnx.save_model(
                 model,
                 str(tmp_model),
@@ -101,10 +117,7 @@ def save_model(
                 location=data_name,
                 size_threshold=1024,
             )
-            if (Path(tmpdir) / data_name).exists():  # no file when every tensor is small
-                # onnx writes it 0600; the model beside it gets the usual mode, so must it
-                os.chmod(Path(tmpdir) / data_name, 0o666 & ~_umask())
-                os.replace(Path(tmpdir) / data_name, parent / data_name)
+            _publish_data(Path(tmpdir) / data_name, parent / data_name)
         else:
             onnx.save_model(model, str(tmp_model))
         os.replace(tmp_model, out)
@@ -115,12 +128,22 @@ def save_model(
     return out
 
 
+def _publish_data(tmp: Path, final: Path) -> None:
+    """Move the written data file beside the model; no file when every tensor was small."""
+    if not tmp.exists() or tmp.stat().st_size == 0:
+        return
+    # onnx writes it 0600; the model beside it gets the usual mode, so must it
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, final)
+
+
 def model_hash(model: onnx.ModelProto) -> str:
     """A stable fingerprint of the graph and weights, recorded in calibration tables."""
     h = hashlib.sha256()
     for init in model.graph.initializer:
         h.update(init.name.encode())
-        h.update(init.raw_data or onnx.numpy_helper.to_array(init).tobytes())
+        for piece in weights.chunks(init):
+            h.update(piece)
     for node in model.graph.node:
         h.update(node.op_type.encode())
         h.update("|".join(node.input).encode())

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "graphkit"
 
 # lowest first; a unit may import its own modules and any unit of a lower layer
 LAYERS = [
-    {"errors", "validation", "scratch", "metrics", "logs"},
+    {"errors", "validation", "scratch", "metrics", "logs", "weights"},
     {"model"},
     {"graph"},
     {"runtime"},
@@ -25,7 +25,7 @@ LAYERS = [
     {"backends"},
     {"evaluators"},
     {"commands"},
-    {"cli"},
+    {"cli", "__main__"},
 ]
 RANK = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}
 

@@ -122,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         _check_writable(args.report, "report")
     pipeline = load_pipeline(args.pipeline)
-    model = load_model(args.model)
+    # weights stay on disk until a pass reads them: a 2 GB model is not held twice
+    model = load_model(args.model, lazy=True)
     verify = not args.no_verify
 
     def on_step(r: StepReport) -> None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import onnx
-from onnx import numpy_helper
 
+from graphkit import weights
 from graphkit.graph import (
     GraphIndex,
     keep_only,
@@ -160,7 +160,6 @@ def dedupe(model: onnx.ModelProto) -> PassResult:
     inputs become one (repeated until stable). Nodes with side effects or randomness and
     nodes holding subgraphs are never merged.
     """
-    import hashlib
 
     g = model.graph
     idx = GraphIndex(g)
@@ -177,8 +176,7 @@ def dedupe(model: onnx.ModelProto) -> PassResult:
     for init in candidates:
         if counts[(init.data_type, tuple(init.dims))] < 2:
             continue
-        data = init.raw_data or numpy_helper.to_array(init).tobytes()
-        key = (init.data_type, tuple(init.dims), hashlib.sha1(data).hexdigest())
+        key = (init.data_type, tuple(init.dims), weights.tensor_digest(init))
         if key in by_key:
             alias[init.name] = by_key[key]
         else:

@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from graphkit import weights
 from graphkit.errors import GraphkitError
 from graphkit.graph import (
     GraphIndex,
@@ -86,7 +87,7 @@ def _evaluate_simple(
 
     def get(name: str) -> np.ndarray:
         if name not in env:
-            env[name] = numpy_helper.to_array(known[name]) if name in known else idx.const(name)  # type: ignore[assignment]
+            env[name] = weights.tensor_array(known[name]) if name in known else idx.const(name)  # type: ignore[assignment]
         return env[name]
 
     for node in plan:
@@ -374,6 +375,7 @@ def simplify(
     """
     import onnxsim
 
+    weights.materialize(model)  # onnxsim reads whole protobufs (and stops at 2 GB anyway)
     before = len(model.graph.node)
     try:
         new, _ok = onnxsim.simplify(

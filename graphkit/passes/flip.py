@@ -27,8 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
+from graphkit import weights
 from graphkit.graph import ancestors, consumers, producers
 from graphkit.passes.base import PassResult, register
 from graphkit.passes.outputs import prune, value_infos
@@ -79,7 +80,7 @@ class _Constants:
 
     def get(self, name: str) -> np.ndarray | None:
         if name not in self._values and name in self._protos:
-            self._values[name] = numpy_helper.to_array(self._protos[name])
+            self._values[name] = weights.tensor_array(self._protos[name])
         return self._values.get(name)
 
     def size(self, name: str) -> int | None:

@@ -18,6 +18,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from graphkit import weights
 from graphkit.errors import GraphkitError, ModelError
 from graphkit.model import EXTERNAL_DATA_THRESHOLD, model_size_bytes, save_model
 from graphkit.scratch import prefix as scratch_prefix
@@ -57,7 +58,19 @@ def make_session(
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        if model_size_bytes(model) < EXTERNAL_DATA_THRESHOLD:
+        relative = weights.relative_copy(model) if weights.lazy_tensors(model) else None
+        if relative is not None and model_size_bytes(relative[0]) < EXTERNAL_DATA_THRESHOLD:
+            # weights left on disk: onnxruntime memory-maps them from their own file
+            copy, folder = relative
+            opts.add_session_config_entry(
+                "session.model_external_initializers_file_folder_path", str(folder)
+            )
+            # pre-packing would copy every weight: big models are lazy to stay at 1x
+            opts.add_session_config_entry("session.disable_prepacking", "1")
+            return ort.InferenceSession(
+                copy.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+            )
+        if not weights.lazy_tensors(model) and model_size_bytes(model) < EXTERNAL_DATA_THRESHOLD:
             return ort.InferenceSession(
                 model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
             )
