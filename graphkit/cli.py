@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 from rich.console import Console
 from rich.markup import escape
@@ -19,13 +20,21 @@ from graphkit.errors import GraphkitError
 err_console = Console(stderr=True, highlight=False)
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other error (argparse prints the whole usage
+    block first); subcommand parsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """Every command is listed; only `command`'s module (all of them when None) is
     imported to define its options, so `graphkit --help` loads neither onnx nor
     onnxruntime."""
     from graphkit.commands._common import COMMANDS, module_doc
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="graphkit",
         description=(
             "Clean ONNX graphs with verified passes, calibrate them for int8, write "
@@ -109,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except GraphkitError as exc:
         err_console.print(f"[bold red]graphkit: error:[/] {escape(str(exc))}", soft_wrap=True)
+        return 2
+    except OSError as exc:  # a file a check could not foresee (permissions, disk full)
+        where = f"{exc.filename}: " if exc.filename else ""
+        reason = exc.strerror or type(exc).__name__
+        err_console.print(f"[bold red]graphkit: error:[/] {escape(where + reason)}", soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err_console.print("graphkit: interrupted; no output was written")

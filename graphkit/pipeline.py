@@ -32,7 +32,7 @@ import onnx
 import yaml
 from pydantic import BaseModel, PositiveInt
 
-from graphkit.errors import GraphkitError, InputError, VerificationError
+from graphkit.errors import GraphkitError, InputError, ModelError, VerificationError
 from graphkit.graph import skeleton
 from graphkit.passes.base import PassInfo, count_ops, get_pass, validate_options
 from graphkit.runtime import ort as ort_rt
@@ -144,6 +144,8 @@ def load_pipeline(path: str | Path) -> Pipeline:
     p = Path(path)
     if not p.exists():
         raise InputError(f"pipeline file {p} does not exist")
+    if not p.is_file():
+        raise InputError(f"pipeline file {p} is a directory, not a YAML file")
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
@@ -346,6 +348,13 @@ def run_pipeline(
 
     Verification inputs have `verify_shapes` (from `runtime.ort.runnable_shapes`; chosen
     here the same way when None): free dims at a size the model runs at."""
+    if verify:
+        try:  # say so once, not as the first pass's failure
+            ort_rt.make_session(model)
+        except ModelError as exc:
+            raise ModelError(
+                f"{exc}; the passes cannot be verified on it (--no-verify applies them unchecked)"
+            ) from None
     if verify and verify_shapes is None:
         verify_shapes, _ = ort_rt.runnable_shapes(model)
     with ort_rt.sample_shapes(verify_shapes if verify else None):

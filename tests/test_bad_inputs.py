@@ -93,6 +93,36 @@ def heavier_weights(ws: Path) -> None:
     onnx.save(m, ws / "model.onnx")
 
 
+def _external(ws: Path, truncate: bool) -> None:
+    """model.onnx with its weights in model.onnx.data, then that file cut short or gone."""
+    import onnx
+
+    model = onnx.load(ws / "model.onnx")
+    onnx.save(
+        model,
+        ws / "model.onnx",
+        save_as_external_data=True,
+        location="model.onnx.data",
+        size_threshold=0,
+    )
+    data = ws / "model.onnx.data"
+    if truncate:
+        data.write_bytes(data.read_bytes()[:64])
+    else:
+        data.unlink()
+
+
+def _unknown_op(ws: Path) -> None:
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(ws / "model.onnx")
+    relu = next(n for n in model.graph.node if n.op_type == "Relu")
+    relu.op_type, relu.domain = "FancyRelu", "my.ops"
+    model.opset_import.append(helper.make_opsetid("my.ops", 1))
+    onnx.save(model, ws / "model.onnx")
+
+
 CALIBRATE = ["calibrate", "model.onnx", "--data", "spec.yaml", "-o", "new.json"]
 EXPORT = ["export", "plan.json", "model.onnx", "--target", "onnx", "--out-dir", "out"]
 APPLY = ["apply", "passes.yaml", "model.onnx", "-o", "clean.onnx"]
@@ -134,6 +164,16 @@ CASES = {
         edit_yaml("spec.yaml", lambda d: d["input"].update(name="image")),
         CALIBRATE,
         "image",
+    ),
+    "spec seed negative": (
+        edit_yaml("spec.yaml", lambda d: d["source"].update(seed=-1)),
+        CALIBRATE,
+        "source.seed: input should be greater than or equal to 0",
+    ),
+    "spec pad_value outside pixels": (
+        edit_yaml("spec.yaml", lambda d: d["input"].update(pad_value=-1000)),
+        CALIBRATE,
+        "input.pad_value: input should be greater than or equal to 0",
     ),
     # plan file
     "plan amax tiny": (
@@ -200,6 +240,33 @@ CASES = {
         APPLY,
         "did you mean 'fold-constants'",
     ),
+    "pipeline is a directory": (
+        lambda ws: ((ws / "passes.yaml").unlink(), (ws / "passes.yaml").mkdir()),
+        APPLY,
+        "pipeline file passes.yaml is a directory",
+    ),
+    "usage error": (lambda ws: None, [*APPLY, "--seed", "-1"], "see 'graphkit apply --help'"),
+    # external weights
+    "external data truncated": (
+        lambda ws: _external(ws, truncate=True),
+        APPLY,
+        "is truncated: tensor 'w1' needs bytes",
+    ),
+    "external data missing": (
+        lambda ws: _external(ws, truncate=False),
+        APPLY,
+        "refers to external data that is missing",
+    ),
+    "model with an op onnxruntime lacks": (
+        lambda ws: _unknown_op(ws),
+        APPLY,
+        "the passes cannot be verified on it (--no-verify applies them unchecked)",
+    ),
+    "export spec for another input": (
+        edit_yaml("spec.yaml", lambda d: d["input"].update(name="image")),
+        [*EXPORT, "--data", "spec.yaml"],
+        "input.name 'image' is not an input of the model",
+    ),
     # outputs that would destroy inputs
     "calibrate onto its model": (
         lambda ws: None,
@@ -231,7 +298,10 @@ def test_bad_input_is_one_sentence_exit_2_and_nothing_written(
     breaks(ws)
     before = digest(ws)
     monkeypatch.chdir(ws)
-    code = main(argv)
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # usage errors leave through argparse
+        code = exc.code
     out, err = capsys.readouterr()
     assert code == 2, (case, code, err)
     assert expect in " ".join(err.split()), err

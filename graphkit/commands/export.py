@@ -99,8 +99,10 @@ def export_from_args(args: argparse.Namespace, table, model, model_name: str = "
     spec_arg = getattr(args, "data", None)
     if spec_arg:
         from graphkit.data import iter_samples, load_input_spec
+        from graphkit.data.check import check_against_model
 
         spec = load_input_spec(spec_arg) if isinstance(spec_arg, (str, Path)) else spec_arg
+        check_against_model(spec, model)  # before any file is written
         # the same samples as the JSON table unless asked otherwise
         limit = args.export_limit or getattr(args, "limit", None)
 

@@ -170,7 +170,8 @@ class _InputSection(_Section):
     mean: Channels | None = None
     std: Channels | None = None
     scale: float | None = None
-    pad_value: float = 0.0
+    # a pixel value, before mean/std: what the warp fills outside the image
+    pad_value: Annotated[float, Field(ge=0.0, le=255.0)] = 0.0
 
     @model_validator(mode="after")
     def _consistent(self) -> _InputSection:
@@ -200,7 +201,7 @@ class _SourceSection(_Section):
     size_divisor: PositiveInt = 32
     limit: PositiveInt | None = None
     shuffle: bool = False
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0)] = 0
 
     @model_validator(mode="after")
     def _has_its_paths(self) -> _SourceSection:
