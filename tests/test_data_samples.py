@@ -453,3 +453,30 @@ def test_prefetched_keeps_order_raises_where_the_producer_failed_and_stops_early
     stream.close()  # the consumer leaves: the producer thread ends, bounded by the queue
     assert len(produced) <= 5
     assert not any(t.name == "graphkit-prefetch" and t.is_alive() for t in threading.enumerate())
+
+
+def _photo(path, ext: str) -> bytes:
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(path.with_suffix(ext)), rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    return path.with_suffix(ext).read_bytes()
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png"])
+def test_a_truncated_image_is_refused_not_filled_with_grey(tmp_path, ext):
+    from graphkit.data.preprocess import read_image
+
+    whole = _photo(tmp_path / "a", ext)
+    assert read_image(str(tmp_path / f"a{ext}")).shape == (48, 64, 3)
+    (tmp_path / f"cut{ext}").write_bytes(whole[: len(whole) * 2 // 3])
+    with pytest.raises(GraphkitError, match="is truncated"):
+        read_image(str(tmp_path / f"cut{ext}"))
+
+
+def test_a_jpeg_with_a_camera_trailer_after_its_end_is_read(tmp_path):
+    from graphkit.data.preprocess import read_image
+
+    whole = _photo(tmp_path / "a", ".jpg")
+    (tmp_path / "t.jpg").write_bytes(whole + b"SAMSUNG-TRAILER" * 10)
+    np.testing.assert_array_equal(
+        read_image(str(tmp_path / "t.jpg")), read_image(str(tmp_path / "a.jpg"))
+    )

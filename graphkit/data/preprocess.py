@@ -16,11 +16,31 @@ NUMPY_DTYPES = {"float32": np.float32, "int32": np.int32, "uint8": np.uint8}
 
 
 def read_image(path: str) -> np.ndarray:
-    """Decode an image file to HxWx3 uint8 BGR, or raise one sentence naming the file."""
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    """Decode an image file to HxWx3 uint8 BGR, or raise one sentence naming the file.
+
+    A truncated JPEG or PNG is refused: the decoders fill the missing part with grey and
+    only print a warning, which would calibrate on pixels no camera took."""
+    try:
+        data = np.fromfile(path, np.uint8)
+    except OSError:
+        data = np.zeros(0, np.uint8)
+    if data.size and not _complete(data.tobytes()):
+        raise GraphkitError(f"image {path} is truncated (its end marker is missing)")
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if img is None:
         raise GraphkitError(f"cannot read image {path} (missing, unreadable or not an image)")
     return img
+
+
+def _complete(data: bytes) -> bool:
+    """JPEG: an EOI marker after the last start of scan (markers cannot occur inside
+    scan data; a thumbnail's EOI comes before the main scan, a camera's trailer after the
+    EOI); PNG: its IEND chunk at the end. Other formats are left to the decoder."""
+    if data[:2] == b"\xff\xd8":
+        return data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda") >= 0
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return b"IEND" in data[-64:]
+    return True
 
 
 def warp(img: np.ndarray, M: np.ndarray, out_hw: tuple[int, int], pad_value: float) -> np.ndarray:
