@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from tiny import model_of
 
 from graphkit.passes import load_all
 from graphkit.runtime import ort as ort_rt
@@ -13,17 +13,7 @@ RNG = np.random.default_rng(0)
 
 
 def make(nodes, inputs, outputs, inits=(), opset=17) -> onnx.ModelProto:
-    graph = helper.make_graph(
-        nodes,
-        "t",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
-        initializer=[numpy_helper.from_array(np.asarray(v), k) for k, v in dict(inits).items()],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+    return model_of(nodes, inputs, outputs, dict(inits), opset=opset, name="t")
 
 
 def w(*shape, lo=None):

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import yaml
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
+from tiny import model_of
 
 from graphkit.quant.calibrate import build_table
 from graphkit.quant.collect import collect, select_tensors
@@ -42,17 +43,9 @@ def make_model(seed: int = 0, outlier: float = 40.0) -> onnx.ModelProto:
         helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
         helper.make_node("Conv", ["r2", "w3"], ["y"], name="conv3"),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "planted",
-        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [1, 3, 12, 12])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 12, 12])],
-        inits,
+    return model_of(
+        nodes, [(INPUT, [1, 3, 12, 12])], [("y", [1, 4, 12, 12])], inits, name="planted"
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
 
 
 def feeds(n: int, seed: int = 1) -> list[dict[str, np.ndarray]]:

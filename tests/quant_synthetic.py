@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import yaml
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
+from tiny import model_of
 
 INPUT = "x"
 
@@ -44,20 +45,8 @@ def make_model(opset: int = 13, seed: int = 0) -> onnx.ModelProto:
         helper.make_node("Gemm", ["f", "w5", "b5"], ["y"], name="fc", transB=1),
         helper.make_node("MatMul", ["f", "w6"], ["z"], name="matmul"),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "quant_synthetic",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
-        [
-            helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10]),
-            helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 6]),
-        ],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+    outputs = [("y", [1, 10]), ("z", [1, 6])]
+    return model_of(nodes, [("x", [1, 3, 16, 16])], outputs, inits, opset, "quant_synthetic")
 
 
 def sample_feeds(n: int, seed: int = 1) -> list[dict[str, np.ndarray]]:

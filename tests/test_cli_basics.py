@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import pytest
+from tiny import model_of
 
 from graphkit.cli import main
 
@@ -32,17 +33,11 @@ def test_inspect_reads_shapes_only_and_writes_json(tmp_path, capsys):
 
     import numpy as np
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     w = numpy_helper.from_array(np.ones((64, 32), np.float32), "w")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32])],
-        [w],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"])]
+    model = model_of(nodes, [("x", [1, 64])], [("y", [1, 32])], [w])
     path = tmp_path / "m.onnx"
     onnx.save(model, path, save_as_external_data=True, location="m.data", size_threshold=0)
     (tmp_path / "m.data").unlink()
@@ -130,20 +125,14 @@ def test_external_data_is_written_with_the_models_mode_and_small_models_need_no_
     import os
 
     import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     from graphkit.model import load_model, save_model
 
     def model(weight_elems: int):
         w = numpy_helper.from_array(np.ones(weight_elems, np.float32), "w")
-        g = helper.make_graph(
-            [helper.make_node("Add", ["x", "w"], ["y"])],
-            "g",
-            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [weight_elems])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [weight_elems])],
-            [w],
-        )
-        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+        nodes = [helper.make_node("Add", ["x", "w"], ["y"])]
+        return model_of(nodes, [("x", [weight_elems])], [("y", [weight_elems])], [w])
 
     big = save_model(model(10_000), tmp_path / "big.onnx", external_data=True)
     data = tmp_path / "big.onnx.data"

@@ -7,8 +7,9 @@ import numpy as np
 import onnx
 import pytest
 import yaml
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 from PIL import Image
+from tiny import model_of
 
 from graphkit.cli import main
 from graphkit.errors import GraphkitError
@@ -40,15 +41,7 @@ def conv_model(path):
         w("w3", (4, 8, 3, 3)),
         w("b3", (4,)),
     ]
-    g = helper.make_graph(
-        nodes,
-        "convnet",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16, 16])],
-        inits,
-    )
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    m.ir_version = 8
+    m = model_of(nodes, [("x", [1, 3, 16, 16])], [("y", [1, 4, 16, 16])], inits, name="convnet")
     onnx.save(m, path)
     return path
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from tiny import model_of
 
 from graphkit.quant.calibrate import build_table
 from graphkit.quant.collect import activation_inputs, initializer_names, quantizable_nodes
@@ -47,17 +48,7 @@ def tiny_cnn(seed: int = 0) -> onnx.ModelProto:
         n("Reshape", ["r4", "flat_shape"], ["f"], name="flat"),
         n("Gemm", ["f", "w5", "b5"], ["y"], name="fc", transB=1),
     ]
-    g = helper.make_graph(
-        nodes,
-        "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
-        inits,
-    )
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    m.ir_version = 8
-    onnx.checker.check_model(m)
-    return m
+    return model_of(nodes, [("x", [1, 3, 16, 16])], [("y", [1, 4])], inits)
 
 
 def feeds(n: int, seed: int = 1) -> list[dict[str, np.ndarray]]:

@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from tiny import model_of
 
 from graphkit.errors import VerificationError
 from graphkit.passes.base import REGISTRY, PassResult, register
@@ -46,14 +47,8 @@ def _log_model() -> onnx.ModelProto:
         helper.make_node("Identity", ["l"], ["i"], name="junk"),
         helper.make_node("Mul", ["i", "two"], ["y"], name="mul"),
     ]
-    g = helper.make_graph(
-        nodes,
-        "nan",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])],
-        [numpy_helper.from_array(np.array(2.0, np.float32), "two")],
-    )
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    two = {"two": np.array(2.0, np.float32)}
+    return model_of(nodes, [("x", [1, 3, 4, 4])], [("y", [1, 3, 4, 4])], two, name="nan")
 
 
 def test_a_model_with_nan_outputs_on_random_inputs_can_still_be_cleaned():
@@ -99,13 +94,7 @@ def _break_on_some_inputs(model: onnx.ModelProto) -> PassResult:
 def test_every_pass_is_checked_on_more_than_one_random_input(break_on_some_inputs):
     assert VERIFY_INPUTS >= 2
     nodes = [helper.make_node("Relu", ["x"], ["y"], name="relu")]
-    g = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 1, 2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 1, 2])],
-    )
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    model = model_of(nodes, [("x", [1, 1, 1, 2])], [("y", [1, 1, 1, 2])])
     # find a seed whose first input hides the change and whose second shows it
     from graphkit.pipeline import sample_feeds
 
@@ -133,14 +122,8 @@ def _two_scale_model(path):
         helper.make_node("Resize", ["half", "", "scales"], ["up"], mode="nearest"),
         helper.make_node("Concat", ["c_id", "up"], ["y"], axis=1),
     ]
-    g = helper.make_graph(
-        nodes,
-        "two_scale",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, "H", "W"])],
-        [w, scales],
-    )
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    x, y = ("x", ["N", 3, "H", "W"]), ("y", ["N", 8, "H", "W"])
+    model = model_of(nodes, [x], [y], [w, scales], name="two_scale")
     onnx.save(model, path)
     return path
 

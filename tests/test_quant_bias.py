@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 from quant_planted import table_for
 from quant_synthetic import make_model, sample_feeds, write_data
+from tiny import model_of
 
 from graphkit.cli import main
 from graphkit.errors import GraphkitError
@@ -72,16 +73,9 @@ def shared_bias_model() -> onnx.ModelProto:
         helper.make_node("Clip", ["ca", "lo", "hi"], ["ra"], name="clip"),
         helper.make_node("Conv", ["ra", "wb", "b"], ["y"], name="convB", pads=[1, 1, 1, 1]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "shared_bias",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16, 16])],
-        inits,
+    return model_of(
+        nodes, [("x", [1, 3, 16, 16])], [("y", [1, 4, 16, 16])], inits, name="shared_bias"
     )
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    m.ir_version = 8
-    return m
 
 
 def test_shared_bias_is_split_and_each_conv_corrected_for_its_own_shift():

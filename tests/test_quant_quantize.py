@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from quant_planted import make_model, write_files
+from tiny import model_of
 
 from graphkit.cli import main
 from graphkit.errors import GraphkitError
@@ -90,7 +91,7 @@ def test_calibrate_checks_output_directories_before_calibrating(tmp_path, capsys
 
 def _relu6_chain() -> onnx.ModelProto:
     """conv -> Clip(0, 6) -> depthwise -> Relu -> conv: two equalizable pairs."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(0)
     w = {
@@ -110,14 +111,7 @@ def _relu6_chain() -> onnx.ModelProto:
         n("Relu", ["c2"], ["r2"], name="relu"),
         n("Conv", ["r2", "w3"], ["y"], name="pw"),
     ]
-    g = helper.make_graph(
-        nodes,
-        "chain",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 8, 8])],
-        inits,
-    )
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    return model_of(nodes, [("x", [1, 3, 8, 8])], [("y", [1, 5, 8, 8])], inits, name="chain")
 
 
 def test_equalization_keeps_the_function_and_equalizes_the_channels():

@@ -10,7 +10,8 @@ import numpy as np
 import onnx
 import pytest
 from hypothesis import given, settings
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
+from tiny import model_of
 
 from graphkit import weights
 from graphkit.errors import GraphkitError
@@ -34,8 +35,9 @@ PASSES = [
 
 def save_external(model: onnx.ModelProto, path: Path) -> Path:
     """Every tensor in path.data, as exporters of big models write them."""
-    onnx.save(model, str(path), save_as_external_data=True, location=path.name + ".data",
-              size_threshold=0)  # fmt: skip
+    onnx.save(
+        model, str(path), save_as_external_data=True, location=path.name + ".data", size_threshold=0
+    )
     return path
 
 
@@ -75,16 +77,9 @@ def conv_model(seed: int = 0, twin: bool = False) -> onnx.ModelProto:
         helper.make_node("Conv", ["x", "w2" if twin else "w"], ["b"], pads=[1, 1, 1, 1]),
         helper.make_node("Add", ["a", "b"], ["y"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "c",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 6, 6])],
-        initializer=inits if twin else inits[:1],
+    return model_of(
+        nodes, [("x", [1, 3, 6, 6])], [("y", [1, 8, 6, 6])], inits if twin else inits[:1], opset=17
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
 
 
 def test_a_lazy_tensor_reads_its_own_file_not_a_same_named_one_in_the_working_directory(
