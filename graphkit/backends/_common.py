@@ -7,6 +7,7 @@ whose count differs from the weight's channel count.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,7 +139,7 @@ def safe_scale(amax: float, qmax: float = 127.0) -> float:
     return max(amax, 1e-12) / qmax
 
 
-def write_all(files: dict[Path, bytes | str]) -> None:
+def write_all(files: Mapping[Path, bytes | str]) -> None:
     """Write every prepared file atomically (content is built first, so a failure in
     building leaves no file behind)."""
     for path, data in files.items():

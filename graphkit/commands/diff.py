@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from rich import box
+from rich.console import JustifyMethod
 from rich.table import Table
 
 from graphkit.commands._common import (
@@ -114,13 +115,14 @@ def run(args: argparse.Namespace) -> int:
         box=box.SIMPLE_HEAD,
     )
     t.add_column("tensor", no_wrap=True)
-    for col, just in (
+    columns: list[tuple[str, JustifyMethod]] = [
         ("op", "left"),
         ("int8", "left"),
         ("SQNR dB", "right"),
         ("cosine", "right"),
         ("max |err|", "right"),
-    ):
+    ]
+    for col, just in columns:
         t.add_column(col, justify=just, no_wrap=True, min_width=max(len(col), 8))
     rows = report.worst_first()
     for r in rows[: args.top]:
@@ -142,8 +144,8 @@ def run(args: argparse.Namespace) -> int:
         f"{s['tensors']} tensors, {s['quantized_layers']} quantized layers, median SQNR {med}"
     )
     for name, m in s["outputs"].items():
-        sq = "exact" if m["sqnr_db"] is None else f"{m['sqnr_db']:.2f} dB"
-        console.print(f"output {name}: SQNR {sq}, cosine {m['cosine']:.5f}")
+        out_sq = "exact" if m["sqnr_db"] is None else f"{m['sqnr_db']:.2f} dB"
+        console.print(f"output {name}: SQNR {out_sq}, cosine {m['cosine']:.5f}")
     if report.own:
         from graphkit.evaluators.own_error import worst_own_first
 
@@ -155,17 +157,17 @@ def run(args: argparse.Namespace) -> int:
         ow.add_column("layer", no_wrap=True)
         for col in ("op", "own SQNR dB", "cosine", "max |err|"):
             ow.add_column(col, justify="right", no_wrap=True, min_width=max(len(col), 8))
-        for r in worst_own_first(report.own)[: args.top]:
-            if "skipped" in r:
-                ow.add_row(short_name(r["node"]), r["op_type"], "-", "-", r["skipped"][:40])
+        for own in worst_own_first(report.own)[: args.top]:
+            if "skipped" in own:
+                ow.add_row(short_name(own["node"]), own["op_type"], "-", "-", own["skipped"][:40])
                 continue
-            sq, cos = r["sqnr_db"], r["cosine"]
+            own_sq, cos = own["sqnr_db"], own["cosine"]
             ow.add_row(
-                short_name(r["node"]),
-                r["op_type"],
-                "exact" if sq is None else f"{sq:.2f}",
+                short_name(own["node"]),
+                own["op_type"],
+                "exact" if own_sq is None else f"{own_sq:.2f}",
                 "-" if cos is None else f"{cos:.5f}",
-                "-" if r["max_abs_err"] is None else f"{r['max_abs_err']:.4g}",
+                "-" if own["max_abs_err"] is None else f"{own['max_abs_err']:.4g}",
             )
         console.print(ow)
     if report.per_layer:
@@ -179,12 +181,12 @@ def run(args: argparse.Namespace) -> int:
             pl.add_column(col, no_wrap=True, min_width=max(len(col), 8))
         from graphkit.evaluators.per_layer import sensitivity_order
 
-        for r in sensitivity_order(report.per_layer)[: args.top]:
+        for lay in sensitivity_order(report.per_layer)[: args.top]:
             pl.add_row(
-                short_name(r["node"]),
-                r["op_type"],
-                "exact" if r["output_sqnr_db"] is None else f"{r['output_sqnr_db']:.2f}",
-                "-" if r["layer_sqnr_db"] is None else f"{r['layer_sqnr_db']:.2f}",
+                short_name(lay["node"]),
+                lay["op_type"],
+                "exact" if lay["output_sqnr_db"] is None else f"{lay['output_sqnr_db']:.2f}",
+                "-" if lay["layer_sqnr_db"] is None else f"{lay['layer_sqnr_db']:.2f}",
             )
         console.print(pl)
     for note in report.notes:

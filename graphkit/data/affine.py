@@ -13,7 +13,9 @@ import numpy as np
 
 
 def get_affine(
-    center: Sequence[float], scale_wh: Sequence[float], out_size: Sequence[int]
+    center: Sequence[float] | np.ndarray,
+    scale_wh: Sequence[float] | np.ndarray,
+    out_size: Sequence[int],
 ) -> np.ndarray:
     """Matrix mapping image pixels to output pixels so that a `scale_wh` box around `center`
     fills an output of `out_size` = (width, height); mmpose's non-rotated warp matrix.

@@ -104,7 +104,7 @@ def _image(cache: dict, path: str) -> np.ndarray:
         cache.clear()
         cache["img"] = read_image(path)
         cache["path"] = path
-    return cache["img"]  # type: ignore[return-value]
+    return cache["img"]
 
 
 def _meta(item: Item, M: np.ndarray, cfg: InputConfig, area: float) -> dict:
@@ -126,6 +126,8 @@ def _meta(item: Item, M: np.ndarray, cfg: InputConfig, area: float) -> dict:
 
 def _topdown_sample(spec: InputSpec, item: Item, img: np.ndarray) -> Sample:
     cfg = spec.input
+    assert cfg.size is not None  # the spec requires input.size for image sources
+    assert item.crop_box is not None  # every coco-topdown item has one
     h, w = cfg.size
     center, scale = box_to_center_scale(item.crop_box, w / h, spec.source.padding)
     M = get_affine(center, scale, (w, h))
@@ -150,6 +152,7 @@ def short_side_size(image_hw: tuple[int, int], short: int, divisor: int) -> tupl
 
 def _whole_image_sample(spec: InputSpec, item: Item, img: np.ndarray) -> Sample:
     cfg = spec.input
+    assert cfg.size is not None  # the spec requires input.size for image sources
     h, w = cfg.size
     ih, iw = img.shape[:2]
     if spec.source.resize == "short-side":
@@ -168,6 +171,7 @@ def _array_sample(cfg: InputConfig, kind: str, item: Item, cache: dict) -> Sampl
         if item.key is None:
             arrays = {cfg.name: np.asarray(_load_array(item.path))}
         else:
+            assert isinstance(item.key, int)  # a row of a stacked .npy
             arrays = {cfg.name: np.array(_load_array(item.path)[item.key : item.key + 1])}
     else:
         if cache.get("path") != item.path:

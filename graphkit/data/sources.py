@@ -156,6 +156,7 @@ def _gt_rows(anns: list, ann_path: str) -> list[tuple]:
 
 def _det_rows(src: SourceConfig, images: dict) -> list[tuple]:
     """(image_id, det index, bbox, box area, score) for person detections above score_thr."""
+    assert src.dets is not None  # only called for a source with detections
     dets = read_json(src.dets, "detection file")
     if not isinstance(dets, list):
         raise GraphkitError(f"{src.dets} is not a COCO detection results list")
@@ -182,13 +183,14 @@ def _det_rows(src: SourceConfig, images: dict) -> list[tuple]:
 
 
 def _coco_items(src: SourceConfig) -> list[Item]:
+    assert src.ann is not None and src.images is not None  # the spec requires both
     images, anns = _coco_images(src.ann)
     folder = Path(src.images)
     if not folder.is_dir():
         raise GraphkitError(f"images folder {folder} does not exist")
     rows = _gt_rows(anns, src.ann) if src.dets is None else _det_rows(src, images)
     rows.sort(key=lambda r: (r[0], r[1]))
-    items = []
+    items: list[Item] = []
     seen: set[int] = set()
     for image_id, ident, bbox, area, score in rows:
         img = images.get(image_id)
@@ -203,12 +205,13 @@ def _coco_items(src: SourceConfig) -> list[Item]:
                 raise GraphkitError(f"image {path} (image id {image_id}) does not exist")
         what = f"detection {ident} in {src.dets}" if score is not None else f"annotation {ident}"
         crop_box = _clip_box(bbox, img, what)
+        x, y, w, h = (float(v) for v in bbox)  # four numbers: _clip_box checked
         items.append(
             Item(
                 index=len(items),
                 image_id=image_id,
                 path=path,
-                bbox=tuple(float(v) for v in bbox),
+                bbox=(x, y, w, h),
                 crop_box=crop_box,
                 area=area,
                 ann_id=None if score is not None else ident,
@@ -219,6 +222,7 @@ def _coco_items(src: SourceConfig) -> list[Item]:
 
 
 def _image_items(src: SourceConfig) -> list[Item]:
+    assert src.images is not None  # the spec requires it for an images source
     folder = Path(src.images)
     if not folder.is_dir():
         raise GraphkitError(f"images folder {folder} does not exist")
@@ -230,6 +234,7 @@ def _image_items(src: SourceConfig) -> list[Item]:
 
 
 def _array_items(src: SourceConfig, input_name: str) -> list[Item]:
+    assert src.path is not None  # the spec requires it for an npy / npz source
     path = Path(src.path)
     ext = "." + src.type
     if path.is_dir():

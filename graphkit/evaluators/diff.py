@@ -111,11 +111,11 @@ def match_tensors(ref, quant, outputs_only: bool = False) -> list[TensorRow]:
         from graphkit.evaluators.graphinfo import dequantized_views
 
         views = dequantized_views(quant.model)
-        pairs = [(r, q, views.get(q, q)) for r, q in pairs]
+        named = [(r, q, views.get(q, q)) for r, q in pairs]
     else:
-        pairs = [(r, q, q) for r, q in pairs]
+        named = [(r, q, q) for r, q in pairs]
     rows = []
-    for i, (rn, q_orig, qn) in enumerate(pairs):
+    for i, (rn, q_orig, qn) in enumerate(named):
         ri, qi = ref_info.get(rn), q_info.get(q_orig)
         rows.append(
             TensorRow(
@@ -334,21 +334,21 @@ def run_diff(
     if per_layer:
         from graphkit.evaluators.per_layer import per_layer_errors
 
-        feeds = [s.feeds for s in islice(iter_samples(spec), per_layer_samples)]
+        layer_feeds = [s.feeds for s in islice(iter_samples(spec), per_layer_samples)]
         if executor == "ray":
             from graphkit.evaluators.per_layer import per_layer_errors_ray
 
             report.per_layer = per_layer_errors_ray(
                 ref.model,
                 quant.model,
-                feeds,
+                layer_feeds,
                 on_layer=on_layer,
                 address=ray_address,
                 on_total=on_layer_total,
             )
         else:
             report.per_layer = per_layer_errors(
-                ref.model, quant.model, feeds, on_layer=on_layer, on_total=on_layer_total
+                ref.model, quant.model, layer_feeds, on_layer=on_layer, on_total=on_layer_total
             )
-        report.notes.append(f"per-layer errors measured on {len(feeds)} samples")
+        report.notes.append(f"per-layer errors measured on {len(layer_feeds)} samples")
     return report

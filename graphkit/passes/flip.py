@@ -101,7 +101,7 @@ def _is_scalar(values: _Constants, name: str, target: float) -> bool:
     if values.size(name) != 1:
         return False
     v = values.get(name)
-    return v is not None and v.size == 1 and np.isclose(float(v.reshape(-1)[0]), target)
+    return v is not None and v.size == 1 and bool(np.isclose(float(v.reshape(-1)[0]), target))
 
 
 def _dims(model_vi: dict[str, onnx.ValueInfoProto], name: str) -> list[int | None] | None:
@@ -122,7 +122,7 @@ def _flip_axis(
     big = 2**31 - 1
     if node.op_type == "Slice" and len(node.input) >= 5:
         starts, ends, axes, steps = (values.get(n) for n in node.input[1:5])
-        if any(v is None for v in (starts, ends, axes, steps)) or steps.size != 1:
+        if starts is None or ends is None or axes is None or steps is None or steps.size != 1:
             return None
         if int(steps.reshape(-1)[0]) != -1:
             return None
@@ -197,7 +197,7 @@ def _averages(graph: onnx.GraphProto, values: _Constants) -> list[tuple[int, str
         if node.op_type in ("Mul", "Div") and len(node.input) == 2:
             s = other(node, 0.5 if node.op_type == "Mul" else 2.0)
             j = prod.get(s) if s else None
-            if j is not None and graph.node[j].op_type == "Add" and len(cons.get(s, [])) == 1:
+            if s and j is not None and graph.node[j].op_type == "Add" and len(cons.get(s, [])) == 1:
                 add = graph.node[j]
                 found.append((i, add.input[0], add.input[1]))
             continue

@@ -24,12 +24,27 @@ from graphkit.graph import (
 )
 from graphkit.passes.base import PassResult, register
 
+Shapes = LazyShapes | dict[str, list[int | None]]  # tensor name -> shape, as value_shapes
 
-def _fp(arr: np.ndarray | None) -> bool:
-    return arr is not None and arr.dtype.kind == "f"
+
+def _read_only_by(idx: GraphIndex, tensor: str, node: onnx.NodeProto) -> bool:
+    """node is the one reader of tensor (which is not a graph output)."""
+    return idx.only_consumer(tensor) is node
+
+
+def _fp(arr: np.ndarray | None) -> np.ndarray | None:
+    """arr if it is a floating-point constant, else None."""
+    return arr if arr is not None and arr.dtype.kind == "f" else None
 
 
 # --- BatchNormalization into Conv / ConvTranspose / Gemm --------------------------------------
+
+
+def _bn_consts(idx: GraphIndex, bn: onnx.NodeProto) -> list[np.ndarray] | None:
+    """[scale, B, mean, var] of a BatchNormalization if all four are float constants."""
+    vals = [_fp(idx.const(n)) for n in bn.input[1:5]]
+    consts = [v for v in vals if v is not None]
+    return consts if len(consts) == len(vals) else None
 
 
 def _bn_params(idx: GraphIndex, bn: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray] | None:
@@ -38,8 +53,8 @@ def _bn_params(idx: GraphIndex, bn: onnx.NodeProto) -> tuple[np.ndarray, np.ndar
         return None
     if any(o and idx.n_uses(o) for o in bn.output[1:]):
         return None
-    vals = [idx.const(n) for n in bn.input[1:5]]
-    if not all(_fp(v) for v in vals):
+    vals = _bn_consts(idx, bn)
+    if vals is None:
         return None
     gamma, beta, mean, var = (v.astype(np.float64).reshape(-1) for v in vals)
     eps = attr(bn, "epsilon", 1e-5)
@@ -49,8 +64,8 @@ def _bn_params(idx: GraphIndex, bn: onnx.NodeProto) -> tuple[np.ndarray, np.ndar
 
 def _conv_bias(idx: GraphIndex, node: onnx.NodeProto, channels: int) -> np.ndarray | None:
     if len(node.input) > 2 and node.input[2]:
-        b = idx.const(node.input[2])
-        return None if not _fp(b) else b.astype(np.float64).reshape(-1)
+        b = _fp(idx.const(node.input[2]))
+        return None if b is None else b.astype(np.float64).reshape(-1)
     return np.zeros(channels)
 
 
@@ -89,24 +104,23 @@ def fuse_bn_once(idx: GraphIndex) -> list[str]:
         prod = idx.producer.get(bn.input[0])
         if prod is None or prod.op_type not in ("Conv", "ConvTranspose", "Gemm") or prod.domain:
             continue
-        if idx.only_consumer(prod.output[0]) is not bn:
+        if not _read_only_by(idx, prod.output[0], bn):
             continue
         params = _bn_params(idx, bn)
-        w = idx.const(prod.input[1]) if len(prod.input) > 1 else None
-        if params is None or not _fp(w):
+        w = _fp(idx.const(prod.input[1])) if len(prod.input) > 1 else None
+        if params is None or w is None:
             continue
         scale, shift = params
         if prod.op_type == "Gemm":
-            ok = _fold_into_gemm(idx, prod, w, scale, shift)
+            if not _fold_into_gemm(idx, prod, w, scale, shift):
+                continue
         else:
             bias = _conv_bias(idx, prod, scale.size)
             new_w = _scale_weight(prod, w.astype(np.float64), scale)
-            ok = bias is not None and new_w is not None and bias.size == scale.size
-            if ok:
-                idx.private_const(prod, 1, new_w.astype(w.dtype))
-                _set_bias(idx, prod, bias * scale + shift, w.dtype)
-        if not ok:
-            continue
+            if bias is None or new_w is None or bias.size != scale.size:
+                continue
+            idx.private_const(prod, 1, new_w.astype(w.dtype))
+            _set_bias(idx, prod, bias * scale + shift, w.dtype)
         if not idx.bypass(bn.output[0], prod.output[0]):
             continue  # cannot happen for a valid graph; nothing was rewired
         idx.remove_nodes([bn], defer=True)
@@ -128,8 +142,8 @@ def _fold_into_gemm(
     alpha, beta = attr(gemm, "alpha", 1.0), attr(gemm, "beta", 1.0)
     c = np.zeros(n)
     if len(gemm.input) > 2 and gemm.input[2]:
-        cv = idx.const(gemm.input[2])
-        if not _fp(cv) or cv.ndim > 2 or (cv.ndim == 2 and cv.shape[0] != 1):
+        cv = _fp(idx.const(gemm.input[2]))
+        if cv is None or cv.ndim > 2 or (cv.ndim == 2 and cv.shape[0] != 1):
             return False
         c = np.broadcast_to(cv.astype(np.float64).reshape(-1), (n,)) * beta
     wd = w.astype(np.float64) * alpha
@@ -194,7 +208,7 @@ def _pad_amounts(
     return pads
 
 
-def fuse_pad_once(idx: GraphIndex, op_version: int, shapes: dict) -> list[str]:
+def fuse_pad_once(idx: GraphIndex, op_version: int, shapes: Shapes) -> list[str]:
     fused = []
     for pad in list(idx.graph.node):
         if pad.op_type != "Pad" or pad.domain:
@@ -279,33 +293,44 @@ def _per_channel(c: np.ndarray, out_rank: int, channels: int) -> np.ndarray | No
     return np.broadcast_to(c.astype(np.float64).reshape(-1), (channels,)).copy()
 
 
-def fuse_affine_once(idx: GraphIndex, shapes: dict) -> list[str]:
+def _layer_and_const(
+    idx: GraphIndex, op: onnx.NodeProto
+) -> tuple[int, onnx.NodeProto, np.ndarray] | None:
+    """(k, producer, c): the first input k of a binary op written by a Conv or
+    BatchNormalization whose other input c is a float constant, or None."""
+    for k in (0, 1):
+        prod = idx.producer.get(op.input[k])
+        c = _fp(idx.const(op.input[1 - k]))
+        if (
+            prod is not None
+            and c is not None
+            and prod.op_type in ("Conv", "BatchNormalization")
+            and not prod.domain
+        ):
+            return k, prod, c
+    return None
+
+
+def fuse_affine_once(idx: GraphIndex, shapes: Shapes) -> list[str]:
     fused = []
     for op in list(idx.graph.node):
         if op.op_type not in ("Mul", "Add", "Sub", "Div") or op.domain or len(op.input) != 2:
             continue
         if idx.is_removed(op):
             continue
-        for k in (0, 1):
-            prod = idx.producer.get(op.input[k])
-            c = idx.const(op.input[1 - k])
-            if (
-                prod is not None
-                and _fp(c)
-                and prod.op_type in ("Conv", "BatchNormalization")
-                and not prod.domain
-            ):
-                break
-        else:
+        found = _layer_and_const(idx, op)
+        if found is None:
             continue
+        k, prod, c = found
         if op.op_type in ("Sub", "Div") and k != 0:
             continue  # c - x and c / x are not affine in x
-        if idx.only_consumer(prod.output[0]) is not op:
+        if not _read_only_by(idx, prod.output[0], op):
             continue
         out_shape = shapes.get(prod.output[0])
+        w: np.ndarray | None = None  # the Conv's weight
         if prod.op_type == "Conv":
-            w = idx.const(prod.input[1])
-            if not _fp(w):
+            w = _fp(idx.const(prod.input[1]))
+            if w is None:
                 continue
             channels, rank = w.shape[0], w.ndim
         else:
@@ -313,13 +338,13 @@ def fuse_affine_once(idx: GraphIndex, shapes: dict) -> list[str]:
             if params is None:
                 continue
             channels = params[0].size
-            rank = len(out_shape) if out_shape else None
-            if rank is None:
+            if not out_shape:
                 continue
+            rank = len(out_shape)
         if out_shape is not None and len(out_shape) != rank:
             continue
         vec = _per_channel(c, rank, channels)
-        if vec is None or c.dtype != (w.dtype if prod.op_type == "Conv" else c.dtype):
+        if vec is None or (w is not None and c.dtype != w.dtype):
             continue
         mul, add = np.ones(channels), np.zeros(channels)
         if op.op_type == "Mul":
@@ -332,7 +357,7 @@ def fuse_affine_once(idx: GraphIndex, shapes: dict) -> list[str]:
             add = vec
         else:
             add = -vec
-        if prod.op_type == "Conv":
+        if w is not None:  # Conv
             bias = _conv_bias(idx, prod, channels)
             if bias is None:
                 continue
@@ -340,7 +365,8 @@ def fuse_affine_once(idx: GraphIndex, shapes: dict) -> list[str]:
             idx.private_const(prod, 1, new_w.astype(w.dtype))
             _set_bias(idx, prod, bias * mul + add, w.dtype)
         else:
-            vals = [idx.const(n) for n in prod.input[1:5]]
+            vals = _bn_consts(idx, prod)
+            assert vals is not None  # _bn_params read them above
             dtype = vals[0].dtype
             gamma, beta = (v.astype(np.float64).reshape(-1) for v in vals[:2])
             idx.private_const(prod, 1, (gamma * mul).astype(dtype))

@@ -127,7 +127,27 @@ def _as_array(value: ort.OrtValue) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.float32).reshape(shape)
 
 
-class Executor:
+class _Session:
+    """An onnxruntime session computing `outputs_run`; the executors below set both."""
+
+    outputs_run: list[str]
+    session: ort.InferenceSession
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The outputs; float32 ones are views of onnxruntime's own buffers (no copy)."""
+        try:
+            inputs = {
+                k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v))
+                for k, v in feeds.items()
+            }
+            values = self.session.run_with_ort_values(self.outputs_run, inputs)
+        except Exception as exc:  # noqa: BLE001
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise GraphkitError(f"onnxruntime failed to run the model: {msg}") from None
+        return [_as_array(v) for v in values]
+
+
+class Executor(_Session):
     """onnxruntime session exposing `tensors`; __call__(feeds) -> {tensor: array}.
 
     spin=False: onnxruntime's idle threads sleep instead of busy-waiting, leaving the cores
@@ -147,22 +167,9 @@ class Executor:
             self.outputs_run = [o.name for o in model.graph.output][:1]
         else:
             self.outputs_run = self.outputs
-        self.session: ort.InferenceSession = make_session(
+        self.session = make_session(
             with_outputs(model, self.outputs_run, prune=True), threads=threads, spin=spin
         )
-
-    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """The outputs; float32 ones are views of onnxruntime's own buffers (no copy)."""
-        try:
-            inputs = {
-                k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v))
-                for k, v in feeds.items()
-            }
-            values = self.session.run_with_ort_values(self.outputs_run, inputs)
-        except Exception as exc:  # noqa: BLE001
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise GraphkitError(f"onnxruntime failed to run the model: {msg}") from None
-        return [_as_array(v) for v in values]
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self.run(feeds)
@@ -172,7 +179,7 @@ class Executor:
         return out
 
 
-class RangeExecutor(Executor):
+class RangeExecutor(_Session):
     """Min, max and size of each tensor computed inside the graph (ReduceMin / ReduceMax /
     Size), so no activation leaves onnxruntime: minmax calibration at inference speed.
     __call__(feeds) -> {tensor: (min, max, size)}."""
@@ -208,7 +215,7 @@ class RangeExecutor(Executor):
         copy.graph.node.extend(nodes)
         self.outputs_run = outs
         self.outputs = outs
-        self.from_feeds = []
+        self.from_feeds: list[str] = []
         self.session = make_session(
             with_outputs(copy, outs, prune=True), threads=threads, spin=spin
         )
@@ -300,9 +307,9 @@ def collect(
     """
     stats = {t: TensorStats(bins=bins) for t in tensors}
     if not histograms:
-        execute = RangeExecutor(model, list(tensors), threads=threads, spin=False)
+        ranges = RangeExecutor(model, list(tensors), threads=threads, spin=False)
         for feeds in samples():
-            for name, (lo, hi, size) in execute(feeds).items():
+            for name, (lo, hi, size) in ranges(feeds).items():
                 stats[name].update_range(lo, hi, size)
             if on_sample is not None:
                 on_sample()

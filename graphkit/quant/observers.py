@@ -75,6 +75,11 @@ def _scratch_buffer(n: int, dtype: type) -> np.ndarray:
     return buf[:n]
 
 
+def _no_histogram() -> np.ndarray:
+    """Default of TensorStats.hist: empty until __post_init__ knows the number of bins."""
+    return np.zeros(0, dtype=np.int64)
+
+
 def _exponent_above(value: float) -> int:
     """The smallest e with value < 2**e (value > 0)."""
     return math.frexp(value)[1]
@@ -93,12 +98,12 @@ class TensorStats:
     samples: int = 0  # update() calls
     has_histogram: bool = True  # False when only min/max were observed (update_range)
     exp: int | None = None  # histogram range is [0, 2**exp); None until a nonzero value
-    hist: np.ndarray = field(default=None)  # type: ignore[assignment]
+    hist: np.ndarray = field(default_factory=_no_histogram)  # empty: allocated in __post_init__
 
     def __post_init__(self) -> None:
         if self.bins < 8 or self.bins & (self.bins - 1):
             raise ValueError(f"bins must be a power of two >= 8, got {self.bins}")
-        if self.hist is None:
+        if self.hist.size == 0:
             self.hist = np.zeros(self.fine_bins, dtype=np.int64)
 
     @property
@@ -174,6 +179,7 @@ class TensorStats:
             self.zeros += int(x.size)
             return
         self._grow(_exponent_above(amax))
+        assert self.exp is not None  # _grow set it
         counts, zeros = _bin_counts(x, self.exp, self.fine_bins, nonnegative=lo >= 0.0)
         self.hist += counts
         self.zeros += zeros
@@ -207,7 +213,11 @@ class TensorStats:
         out.exp = max(exps) if exps else None
         hist = np.zeros(self.fine_bins, dtype=np.int64)
         for s in (self, other):
-            hist += s.hist if s.exp is None else _downsample(s.hist, out.exp - s.exp)
+            if s.exp is None:
+                hist += s.hist
+            else:
+                assert out.exp is not None  # the max of the exps, s.exp among them
+                hist += _downsample(s.hist, out.exp - s.exp)
         out.hist = hist
         return out
 
@@ -292,7 +302,7 @@ def _bin_counts(
     more than pays for the widening np.bincount does. Chunks keep the buffers in cache.
     np.bincount itself (~1.5 ns per element, holding the GIL) is most of what is left.
     """
-    scale = math.ldexp(float(fine_bins), -exp)
+    scale: float | np.float32 = math.ldexp(float(fine_bins), -exp)
     if scale > 1e37:  # tiny (subnormal) ranges: float32 would overflow, use float64
         x = x.astype(np.float64)
     else:

@@ -191,7 +191,8 @@ def gears(
             other[min(len(other) - 1, math.ceil(i * len(other) / k) - 1)] for i in range(1, k + 1)
         }
         return sorted((short_side, o) if fixed == "h" else (o, short_side) for o in picked)
-    land, port = [], []
+    land: list[int] = []
+    port: list[int] = []
     for h, w in sizes:
         if h <= 0 or w <= 0:
             continue
@@ -212,7 +213,7 @@ def gears(
     return sorted(out)
 
 
-def input_layout(model: onnx.ModelProto) -> tuple[str, list, bool]:
+def input_layout(model: onnx.ModelProto) -> tuple[str, list[int], bool]:
     """(input name, dims with -1 for free ones, is NHWC) of the first graph input."""
     inits = {i.name for i in model.graph.initializer}
     vi = next(v for v in model.graph.input if v.name not in inits)
@@ -258,7 +259,7 @@ def export(
     record = record_text(table, model, keep_float)
     cfg = json.dumps(quant_config(table, model, keep_float), indent=2)
     qdq = qdq_rules.amct_qdq(table, model, keep_float)
-    _, dims, nhwc = input_layout(model)
+    dims, nhwc = input_layout(model)[1:]
     spatial = dims[1:3] if nhwc else dims[2:4]
     gear_list = None
     files = {}

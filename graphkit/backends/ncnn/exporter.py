@@ -29,7 +29,7 @@ import hashlib
 import inspect
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -270,7 +270,7 @@ def compare(
     int8: nc.NcnnNet,
     samples: Iterable[dict[str, np.ndarray]],
     outputs: list[str],
-    layer_tops: list[str] = (),
+    layer_tops: Sequence[str] = (),
     input_map: dict[str, str] | None = None,
     requantized: dict[str, float] | None = None,
 ) -> dict:
@@ -347,6 +347,7 @@ def build_table(
                 amax[name] = table.activations[act].amax
     missing = [name for name in candidates if name not in amax]
     if samples is not None and missing:
+        assert net is not None  # samples are run on the net that comes with them
         amax.update(
             calibrate_ncnn(net, param, missing, samples, table.method, table.settings, input_map)
         )
@@ -355,11 +356,10 @@ def build_table(
         if name not in amax:
             continue
         layer = param.layer(name)
-        out.weights[name] = plan_weight_scales(table, twins.get(name), layer, winograd_6bit)
-        if out.weights[name] is None:
-            out.weights[name] = weight_scales(
-                layer, blobs[name][0].data.astype(np.float32), winograd_6bit
-            )
+        scales = plan_weight_scales(table, twins.get(name), layer, winograd_6bit)
+        if scales is None:
+            scales = weight_scales(layer, blobs[name][0].data.astype(np.float32), winograd_6bit)
+        out.weights[name] = scales
     for name in candidates:
         if name in amax:
             out.activations[name] = 127.0 / amax[name] if amax[name] > 0 else 1.0
@@ -402,7 +402,7 @@ def export(
     param = nc.read_param(nm.param)
     blobs = nc.read_bin(param, nm.bin.read_bytes(), str(nm.bin))
     net = nc.NcnnNet(nm.param, nm.bin, threads=threads) if samples else None
-    ntable, _ = build_table(
+    ntable = build_table(
         table,
         model,
         param,
@@ -413,7 +413,7 @@ def export(
         input_map=nm.inputs,
         winograd_6bit=winograd_6bit,
         recalibrate=recalibrate,
-    )
+    )[0]
     if not ntable.activations:
         raise GraphkitError("no ncnn layer could be given a scale (the table matches none of them)")
     ptext, bbytes = to_int8(param, blobs, ntable)
@@ -431,6 +431,7 @@ def export(
         from itertools import islice
 
         tops = {param.layer(name).tops[0]: name for name in ntable.activations}
+        assert net is not None  # made above when there are samples
         r = compare(
             net,
             int8,

@@ -41,6 +41,13 @@ class Layer:
             raise GraphkitError(f"layer {self.name}: param {key} is an array, not a number")
         return float(v) if any(c in v for c in ".eE") else int(v)
 
+    def count(self, key: int, default: int = 0) -> int:
+        """An integer param (an element count), or one sentence if the file has a float."""
+        v = self.get(key, default)
+        if not isinstance(v, int):
+            raise GraphkitError(f"layer {self.name}: param {key} is {v}, not an integer")
+        return v
+
     def line(self) -> str:
         kv = " ".join(f"{-23300 - k if ',' in v else k}={v}" for k, v in self.params.items())
         head = f"{self.type:<24} {self.name:<24} {len(self.bottoms)} {len(self.tops)}"
@@ -106,7 +113,7 @@ def read_param(path: str | Path) -> Param:
 
 def blob_layout(layer: Layer) -> list[tuple[str, str, int]]:
     """(role, 'tagged'|'raw', element count) of each blob `layer` reads from the .bin."""
-    t, g = layer.type, layer.get
+    t, g, n = layer.type, layer.get, layer.count
     out: list[tuple[str, str, int]] = []
     if t in (
         "Convolution",
@@ -122,43 +129,43 @@ def blob_layout(layer: Layer) -> list[tuple[str, str, int]]:
         dynamic_key = 28 if t.startswith("Deconvolution") else 19
         if g(dynamic_key):
             return []
-        out.append(("weight", "tagged", g(6)))
+        out.append(("weight", "tagged", n(6)))
         if g(5):
-            out.append(("bias", "raw", g(0)))
+            out.append(("bias", "raw", n(0)))
         term = g(8)
         if t == "Convolution" and term:
-            out += [("weight_scales", "raw", g(0)), ("bottom_scales", "raw", 1)]
+            out += [("weight_scales", "raw", n(0)), ("bottom_scales", "raw", 1)]
         if t == "ConvolutionDepthWise" and term:
-            out.append(("weight_scales", "raw", g(7, 1) if term in (1, 101) else 1))
+            out.append(("weight_scales", "raw", n(7, 1) if term in (1, 101) else 1))
             out.append(("bottom_scales", "raw", 1))
         if t in ("Convolution", "ConvolutionDepthWise") and term > 100:
             out.append(("top_scales", "raw", 1))
     elif t == "InnerProduct":
-        out.append(("weight", "tagged", g(2)))
+        out.append(("weight", "tagged", n(2)))
         if g(1):
-            out.append(("bias", "raw", g(0)))
+            out.append(("bias", "raw", n(0)))
         if g(8):
-            out += [("weight_scales", "raw", g(0)), ("bottom_scales", "raw", 1)]
+            out += [("weight_scales", "raw", n(0)), ("bottom_scales", "raw", 1)]
     elif t == "MemoryData":
         dims = [g(0), g(1), g(11), g(2)]
         out.append(("data", "raw", int(np.prod([d for d in dims if d]) or 0)))
     elif t == "BatchNorm":
-        out += [(r, "raw", g(0)) for r in ("slope", "mean", "var", "bias")]
+        out += [(r, "raw", n(0)) for r in ("slope", "mean", "var", "bias")]
     elif t == "Scale":
         if g(0) != -233:
-            out.append(("scale", "raw", g(0)))
+            out.append(("scale", "raw", n(0)))
         if g(1):
-            out.append(("bias", "raw", g(0)))
+            out.append(("bias", "raw", n(0)))
     elif t == "PReLU":
-        out.append(("slope", "raw", g(0)))
+        out.append(("slope", "raw", n(0)))
     elif t in ("LayerNorm", "InstanceNorm") and g(2):
-        out += [("gamma", "raw", g(0)), ("beta", "raw", g(0))]
+        out += [("gamma", "raw", n(0)), ("beta", "raw", n(0))]
     elif t == "GroupNorm" and g(3):
-        out += [("gamma", "raw", g(1)), ("beta", "raw", g(1))]
+        out += [("gamma", "raw", n(1)), ("beta", "raw", n(1))]
     elif t == "Embed":
-        out.append(("weight", "tagged", g(3)))
+        out.append(("weight", "tagged", n(3)))
         if g(2):
-            out.append(("bias", "raw", g(0)))
+            out.append(("bias", "raw", n(0)))
     return out
 
 
@@ -172,11 +179,9 @@ def _read_tagged(buf: bytes, pos: int, n: int, where: str) -> tuple[np.ndarray, 
     (tag,) = struct.unpack_from("<I", buf, pos)
     pos += 4
     if tag == TAG_FP16:
-        arr = np.frombuffer(buf, np.float16, n, pos).copy()
-        return arr, pos + (n * 2 + 3) // 4 * 4
+        return np.frombuffer(buf, np.float16, n, pos).copy(), pos + (n * 2 + 3) // 4 * 4
     if tag == TAG_INT8:
-        arr = np.frombuffer(buf, np.int8, n, pos).copy()
-        return arr, pos + (n + 3) // 4 * 4
+        return np.frombuffer(buf, np.int8, n, pos).copy(), pos + (n + 3) // 4 * 4
     if tag == TAG_FP32:
         return np.frombuffer(buf, np.float32, n, pos).copy(), pos + n * 4
     raise GraphkitError(f"{where}: unsupported ncnn weight tag 0x{tag:08x}")
