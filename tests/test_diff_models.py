@@ -15,8 +15,9 @@ from graphkit.cli import main
 from graphkit.errors import GraphkitError
 from graphkit.evaluators.diff import run_diff
 from graphkit.evaluators.executors import OnnxExecutor
-from graphkit.evaluators.per_layer import quantized_layers, single_layer_model
+from graphkit.evaluators.per_layer import per_layer_errors, quantized_layers, single_layer_model
 from graphkit.evaluators.report_html import render_html
+from graphkit.metrics import RunningDiff
 
 
 def conv_model(path):
@@ -168,6 +169,21 @@ def test_per_layer_mode_reports_each_layers_own_output_error(pair):
     for r in rows.values():
         # one layer alone does less damage than all of them together
         assert r["output_sqnr_db"] > full - 0.5
+
+
+def test_each_layers_own_error_equals_the_reference_run_of_its_inner_tensor(pair):
+    """The float twin inside the single-layer model stands for a second reference run."""
+    ref, quant = onnx.load(pair / "ref.onnx"), onnx.load(pair / "q.onnx")
+    rng = np.random.default_rng(4)
+    feeds = [{"x": rng.random((1, 3, 16, 16), dtype=np.float32)} for _ in range(3)]
+    rows = {r["node"]: r for r in per_layer_errors(ref, quant, feeds, layers={"conv2"})}
+    layer = next(n for n in quantized_layers(quant) if n.name == "conv2")
+    alone = OnnxExecutor(single_layer_model(ref, quant, layer))
+    diff = RunningDiff()
+    for f in feeds:
+        diff.update(OnnxExecutor(ref).run(f, ["c2"])["c2"], alone.run(f, ["c2"])["c2"], "c2")
+    assert rows["conv2"]["layer_sqnr_db"] == pytest.approx(diff.sqnr_db, abs=0.01)
+    assert 0 < rows["conv2"]["layer_sqnr_db"] < 60  # quantized, and measurably so
 
 
 def test_json_and_html_reports_hold_the_figures_and_are_self_contained(pair, capsys):
