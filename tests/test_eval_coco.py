@@ -95,6 +95,16 @@ def test_ap_equals_pycocotools_run_directly(tmp_path):
     assert ours["AR"] == pytest.approx(ev.stats[5])
 
 
+def test_evaluation_leaves_the_callers_annotations_and_results_untouched():
+    gt = synthetic_gt(3, 3, seed=2)
+    res = gt_as_results(gt, noise=4.0, seed=1)
+    gt_before, res_before = json.dumps(gt, sort_keys=True), json.dumps(res, sort_keys=True)
+    first = keypoint_ap(gt, res)
+    assert json.dumps(gt, sort_keys=True) == gt_before
+    assert json.dumps(res, sort_keys=True) == res_before
+    assert keypoint_ap(gt, res) == first  # and a second run sees the same data
+
+
 def test_image_ids_restrict_the_evaluation():
     gt = synthetic_gt(3, 2)
     res = [r for r in gt_as_results(gt) if r["image_id"] == 1]

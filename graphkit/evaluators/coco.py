@@ -99,12 +99,15 @@ def keypoint_ap(
 
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
-        coco_gt.dataset = copy.deepcopy(gt)
+        # pycocotools writes into annotation dicts (gt 'ignore', results 'id'/'area'/'bbox')
+        # but never into their lists: a copy of each dict keeps the caller's data intact
+        # at a fraction of a deepcopy (50 ms of a 0.6 s movenet eval)
+        coco_gt.dataset = {**gt, "annotations": [dict(a) for a in gt["annotations"]]}
         coco_gt.dataset.setdefault("categories", [{"id": 1, "name": "person"}])
         coco_gt.createIndex()
         if not results:
             return {k: 0.0 for k in STAT_NAMES}
-        coco_dt = coco_gt.loadRes(copy.deepcopy(results))
+        coco_dt = coco_gt.loadRes([dict(r) for r in results])
         ev = COCOeval(coco_gt, coco_dt, "keypoints")
         if image_ids is not None:
             ev.params.imgIds = sorted(int(i) for i in image_ids)
