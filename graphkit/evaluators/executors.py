@@ -98,6 +98,12 @@ class NcnnExecutor:
         self.net = ncnn_rt.NcnnNet(
             param, Path(param).with_suffix(".bin"), int8=int8, threads=threads or 1
         )
+        self.tail, self.tail_blobs = _tail_beside(Path(param))
+        self.tail_shapes = (
+            {i: ort_rt.input_shape(vi, dynamic=0) for i, vi in _inputs(self.tail.model).items()}
+            if self.tail is not None
+            else {}
+        )
         # layers fused with their reader's requantize (8=101/102) write int8 codes: read
         # back in float by dividing by their top scale
         self.requantized: dict[str, float] = {}
@@ -122,7 +128,10 @@ class NcnnExecutor:
         return info
 
     def outputs(self) -> list[str]:
-        return list(self.net.outputs)
+        if self.tail is None:
+            return list(self.net.outputs)
+        fed = set(self.tail_blobs.values())
+        return self.tail.outputs() + [b for b in self.net.outputs if b not in fed]
 
     def inputs(self) -> list[str]:
         return list(self.net.inputs)
@@ -130,13 +139,50 @@ class NcnnExecutor:
     def run(
         self, feeds: dict[str, np.ndarray], names: list[str] | None = None
     ) -> dict[str, np.ndarray]:
+        given = feeds
         if set(feeds) != set(self.inputs()) and len(feeds) == len(self.inputs()) == 1:
             feeds = {self.inputs()[0]: next(iter(feeds.values()))}
-        got = self.net.run(feeds, names or self.outputs())
+        names = names or self.outputs()
+        tail_names = [n for n in names if self.tail is not None and n in self.tail.outputs()]
+        blobs = [n for n in names if n not in tail_names]
+        if tail_names:
+            blobs += [b for b in self.tail_blobs.values() if b in self.net.outputs]
+        got = self.net.run(feeds, list(dict.fromkeys(blobs)))
         for name, scale in self.requantized.items():
             if name in got:
                 got[name] = got[name] / np.float32(scale)
-        return got
+        if tail_names:
+            assert self.tail is not None
+            tail_feeds = {
+                t: _shaped(got[b], self.tail_shapes.get(t)) if b in got else given[b]
+                for t, b in self.tail_blobs.items()
+            }
+            got.update(self.tail.run(tail_feeds, tail_names))
+        return {n: got[n] for n in names}
+
+
+def _inputs(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    return {vi.name: vi for vi in model.graph.input}
+
+
+def _shaped(blob: np.ndarray, shape: list[int] | None) -> np.ndarray:
+    """An ncnn blob (no batch dim) in the shape the ONNX tail declares for it; pnnx keeps
+    the element order of the ONNX tensor, so a reshape is all it takes."""
+    if shape and 0 not in shape and int(np.prod(shape)) == blob.size:
+        return blob.reshape(shape)
+    return blob[None] if blob.ndim + 1 == len(shape or []) else blob
+
+
+def _tail_beside(param: Path) -> tuple[OnnxExecutor | None, dict[str, str]]:
+    """model.tail.onnx beside model[.int8].param: the float post-processing the export
+    split off (`graphkit.backends.ncnn.split`), with its input -> ncnn blob map."""
+    from graphkit.backends.ncnn.split import blobs_of
+
+    path = param.with_name(param.name.split(".")[0] + ".tail.onnx")
+    if not path.is_file():
+        return None, {}
+    tail = load_model(path)
+    return OnnxExecutor(tail), blobs_of(tail)
 
 
 def open_executor(path: str | Path, backend: str | None = None, threads: int | None = None):

@@ -23,6 +23,7 @@ import onnx
 
 from graphkit import scratch
 from graphkit.errors import BackendError, GraphkitError
+from graphkit.graph import keep_only
 from graphkit.model import save_model
 
 PNNX_MAX_IR = 13
@@ -94,6 +95,52 @@ def fixed_inputs(
     return out
 
 
+def float_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Integer pixel inputs read only through Cast-to-float become float inputs: ncnn feeds
+    float Mats, and pnnx would keep the Cast as `Tensor.to`, a layer ncnn lacks (TF
+    exports such as MoveNet take int32 images)."""
+    g = model.graph
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in g.node:
+        for t in node.input:
+            readers.setdefault(t, []).append(node)
+    casts = []
+    for vi in g.input:
+        users = readers.get(vi.name, [])
+        if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT or not users:
+            continue
+        to_float = [n for n in users if n.op_type == "Cast" and _to(n) == onnx.TensorProto.FLOAT]
+        if len(to_float) == len(users) and vi.name not in {o.name for o in g.output}:
+            casts.append((vi, to_float))
+    if not casts:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    renamed = {n.output[0]: vi.name for vi, nodes in casts for n in nodes}
+    keep_only(out.graph.node, lambda n: not (n.op_type == "Cast" and n.output[0] in renamed))
+    for node in out.graph.node:
+        for k, t in enumerate(node.input):
+            node.input[k] = renamed.get(t, t)
+    for vi, _ in casts:
+        target = next(i for i in out.graph.input if i.name == vi.name)
+        target.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    return out
+
+
+def without_nops(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model after graphkit's eliminate-nops: pnnx turns a single-output Split (TF's
+    unstack of the batch) into a Slice without parameters, which crashes ncnn."""
+    from graphkit.passes.nops import eliminate_nops
+
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    return eliminate_nops(work).model
+
+
+def _to(node: onnx.NodeProto) -> int:
+    return next((a.i for a in node.attribute if a.name == "to"), 0)
+
+
 def simplify(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> onnx.ModelProto:
     """Constant-fold shape arithmetic at the fixed input shape (what lets ncnn run it)."""
     if not any(n.op_type in ("Shape", "Size") for n in model.graph.node):
@@ -120,7 +167,7 @@ def convert(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     shapes = fixed_inputs(model, shapes)
-    model = simplify(model, shapes)
+    model = simplify(without_nops(float_inputs(model)), shapes)
     inits = {i.name for i in model.graph.initializer}
     vis = [vi for vi in model.graph.input if vi.name not in inits]
     specs = []

@@ -32,15 +32,20 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 
 import graphkit.backends.ncnn.runtime as nc
 from graphkit.backends._common import ExportedFile, ModelIndex, check_table, write_all
-from graphkit.errors import GraphkitError
+from graphkit.errors import BackendError, GraphkitError
+
+if TYPE_CHECKING:
+    from graphkit.backends.ncnn.convert import NcnnModel
 from graphkit.logs import step
 from graphkit.metrics import sqnr_db
+from graphkit.model import save_model
 from graphkit.quant.table import CalibrationTable
 
 QUANT_TYPES = ("Convolution", "ConvolutionDepthWise", "InnerProduct")
@@ -366,6 +371,29 @@ def build_table(
     return out, {k: v.name for k, v in twins.items()}
 
 
+def convert_or_split(
+    model: onnx.ModelProto, d: Path, say: Callable[[str], None]
+) -> tuple[NcnnModel, Path | None]:
+    """pnnx conversion of the whole model; when it leaves ops ncnn cannot run, of the
+    network without its float post-processing (written as model.tail.onnx)."""
+    from graphkit.backends.ncnn.convert import convert
+    from graphkit.backends.ncnn.split import mark_blobs, split_tail
+
+    try:
+        return convert(model, d, "model"), None
+    except BackendError as whole:
+        parts = split_tail(model)
+        if parts is None:
+            raise
+        say(
+            f"ncnn: {str(whole).split(';')[0]}; converting the network without its float "
+            f"post-processing ({len(parts.tail.graph.node)} nodes, kept as model.tail.onnx)"
+        )
+    nm = convert(parts.head, d, "model")
+    mark_blobs(parts.tail, {t: nm.outputs.get(t, t) for t in parts.cut})
+    return nm, save_model(parts.tail, d / "model.tail.onnx")
+
+
 def export(
     table: CalibrationTable,
     model: onnx.ModelProto,
@@ -381,8 +409,6 @@ def export(
     **_: object,
 ) -> list[ExportedFile]:
     """Convert with pnnx, calibrate on ncnn (or map the table), write table + int8 model."""
-    from graphkit.backends.ncnn.convert import convert
-
     say = step(__name__, log)
     idx = check_table(table, model, keep_float)
     for name in keep_float:  # refuse before the (slow) conversion
@@ -393,7 +419,7 @@ def export(
             )
     d = Path(out_dir) / "ncnn"
     say("ncnn: converting with pnnx")
-    nm = convert(model, d, "model")
+    nm, tail = convert_or_split(model, d, say)
     say(
         "ncnn: calibrating every layer on the converted model"
         if recalibrate
@@ -463,6 +489,15 @@ def export(
         ]
     else:
         extra = []
+    if tail is not None:
+        extra.append(
+            ExportedFile(
+                tail,
+                "the float post-processing ncnn cannot run, split off the network: run it "
+                "on the int8 model's outputs (its metadata maps inputs to ncnn blobs; "
+                "`graphkit eval`/`diff` on model.int8.param do)",
+            )
+        )
     return extra + [
         ExportedFile(nm.param, "ncnn fp32 model converted by pnnx (param)"),
         ExportedFile(nm.bin, "ncnn fp32 weights"),

@@ -295,7 +295,10 @@ class NcnnNet:
             if a.ndim > 1 and a.shape[0] == 1:
                 a = a[0]
             a = np.ascontiguousarray(a, dtype=np.float32)
-            mat = ncnn.Mat(a)
+            # a Mat that owns its data: one wrapping numpy memory has no reference count,
+            # and ncnn dereferences it when the first layer works in place (a scalar
+            # BinaryOp right after the input crashed the process)
+            mat = ncnn.Mat(a).clone()
             keep.append((a, mat))
             ex.input(name, mat)
         out = {}
