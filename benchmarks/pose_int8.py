@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -187,15 +188,18 @@ def fp32_seconds(path: Path, spec) -> float:
 def seed_ncnn_kl(name: str, model, spec, tmp: Path, score) -> None:
     """The seeds' recipe: the float model to ncnn (pnnx), then ncnn2table with KL on the
     ncnn model and ncnn2int8 (`graphkit calibrate model.param --method kl-ncnn`)."""
-    from graphkit.backends.ncnn.convert import convert
+    from graphkit.backends.ncnn.exporter import convert_or_split
     from graphkit.backends.ncnn.native import calibrate_ncnn_model, write_ncnn_int8
 
-    nm = convert(model, tmp / f"{name}.seed")
+    # in-graph decoding pnnx cannot convert stays a float tail, as graphkit's export does
+    nm, tail = convert_or_split(model, tmp / f"{name}.seed", lambda msg: None)
     start = time.perf_counter()
     table, context = calibrate_ncnn_model(nm.param, spec, method="kl-ncnn")
     files = write_ncnn_int8(table, context, tmp / f"{name}.seed" / "int8", compare_samples=0)
     seconds = time.perf_counter() - start
     param = next(f.path for f in files if f.path.name == "model.int8.param")
+    if tail is not None:
+        shutil.copy(tail, param.with_name("model.tail.onnx"))
     score(param, "seed recipe: pnnx, ncnn2table KL, ncnn2int8", "ncnn int8", seconds=seconds)
 
 
