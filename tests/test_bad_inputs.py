@@ -93,8 +93,9 @@ def heavier_weights(ws: Path) -> None:
     onnx.save(m, ws / "model.onnx")
 
 
-def _external(ws: Path, truncate: bool) -> None:
-    """model.onnx with its weights in model.onnx.data, then that file cut short or gone."""
+def _external(ws: Path, truncate: bool | None, location: str = "model.onnx.data") -> None:
+    """model.onnx with its weights in `location`, then that file cut short or gone (or
+    left whole: truncate=None)."""
     import onnx
 
     model = onnx.load(ws / "model.onnx")
@@ -102,13 +103,13 @@ def _external(ws: Path, truncate: bool) -> None:
         model,
         ws / "model.onnx",
         save_as_external_data=True,
-        location="model.onnx.data",
+        location=location,
         size_threshold=0,
     )
-    data = ws / "model.onnx.data"
+    data = ws / location
     if truncate:
         data.write_bytes(data.read_bytes()[:64])
-    else:
+    elif truncate is not None:
         data.unlink()
 
 
@@ -266,6 +267,11 @@ CASES = {
         edit_yaml("spec.yaml", lambda d: d["input"].update(name="image")),
         [*EXPORT, "--data", "spec.yaml"],
         "input.name 'image' is not an input of the model",
+    ),
+    "apply onto its model's weights file": (
+        lambda ws: _external(ws, truncate=None, location="clean.onnx.data"),
+        APPLY,
+        "the file the input model's weights are read from",
     ),
     # outputs that would destroy inputs
     "calibrate onto its model": (
