@@ -234,6 +234,26 @@ def write_json(path: str | None, doc: object) -> None:
     console.print(f"wrote {path}", markup=False)
 
 
+def _external_data_files(model: Path) -> set[Path]:
+    """The external data files an ONNX input reads (nothing for other inputs or files
+    that do not parse: loading them reports that later)."""
+    if model.suffix != ".onnx" or not model.is_file():
+        return set()
+    import onnx
+
+    try:
+        proto = onnx.load(str(model), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not a model: load_model says why, later
+        return set()
+    return {
+        (model.parent / e.value).resolve()
+        for t in proto.graph.initializer
+        if t.data_location == onnx.TensorProto.EXTERNAL
+        for e in t.external_data
+        if e.key == "location"
+    }
+
+
 def check_output_files(models: str | list[str], **outputs: str | None) -> None:
     """Refuse, before any work, output files that cannot be written or would replace an
     input model: `json=path` style keywords (underscores for dashes) -> one sentence."""
@@ -242,6 +262,7 @@ def check_output_files(models: str | list[str], **outputs: str | None) -> None:
     from graphkit.errors import GraphkitError
 
     inputs = {Path(m).resolve() for m in ([models] if isinstance(models, str) else models)}
+    weights = {d for m in inputs for d in _external_data_files(m)}
     for flag, value in outputs.items():
         if not value or (flag == "json" and value == "-"):
             continue
@@ -249,6 +270,11 @@ def check_output_files(models: str | list[str], **outputs: str | None) -> None:
         p = Path(value)
         if p.resolve() in inputs:
             raise GraphkitError(f"{name} {value} is the input model; write to another file")
+        if Path(str(p) + ".data").resolve() in weights:  # a big output's weights file
+            raise GraphkitError(
+                f"{name} {value} would write {p.name}.data, the file the input model's "
+                "weights are read from; write to another file"
+            )
         if p.is_dir():
             raise GraphkitError(f"{name} {value} is a directory; give a file name")
         if not p.parent.is_dir():

@@ -113,20 +113,6 @@ def format_step(r: StepReport) -> list[str]:
     return lines
 
 
-def _refuse_overwriting_weights(model, output: str) -> None:
-    """The output's data file must not be the one the input's weights are read from."""
-    from graphkit import weights
-    from graphkit.errors import InputError
-
-    data = Path(str(output) + ".data").resolve()
-    sources = {Path(weights.external_fields(t)["location"]) for t in weights.lazy_tensors(model)}
-    if data in sources:
-        raise InputError(
-            f"-o {output} would write {data.name}, the file the input model's weights are "
-            "read from; write to another file"
-        )
-
-
 def run(args: argparse.Namespace) -> int:
     # never replace an input: a failed or surprising clean would leave nothing to go back to
     check_output_files(
@@ -138,7 +124,6 @@ def run(args: argparse.Namespace) -> int:
     pipeline = load_pipeline(args.pipeline)
     # weights stay on disk until a pass reads them: a 2 GB model is not held twice
     model = load_model(args.model, lazy=True)
-    _refuse_overwriting_weights(model, args.output)
     verify = not args.no_verify
 
     def on_step(r: StepReport) -> None:
