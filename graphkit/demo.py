@@ -18,6 +18,9 @@ from onnx import TensorProto, helper, numpy_helper
 from graphkit.model import atomic_write_text, save_model
 from graphkit.pipeline import Pipeline, StepReport, load_pipeline, run_pipeline
 
+# what `run_demo` writes into its folder
+FILES = ("demo-pose.onnx", "demo-pipeline.yaml", "demo-pose.clean.onnx")
+
 DEMO_PIPELINE = """\
 # Written by `graphkit demo`: fix the batch, then graphkit's default clean-up.
 passes:

@@ -36,6 +36,8 @@ def load_model(
         raise ModelError(f"model file {p} does not exist")
     if p.is_dir():
         raise ModelError(f"{p} is a directory, not an ONNX model file")
+    if not p.is_file():  # a FIFO or device would block or stream forever
+        raise ModelError(f"{p} is not a regular file")
     try:
         model = onnx.load(str(p), load_external_data=load_external_data and not lazy)
     except FileNotFoundError as exc:
@@ -51,9 +53,26 @@ def load_model(
         raise ModelError(f"{p} is not an ONNX model (no graph found in it)")
     if model.ir_version == 0:
         raise ModelError(f"{p} is not an ONNX model (no IR version in it)")
+    dangling = unproduced_inputs(model)
+    if dangling:
+        tensor, node = dangling[0]
+        raise ModelError(
+            f"{p} is not a valid model: node '{node}' reads '{tensor}', which no node, "
+            "weight or graph input provides (a missing initializer?)"
+        )
     if lazy:
         weights.attach(model, p.parent)
     return model
+
+
+def unproduced_inputs(model: onnx.ModelProto) -> list[tuple[str, str]]:
+    """(tensor, node) pairs where a top-level node reads a name nothing defines (in any
+    order: `cleanup` sorts graphs that are not topologically sorted)."""
+    g = model.graph
+    known = {i.name for i in g.input} | {t.name for t in g.initializer} | {""}
+    known |= {t.values.name for t in g.sparse_initializer}
+    known |= {o for node in g.node for o in node.output}
+    return [(t, node.name or node.op_type) for node in g.node for t in node.input if t not in known]
 
 
 def model_size_bytes(model: onnx.ModelProto) -> int:
@@ -177,6 +196,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.write(data)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
         os.replace(tmp, out)
+    except OSError as exc:  # name the user's file, not our temporary one
+        Path(tmp).unlink(missing_ok=True)
+        raise GraphkitError(f"could not write {out}: {exc.strerror or exc}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

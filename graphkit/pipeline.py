@@ -29,14 +29,13 @@ from typing import Any
 
 import numpy as np
 import onnx
-import yaml
 from pydantic import BaseModel, PositiveInt
 
 from graphkit.errors import GraphkitError, InputError, ModelError, VerificationError
 from graphkit.graph import skeleton
 from graphkit.passes.base import PassInfo, count_ops, get_pass, validate_options
 from graphkit.runtime import ort as ort_rt
-from graphkit.validation import STRICT, validate
+from graphkit.validation import STRICT, read_yaml, validate
 
 
 @dataclass
@@ -141,20 +140,8 @@ def parse_pipeline(data: Any, source: str = "pipeline") -> Pipeline:
 
 def load_pipeline(path: str | Path) -> Pipeline:
     """Read a pipeline YAML file."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"pipeline file {p} does not exist")
-    if not p.is_file():
-        raise InputError(f"pipeline file {p} is a directory, not a YAML file")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise InputError(f"pipeline file {p} is not valid YAML{where}") from None
-    except UnicodeDecodeError:
-        raise InputError(f"pipeline file {p} is not a text file") from None
-    return parse_pipeline(data, str(p))
+    data = read_yaml(path, "pipeline file")
+    return parse_pipeline(data, str(path))
 
 
 def check_model(model: onnx.ModelProto, who: str) -> None:

@@ -9,9 +9,12 @@ becomes a traceback or a silently wrong number.
 from __future__ import annotations
 
 import json
+import os
 from functools import cache
+from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from pydantic import ConfigDict, PydanticUserError, TypeAdapter, ValidationError
 
 from graphkit.errors import InputError
@@ -75,3 +78,71 @@ def _shown(value: Any) -> str:
 
 
 __all__ = ["STRICT", "describe", "validate"]
+
+
+# a spec or pipeline is a few hundred values; YAML aliases can make a small file expand
+# into billions of them (nested anchors) before any check sees it
+MAX_YAML_VALUES = 1_000_000
+
+
+def read_yaml(path: str | os.PathLike, what: str) -> Any:
+    """A user's YAML file, parsed safely: missing, not a regular file (a FIFO would block),
+    not text, invalid YAML, nested too deeply, or expanding past MAX_YAML_VALUES through
+    aliases -> one InputError sentence naming the file."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{what} {p} does not exist")
+    if not p.is_file():
+        raise InputError(f"{what} {p} is not a regular file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{what} {p} is not a text file") from None
+    except OSError as exc:
+        raise InputError(f"{what} {p} cannot be read ({exc.strerror})") from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node) > MAX_YAML_VALUES:
+            raise InputError(
+                f"{what} {p} expands to more than {MAX_YAML_VALUES:,} values through YAML "
+                "aliases; write it out plainly"
+            )
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise InputError(f"{what} {p} is not valid YAML{where}") from None
+    except RecursionError:
+        raise InputError(f"{what} {p} is nested too deeply to be a {what}") from None
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """Values the document holds once aliases are expanded (shared nodes counted per use),
+    without expanding anything: sizes of shared nodes are memoized."""
+    size: dict[int, int] = {}
+    visiting: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        if id(node) in size:
+            continue
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        if done:
+            visiting.discard(id(node))
+            size[id(node)] = min(1 + sum(size.get(id(c), 0) for c in children), 2**62)
+        elif id(node) in visiting:  # a node that contains itself expands without end
+            return 2**62
+        else:
+            visiting.add(id(node))
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in size)
+    return size[id(root)]

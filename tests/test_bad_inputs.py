@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -121,6 +122,22 @@ def _unknown_op(ws: Path) -> None:
     relu = next(n for n in model.graph.node if n.op_type == "Relu")
     relu.op_type, relu.domain = "FancyRelu", "my.ops"
     model.opset_import.append(helper.make_opsetid("my.ops", 1))
+    onnx.save(model, ws / "model.onnx")
+
+
+# nine levels of nine aliases: 9**9 strings once expanded, 90 lines of YAML
+ALIAS_BOMB = "\nK:\n  a0: &a0 [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"  a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]\n" for i in range(1, 9)
+)
+
+
+def _drop_weight(ws: Path) -> None:
+    import onnx
+
+    model = onnx.load(ws / "model.onnx")
+    keep = [t for t in model.graph.initializer if t.name != "w3"]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
     onnx.save(model, ws / "model.onnx")
 
 
@@ -244,7 +261,7 @@ CASES = {
     "pipeline is a directory": (
         lambda ws: ((ws / "passes.yaml").unlink(), (ws / "passes.yaml").mkdir()),
         APPLY,
-        "pipeline file passes.yaml is a directory",
+        "pipeline file passes.yaml is not a regular file",
     ),
     "usage error": (lambda ws: None, [*APPLY, "--seed", "-1"], "see 'graphkit apply --help'"),
     # external weights
@@ -272,6 +289,35 @@ CASES = {
         lambda ws: _external(ws, truncate=None, location="clean.onnx.data"),
         APPLY,
         "the file the input model's weights are read from",
+    ),
+    "model is a FIFO": (
+        lambda ws: ((ws / "model.onnx").unlink(), os.mkfifo(ws / "model.onnx")),
+        APPLY,
+        "model.onnx is not a regular file",
+    ),
+    "model missing a weight": (_drop_weight, CALIBRATE, "which no node, weight or graph input"),
+    "pipeline nested 20000 deep": (
+        write("passes.yaml", "[" * 20000),
+        APPLY,
+        "is nested too deeply",
+    ),
+    "spec alias bomb": (
+        lambda ws: (ws / "spec.yaml").write_text(
+            (ws / "spec.yaml").read_text() + ALIAS_BOMB.replace("K", "decode")
+        ),
+        CALIBRATE,
+        "expands to more than 1,000,000 values",
+    ),
+    "--json onto the spec": (lambda ws: None, [*CALIBRATE, "--json", "spec.yaml"], "is an input"),
+    "-o and --qdq one file": (
+        lambda ws: None,
+        ["calibrate", "model.onnx", "--data", "spec.yaml", "-o", "x.onnx", "--qdq", "x.onnx"],
+        "both write x.onnx",
+    ),
+    "--json where nothing can be written": (
+        lambda ws: None,
+        [*APPLY, "--json", "/proc/graphkit.json"],
+        "directory /proc is not writable",
     ),
     # outputs that would destroy inputs
     "calibrate onto its model": (

@@ -7,7 +7,7 @@ import inspect
 import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -254,22 +254,32 @@ def _external_data_files(model: Path) -> set[Path]:
     }
 
 
-def check_output_files(models: str | list[str], **outputs: str | None) -> None:
-    """Refuse, before any work, output files that cannot be written or would replace an
-    input model: `json=path` style keywords (underscores for dashes) -> one sentence."""
-    from pathlib import Path
+def check_output_files(inputs: str | Sequence[str | None], **outputs: str | None) -> None:
+    """Refuse, before any work, outputs that would replace a file the command reads (or a
+    model's external weights), name one file twice, or cannot be written: `json=path`
+    style keywords (underscores for dashes) -> one sentence."""
+    import tempfile
 
+    from graphkit import scratch
     from graphkit.errors import GraphkitError
 
-    inputs = {Path(m).resolve() for m in ([models] if isinstance(models, str) else models)}
-    weights = {d for m in inputs for d in _external_data_files(m)}
+    given = [inputs] if isinstance(inputs, str) else [str(i) for i in inputs if i]
+    read = {Path(i).resolve() for i in given}
+    weights = {d for m in read for d in _external_data_files(m)}
+    seen: dict[Path, str] = {}
     for flag, value in outputs.items():
         if not value or (flag == "json" and value == "-"):
             continue
         name = "-o" if flag == "output" else "--" + flag.replace("_", "-")
         p = Path(value)
-        if p.resolve() in inputs:
-            raise GraphkitError(f"{name} {value} is the input model; write to another file")
+        if p.resolve() in read:
+            what = "the input model" if p.suffix in (".onnx", ".param", ".bin") else "an input"
+            raise GraphkitError(f"{name} {value} is {what}; write to another file")
+        if p.resolve() in seen:
+            raise GraphkitError(
+                f"{seen[p.resolve()]} and {name} both write {value}; give each its own file"
+            )
+        seen[p.resolve()] = name
         if Path(str(p) + ".data").resolve() in weights:  # a big output's weights file
             raise GraphkitError(
                 f"{name} {value} would write {p.name}.data, the file the input model's "
@@ -279,3 +289,13 @@ def check_output_files(models: str | list[str], **outputs: str | None) -> None:
             raise GraphkitError(f"{name} {value} is a directory; give a file name")
         if not p.parent.is_dir():
             raise GraphkitError(f"{name} {value}: directory {p.parent} does not exist")
+        if p.exists() and not os.access(p, os.W_OK):
+            raise GraphkitError(f"{name} {value} exists and cannot be replaced (not writable)")
+        try:  # the only sure test that a file can be made there (/proc, read-only mounts)
+            fd, probe = tempfile.mkstemp(prefix=scratch.prefix("probe-"), dir=p.parent)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise GraphkitError(
+                f"{name} {value}: directory {p.parent} is not writable ({exc.strerror})"
+            ) from None

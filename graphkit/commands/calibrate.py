@@ -129,9 +129,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--per-tensor-weights", action="store_true", help="one weight scale per layer")
     p.add_argument(
         "--bins",
-        type=positive_int,
+        type=histogram_bins,
         default=2048,
-        help="histogram bins (power of two, default 2048)",
+        help="histogram bins: a power of two from 8 to 65536 (default 2048)",
     )
     p.add_argument(
         "--max-outputs-per-run",
@@ -166,11 +166,20 @@ def parse_share(text: str | None) -> float | None:
     return value / 100
 
 
+def histogram_bins(text: str) -> int:
+    """argparse type of --bins: a power of two from 8 to 65536 (one histogram per tensor
+    holds that many counts; more only costs memory)."""
+    value = positive_int(text)
+    if value < 8 or value > 65536 or value & (value - 1):
+        raise argparse.ArgumentTypeError(f"must be a power of two from 8 to 65536, got {value}")
+    return value
+
+
 def check_outputs(args: argparse.Namespace) -> None:
     """Refuse, before any work, outputs that would overwrite the model or cannot be written."""
     if not (args.output or args.qdq or args.out_dir):
         raise GraphkitError("nothing to write: give -o PLAN.json, --qdq OUT.onnx or --out-dir")
-    check_output_files(args.model, output=args.output, qdq=args.qdq, json=args.json)
+    check_output_files([args.model, args.data], output=args.output, qdq=args.qdq, json=args.json)
     if args.out_dir:
         from graphkit.backends import check_out_dir
 
@@ -182,8 +191,6 @@ def run(args: argparse.Namespace) -> int:
         return run_ncnn(args)
     if args.workers < 1:
         raise GraphkitError(f"--workers must be at least 1, got {args.workers}")
-    if args.bins < 8 or args.bins & (args.bins - 1):
-        raise GraphkitError(f"--bins must be a power of two of at least 8, got {args.bins}")
     settings = {}
     if args.percentile is not None:
         if args.method is None or canonical_method(args.method) != "percentile":
@@ -286,6 +293,7 @@ def run_ncnn(args: argparse.Namespace) -> int:
         raise GraphkitError("an ncnn model is calibrated into --out-dir: give --out-dir DIR")
     from graphkit.backends import check_out_dir
 
+    check_output_files([args.model, args.data], json=args.json)
     check_out_dir(Path(args.out_dir))
     settings = {"bins": args.bins}
     if args.percentile is not None:

@@ -6,7 +6,13 @@ import argparse
 import os
 
 import graphkit.demo as demo_module
-from graphkit.commands._common import add_command, add_json_argument, console, write_json
+from graphkit.commands._common import (
+    add_command,
+    add_json_argument,
+    check_output_files,
+    console,
+    write_json,
+)
 from graphkit.commands.apply import format_step
 from graphkit.errors import GraphkitError
 
@@ -21,8 +27,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_files([], json=args.json)
     if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
         raise GraphkitError(f"{args.out_dir} exists and is not a directory")
+    for name in demo_module.FILES:  # all checked before the first is written
+        path = os.path.join(args.out_dir, name)
+        if os.path.isdir(path) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+            raise GraphkitError(f"{path} exists and cannot be replaced by the demo's {name}")
     try:
         os.makedirs(args.out_dir, exist_ok=True)
     except OSError as exc:

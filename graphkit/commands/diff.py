@@ -70,7 +70,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_output_files([args.ref, args.quant], json=args.json, html=args.html)
+    check_output_files(
+        [args.ref, args.quant, args.data, args.table], json=args.json, html=args.html
+    )
     if args.limit is not None and args.limit < 1:
         raise GraphkitError("--limit must be at least 1")
     if args.max_tensors_per_run is not None and args.max_tensors_per_run < 1:

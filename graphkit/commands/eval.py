@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, StrictInt
 from rich.table import Table
 
 from graphkit.commands._common import (
@@ -18,8 +19,9 @@ from graphkit.commands._common import (
     progress_bar,
     write_json,
 )
-from graphkit.errors import GraphkitError
+from graphkit.errors import GraphkitError, InputError
 from graphkit.evaluators.evaluate import agreement_details, evaluate, evaluation_split, prepare_spec
+from graphkit.validation import validate
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -51,22 +53,47 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
+class _Prediction(BaseModel):
+    """What agreement reads of each prediction of a reference `graphkit eval --json`."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    index: StrictInt
+    keypoints: list[list[float]] | list[float]
+    area: float
+
+
+class _Reference(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    predictions: list[_Prediction]
+    predicted_joints: list[bool]
+
+
+def load_reference(path: str) -> dict:
+    """A previous `graphkit eval --json` file, checked before it is compared with."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"--agreement-with {p} does not exist or is not a file")
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, ValueError, RecursionError):
+        raise InputError(f"{p} is not a graphkit eval --json file (not JSON)") from None
+    if not isinstance(data, dict) or "predictions" not in data:
+        raise InputError(f"{p} is not a graphkit eval --json file (no predictions)")
+    validate(_Reference, data, str(p))
+    return data
+
+
 def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise GraphkitError("--workers must be at least 1")
-    check_output_files(args.model, json=args.json, results=args.results)
-    reference = None
-    if args.agreement_with:
-        ref_path = Path(args.agreement_with)
-        try:
-            reference = json.loads(ref_path.read_text())
-            reference["predictions"]
-        except (OSError, ValueError, KeyError, TypeError):
-            raise GraphkitError(f"{ref_path} is not a graphkit eval --json file") from None
     from graphkit.data import load_input_spec
 
     config = load_input_spec(args.model_config)
     spec = prepare_spec(config, args.ann, args.images, args.dets, args.limit)
+    read = [args.model, args.model_config, args.agreement_with]
+    read += [spec.source.ann, spec.source.dets, spec.source.path]
+    check_output_files(read, json=args.json, results=args.results)
+    reference = load_reference(args.agreement_with) if args.agreement_with else None
     warning = evaluation_split(config, spec)
     if warning:
         console.print(f"[yellow]warning: {warning}[/]")

@@ -147,7 +147,7 @@ def image_sizes(spec, limit: int | None) -> list[tuple[int, int]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_output_files([args.model, args.table], json=args.json)
+    check_output_files([args.model, args.table, getattr(args, "data", None)], json=args.json)
     model = load_model(args.model)
     table = exporters_module.load_table(args.table, model)
     files = export_from_args(args, table, model, Path(args.model).stem)

@@ -6,7 +6,13 @@ import argparse
 
 from rich.table import Table
 
-from graphkit.commands._common import add_command, add_json_argument, console, write_json
+from graphkit.commands._common import (
+    add_command,
+    add_json_argument,
+    check_output_files,
+    console,
+    write_json,
+)
 from graphkit.inspect import summarize
 from graphkit.model import load_model
 
@@ -19,6 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_files([args.model], json=args.json)
     # the summary needs shapes only: a model's external weights (GBs) stay on disk
     info = summarize(load_model(args.model, load_external_data=False))
     console.print(

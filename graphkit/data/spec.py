@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -28,7 +27,7 @@ from pydantic import (
 )
 
 from graphkit.errors import InputError
-from graphkit.validation import STRICT, validate
+from graphkit.validation import STRICT, read_yaml, validate
 
 DEFAULT_ASSETS = "../shared/assets"
 SOURCE_TYPES = ("coco-topdown", "images", "npy", "npz")
@@ -239,16 +238,7 @@ def load_input_spec(
         base = Path(base_dir) if base_dir is not None else Path.cwd()
     else:
         p = Path(path_or_dict)
-        if not p.is_file():
-            raise InputError(f"input spec {p} does not exist")
-        try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = f" at line {mark.line + 1}" if mark is not None else ""
-            raise InputError(f"input spec {p} is not valid YAML{line}") from None
-        except UnicodeDecodeError:
-            raise InputError(f"input spec {p} is not a text file") from None
+        raw = read_yaml(p, "input spec")
         base = Path(base_dir) if base_dir is not None else p.resolve().parent
         origin = str(p)
         where = f"input spec {p}"
