@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
+        print("graphkit: error: no command given (the list is above)", file=sys.stderr)
         return 2
     from graphkit.commands._common import console
 

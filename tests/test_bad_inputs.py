@@ -319,6 +319,17 @@ CASES = {
         [*APPLY, "--json", "/proc/graphkit.json"],
         "directory /proc is not writable",
     ),
+    "export onto a folder where a file goes": (
+        lambda ws: (ws / "out" / "onnx" / "model.qdq.onnx").mkdir(parents=True),
+        EXPORT,
+        "is a directory; graphkit would write a file there",
+    ),
+    "export under a file where a folder goes": (
+        lambda ws: ((ws / "out").mkdir(), (ws / "out" / "onnx").write_text("mine")),
+        EXPORT,
+        "is a file; graphkit would make a folder there",
+    ),
+    "no command": (lambda ws: None, [], "no command given"),
     # outputs that would destroy inputs
     "calibrate onto its model": (
         lambda ws: None,

@@ -142,6 +142,21 @@ def check_options(options: dict[str, object]) -> None:
         )
 
 
+def _check_destination(out: Path, dest: Path) -> None:
+    """A file graphkit will move into --out-dir can be put there: not onto a directory, not
+    under a file, not over a file that cannot be replaced."""
+    if dest.is_dir():
+        raise GraphkitError(f"{dest} is a directory; graphkit would write a file there")
+    for parent in dest.relative_to(out).parents:
+        if (out / parent).exists() and not (out / parent).is_dir():
+            raise GraphkitError(f"{out / parent} is a file; graphkit would make a folder there")
+    if dest.exists() and not os.access(dest, os.W_OK):
+        raise GraphkitError(f"{dest} exists and cannot be replaced (not writable)")
+    folder = next((out / p for p in dest.relative_to(out).parents if (out / p).is_dir()), None)
+    if folder is not None and not os.access(folder, os.W_OK):
+        raise GraphkitError(f"{folder} is not writable")
+
+
 def export_all(
     table: CalibrationTable,
     model: onnx.ModelProto,
@@ -192,13 +207,14 @@ def export_all(
                 log=say,
                 **options,
             )
+        sources = sorted(p for p in tmp.rglob("*") if not p.is_dir())
+        moves = [(src, out / src.relative_to(tmp)) for src in sources]
+        for dest in [d for _, d in moves] + [out / "README.md"]:  # all, before the first move
+            _check_destination(out, dest)
         out.mkdir(exist_ok=True)
         # file by file: what graphkit writes replaces its earlier version, anything else
         # the user keeps in these folders stays
-        for src in sorted(p for p in tmp.rglob("*") if not p.is_dir()):
-            dest = out / src.relative_to(tmp)
-            if dest.is_dir():
-                raise GraphkitError(f"{dest} is a directory; graphkit would write a file there")
+        for src, dest in moves:
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, dest)
     finally:
