@@ -254,6 +254,21 @@ def _external_data_files(model: Path) -> set[Path]:
     }
 
 
+def spec_inputs(spec: str | None) -> list[str]:
+    """The spec file and the data files it reads (annotations, detections, arrays): what
+    no output may replace. Empty for a spec that does not load (its command says why)."""
+    if not spec:
+        return []
+    from graphkit.data import load_input_spec
+    from graphkit.errors import GraphkitError
+
+    try:
+        source = load_input_spec(spec).source
+    except GraphkitError:
+        return [spec]
+    return [spec] + [p for p in (source.ann, source.dets, source.path) if p]
+
+
 def check_output_files(inputs: str | Sequence[str | None], **outputs: str | None) -> None:
     """Refuse, before any work, outputs that would replace a file the command reads (or a
     model's external weights), name one file twice, or cannot be written: `json=path`

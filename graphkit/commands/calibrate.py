@@ -13,6 +13,7 @@ from graphkit.commands._common import (
     console,
     positive_int,
     progress_bar,
+    spec_inputs,
     write_json,
 )
 from graphkit.commands.export import add_export_arguments, export_from_args
@@ -179,7 +180,9 @@ def check_outputs(args: argparse.Namespace) -> None:
     """Refuse, before any work, outputs that would overwrite the model or cannot be written."""
     if not (args.output or args.qdq or args.out_dir):
         raise GraphkitError("nothing to write: give -o PLAN.json, --qdq OUT.onnx or --out-dir")
-    check_output_files([args.model, args.data], output=args.output, qdq=args.qdq, json=args.json)
+    check_output_files(
+        [args.model, *spec_inputs(args.data)], output=args.output, qdq=args.qdq, json=args.json
+    )
     if args.out_dir:
         from graphkit.backends import check_out_dir
 
@@ -293,7 +296,7 @@ def run_ncnn(args: argparse.Namespace) -> int:
         raise GraphkitError("an ncnn model is calibrated into --out-dir: give --out-dir DIR")
     from graphkit.backends import check_out_dir
 
-    check_output_files([args.model, args.data], json=args.json)
+    check_output_files([args.model, *spec_inputs(args.data)], json=args.json)
     check_out_dir(Path(args.out_dir))
     settings = {"bins": args.bins}
     if args.percentile is not None:

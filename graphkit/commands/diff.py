@@ -17,6 +17,7 @@ from graphkit.commands._common import (
     positive_int,
     progress_bar,
     short_name,
+    spec_inputs,
     write_json,
 )
 from graphkit.errors import GraphkitError
@@ -71,7 +72,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     check_output_files(
-        [args.ref, args.quant, args.data, args.table], json=args.json, html=args.html
+        [args.ref, args.quant, args.table, *spec_inputs(args.data)], json=args.json, html=args.html
     )
     if args.limit is not None and args.limit < 1:
         raise GraphkitError("--limit must be at least 1")

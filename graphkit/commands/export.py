@@ -15,6 +15,7 @@ from graphkit.commands._common import (
     check_output_files,
     console,
     positive_int,
+    spec_inputs,
     timed_log,
     write_json,
 )
@@ -147,7 +148,9 @@ def image_sizes(spec, limit: int | None) -> list[tuple[int, int]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_output_files([args.model, args.table, getattr(args, "data", None)], json=args.json)
+    check_output_files(
+        [args.model, args.table, *spec_inputs(getattr(args, "data", None))], json=args.json
+    )
     model = load_model(args.model)
     table = exporters_module.load_table(args.table, model)
     files = export_from_args(args, table, model, Path(args.model).stem)
