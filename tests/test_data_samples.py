@@ -228,7 +228,7 @@ def test_box_partly_outside_is_clipped_fully_outside_is_rejected(coco):
     assert np.allclose(centre, [10.0, 10.0])
     ann["annotations"][0]["bbox"] = [500, 500, 30, 30]
     (coco / "ann.json").write_text(json.dumps(ann))
-    with pytest.raises(GraphkitError, match="annotation 100 has box .* no area inside"):
+    with pytest.raises(GraphkitError, match="annotation 100 in .* has box .* no area inside"):
         count_samples(topdown(coco))
 
 
@@ -347,7 +347,7 @@ def test_malformed_entries_are_one_sentence(coco):
     ann = json.loads((coco / "ann.json").read_text())
     ann["annotations"][1]["bbox"] = "oops"
     (coco / "ann.json").write_text(json.dumps(ann))
-    with pytest.raises(GraphkitError, match="annotation 101 has a bbox that is not"):
+    with pytest.raises(GraphkitError, match="annotation 101 in .* has a bbox that is not"):
         count_samples(topdown(coco))
     (coco / "dets.json").write_text(json.dumps([{"image_id": 1, "bbox": [1, 2], "score": 0.9}]))
     with pytest.raises(GraphkitError, match="detection 0 in .* lacks"):

@@ -9,16 +9,18 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
+from rich.markup import escape
 from rich.table import Table
 
 from graphkit.commands._common import (
     add_command,
     add_json_argument,
+    check_output_files,
     console,
     short_name,
     write_json,
 )
-from graphkit.quant.table import CalibrationTable, held_out_summary
+from graphkit.quant.table import CalibrationTable, held_out_summary, recipe_record
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -43,30 +45,35 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_files([args.table], json=args.json)
     table = CalibrationTable.load(args.table)
+    # every name and text below comes from the plan file: escaped, never read as markup
     settings = ", ".join(f"{k}={v}" for k, v in table.settings.items()) or "defaults"
     console.print(
-        f"[bold]{args.table}[/]  method {table.method} ({settings}); model {table.model_path or '?'} "
-        f"hash {table.model_hash}; data {table.data_source or '?'}, {table.num_samples} samples"
+        f"[bold]{escape(args.table)}[/]  method {escape(table.method)} ({escape(settings)}); "
+        f"model {escape(table.model_path or '?')} hash {escape(table.model_hash)}; "
+        f"data {escape(table.data_source or '?')}, {table.num_samples} samples"
     )
     if table.keep_float:
         console.print(f"kept float ({len(table.keep_float)}):")
         for name in table.keep_float:
-            console.print(f"  {short_name(name, 60)}: {table.float_reasons.get(name, 'asked')}")
+            reason = table.float_reasons.get(name, "asked")
+            console.print(f"  {_text(name, 60)}: {escape(reason)}")
     rounding = Counter(w.rounding or "by the backend" for w in table.weights.values())
     if table.weights:
         console.print(
-            "int8 weights: " + ", ".join(f"{n} rounded {how}" for how, n in rounding.items())
+            "int8 weights: "
+            + ", ".join(f"{n} rounded {escape(how)}" for how, n in rounding.items())
         )
     if table.biases:
         console.print(f"bias corrected: {len(table.biases)} layer(s)")
     summary = held_out_summary(table)
     if summary:
-        methods = table.recipe.get("methods", {})
+        methods = recipe_record(table).methods
         console.print(
-            summary
+            escape(summary)
             + "; methods tried: "
-            + ", ".join(f"{m} {v.get('mean_sqnr_db', v['sqnr_db'])} dB" for m, v in methods.items())
+            + ", ".join(f"{escape(m)} {v.mean} dB" for m, v in methods.items())
         )
     acts = Table(title="activations")
     acts.add_column("activation", no_wrap=True, min_width=36)
@@ -78,16 +85,18 @@ def run(args: argparse.Namespace) -> int:
         observed = max(abs(e.min or 0.0), abs(e.max or 0.0))
         clipped = f"{100 * (1 - e.amax / observed):.1f}%" if observed > e.amax else "-"
         row = [
-            short_name(name, 36),
+            _text(name, 36),
             f"{e.amax:.6g}",
             f"{e.scale:.6g}",
             _num(e.min),
             _num(e.max),
             clipped,
-            e.method or table.method,
+            escape(e.method or table.method),
         ]
         if args.wide:
-            row.append(", ".join(f"{op} {short_name(n, 28)}" for op, n in e.consumers) or "-")
+            row.append(
+                ", ".join(f"{escape(c[0])} {_text(c[-1], 28)}" for c in e.consumers if c) or "-"
+            )
         acts.add_row(*row)
     console.print(acts)
     weights = Table(title="weights", title_justify="left")
@@ -97,20 +106,30 @@ def run(args: argparse.Namespace) -> int:
         weights.add_column(col, justify="right", no_wrap=True)
     for name, w in table.weights.items():
         weights.add_row(
-            short_name(name),
-            f"{w.op_type} {short_name(w.node, 32)}",
+            _text(name),
+            f"{escape(w.op_type)} {_text(w.node, 32)}",
             str(w.axis) if w.axis >= 0 else "tensor",
             str(len(w.amax)),
-            f"{min(w.amax):.4g}",
-            f"{max(w.amax):.4g}",
+            f"{min(w.amax):.4g}" if w.amax else "-",
+            f"{max(w.amax):.4g}" if w.amax else "-",
         )
         if args.weights:
             weights.add_row(
-                "  per channel: " + " ".join(f"{a:.4g}" for a in w.amax), "", "", "", "", ""
+                "  per channel: " + (" ".join(f"{a:.4g}" for a in w.amax) or "-"),
+                "",
+                "",
+                "",
+                "",
+                "",
             )
     console.print(weights)
     write_json(args.json, table.to_dict())
     return 0
+
+
+def _text(name: str, width: int = 48) -> str:
+    """A name from the plan, shortened and escaped for rich markup."""
+    return escape(short_name(name, width))
 
 
 def _num(v: float | None) -> str:

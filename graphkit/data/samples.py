@@ -13,7 +13,7 @@ import numpy as np
 
 from graphkit.data.affine import box_to_center_scale, get_affine, invert_affine, resize_affine
 from graphkit.data.preprocess import NUMPY_DTYPES, read_image, to_tensor, warp
-from graphkit.data.sources import Item, _load_array, _open_npz, select_items
+from graphkit.data.sources import Item, _load_array, check_finite, npz_arrays, select_items
 from graphkit.data.spec import InputConfig, InputSpec
 from graphkit.errors import GraphkitError
 
@@ -167,6 +167,7 @@ def _whole_image_sample(spec: InputSpec, item: Item, img: np.ndarray) -> Sample:
 
 
 def _array_sample(cfg: InputConfig, kind: str, item: Item, cache: dict) -> Sample:
+    source: dict[str, str] = {}  # feed name -> the array's name in the file, when they differ
     if kind == "npy":
         if item.key is None:
             arrays = {cfg.name: np.asarray(_load_array(item.path))}
@@ -176,8 +177,7 @@ def _array_sample(cfg: InputConfig, kind: str, item: Item, cache: dict) -> Sampl
     else:
         if cache.get("path") != item.path:
             cache.clear()
-            with _open_npz(item.path) as z:
-                cache["arrays"] = {k: z[k] for k in z.files}
+            cache["arrays"] = npz_arrays(item.path)
             cache["path"] = item.path
         z = cache["arrays"]
         if item.key is None:  # one file per sample
@@ -185,6 +185,7 @@ def _array_sample(cfg: InputConfig, kind: str, item: Item, cache: dict) -> Sampl
                 arrays = dict(z)
             elif len(z) == 1:
                 arrays = {cfg.name: next(iter(z.values()))}
+                source = {cfg.name: next(iter(z))}
             else:
                 raise GraphkitError(
                     f"{item.path} holds several arrays ({', '.join(z)}) and none is named "
@@ -194,6 +195,11 @@ def _array_sample(cfg: InputConfig, kind: str, item: Item, cache: dict) -> Sampl
             arrays = {k: v[item.key : item.key + 1] for k, v in z.items()}
         else:
             arrays = {cfg.name: z[item.key]}
+            source = {cfg.name: str(item.key)}
+    row = f" (row {item.key})" if isinstance(item.key, int) else ""
+    for k, v in arrays.items():  # the name the file gives each array, with the row
+        name = "" if kind == "npy" else f" array '{source.get(k, k)}'"
+        check_finite(np.asarray(v), f"{item.path}{name}{row}")
     feeds = {k: (_fit(v, cfg, item) if k == cfg.name else v) for k, v in arrays.items()}
     shape = feeds[cfg.name].shape
     size = cfg.size or ((shape[1], shape[2]) if cfg.layout == "NHWC" else (shape[2], shape[3]))

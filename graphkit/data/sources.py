@@ -9,6 +9,7 @@ raised here, before a command has written anything.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import zipfile
@@ -121,6 +122,8 @@ def _clip_box(bbox, img: dict, what: str) -> tuple[float, float, float, float]:
         x, y, w, h = (float(v) for v in bbox)
     except (TypeError, ValueError):
         raise GraphkitError(f"{what} has a bbox that is not [x, y, w, h]: {bbox!r}") from None
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        raise GraphkitError(f"{what} has a bbox with NaN or inf: [{x}, {y}, {w}, {h}]")
     iw, ih = img.get("width"), img.get("height")
     if not iw or not ih:
         return (x, y, w, h)
@@ -166,6 +169,8 @@ def _det_rows(src: SourceConfig, images: dict) -> list[tuple]:
             if d.get("category_id", PERSON_CATEGORY) != PERSON_CATEGORY:
                 continue
             score = float(d["score"])
+            if not math.isfinite(score):
+                raise ValueError("a NaN or inf score")
             if score < src.score_thr:
                 continue
             image_id = int(d["image_id"])
@@ -203,7 +208,11 @@ def _coco_items(src: SourceConfig) -> list[Item]:
             seen.add(image_id)
             if not os.path.isfile(path):
                 raise GraphkitError(f"image {path} (image id {image_id}) does not exist")
-        what = f"detection {ident} in {src.dets}" if score is not None else f"annotation {ident}"
+        what = (
+            f"detection {ident} in {src.dets}"
+            if score is not None
+            else f"annotation {ident} in {src.ann}"
+        )
         crop_box = _clip_box(bbox, img, what)
         x, y, w, h = (float(v) for v in bbox)  # four numbers: _clip_box checked
         items.append(
@@ -248,7 +257,13 @@ def _array_items(src: SourceConfig, input_name: str) -> list[Item]:
     with _open_npz(str(path)) as z:
         keys = list(z.files)
         if input_name in keys:  # stacked: sample i is row i of every array
-            n = z[input_name].shape[0]
+            arr = npz_array(z, input_name, str(path))
+            if arr.ndim == 0:
+                raise GraphkitError(
+                    f"{path}: array '{input_name}' is a single number, not samples stacked "
+                    "along the first axis"
+                )
+            n = arr.shape[0]
             return [Item(index=i, image_id=i, path=str(path), key=i) for i in range(n)]
     return [Item(index=i, image_id=i, path=str(path), key=k) for i, k in enumerate(keys)]
 
@@ -261,6 +276,34 @@ def _load_array(path: str) -> np.ndarray:
     if not isinstance(arr, np.ndarray) or arr.ndim == 0:
         raise GraphkitError(f"{path} is not a .npy file holding an array (use type: npz for .npz)")
     return arr
+
+
+def npz_array(z: np.lib.npyio.NpzFile, key: str, path: str) -> np.ndarray:
+    """One array of an open .npz, or one sentence on why it cannot be read."""
+    try:
+        arr = z[key]
+    except ValueError:  # object arrays need pickle, which graphkit never loads
+        raise GraphkitError(
+            f"{path}: array '{key}' holds Python objects (dtype object), not numbers; save "
+            "numeric arrays (e.g. float32)"
+        ) from None
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError):
+        raise GraphkitError(f"{path}: array '{key}' cannot be read (a damaged .npz)") from None
+    return arr
+
+
+def npz_arrays(path: str) -> dict[str, np.ndarray]:
+    """Every array of a .npz, or one sentence on why one cannot be read."""
+    with _open_npz(path) as z:
+        return {k: npz_array(z, k, path) for k in z.files}
+
+
+def check_finite(arr: np.ndarray, where: str) -> None:
+    """Refuse, in one sentence naming `where` (file and array), NaN or inf in the data: a
+    model run on them measures nothing (calibration would keep no activation range)."""
+    if np.issubdtype(arr.dtype, np.inexact) and not np.isfinite(arr).all():
+        what = "NaN" if np.isnan(arr).any() else "infinite"
+        raise GraphkitError(f"{where} holds {what} values; give finite input data")
 
 
 def _open_npz(path: str) -> np.lib.npyio.NpzFile:

@@ -12,6 +12,7 @@ import contextlib
 import copy
 import io
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -42,10 +43,31 @@ def check_annotations(data: Any, source: str = "annotations") -> None:
     if not isinstance(data, dict) or not {"images", "annotations"} <= set(data):
         raise GraphkitError(f"{source} is not a COCO annotation file (no images/annotations)")
     anns = data["annotations"]
-    if not any(isinstance(a, dict) and a.get("keypoints") for a in anns):
+    if not isinstance(anns, list) or not any(
+        isinstance(a, dict) and a.get("keypoints") for a in anns
+    ):
         raise GraphkitError(
             f"{source} has no keypoint annotations; use a person_keypoints_*.json file"
         )
+    for n, a in enumerate(anns):
+        if isinstance(a, dict):
+            _check_numbers(a.get("bbox"), 4, f"annotation {n} in {source}", "bbox [x, y, w, h]")
+            if "area" in a:
+                _check_numbers([a["area"]], 1, f"annotation {n} in {source}", "area")
+
+
+def _check_numbers(values: Any, count: int | None, what: str, key: str) -> None:
+    """Refuse, in one sentence, a `key` of `what` that is not `count` finite numbers (a
+    missing key is left to whoever needs it)."""
+    if values is None:
+        return
+    ok = isinstance(values, list) and (count is None or len(values) == count)
+    if ok and not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
+    ):
+        raise GraphkitError(f"{what} has a {key} with NaN, inf or a non-number: {values!r}")
+    if not ok:
+        raise GraphkitError(f"{what} has a {key} that is not {count} numbers: {values!r}")
 
 
 def mask_unpredicted(gt: dict[str, Any], predicted: Sequence[bool] | np.ndarray) -> dict[str, Any]:

@@ -141,7 +141,7 @@ def predict_shard(
     on_sample: Callable[[], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Predictions for part `index` of `count` of the samples (one process' share)."""
-    decoder = build_decoder(spec.decode)
+    decoder = build_decoder(spec.decode, config_name(spec))
     executor = open_executor(model_path, backend, threads)
     check_model_matches(executor, spec, decoder)
     part = shard(spec, index, count) if count > 1 else spec
@@ -222,6 +222,11 @@ def _predict_ray(model_path, backend, spec, workers, total, on_sample, address):
     return [p for part in parts for p in part], count
 
 
+def config_name(spec: InputSpec) -> str:
+    """How errors name the model config: its file, when it came from one."""
+    return f"model config {spec.origin}" if spec.origin else "the model config"
+
+
 def evaluate(
     model_path: str | os.PathLike,
     config: str | os.PathLike | InputSpec,
@@ -248,7 +253,7 @@ def evaluate(
     start = time.time()
     spec = prepare_spec(config, ann, images, dets, limit)
     gt = load_annotations(spec.source.ann or "")  # prepare_spec requires ann
-    decoder = build_decoder(spec.decode)
+    decoder = build_decoder(spec.decode, config_name(spec))
     total = count_samples(spec)
     workers = max(1, min(int(workers), total))
     model_path = str(model_path)

@@ -27,11 +27,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import AfterValidator, Field, create_model
 
 from graphkit.errors import GraphkitError
+from graphkit.validation import STRICT, validate
 
 NUM_COCO = 17
 # COCO-17 joint names, in the standard order.
@@ -320,6 +322,82 @@ DEFAULT_LAYOUT = {
 TYPES = ("heatmap", "heatmap-fullres", "heatmap-offset", "regression-yx", "associative-embedding")
 
 
+def _layout(value: str) -> str:
+    if value.upper() not in ("NCHW", "NHWC"):
+        raise ValueError(f"must be NCHW or NHWC, not '{value}'")
+    return value
+
+
+Layout = Annotated[str, AfterValidator(_layout)]
+Positive = Annotated[float, Field(gt=0)]
+
+
+@dataclass
+class _Common:
+    """Keys every decode type takes (checked strictly: a typo or "16" for 16 is an error)."""
+
+    __pydantic_config__ = STRICT
+
+    type: str
+    layout: Layout | None = None
+    score_threshold: Annotated[float, Field(ge=0)] = 0.2
+    joint_map: dict[int, int] | None = None
+    num_joints: Annotated[int, Field(ge=1, le=1000)] | None = None
+    flip_test: Any = False  # checked below with its own sentence
+    ncnn_outputs: dict[str, str] | None = None  # ONNX output name -> ncnn blob
+
+
+@dataclass
+class _Heatmap(_Common):
+    output: str = ""
+    refine: bool | None = None
+    flip_shift: bool = True
+
+
+@dataclass
+class _HeatmapOffset(_Common):
+    heatmap: str = ""
+    offset: str = ""
+    stride: Positive = 16.0
+
+
+@dataclass
+class _Regression(_Common):
+    output: str = ""
+
+
+@dataclass
+class _AssociativeEmbedding(_Common):
+    output: str = ""
+    max_people: Annotated[int, Field(ge=1)] = 30
+    detection_threshold: Annotated[float, Field(ge=0)] = 0.1
+    tag_threshold: Positive = 1.0
+    nms_kernel: Annotated[int, Field(ge=1, le=99)] = 5
+
+
+# the schema of each type's decode section, as `{decode: ...}` so errors say decode.KEY
+_SECTIONS = {
+    kind: create_model(f"DecodeSection_{kind}", __config__=STRICT, decode=(model, ...))
+    for kind, model in (
+        ("heatmap", _Heatmap),
+        ("heatmap-fullres", _Heatmap),
+        ("heatmap-offset", _HeatmapOffset),
+        ("regression-yx", _Regression),
+        ("associative-embedding", _AssociativeEmbedding),
+    )
+}
+_REQUIRED = {"heatmap-offset": ("heatmap", "offset", "stride")}
+
+
+def check_decode_section(cfg: dict[str, Any], where: str = "the model config") -> None:
+    """Refuse, in one sentence naming the key, a decode section its type cannot use:
+    unknown keys, wrong types ("16" for 16), out-of-range numbers (stride 0)."""
+    kind = str(cfg["type"])
+    for key in _REQUIRED.get(kind, ("output",)):
+        _require(cfg, key, kind)
+    validate(_SECTIONS[kind], {"decode": cfg}, where)
+
+
 def _require(cfg: dict[str, Any], key: str, kind: str) -> Any:
     if key not in cfg:
         raise GraphkitError(f"the decode section for type '{kind}' needs a '{key}' entry")
@@ -368,13 +446,15 @@ def _flip_ae(name: str, layout: str, joints: int):
     return combine
 
 
-def build_decoder(cfg: dict[str, Any] | None) -> Decoder:
-    """A Decoder from a model config's `decode:` section (schema in this module's docstring)."""
+def build_decoder(cfg: dict[str, Any] | None, where: str = "the model config") -> Decoder:
+    """A Decoder from a model config's `decode:` section (schema in this module's docstring);
+    `where` names the config in errors."""
     if not isinstance(cfg, dict) or "type" not in cfg:
         raise GraphkitError("the model config needs a 'decode:' section with a 'type'")
     kind = str(cfg["type"])
     if kind not in TYPES:
         raise GraphkitError(f"unknown decode type '{kind}'; choose one of {', '.join(TYPES)}")
+    check_decode_section(cfg, where)
     layout = str(cfg.get("layout", DEFAULT_LAYOUT.get(kind, "NHWC")))
     threshold = float(cfg.get("score_threshold", 0.2))
     raw_map = cfg.get("joint_map")

@@ -304,6 +304,11 @@ def build_table(
         for _, name in activation_inputs(node, constants):
             consumers.setdefault(name, []).append([node.op_type, node.name])
     names = [name for name, s in stats.items() if s.count]
+    if not names:  # a plan without thresholds would quantize nothing, silently
+        raise GraphkitError(
+            f"calibration found no activation ranges: none of the {len(stats)} observed "
+            "tensors held a finite value (check the data for NaN or inf)"
+        )
     # KL curves are numpy work on (candidates x bins) arrays, which releases the GIL
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         amaxes = pool.map(lambda name: threshold(method, stats[name], **settings), names)

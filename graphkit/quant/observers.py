@@ -37,9 +37,24 @@ from dataclasses import dataclass, field
 import numpy as np
 
 DEFAULT_BINS = 2048
+MAX_BINS = 65536  # one histogram per tensor holds this many counts (times FINE_FACTOR)
 FINE_FACTOR = 4  # fine bins per calibration bin: keeps re-binning error below half a bin
 
 _scratch = threading.local()
+
+
+def check_bins(bins: object, what: str = "histogram bins") -> int:
+    """`bins` when it is a power of two from 8 to MAX_BINS, else GraphkitError naming `what`."""
+    from graphkit.errors import InputError
+
+    if (
+        isinstance(bins, bool)
+        or not isinstance(bins, int)
+        or not 8 <= bins <= MAX_BINS
+        or bins & (bins - 1)
+    ):
+        raise InputError(f"{what} must be a power of two from 8 to {MAX_BINS}, got {bins!r}")
+    return bins
 
 
 def _load_kernel() -> Callable | None:

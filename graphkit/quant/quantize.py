@@ -265,7 +265,9 @@ def quantize(
     from graphkit.pose.decoders import build_decoder
 
     fit, score = held_out(spec, recipe)
-    decoder = build_decoder(spec.decode) if getattr(spec, "decode", None) else None
+    origin = getattr(spec, "origin", None)
+    where = f"input spec {origin}" if origin else "the input spec"
+    decoder = build_decoder(spec.decode, where) if getattr(spec, "decode", None) else None
     heads = head_tensors(model, decoder.outputs if decoder else None)
     scorer = HeldOutScorer(
         model, score, heads, decoder, "mean" if recipe.criterion == "mean" else "min"

@@ -23,7 +23,7 @@ from typing import Annotated, Any
 
 import numpy as np
 import onnx
-from pydantic import Field
+from pydantic import AfterValidator, ConfigDict, Field
 
 from graphkit.errors import InputError, ModelError
 from graphkit.model import atomic_write_text
@@ -31,20 +31,33 @@ from graphkit.validation import STRICT, validate
 
 SCHEMA_VERSION = 2
 MIN_AMAX = 1e-12  # below this a scale underflows float32 arithmetic in backends
+MAX_AMAX = 1e30  # above this a scale (and x / scale) overflows float32 in backends
 READABLE_VERSIONS = (1, 2)
 QMAX = 127.0
+
+
+def _at_most_max_amax(value: float) -> float:
+    if value > MAX_AMAX:
+        raise ValueError(f"must be at most {MAX_AMAX:g} (a larger threshold overflows float32)")
+    return value
+
+
+# a threshold a float32 backend can divide by 127 and multiply back
+Amax = Annotated[float, AfterValidator(_at_most_max_amax)]
 
 
 @dataclass
 class ActivationEntry:
     __pydantic_config__ = STRICT  # how plan files are checked (graphkit.validation)
 
-    amax: Annotated[float, Field(ge=MIN_AMAX)]
+    amax: Annotated[Amax, Field(ge=MIN_AMAX)]
     # statistics that justify the threshold, for reports: observed min/max of the tensor
     min: float | None = None
     max: float | None = None
     # the node(s) that consume this tensor and are quantized on it (op type, node name)
-    consumers: list[list[str]] = field(default_factory=list)
+    consumers: list[Annotated[list[str], Field(min_length=2, max_length=2)]] = field(
+        default_factory=list
+    )
     # how the threshold was chosen: the calibrator's name, or the search that picked it
     method: str = ""
 
@@ -57,13 +70,14 @@ class ActivationEntry:
 class WeightEntry:
     __pydantic_config__ = STRICT
 
-    amax: list[Annotated[float, Field(ge=0)]]  # per channel (one value when per-tensor)
+    # per channel (one value when per-tensor)
+    amax: Annotated[list[Annotated[Amax, Field(ge=0)]], Field(min_length=1)]
     axis: int = 0
     node: str = ""  # the node using this weight
     op_type: str = ""
     # the integer grid: q in [-qmax, qmax], scale = amax / qmax
     qmax: Annotated[float, Field(ge=1, le=QMAX)] = QMAX
-    shape: list[int] = field(default_factory=list)
+    shape: list[Annotated[int, Field(ge=0)]] = field(default_factory=list)
     int8: str = ""  # the final integers (row-major, `shape`), zlib + base64; "" = round nearest
     rounding: str = ""  # how the integers were chosen: "nearest", "gptq"
 
@@ -75,8 +89,13 @@ class WeightEntry:
         """The plan's int8 weights, or None when the plan leaves rounding to the backend."""
         if not self.int8:
             return None
-        raw = zlib.decompress(base64.b64decode(self.int8))
-        return np.frombuffer(raw, np.int8).reshape(self.shape).copy()
+        return np.frombuffer(_int8_bytes(self.int8, self.shape), np.int8).reshape(self.shape).copy()
+
+    def check_integers(self, where: str) -> None:
+        """Refuse, in one sentence naming `where` (the weight), `int8` that is not base64
+        of zlib-compressed int8 data holding exactly the integers of `shape`."""
+        if self.int8:
+            _int8_bytes(self.int8, self.shape, where)
 
     def set_integers(self, q: np.ndarray, rounding: str) -> None:
         q = np.asarray(q)
@@ -137,7 +156,7 @@ class QuantPlan:
         if not isinstance(d, dict) or "activations" not in d or "method" not in d:
             raise InputError(f"{source} is not a graphkit calibration table")
         version = d.get("schema_version")
-        if version not in READABLE_VERSIONS:
+        if isinstance(version, bool) or version not in READABLE_VERSIONS:  # True == 1
             raise InputError(
                 f"{source} has table schema version {version}; this graphkit reads "
                 + ", ".join(map(str, READABLE_VERSIONS))
@@ -147,7 +166,17 @@ class QuantPlan:
         d["activations"] = _without(d["activations"], "scale")
         d["weights"] = _without(d.get("weights", {}), "scales")
         d["schema_version"] = SCHEMA_VERSION
-        return validate(cls, d, source)
+        plan = validate(cls, d, source)
+        if not plan.activations:
+            raise InputError(
+                f"{source} has no activation ranges (its 'activations' is empty): calibrate "
+                "the model again"
+            )
+        # the parts of the free-form recipe that reports read, written by quantize()
+        validate(_RecipeParts, {"recipe": plan.recipe}, source)
+        for name, weight in plan.weights.items():
+            weight.check_integers(f"{source}: weights.{name}.int8")
+        return plan
 
     @classmethod
     def load(cls, path: str | Path) -> QuantPlan:
@@ -164,18 +193,111 @@ class QuantPlan:
 CalibrationTable = QuantPlan  # the name used before the plan held weights and biases
 
 
+@dataclass
+class HeldOutScore:
+    """A held-out measurement of `quantize` in `recipe` (final, and one per method)."""
+
+    __pydantic_config__ = ConfigDict(extra="ignore", allow_inf_nan=False, strict=True)
+
+    sqnr_db: float | None  # worst head (None: infinite, the outputs were exact)
+    agreement: float | None = None
+    mean_sqnr_db: float | None = None
+
+    @property
+    def mean(self) -> float | None:
+        return self.sqnr_db if self.mean_sqnr_db is None else self.mean_sqnr_db
+
+
+@dataclass
+class HeldOutCrops:
+    """`recipe.held_out`: how many crops fitted and scored the decisions."""
+
+    __pydantic_config__ = ConfigDict(extra="ignore", strict=True)
+
+    fit: Annotated[int, Field(ge=0)] = 0
+    scored: Annotated[int, Field(ge=0)] = 0
+    heads: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RecipeRecord:
+    """The parts of a plan's `recipe` that reports read (the other keys are free-form)."""
+
+    __pydantic_config__ = ConfigDict(extra="ignore", allow_inf_nan=False, strict=True)
+
+    final: HeldOutScore | None = None
+    methods: dict[str, HeldOutScore] = field(default_factory=dict)
+    held_out: HeldOutCrops | None = None
+
+
+@dataclass
+class _RecipeParts:
+    __pydantic_config__ = ConfigDict(extra="ignore", strict=True)
+
+    recipe: RecipeRecord = field(default_factory=RecipeRecord)
+
+
+def recipe_record(plan: QuantPlan) -> RecipeRecord:
+    """The plan's held-out figures; a part that is not what quantize() writes is left out
+    (a loaded plan was checked; one built in code may hold anything)."""
+    recipe = plan.recipe if isinstance(plan.recipe, dict) else {}
+    methods = recipe.get("methods")
+    scores = {
+        str(m): _part(HeldOutScore, v)
+        for m, v in (methods.items() if isinstance(methods, dict) else [])
+    }
+    return RecipeRecord(
+        final=_part(HeldOutScore, recipe.get("final")),
+        methods={m: v for m, v in scores.items() if v is not None},
+        held_out=_part(HeldOutCrops, recipe.get("held_out")),
+    )
+
+
+def _part(kind: Any, value: Any) -> Any:
+    """`value` as `kind`, or None when it is not one."""
+    from pydantic import TypeAdapter, ValidationError
+
+    if value is None:
+        return None
+    try:
+        return TypeAdapter(kind).validate_json(json.dumps(value, default=str))
+    except ValidationError:
+        return None
+
+
 def held_out_summary(plan: QuantPlan) -> str | None:
     """One line on the final held-out figures of a plan (None when nothing was measured)."""
-    final = (plan.recipe or {}).get("final")
-    if not final:
+    record = recipe_record(plan)
+    final = record.final
+    if final is None:
         return None
-    crops = plan.recipe.get("held_out", {}).get("scored", "?")
-    agree = final.get("agreement")
+    crops = record.held_out.scored if record.held_out is not None else "?"
+    agree = final.agreement
     return (
         f"held-out ({crops} crops): mean head SQNR "
-        f"{final.get('mean_sqnr_db', final['sqnr_db'])} dB (worst head {final['sqnr_db']})"
+        f"{final.mean} dB (worst head {final.sqnr_db})"
         + (f", agreement {agree:.3f}" if agree is not None else "")
     )
+
+
+def _int8_bytes(text: str, shape: list[int], where: str = "int8") -> bytes:
+    """The raw integers of a weight's `int8` (base64 of zlib), exactly prod(shape) bytes."""
+    want = int(np.prod(shape, dtype=np.int64))
+    try:
+        packed = base64.b64decode(text, validate=True)
+    except (ValueError, TypeError):
+        raise InputError(f"{where} is not base64 text (of zlib-compressed int8 weights)") from None
+    z = zlib.decompressobj()
+    try:  # at most one byte more than wanted: a zlib bomb is never inflated
+        raw = z.decompress(packed, want + 1)
+    except zlib.error:
+        raise InputError(f"{where} is not zlib-compressed data (base64 of zlib int8)") from None
+    if len(raw) != want:
+        got = str(len(raw)) if len(raw) <= want else f"more than {want}"
+        raise InputError(f"{where} holds {got} integers but its shape {list(shape)} has {want}")
+    if not z.eof:
+        raise InputError(f"{where} is cut short (its zlib data does not end)")
+    return raw
 
 
 def _without(entries: Any, key: str) -> Any:

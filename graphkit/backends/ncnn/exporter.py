@@ -259,14 +259,25 @@ def calibrate_ncnn(
     settings: dict | None = None,
     input_map: dict[str, str] | None = None,
 ) -> dict[str, float]:
-    """Input threshold (amax) of each named layer, observed on the ncnn model itself."""
-    from graphkit.quant.observers import collect_stats
+    """Input threshold (amax) of each named layer, observed on the ncnn model itself.
 
+    settings: the method's options; `bins` is the resolution the statistics are collected
+    at, as on the ONNX path (each method re-bins them to its own, e.g. kl-ncnn's 2048)."""
+    from graphkit.quant.observers import DEFAULT_BINS, check_bins, collect_stats
+
+    settings = dict(settings or {})
+    bins = check_bins(settings.pop("bins", DEFAULT_BINS))
     bottoms = {name: param.layer(name).bottoms[0] for name in layers}
-    stats = collect_stats(nc.iter_blobs(net, samples, sorted(set(bottoms.values())), input_map))
+    blobs = nc.iter_blobs(net, samples, sorted(set(bottoms.values())), input_map)
+    stats = collect_stats(blobs, bins=bins)
     if not stats:
         raise GraphkitError("no calibration samples reached the ncnn model")
-    fn, kw = _method_settings(method, settings or {})
+    if not any(stats[b].count for b in bottoms.values() if b in stats):
+        raise GraphkitError(
+            "calibration found no activation ranges: no layer input of the ncnn model held "
+            "a finite value (check the data for NaN or inf)"
+        )
+    fn, kw = _method_settings(method, settings)
     return {name: float(fn(stats[b], **kw)) for name, b in bottoms.items()}
 
 

@@ -115,8 +115,11 @@ def calibrate_ncnn_model(
     InputSpec), and what is needed to write and check it (`write_ncnn_int8`)."""
     from graphkit.data import iter_samples, load_input_spec
     from graphkit.quant.calibrators import canonical_method
+    from graphkit.quant.observers import DEFAULT_BINS, check_bins
 
     method = canonical_method(method)
+    # the statistics' resolution, checked as on the ONNX path before anything is read
+    check_bins((settings or {}).get("bins", DEFAULT_BINS), "--bins (histogram bins)")
     param_path = Path(param_path)
     if not param_path.is_file():
         raise GraphkitError(f"ncnn param {param_path} does not exist")
