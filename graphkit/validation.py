@@ -146,3 +146,25 @@ def _expanded_size(root: yaml.Node) -> int:
             stack.append((node, True))
             stack.extend((c, False) for c in children if id(c) not in size)
     return size[id(root)]
+
+
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """A user's JSON file: missing, not a regular file, not text, not JSON, nested too
+    deeply or holding a number Python refuses to parse -> one InputError sentence."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{what} {p} does not exist")
+    if not p.is_file():
+        raise InputError(f"{what} {p} is not a regular file")
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(f"{what} {p} is not a text file") from None
+    except OSError as exc:
+        raise InputError(f"{what} {p} cannot be read ({exc.strerror})") from None
+    except RecursionError:
+        raise InputError(f"{what} {p} is nested too deeply to be a {what}") from None
+    except ValueError as exc:  # JSONDecodeError, and integers past Python's digit limit
+        line = getattr(exc, "lineno", None)
+        where = f" at line {line}" if line else ""
+        raise InputError(f"{what} {p} is not valid JSON{where}") from None

@@ -227,6 +227,16 @@ CASES = {
         "plan.json",
     ),
     "plan not JSON": (write("plan.json", "{"), EXPORT, "not a JSON calibration table"),
+    "plan nested 100000 deep": (
+        write("plan.json", "[" * 100000),
+        EXPORT,
+        "is nested too deeply",
+    ),
+    "plan number of 5000 digits": (
+        write("plan.json", '{"num_samples": ' + "9" * 5000 + "}"),
+        EXPORT,
+        "not a JSON calibration table",
+    ),
     # pass pipeline
     "pipeline fixed_point text": (
         write("passes.yaml", "passes: [cleanup]\nfixed_point: 'yes'\n"),

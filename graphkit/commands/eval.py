@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, StrictInt
@@ -21,7 +20,7 @@ from graphkit.commands._common import (
 )
 from graphkit.errors import GraphkitError, InputError
 from graphkit.evaluators.evaluate import agreement_details, evaluate, evaluation_split, prepare_spec
-from graphkit.validation import validate
+from graphkit.validation import read_json, validate
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -73,10 +72,7 @@ def load_reference(path: str) -> dict:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"--agreement-with {p} does not exist or is not a file")
-    try:
-        data = json.loads(p.read_text())
-    except (OSError, ValueError, RecursionError):
-        raise InputError(f"{p} is not a graphkit eval --json file (not JSON)") from None
+    data = read_json(p, "graphkit eval --json file")
     if not isinstance(data, dict) or "predictions" not in data:
         raise InputError(f"{p} is not a graphkit eval --json file (no predictions)")
     validate(_Reference, data, str(p))
@@ -88,10 +84,11 @@ def run(args: argparse.Namespace) -> int:
         raise GraphkitError("--workers must be at least 1")
     from graphkit.data import load_input_spec
 
+    read = [args.model, args.model_config, args.agreement_with, args.ann, args.dets]
+    check_output_files(read, json=args.json, results=args.results)
     config = load_input_spec(args.model_config)
     spec = prepare_spec(config, args.ann, args.images, args.dets, args.limit)
-    read = [args.model, args.model_config, args.agreement_with]
-    read += [spec.source.ann, spec.source.dets, spec.source.path]
+    read += [spec.source.ann, spec.source.dets, spec.source.path]  # the config's own files
     check_output_files(read, json=args.json, results=args.results)
     reference = load_reference(args.agreement_with) if args.agreement_with else None
     warning = evaluation_split(config, spec)

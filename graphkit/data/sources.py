@@ -8,7 +8,6 @@ raised here, before a command has written anything.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import pickle
@@ -21,6 +20,7 @@ import numpy as np
 
 from graphkit.data.spec import InputSpec, SourceConfig
 from graphkit.errors import GraphkitError
+from graphkit.validation import read_json as parse_json_file
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 PERSON_CATEGORY = 1
@@ -74,11 +74,7 @@ def _where(source: SourceConfig) -> str:
 
 @lru_cache(maxsize=4)
 def _read_json(path: str, mtime_ns: int, size: int) -> object:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise GraphkitError(f"{path} is not valid JSON") from None
+    return parse_json_file(path, "JSON file")
 
 
 def read_json(path: str, what: str) -> object:

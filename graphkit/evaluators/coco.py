@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from graphkit.errors import GraphkitError
+from graphkit.errors import GraphkitError, InputError
 from graphkit.pose.oks import COCO_SIGMAS, agreement, oks  # noqa: F401 - COCO's names
+from graphkit.validation import read_json
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 
@@ -31,9 +31,11 @@ def load_annotations(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise GraphkitError(f"annotation file {p} does not exist")
     try:
-        data = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise GraphkitError(f"annotation file {p} is not JSON") from None
+        data = read_json(p, "annotation file")
+    except InputError as exc:
+        if "not valid JSON" in str(exc):
+            raise InputError(f"annotation file {p} is not JSON") from None
+        raise
     check_annotations(data, str(p))
     return data
 

@@ -27,7 +27,7 @@ from pydantic import AfterValidator, ConfigDict, Field
 
 from graphkit.errors import InputError, ModelError
 from graphkit.model import atomic_write_text
-from graphkit.validation import STRICT, validate
+from graphkit.validation import STRICT, read_json, validate
 
 SCHEMA_VERSION = 2
 MIN_AMAX = 1e-12  # below this a scale underflows float32 arithmetic in backends
@@ -184,9 +184,11 @@ class QuantPlan:
         if not p.is_file():
             raise InputError(f"calibration table {p} does not exist or is not a file")
         try:
-            data = json.loads(p.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise InputError(f"{p} is not a JSON calibration table") from None
+            data = read_json(p, "calibration table")
+        except InputError as exc:
+            if "not valid JSON" in str(exc):
+                raise InputError(f"{p} is not a JSON calibration table") from None
+            raise
         return cls.from_dict(data, str(p))
 
 
