@@ -227,6 +227,11 @@ CASES = {
         "plan.json",
     ),
     "plan not JSON": (write("plan.json", "{"), EXPORT, "not a JSON calibration table"),
+    "TensorRT cache with only its header": (
+        write("plan.json", "TRT-8601-EntropyCalibration2\n"),
+        EXPORT,
+        "has no activation ranges",
+    ),
     "plan nested 100000 deep": (
         write("plan.json", "[" * 100000),
         EXPORT,

@@ -33,7 +33,7 @@ import onnx
 
 from graphkit import scratch
 from graphkit.backends._common import ExportedFile, check_table
-from graphkit.errors import GraphkitError
+from graphkit.errors import GraphkitError, InputError
 from graphkit.logs import step
 from graphkit.model import atomic_write_text
 from graphkit.quant.table import CalibrationTable
@@ -100,6 +100,8 @@ def load_table(path: str | Path, model: onnx.ModelProto) -> CalibrationTable:
         from graphkit.quant.calibrate import weight_entries
 
         table = read_cache(p)
+        if not table.activations:
+            raise InputError(f"TensorRT cache {p} has no activation ranges (only its header)")
         table.weights = weight_entries(model)
         return table
     return CalibrationTable.load(p)
