@@ -40,6 +40,7 @@ print("peak", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, file=sy
 sys.exit(code)
 """
 
+
 def build(directory: Path, layers: int, width: int = 8192) -> Path:
     rng = np.random.default_rng(0)
     data = directory / "mlp.onnx.data"
