@@ -85,21 +85,27 @@ __all__ = ["STRICT", "describe", "validate"]
 MAX_YAML_VALUES = 1_000_000
 
 
-def read_yaml(path: str | os.PathLike, what: str) -> Any:
-    """A user's YAML file, parsed safely: missing, not a regular file (a FIFO would block),
-    not text, invalid YAML, nested too deeply, or expanding past MAX_YAML_VALUES through
-    aliases -> one InputError sentence naming the file."""
+def _read_text(path: str | os.PathLike, what: str) -> tuple[Path, str]:
+    """A user's text file, or one sentence: missing, not a regular file (a FIFO would
+    block), unreadable, not UTF-8 text."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"{what} {p} does not exist")
     if not p.is_file():
         raise InputError(f"{what} {p} is not a regular file")
     try:
-        text = p.read_text(encoding="utf-8")
+        return p, p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise InputError(f"{what} {p} is not a text file") from None
     except OSError as exc:
         raise InputError(f"{what} {p} cannot be read ({exc.strerror})") from None
+
+
+def read_yaml(path: str | os.PathLike, what: str) -> Any:
+    """A user's YAML file, parsed safely: missing, not a regular file (a FIFO would block),
+    not text, invalid YAML, nested too deeply, or expanding past MAX_YAML_VALUES through
+    aliases -> one InputError sentence naming the file."""
+    p, text = _read_text(path, what)
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
@@ -151,17 +157,9 @@ def _expanded_size(root: yaml.Node) -> int:
 def read_json(path: str | os.PathLike, what: str) -> Any:
     """A user's JSON file: missing, not a regular file, not text, not JSON, nested too
     deeply or holding a number Python refuses to parse -> one InputError sentence."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{what} {p} does not exist")
-    if not p.is_file():
-        raise InputError(f"{what} {p} is not a regular file")
+    p, text = _read_text(path, what)
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise InputError(f"{what} {p} is not a text file") from None
-    except OSError as exc:
-        raise InputError(f"{what} {p} cannot be read ({exc.strerror})") from None
+        return json.loads(text)
     except RecursionError:
         raise InputError(f"{what} {p} is nested too deeply to be a {what}") from None
     except ValueError as exc:  # JSONDecodeError, and integers past Python's digit limit

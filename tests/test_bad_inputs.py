@@ -359,6 +359,17 @@ CASES = {
 }
 
 
+def run_in(ws: Path, argv: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
+    """Run the CLI in `ws`: (exit code, stdout, stderr)."""
+    monkeypatch.chdir(ws)
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # usage errors leave through argparse
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def digest(ws: Path) -> dict[str, str]:
     return {
         str(p.relative_to(ws)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "/"
@@ -375,12 +386,7 @@ def test_bad_input_is_one_sentence_exit_2_and_nothing_written(
     shutil.copytree(good, ws)
     breaks(ws)
     before = digest(ws)
-    monkeypatch.chdir(ws)
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # usage errors leave through argparse
-        code = exc.code
-    out, err = capsys.readouterr()
+    code, out, err = run_in(ws, argv, capsys, monkeypatch)
     assert code == 2, (case, code, err)
     assert expect in " ".join(err.split()), err
     assert "Traceback" not in out + err

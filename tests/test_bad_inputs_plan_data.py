@@ -20,7 +20,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from test_bad_inputs import digest, edit_plan, first_act, first_weight, good  # noqa: F401
+from test_bad_inputs import (  # noqa: F401
+    digest,
+    edit_plan,
+    first_act,
+    first_weight,
+    good,
+    run_in,
+)
 from test_data_samples import coco, topdown  # noqa: F401
 
 from graphkit.cli import main
@@ -30,16 +37,6 @@ from graphkit.quant.table import QuantPlan
 EXPORT = ["export", "plan.json", "model.onnx", "--target", "onnx", "--out-dir", "out"]
 SHOW = ["table", "show", "plan.json"]
 CALIBRATE = ["calibrate", "model.onnx", "--data", "spec.yaml", "-o", "new.json"]
-
-
-def run_in(ws: Path, argv: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
-    monkeypatch.chdir(ws)
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # usage errors leave through argparse
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def refused(

@@ -280,7 +280,7 @@ def check_output_files(inputs: str | Sequence[str | None], **outputs: str | None
 
     given = [inputs] if isinstance(inputs, str) else [str(i) for i in inputs if i]
     read = {Path(i).resolve() for i in given}
-    weights = {d for m in read for d in _external_data_files(m)}
+    weights: set[Path] | None = None  # the inputs' data files, parsed only when needed
     seen: dict[Path, str] = {}
     for flag, value in outputs.items():
         if not value or (flag == "json" and value == "-"):
@@ -295,7 +295,10 @@ def check_output_files(inputs: str | Sequence[str | None], **outputs: str | None
                 f"{seen[p.resolve()]} and {name} both write {value}; give each its own file"
             )
         seen[p.resolve()] = name
-        if Path(str(p) + ".data").resolve() in weights:  # a big output's weights file
+        data = Path(str(p) + ".data")
+        if data.exists() and weights is None:
+            weights = {d for m in read for d in _external_data_files(m)}
+        if data.exists() and data.resolve() in (weights or set()):  # a big output's weights
             raise GraphkitError(
                 f"{name} {value} would write {p.name}.data, the file the input model's "
                 "weights are read from; write to another file"

@@ -99,6 +99,7 @@ class NcnnExecutor:
             param, Path(param).with_suffix(".bin"), int8=int8, threads=threads or 1
         )
         self.tail, self.tail_blobs = _tail_beside(Path(param))
+        self.tail_outputs = self.tail.outputs() if self.tail is not None else []
         self.tail_shapes = (
             {i: ort_rt.input_shape(vi, dynamic=0) for i, vi in _inputs(self.tail.model).items()}
             if self.tail is not None
@@ -131,7 +132,7 @@ class NcnnExecutor:
         if self.tail is None:
             return list(self.net.outputs)
         fed = set(self.tail_blobs.values())
-        return self.tail.outputs() + [b for b in self.net.outputs if b not in fed]
+        return self.tail_outputs + [b for b in self.net.outputs if b not in fed]
 
     def inputs(self) -> list[str]:
         return list(self.net.inputs)
@@ -143,7 +144,7 @@ class NcnnExecutor:
         if set(feeds) != set(self.inputs()) and len(feeds) == len(self.inputs()) == 1:
             feeds = {self.inputs()[0]: next(iter(feeds.values()))}
         names = names or self.outputs()
-        tail_names = [n for n in names if self.tail is not None and n in self.tail.outputs()]
+        tail_names = [n for n in names if n in self.tail_outputs]
         blobs = [n for n in names if n not in tail_names]
         if tail_names:
             blobs += [b for b in self.tail_blobs.values() if b in self.net.outputs]

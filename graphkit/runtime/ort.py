@@ -58,7 +58,8 @@ def make_session(
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        relative = weights.relative_copy(model) if weights.lazy_tensors(model) else None
+        lazy = bool(weights.lazy_tensors(model))
+        relative = weights.relative_copy(model) if lazy else None
         if relative is not None and model_size_bytes(relative[0]) < EXTERNAL_DATA_THRESHOLD:
             # weights left on disk: onnxruntime memory-maps them from their own file
             copy, folder = relative
@@ -70,7 +71,7 @@ def make_session(
             return ort.InferenceSession(
                 copy.SerializeToString(), opts, providers=["CPUExecutionProvider"]
             )
-        if not weights.lazy_tensors(model) and model_size_bytes(model) < EXTERNAL_DATA_THRESHOLD:
+        if not lazy and model_size_bytes(model) < EXTERNAL_DATA_THRESHOLD:
             return ort.InferenceSession(
                 model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
             )

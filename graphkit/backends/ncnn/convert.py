@@ -23,7 +23,7 @@ import onnx
 
 from graphkit import scratch
 from graphkit.errors import BackendError, GraphkitError
-from graphkit.graph import keep_only
+from graphkit.graph import consumers, keep_only
 from graphkit.model import save_model
 
 PNNX_MAX_IR = 13
@@ -100,13 +100,10 @@ def float_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
     float Mats, and pnnx would keep the Cast as `Tensor.to`, a layer ncnn lacks (TF
     exports such as MoveNet take int32 images)."""
     g = model.graph
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in g.node:
-        for t in node.input:
-            readers.setdefault(t, []).append(node)
+    readers = consumers(g)
     casts = []
     for vi in g.input:
-        users = readers.get(vi.name, [])
+        users = [g.node[i] for i in readers.get(vi.name, [])]
         if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT or not users:
             continue
         to_float = [n for n in users if n.op_type == "Cast" and _to(n) == onnx.TensorProto.FLOAT]
