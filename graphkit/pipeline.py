@@ -29,10 +29,12 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 from pydantic import BaseModel, PositiveInt
 
 from graphkit.errors import GraphkitError, InputError, ModelError, VerificationError
 from graphkit.graph import skeleton
+from graphkit.irgraph import to_ir, to_proto
 from graphkit.passes.base import PassInfo, count_ops, get_pass, validate_options
 from graphkit.runtime import ort as ort_rt
 from graphkit.validation import STRICT, read_yaml, validate
@@ -348,17 +350,42 @@ def run_pipeline(
         return _run_steps(model, pipeline, verify, on_step, seed)
 
 
+class _Model:
+    """One state of the model as the pipeline sees it: the IR passes edit, and the protobuf
+    the checker and onnxruntime take, each made from the other only when first asked."""
+
+    def __init__(self, proto: onnx.ModelProto | None = None, graph: ir.Model | None = None):
+        self._proto, self._ir = proto, graph
+
+    @property
+    def proto(self) -> onnx.ModelProto:
+        if self._proto is None:
+            assert self._ir is not None
+            self._proto = to_proto(self._ir)
+        return self._proto
+
+    def editable(self, copy: bool) -> ir.Model:
+        """The IR; with copy, one the caller may edit without touching this state."""
+        if self._ir is None or copy:
+            return to_ir(self.proto)
+        self._proto = None  # the caller edits it in place: the protobuf goes stale
+        return self._ir
+
+    def count_ops(self) -> dict[str, int]:
+        return count_ops(self._ir if self._ir is not None else self.proto)
+
+
 def _run_steps(model, pipeline, verify, on_step, seed) -> tuple[onnx.ModelProto, list[StepReport]]:
     reports: list[StepReport] = []
-    current = model
+    current = _Model(model)
     cache = OutputCache()
     iterations = pipeline.max_iterations if pipeline.fixed_point else 1
     for iteration in range(1, iterations + 1):
         any_change = False
         for step in pipeline.steps:
-            # after the first step the model is our own: without verification nothing
-            # needs the state before a pass, so passes may edit it in place (big models)
-            inplace = not verify and current is not model
+            # without verification nothing needs the state before a pass, so after the
+            # first step (the caller's model is never edited) passes edit one IR in place
+            inplace = not verify and iteration + len(reports) > 1
             report, current = run_step(current, step, verify, iteration, seed, cache, inplace)
             reports.append(report)
             any_change |= report.changed
@@ -374,28 +401,26 @@ def _run_steps(model, pipeline, verify, on_step, seed) -> tuple[onnx.ModelProto,
                 on_step(report)
         if not any_change:
             break
-    return current, reports
+    return current.proto, reports
 
 
 def run_step(
-    model: onnx.ModelProto,
+    model: _Model,
     step: Step,
     verify: bool,
     iteration: int = 1,
     seed: int = 0,
     cache: OutputCache | None = None,
     inplace: bool = False,
-) -> tuple[StepReport, onnx.ModelProto]:
+) -> tuple[StepReport, _Model]:
     """Run one pass and verify it; raise GraphkitError (model untouched) if it is wrong."""
     info = step.info
-    before_ops = count_ops(model)
-    nodes_before = len(model.graph.node)
+    before_ops = model.count_ops()
+    nodes_before = sum(before_ops.values())
+    # verification compares against the state before the pass: make its protobuf first
+    before = model.proto if verify else None
     start = time.perf_counter()
-    if inplace:
-        work = model
-    else:
-        work = onnx.ModelProto()
-        work.CopyFrom(model)
+    work = model.editable(copy=not inplace)
     try:
         result = info.func(work, **step.options)
     except GraphkitError as exc:
@@ -407,22 +432,30 @@ def run_step(
             "unchanged, please report this"
         ) from None
     # an unchanged model stays the same object (keeps the verification cache warm)
-    new = result.model if (result.changed or info.changes_outputs or inplace) else model
-    seconds = time.perf_counter() - start
+    changed = result.changed or info.changes_outputs
+    new = _Model(graph=result.model) if (changed or inplace) else model
     if result.changed:
         try:
-            check_model(new, f"pass '{step.name}'")
+            check_model(new.proto, f"pass '{step.name}'")
         except GraphkitError as exc:
             raise VerificationError(f"{exc}; it was rolled back") from None
+    seconds = time.perf_counter() - start
     diffs: dict[str, float] | None = None
     verify_start = time.perf_counter()
-    if verify and (result.changed or info.changes_outputs):
+    if verify and changed:
+        assert before is not None
         diffs = {}
         for slot in range(VERIFY_INPUTS):
-            feeds = sample_feeds(model, new, seed=seed + 1000 * slot)
+            feeds = sample_feeds(before, new.proto, seed=seed + 1000 * slot)
             try:
                 measured = compare(
-                    model, new, result.output_map, feeds, result.input_map, cache=cache, slot=slot
+                    before,
+                    new.proto,
+                    result.output_map,
+                    feeds,
+                    result.input_map,
+                    cache=cache,
+                    slot=slot,
                 )
             except GraphkitError as exc:
                 raise VerificationError(f"pass '{step.name}' was rolled back: {exc}") from None
@@ -434,14 +467,14 @@ def run_step(
                     )
                 diffs[out] = max(diffs.get(out, 0.0), largest)
     verify_seconds = time.perf_counter() - verify_start
-    after_ops = count_ops(new)
+    after_ops = new.count_ops()
     removed = {k: v - after_ops.get(k, 0) for k, v in before_ops.items() if v > after_ops.get(k, 0)}
     added = {k: v - before_ops.get(k, 0) for k, v in after_ops.items() if v > before_ops.get(k, 0)}
     report = StepReport(
         name=step.name,
         iteration=iteration,
         nodes_before=nodes_before,
-        nodes_after=len(new.graph.node),
+        nodes_after=sum(after_ops.values()),
         seconds=seconds,
         changed=result.changed,
         notes=result.notes,

@@ -1,15 +1,18 @@
 """The pass interface: a named function from a model to a PassResult, with typed options.
 
-A pass is registered with `@register("name")` on a function whose keyword-only arguments
-are its options (type hints and defaults are the option schema, the docstring is what
+A pass is registered with `@register("name")` on a function from an `onnx_ir.Model` (edited
+in place or replaced) to a PassResult, whose keyword-only arguments are its options (type hints and defaults are the option schema, the docstring is what
 `graphkit passes` prints). Passes whose purpose is to change the outputs (strip-flip-test,
 select-outputs, extract) say so with `changes_outputs=True` and tell the verifier which
-old tensor each kept output must equal through `PassResult.output_map`.
+old tensor each kept output must equal through `PassResult.output_map`. The registered
+function also takes a protobuf model and then returns one (converted in and out), so
+callers outside a pipeline need not know about the IR.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import inspect
 import math
@@ -19,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import onnx
+import onnx_ir as ir
 
 from graphkit.errors import GraphkitError, InputError
 from graphkit.validation import validate
@@ -28,7 +32,8 @@ from graphkit.validation import validate
 class PassResult:
     """What a pass returns: the new model and a plain account of what it changed."""
 
-    model: onnx.ModelProto
+    # an ir.Model from the pass itself; a protobuf when the caller handed in a protobuf
+    model: Any
     changed: bool
     notes: list[str] = field(default_factory=list)
     # new output name -> tensor name in the model before the pass that it must equal.
@@ -67,8 +72,23 @@ def register(name: str, changes_outputs: bool = False) -> Callable:
         }
         if name in REGISTRY:
             raise RuntimeError(f"pass {name!r} registered twice")
-        REGISTRY[name] = PassInfo(name, func, changes_outputs, options)
-        return func
+
+        first = next(iter(sig.parameters.values())).annotation
+        takes_proto = "ModelProto" in str(first)  # a pass not ported to the IR yet
+
+        @functools.wraps(func)
+        def run(model: Any, **kwargs: Any) -> PassResult:
+            if isinstance(model, ir.Model) != takes_proto:
+                return func(model, **kwargs)
+            convert_in, convert_out = (
+                (ir.to_proto, ir.from_proto) if takes_proto else (ir.from_proto, ir.to_proto)
+            )
+            result = func(convert_in(model), **kwargs)
+            result.model = convert_out(result.model)
+            return result
+
+        REGISTRY[name] = PassInfo(name, run, changes_outputs, options)
+        return run
 
     return wrap
 
@@ -127,9 +147,10 @@ def validate_options(info: PassInfo, options: dict[str, Any] | None) -> dict[str
     return options
 
 
-def count_ops(model: onnx.ModelProto) -> dict[str, int]:
+def count_ops(model: onnx.ModelProto | ir.Model) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for node in model.graph.node:
+    nodes = model.graph if isinstance(model, ir.Model) else model.graph.node
+    for node in nodes:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts
 

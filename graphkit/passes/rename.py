@@ -2,32 +2,11 @@
 
 from __future__ import annotations
 
-import onnx
+import onnx_ir as ir
 
 from graphkit.errors import GraphkitError
-from graphkit.graph import plural, subgraphs, unique_name
+from graphkit.irgraph import Names, all_graphs, all_values, name_of, plural
 from graphkit.passes.base import PassResult, register
-
-
-def _all_graphs(graph: onnx.GraphProto):
-    yield graph
-    for node in graph.node:
-        for sub in subgraphs(node):
-            yield from _all_graphs(sub)
-
-
-def _tensor_names(graph: onnx.GraphProto) -> list[str]:
-    names: dict[str, None] = {}
-    for g in _all_graphs(graph):
-        for vi in list(g.input) + list(g.output) + list(g.value_info):
-            names[vi.name] = None
-        for init in g.initializer:
-            names[init.name] = None
-        for node in g.node:
-            for n in list(node.input) + list(node.output):
-                if n:
-                    names[n] = None
-    return list(names)
 
 
 def _clean(name: str, bad: str, replacement: str) -> str:
@@ -36,7 +15,7 @@ def _clean(name: str, bad: str, replacement: str) -> str:
 
 @register("rename")
 def rename(
-    model: onnx.ModelProto,
+    model: ir.Model,
     *,
     chars: str = ":/",
     replacement: str = "_",
@@ -57,39 +36,30 @@ def rename(
     if any(c in replacement for c in chars):
         raise GraphkitError(f"replacement '{replacement}' contains a character it should replace")
     g = model.graph
-    io = {vi.name for vi in g.input} | {vi.name for vi in g.output}
-    names = _tensor_names(g)
-    taken = set(names)
+    io = {id(v) for v in list(g.inputs) + list(g.outputs)}
+    names = Names(g)
     mapping: dict[str, str] = {}
-    for name in names:
-        if keep_io and name in io:
+    for value in dict.fromkeys(all_values(g)):  # a value may be listed twice (input + init)
+        name = value.name
+        if not name or (keep_io and id(value) in io):
             continue
         new = _clean(name, chars, replacement)
         if new == name:
             continue
-        base, i = new, 1
-        while new in taken:
-            new = f"{base}_{i}"
-            i += 1
-        taken.add(new)
+        new = names.fresh(new)
         mapping[name] = new
-    for graph in _all_graphs(g):
-        for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
-            vi.name = mapping.get(vi.name, vi.name)
-        for init in graph.initializer:
-            init.name = mapping.get(init.name, init.name)
-        for node in graph.node:
-            for i, n in enumerate(node.input):
-                node.input[i] = mapping.get(n, n)
-            for i, n in enumerate(node.output):
-                node.output[i] = mapping.get(n, n)
+        value.name = new
+    io_names = {id(v): v.name for v in list(g.inputs) + list(g.outputs)}
     renamed_nodes = 0
     if nodes:
-        seen: set[str] = set()
-        for graph in _all_graphs(g):
-            for node in graph.node:
-                hint = _clean(node.name, chars, replacement) or f"{node.op_type}_{len(seen)}"
-                new = unique_name(hint, seen)
+        seen = Names()
+        for graph in all_graphs(g):
+            for node in graph:
+                hint = (
+                    _clean(node.name or "", chars, replacement)
+                    or f"{node.op_type}_{len(seen.taken)}"
+                )
+                new = seen.fresh(hint)
                 if new != node.name:
                     node.name = new
                     renamed_nodes += 1
@@ -99,8 +69,10 @@ def rename(
     if renamed_nodes:
         notes.append(f"renamed {plural(renamed_nodes, 'node')}")
     result = PassResult(model, bool(notes), notes)
-    if any(name in mapping for name in io):
-        reverse = {new: old for old, new in mapping.items()}
-        result.output_map = {o.name: reverse.get(o.name, o.name) for o in g.output}
-        result.input_map = {i.name: reverse[i.name] for i in g.input if i.name in reverse}
+    reverse = {new: old for old, new in mapping.items()}
+    if any(name in reverse for name in io_names.values()):
+        result.output_map = {name_of(o): reverse.get(name_of(o), name_of(o)) for o in g.outputs}
+        result.input_map = {
+            name_of(i): reverse[name_of(i)] for i in g.inputs if name_of(i) in reverse
+        }
     return result

@@ -1,0 +1,213 @@
+"""What every pass shares on the onnx_ir graph: conversion, constants, names, bypassing.
+
+Passes edit an `onnx_ir.Model` (the ONNX project's IR: every Value knows its producer and
+its uses, subgraph captures included, and external weights stay on disk until read). The
+few decisions onnx_ir leaves to its user live here once: which values count as constants
+(an initializer that is not an overridable graph input, or a Constant node), how a graph
+output keeps its name when the node writing it goes, and fresh unique names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from graphkit.errors import ModelError
+
+_CHUNK = 64 * 2**20
+
+
+def to_ir(model: onnx.ModelProto) -> ir.Model:
+    """The IR of a protobuf model (weights shared, not copied; lazy headers stay lazy)."""
+    return ir.from_proto(model)
+
+
+def to_proto(model: ir.Model) -> onnx.ModelProto:
+    """The protobuf of an IR model (what onnxruntime, the checker and saving take)."""
+    return ir.to_proto(model)
+
+
+def all_graphs(graph: ir.Graph) -> Iterator[ir.Graph]:
+    """The graph and every subgraph below it (If/Loop/Scan bodies)."""
+    yield graph
+    yield from graph.subgraphs()
+
+
+def all_values(graph: ir.Graph) -> Iterator[ir.Value]:
+    """Every value defined anywhere in the graph or its subgraphs."""
+    for g in all_graphs(graph):
+        yield from g.inputs
+        yield from g.initializers.values()
+        for node in g:
+            yield from node.outputs
+
+
+def const_array(value: ir.Value | None) -> np.ndarray | None:
+    """The fixed value of a tensor, or None: an initializer that is not also a graph input
+    (those can be overridden at run time) or the output of a Constant node."""
+    if value is None or value.is_graph_input():
+        return None
+    if value.is_initializer():
+        tensor = value.const_value
+        return None if tensor is None else tensor.numpy()
+    node = value.producer()
+    if node is None or node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+        return None
+    tensor = ir.convenience.get_const_tensor(value)
+    return None if tensor is None else tensor.numpy()
+
+
+def is_const(value: ir.Value | None) -> bool:
+    if value is None or value.is_graph_input():
+        return False
+    if value.is_initializer():
+        return value.const_value is not None
+    node = value.producer()
+    return node is not None and node.op_type == "Constant" and node.domain in ("", "ai.onnx")
+
+
+def name_of(value: ir.Value) -> str:
+    """A value's name ("" for the unnamed, which a parsed model never has)."""
+    return value.name or ""
+
+
+def n_uses(value: ir.Value) -> int:
+    """Readers of a value, counting being a graph output as one reader."""
+    return len(value.uses()) + value.is_graph_output()
+
+
+def only_consumer(value: ir.Value) -> ir.Node | None:
+    """The single node reading a value that is not a graph output, else None."""
+    if value.is_graph_output():
+        return None
+    users = {id(u.node): u.node for u in value.uses()}
+    return next(iter(users.values())) if len(users) == 1 else None
+
+
+class Names:
+    """Fresh tensor names for one model: every name in use anywhere is taken."""
+
+    def __init__(self, graph: ir.Graph | None = None):
+        self.taken: set[str] = set()
+        if graph is not None:
+            self.taken = {v.name for v in all_values(graph) if v.name}
+
+    def fresh(self, hint: str) -> str:
+        name, i = hint, 1
+        while name in self.taken:
+            name = f"{hint}_{i}"
+            i += 1
+        self.taken.add(name)
+        return name
+
+
+def add_initializer(graph: ir.Graph, array: np.ndarray, name: str) -> ir.Value:
+    """A new initializer holding `array` under `name` (the caller made it unique)."""
+    tensor = ir.tensor(np.ascontiguousarray(array), name=name)
+    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype))
+    value.const_value = tensor
+    graph.register_initializer(value)
+    return value
+
+
+def set_const_input(
+    graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray, names: Names
+) -> None:
+    """Give input `index` of `node` the value `array` without changing any other reader:
+    overwrite the initializer when this node is its only reader, else add a new one."""
+    old = node.inputs[index] if index < len(node.inputs) else None
+    if (
+        old is not None
+        and old.is_initializer()
+        and not old.is_graph_input()
+        and not old.is_graph_output()
+        and len(old.uses()) == 1
+    ):
+        tensor = ir.tensor(np.ascontiguousarray(array), name=old.name)
+        old.const_value = tensor
+        old.shape = ir.Shape(array.shape)
+        old.type = ir.TensorType(tensor.dtype)
+        return
+    hint = (old.name if old is not None and old.name else node.name or node.op_type) + "_fused"
+    value = add_initializer(graph, array, names.fresh(hint))
+    if index >= len(node.inputs):
+        node.resize_inputs(index + 1)
+    node.replace_input_with(index, value)
+
+
+def bypass(graph: ir.Graph, old: ir.Value, new: ir.Value) -> bool:
+    """Make every reader of `old` read `new` instead, so `old`'s producer can go.
+
+    When `old` is a graph output its name must survive: the graph output slot then takes
+    `new`, which is renamed to `old`'s name (possible only when `new` is written by a node
+    of this graph and is itself neither a graph input nor output). Returns False, changing
+    nothing, when it is not possible."""
+    if old is new:
+        return True
+    if old.is_graph_output():
+        producer = new.producer()
+        if (
+            producer is None
+            or producer.graph is not graph
+            or new.is_graph_output()
+            or new.is_graph_input()
+            or new.is_initializer()
+        ):
+            return False
+        name = old.name
+        old.replace_all_uses_with(new, replace_graph_outputs=True)
+        old.name = None
+        new.name = name
+        return True
+    old.replace_all_uses_with(new)
+    return True
+
+
+def remove_nodes(graph: ir.Graph, nodes: Iterable[ir.Node]) -> int:
+    """Delete nodes whose outputs nobody reads any more (also detaches their inputs)."""
+    dead = list({id(n): n for n in nodes}.values())
+    if dead:
+        graph.remove(dead, safe=True)
+    return len(dead)
+
+
+def drop_unused_initializers(graph: ir.Graph) -> int:
+    """Remove initializers that no node reads and that are not graph inputs or outputs."""
+    unused = [
+        name
+        for name, v in graph.initializers.items()
+        if not v.uses() and not v.is_graph_output() and not v.is_graph_input()
+    ]
+    for name in unused:
+        graph.initializers.pop(name)
+    return len(unused)
+
+
+def tensor_digest(tensor: ir.TensorProtocol) -> str:
+    """sha1 of a tensor's bytes, streamed from disk for external tensors (big weights are
+    compared without being loaded)."""
+    h = hashlib.sha1()
+    h.update(str((tensor.dtype, tuple(tensor.shape))).encode())
+    if isinstance(tensor, ir.ExternalTensor):
+        offset, length = tensor.offset or 0, tensor.length
+        if length is None:
+            length = tensor.nbytes
+        with open(tensor.path, "rb") as f:
+            f.seek(offset)
+            while length > 0:
+                piece = f.read(min(_CHUNK, length))
+                if not piece:
+                    raise ModelError(f"external data of tensor '{tensor.name}' ended early")
+                length -= len(piece)
+                h.update(piece)
+        return h.hexdigest()
+    h.update(tensor.tobytes())
+    return h.hexdigest()
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
