@@ -46,6 +46,45 @@ def all_values(graph: ir.Graph) -> Iterator[ir.Value]:
             yield from node.outputs
 
 
+def node_subgraphs(node: ir.Node) -> list[ir.Graph]:
+    """Graphs held in a node's attributes (If/Loop/Scan bodies)."""
+    graphs: list[ir.Graph] = []
+    for attr in node.attributes.values():
+        if attr.type == ir.AttributeType.GRAPH:
+            graphs.append(attr.as_graph())
+        elif attr.type == ir.AttributeType.GRAPHS:
+            graphs.extend(attr.as_graphs())
+    return graphs
+
+
+def reads(node: ir.Node) -> list[ir.Value]:
+    """Every value a node reads: its inputs and what its subgraphs take from outside."""
+    values = [v for v in node.inputs if v is not None]
+    subs = node_subgraphs(node)
+    if subs:
+        inner = {id(g) for s in subs for g in all_graphs(s)}
+        for sub in subs:
+            for g in all_graphs(sub):
+                for v in [*(i for n in g for i in n.inputs), *g.outputs]:
+                    if v is not None and id(v.graph) not in inner:
+                        values.append(v)
+    return list({id(v): v for v in values}.values())
+
+
+def ancestors(targets: Iterable[ir.Value], stop: Iterable[ir.Value] = ()) -> list[ir.Node]:
+    """The nodes `targets` depend on (in no particular order), not walking past `stop`."""
+    stopped = {id(v) for v in stop}
+    seen: dict[int, ir.Node] = {}
+    todo = [v for v in targets if id(v) not in stopped]
+    while todo:
+        node = todo.pop().producer()
+        if node is None or id(node) in seen:
+            continue
+        seen[id(node)] = node
+        todo.extend(v for v in reads(node) if id(v) not in stopped)
+    return list(seen.values())
+
+
 def const_array(value: ir.Value | None) -> np.ndarray | None:
     """The fixed value of a tensor, or None: an initializer that is not also a graph input
     (those can be overridden at run time) or the output of a Constant node."""
@@ -176,14 +215,14 @@ def remove_nodes(graph: ir.Graph, nodes: Iterable[ir.Node]) -> int:
 
 
 def drop_unused_initializers(graph: ir.Graph) -> int:
-    """Remove initializers that no node reads and that are not graph inputs or outputs."""
-    unused = [
-        name
-        for name, v in graph.initializers.items()
-        if not v.uses() and not v.is_graph_output() and not v.is_graph_input()
-    ]
-    for name in unused:
-        graph.initializers.pop(name)
+    """Remove initializers that nothing reads, with the graph inputs that only listed them
+    (old IR versions list initializers as inputs too); real graph inputs stay."""
+    unused = [v for v in graph.initializers.values() if not v.uses() and not v.is_graph_output()]
+    if any(v.is_graph_input() for v in unused):
+        dead = {id(v) for v in unused}
+        graph.inputs[:] = [v for v in graph.inputs if id(v) not in dead]
+    for v in unused:
+        graph.initializers.pop(name_of(v))
     return len(unused)
 
 

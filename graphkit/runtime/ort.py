@@ -210,14 +210,16 @@ def prune_to_outputs(model: onnx.ModelProto) -> int:
     onnxruntime runs every node of a session's graph whatever outputs are asked for: a
     calibration session that only exposes inner tensors would still compute the heads and
     the post-processing after them (on efficientpose the full-resolution ConvTranspose)."""
-    from graphkit.graph import ancestors, drop_unused_weights
+    from graphkit.irgraph import ancestors, drop_unused_initializers, to_ir, to_proto
 
-    g = model.graph
-    needed = ancestors(g, [o.name for o in g.output])
-    doomed = [i for i in range(len(g.node)) if i not in needed]
-    for i in reversed(doomed):  # by index: protobuf wrappers have no stable identity
-        del g.node[i]
-    drop_unused_weights(g, {i.name for i in g.initializer})
+    graph = to_ir(model)
+    needed = {id(n) for n in ancestors(graph.graph.outputs)}
+    doomed = [n for n in graph.graph if id(n) not in needed]
+    if not doomed:
+        return 0
+    graph.graph.remove(doomed, safe=True)
+    drop_unused_initializers(graph.graph)
+    model.graph.CopyFrom(to_proto(graph).graph)
     return len(doomed)
 
 

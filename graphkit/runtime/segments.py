@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
-from onnx import helper
+import onnx_ir as ir
 
-from graphkit.graph import ancestors, node_inputs
+from graphkit.irgraph import ancestors, name_of, reads, to_ir, to_proto
 from graphkit.runtime.ort import make_session
 
 Env = dict[str, np.ndarray]
@@ -29,54 +29,51 @@ class Segments:
     drops what nothing reads any more."""
 
     def __init__(self, model: onnx.ModelProto, targets: Sequence[Sequence[str]]):
-        graph = model.graph
-        self._model = model
-        self._inits = {i.name: i for i in graph.initializer}
+        self._model = to_ir(model)
+        graph = self._model.graph
+        values = ir.convenience.create_value_mapping(graph, include_subgraphs=False)
+        position = {id(n): i for i, n in enumerate(graph)}
         done: set[int] = set()
-        self.parts: list[list[int]] = []
+        parts: list[list[ir.Node]] = []
         for group in targets:
-            nodes = sorted(ancestors(graph, group) - done)  # graph order is topological
-            done.update(nodes)
-            self.parts.append(nodes)
+            nodes = [n for n in ancestors(values[t] for t in group) if id(n) not in done]
+            nodes.sort(key=lambda n: position[id(n)])  # graph order is topological
+            done.update(id(n) for n in nodes)
+            parts.append(nodes)
+        self.parts = parts
         self.targets = [list(g) for g in targets]
-        reads = [
-            {t for i in nodes for t in node_inputs(graph.node[i]) if t not in self._inits}
-            for nodes in self.parts
+        read = [
+            {v.name for n in nodes for v in reads(n) if v.name and not v.is_initializer()}
+            for nodes in parts
         ]
-        made = [{t for i in nodes for t in graph.node[i].output if t} for nodes in self.parts]
-        self.inputs = [sorted(r - m) for r, m in zip(reads, made)]
+        made = [{o.name for n in nodes for o in n.outputs if o.name} for nodes in parts]
+        self.inputs = [sorted(r - m) for r, m in zip(read, made)]
         # a tensor is kept after part k while a later part reads it
         self.outputs = []
         self.last_read: dict[str, int] = {}
-        for k, r in enumerate(reads):
+        for k, r in enumerate(read):
             for t in r:
                 self.last_read[t] = k
         for k, m in enumerate(made):
-            later = set().union(*self.inputs[k + 1 :]) if k + 1 < len(self.parts) else set()
+            later = set().union(*self.inputs[k + 1 :]) if k + 1 < len(parts) else set()
             self.outputs.append(sorted((m & later) | set(self.targets[k])))
         self._sessions: dict[int, object] = {}
 
     def _session(self, k: int, env: Mapping[str, np.ndarray]):
         if k not in self._sessions:
-            g = self._model.graph
-            nodes = [g.node[i] for i in self.parts[k]]
-            needed = {t for n in nodes for t in node_inputs(n)}
-            part = helper.make_graph(
-                nodes,
-                f"part{k}",
-                [  # dtype from the first arrays, shape left free: samples may differ in size
-                    helper.make_tensor_value_info(
-                        t, helper.np_dtype_to_tensor_dtype(env[t].dtype), None
-                    )
-                    for t in self.inputs[k]
-                ],
-                [helper.make_empty_tensor_value_info(t) for t in self.outputs[k]],
-                [self._inits[t] for t in sorted(needed & set(self._inits))],
+            part = ir.convenience.extract(
+                self._model.graph, inputs=self.inputs[k], outputs=self.outputs[k]
             )
-            m = helper.make_model(
-                part, opset_imports=self._model.opset_import, ir_version=self._model.ir_version
-            )
-            self._sessions[k] = make_session(m, optimize=False)
+            part.name = f"part{k}"
+            # dtype from the first arrays, shapes left free: samples may differ in size
+            for v in part.inputs:
+                v.type = ir.TensorType(ir.DataType.from_numpy(env[name_of(v)].dtype))
+                v.shape = None
+            for node in part:  # no stale shape hints inside either
+                for v in node.outputs:
+                    v.shape = None
+            m = ir.Model(part, ir_version=self._model.ir_version)
+            self._sessions[k] = make_session(to_proto(m), optimize=False)
         return self._sessions[k]
 
     def run(self, k: int, env: Env) -> Env:

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 
 from graphkit import scratch
 from graphkit.errors import BackendError, GraphkitError
-from graphkit.graph import consumers, keep_only
+from graphkit.irgraph import to_ir, to_proto
 from graphkit.model import save_model
 
 PNNX_MAX_IR = 13
@@ -99,29 +100,30 @@ def float_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
     """Integer pixel inputs read only through Cast-to-float become float inputs: ncnn feeds
     float Mats, and pnnx would keep the Cast as `Tensor.to`, a layer ncnn lacks (TF
     exports such as MoveNet take int32 images)."""
-    g = model.graph
-    readers = consumers(g)
-    casts = []
-    for vi in g.input:
-        users = [g.node[i] for i in readers.get(vi.name, [])]
-        if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT or not users:
+    graph = to_ir(model)
+    changed = False
+    for value in graph.graph.inputs:
+        users = [u.node for u in value.uses()]
+        if value.dtype in (ir.DataType.FLOAT, None) or not users or value.is_graph_output():
             continue
-        to_float = [n for n in users if n.op_type == "Cast" and _to(n) == onnx.TensorProto.FLOAT]
-        if len(to_float) == len(users) and vi.name not in {o.name for o in g.output}:
-            casts.append((vi, to_float))
-    if not casts:
-        return model
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    renamed = {n.output[0]: vi.name for vi, nodes in casts for n in nodes}
-    keep_only(out.graph.node, lambda n: not (n.op_type == "Cast" and n.output[0] in renamed))
-    for node in out.graph.node:
-        for k, t in enumerate(node.input):
-            node.input[k] = renamed.get(t, t)
-    for vi, _ in casts:
-        target = next(i for i in out.graph.input if i.name == vi.name)
-        target.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
-    return out
+        if not all(_casts_to_float(n, graph.graph) for n in users):
+            continue
+        value.type = ir.TensorType(ir.DataType.FLOAT)
+        for cast in users:
+            cast.outputs[0].replace_all_uses_with(value)
+            graph.graph.remove(cast, safe=True)
+        changed = True
+    return to_proto(graph) if changed else model
+
+
+def _casts_to_float(node: ir.Node, graph: ir.Graph) -> bool:
+    to = node.attributes.get_int("to", 0)
+    return (
+        node.op_type == "Cast"
+        and node.graph is graph
+        and to == ir.DataType.FLOAT
+        and not node.outputs[0].is_graph_output()
+    )
 
 
 def without_nops(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -132,10 +134,6 @@ def without_nops(model: onnx.ModelProto) -> onnx.ModelProto:
     work = onnx.ModelProto()
     work.CopyFrom(model)
     return eliminate_nops(work).model
-
-
-def _to(node: onnx.NodeProto) -> int:
-    return next((a.i for a in node.attribute if a.name == "to"), 0)
 
 
 def simplify(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> onnx.ModelProto:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import onnx
 
-from graphkit.graph import consumers, node_inputs
+from graphkit.irgraph import name_of, reads, to_ir
 from graphkit.passes.outputs import extract
 
 WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
@@ -31,30 +31,33 @@ class Split:
 
 def split_tail(model: onnx.ModelProto) -> Split | None:
     """Head and tail of `model`, or None when nothing follows its last weighted layers."""
-    g = model.graph
-    readers = consumers(g)
+    g = to_ir(model).graph
+    nodes = list(g)
+    readers: dict[int, list[int]] = {}  # value -> positions of the nodes reading it
+    for pos, node in enumerate(nodes):
+        for v in reads(node):
+            readers.setdefault(id(v), []).append(pos)
     body: set[int] = set()
-    for i in reversed(range(len(g.node))):  # graphs are topologically sorted
-        node = g.node[i]
+    for pos in reversed(range(len(nodes))):  # graphs are topologically sorted
+        node = nodes[pos]
         if node.op_type in WEIGHTED or any(
-            j in body for o in node.output for j in readers.get(o, [])
+            j in body for o in node.outputs for j in readers.get(id(o), [])
         ):
-            body.add(i)
-    tail = [i for i in range(len(g.node)) if i not in body]
+            body.add(pos)
+    tail = [pos for pos in range(len(nodes)) if pos not in body]
     if not body or not tail:
         return None
-    made_by_body = {o for i in body for o in g.node[i].output}
-    inits = {t.name for t in g.initializer}
-    graph_inputs = {vi.name for vi in g.input} - inits
+    made_by_body = {name_of(o) for pos in body for o in nodes[pos].outputs}
+    graph_inputs = {name_of(v) for v in g.inputs if not v.is_initializer()}
     cut = list(
         dict.fromkeys(
-            t
-            for i in tail
-            for t in node_inputs(g.node[i])
-            if t in made_by_body or t in graph_inputs
+            name_of(v)
+            for pos in tail
+            for v in reads(nodes[pos])
+            if name_of(v) in made_by_body or name_of(v) in graph_inputs
         )
     )
-    outputs = [o.name for o in g.output]
+    outputs = [name_of(o) for o in g.outputs]
     tail_outputs = [o for o in outputs if o not in made_by_body and o not in graph_inputs]
     if not cut or not tail_outputs:
         return None
