@@ -3,64 +3,114 @@
 from __future__ import annotations
 
 import onnx
+import onnx_ir as ir
 
 from graphkit.errors import GraphkitError
-from graphkit.graph import drop_stale_value_info
 from graphkit.passes.base import PassResult, register
-from graphkit.runtime.ort import graph_input_names
+
+Dims = list[int | str | None]
+
+# initializers up to this many elements keep their values for inference (shape vectors,
+# axes, scales are read by it); bigger ones only lend it their type and shape
+_KEEP_ELEMENTS = 64
 
 
-def _dims(vi: onnx.ValueInfoProto) -> list[int | str | None]:
-    out: list[int | str | None] = []
-    for d in vi.type.tensor_type.shape.dim:
-        if d.HasField("dim_value"):
-            out.append(d.dim_value)
-        elif d.HasField("dim_param"):
-            out.append(d.dim_param)
-        else:
-            out.append(None)
-    return out
+def _real_inputs(graph: ir.Graph) -> list[ir.Value]:
+    """Graph inputs that are not initializers (old exporters list both)."""
+    return [v for v in graph.inputs if not v.is_initializer()]
 
 
-def _set_dims(vi: onnx.ValueInfoProto, dims: list[int | str | None]) -> None:
-    shape = vi.type.tensor_type.shape
-    del shape.dim[:]
-    for d in dims:
-        dim = shape.dim.add()
-        if isinstance(d, int):
-            dim.dim_value = d
-        elif isinstance(d, str):
-            dim.dim_param = d
+def _dims(value: ir.Value) -> Dims:
+    """A value's dims: ints, symbol names, None for unknown ([] when it has no shape)."""
+    if value.shape is None:
+        return []
+    return [d if isinstance(d, int) else d.value for d in value.shape]
 
 
-def reinfer(model: onnx.ModelProto) -> None:
+def _set_dims(value: ir.Value, dims: Dims) -> None:
+    value.shape = ir.Shape(dims)
+
+
+def _light_proto(model: ir.Model) -> onnx.ModelProto:
+    """A protobuf of the model for shape inference, without its big weights.
+
+    Big initializers become typed graph inputs (their shapes are all inference needs), so
+    nothing is read from disk or copied but the small tensors inference reads (shape
+    vectors, axes). The model itself is not touched.
+    """
+    g = model.graph
+    small: list[ir.Value] = []
+    extra: list[onnx.ValueInfoProto] = []
+    for name, value in g.initializers.items():
+        tensor = value.const_value
+        if tensor is None:
+            continue
+        if tensor.size <= _KEEP_ELEMENTS:
+            if isinstance(tensor, ir.ExternalTensor):  # inline it: inference reads no files
+                value = ir.Value(
+                    name=name, const_value=ir.Tensor(tensor.numpy(), dtype=tensor.dtype, name=name)
+                )
+            small.append(value)
+        elif not value.is_graph_input():
+            extra.append(
+                onnx.helper.make_tensor_value_info(
+                    name, int(tensor.dtype), list(tensor.shape.numpy())
+                )
+            )
+    view = ir.GraphView(g.inputs, g.outputs, nodes=g, initializers=small, name=g.name)
+    proto = onnx.ModelProto(ir_version=max(model.ir_version, 4))
+    proto.opset_import.extend(
+        onnx.helper.make_opsetid(domain, version) for domain, version in model.opset_imports.items()
+    )
+    proto.functions.extend(
+        ir.serde.serialize_function(f, create_value_info=model.ir_version >= 10)
+        for f in model.functions.values()
+    )
+    # onnx_ir's GraphView does not type-check against its own GraphViewProtocol
+    ir.serde.serialize_graph_into(proto.graph, view, model_ir_version=model.ir_version)  # type: ignore[arg-type]
+    proto.graph.input.extend(extra)
+    return proto
+
+
+def reinfer(model: ir.Model) -> None:
     """Forget every intermediate and output shape and infer them again from the inputs.
 
     Graph outputs keep their element type and rank; their dims come from inference when it
     can tell them and are left unknown otherwise (a stale static output dim would lie).
+    Intermediate values lose type and shape unless inference tells them again.
     """
     g = model.graph
-    del g.value_info[:]
-    for out in g.output:
-        if out.type.HasField("tensor_type") and out.type.tensor_type.HasField("shape"):
-            _set_dims(out, [None] * len(out.type.tensor_type.shape.dim))
+    produced = [v for node in g for v in node.outputs if v.name]
+    for value in produced:
+        if not value.is_graph_output():
+            value.type = None
+            value.shape = None
+        elif isinstance(value.type, ir.TensorType) and value.shape is not None:
+            _set_dims(value, [None] * len(value.shape))
     try:
-        inferred = onnx.shape_inference.infer_shapes(model)
+        inferred = onnx.shape_inference.infer_shapes(_light_proto(model))
     except Exception as exc:  # noqa: BLE001 - shape inference reports bad shapes this way
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise GraphkitError(f"shape inference failed with the new shapes: {first}") from None
     known = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
-    for out in g.output:
-        vi = known.get(out.name)
-        if vi is not None and vi.type.tensor_type.HasField("shape"):
-            _set_dims(out, _dims(vi))
-    g.value_info.extend(inferred.graph.value_info)
-    drop_stale_value_info(g)
+    for value in produced:
+        vi = known.get(value.name or "")
+        if vi is None:
+            continue
+        shape = ir.serde.deserialize_type_proto_for_shape(vi.type)
+        if value.is_graph_output():
+            if shape is not None:
+                value.shape = shape
+            if value.type is None:
+                value.type = ir.serde.deserialize_type_proto_for_type(vi.type)
+        else:
+            value.type = ir.serde.deserialize_type_proto_for_type(vi.type)
+            value.shape = shape
 
 
 @register("fix-shapes")
 def fix_shapes(
-    model: onnx.ModelProto,
+    model: ir.Model,
     *,
     input: list[int] | dict[str, list[int]] | None = None,
     batch: int | None = None,
@@ -73,8 +123,8 @@ def fix_shapes(
     already fixes must agree, or the pass says which input and dim differ: the model would
     compute something else at another size.
     """
-    g = model.graph
-    real = graph_input_names(model)
+    inputs = _real_inputs(model.graph)
+    real = [v.name or "" for v in inputs]
     if input is None and batch is None:
         raise GraphkitError("fix-shapes needs 'input' (a shape or {name: shape}) or 'batch'")
     if isinstance(input, list):
@@ -90,10 +140,8 @@ def fix_shapes(
                 f"the model has no input '{name}'; its inputs are: {', '.join(real)}"
             )
     notes = []
-    by_name = {vi.name: vi for vi in g.input}
-    for name in real:
-        vi = by_name[name]
-        old = _dims(vi)
+    for name, value in zip(real, inputs):
+        old = _dims(value)
         new = list(old)
         if name in wanted:
             shape = wanted[name]
@@ -116,7 +164,7 @@ def fix_shapes(
                     f"input '{name}' dim {axis} is fixed to {a} in the model, not {b}"
                 )
         if new != old:
-            _set_dims(vi, new)
+            _set_dims(value, new)
             notes.append(f"{name}: {_fmt(old)} -> {_fmt(new)}")
     reinfer(model)
     return PassResult(model, bool(notes), notes)
@@ -124,7 +172,7 @@ def fix_shapes(
 
 @register("make-dynamic")
 def make_dynamic(
-    model: onnx.ModelProto,
+    model: ir.Model,
     *,
     dims: dict[str, list[int]] | None = None,
     batch: bool = False,
@@ -137,8 +185,8 @@ def make_dynamic(
     verification runs the model at the old size, so it cannot see that: check with the
     backend at the sizes you need.
     """
-    g = model.graph
-    real = graph_input_names(model)
+    by_name = {v.name or "": v for v in _real_inputs(model.graph)}
+    real = list(by_name)
     if not dims and not batch:
         raise GraphkitError("make-dynamic needs 'dims' ({input: [axes]}) or 'batch: true'")
     wanted = {name: list(axes) for name, axes in (dims or {}).items()}
@@ -153,10 +201,9 @@ def make_dynamic(
             if 0 not in wanted[name]:
                 wanted[name].append(0)
     notes = []
-    by_name = {vi.name: vi for vi in g.input}
     for name, axes in wanted.items():
-        vi = by_name[name]
-        old = _dims(vi)
+        value = by_name[name]
+        old = _dims(value)
         new = list(old)
         for axis in axes:
             if not -len(old) <= axis < len(old):
@@ -165,7 +212,7 @@ def make_dynamic(
                 "batch" if axis % len(old) == 0 and batch else f"{_safe(name)}_d{axis % len(old)}"
             )
         if new != old:
-            _set_dims(vi, new)
+            _set_dims(value, new)
             notes.append(f"{name}: {_fmt(old)} -> {_fmt(new)}")
     reinfer(model)
     return PassResult(model, bool(notes), notes)
