@@ -7,6 +7,8 @@ of Conv, ConvTranspose, Gemm and MatMul, everything else float. An activation re
 several quantized layers gets one Q/DQ pair that they share. Layers named in keep_float
 (or in the table's keep_float) and layers whose activation is missing from the table stay
 float. Weights are stored as int8 initializers followed by a DequantizeLinear.
+
+The edits are made on the onnx_ir graph; `insert_qdq` takes and returns protobufs.
 """
 
 from __future__ import annotations
@@ -15,13 +17,12 @@ from collections.abc import Sequence
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+import onnx_ir as ir
 
 from graphkit.errors import GraphkitError
-from graphkit.graph import drop_unused_weights
-from graphkit.quant.collect import activation_inputs, initializer_names, quantizable_nodes
+from graphkit.irgraph import to_ir, to_proto
 from graphkit.quant.table import QMAX, CalibrationTable
-from graphkit.quant.weights import weight_amax, weight_axis
+from graphkit.quant.weights import QUANTIZED_OPS, weight_amax, weight_axis
 
 MIN_OPSET = 13
 MIN_SCALE = 1e-12
@@ -40,13 +41,17 @@ def ensure_opset(model: onnx.ModelProto, opset: int = MIN_OPSET) -> onnx.ModelPr
         ) from None
 
 
+_FLOAT = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE)
+
+
 class _Names:
-    def __init__(self, model: onnx.ModelProto):
-        self.used = {i.name for i in model.graph.initializer}
-        self.used |= {v.name for v in model.graph.input}
-        for n in model.graph.node:
-            self.used.update(n.output)
-            self.used.add(n.name)
+    """Fresh names: initializers, graph inputs, node outputs and node names are taken."""
+
+    def __init__(self, graph: ir.Graph):
+        self.used = set(graph.initializers) | {v.name or "" for v in graph.inputs}
+        for node in graph:
+            self.used.update(v.name or "" for v in node.outputs)
+            self.used.add(node.name or "")
 
     def new(self, base: str) -> str:
         name, i = base, 1
@@ -56,70 +61,97 @@ class _Names:
         return name
 
 
-def insert_qdq(
-    model: onnx.ModelProto,
-    table: CalibrationTable,
-    keep_float: Sequence[str] = (),
-    *,
-    weights_int8: bool = True,
-    per_channel: bool = True,
-) -> onnx.ModelProto:
-    """A copy of `model` with Q/DQ on the inputs of its quantized layers (see module doc)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    out = ensure_opset(out)
-    graph = out.graph
-    keep = set(keep_float) | set(table.keep_float)
-    known_nodes = {n.name for n in graph.node}
-    for name in keep:
-        if name not in known_nodes:
-            raise GraphkitError(f"keep-float node '{name}' is not a node of the model")
-    names = _Names(out)
-    inits = {i.name: i for i in graph.initializer}
-    constants = initializer_names(out)
-    producer_pos = {o: i for i, n in enumerate(graph.node) for o in n.output}
+def _add_initializer(graph: ir.Graph, array: np.ndarray, name: str) -> ir.Value:
+    """A new initializer holding `array` (scalars stay 0-d: a per-tensor scale must be)."""
+    tensor = ir.tensor(np.require(array, requirements="C"), name=name)
+    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype))
+    value.const_value = tensor
+    graph.register_initializer(value)
+    return value
 
-    new_inits: list[TensorProto] = []
-    head: list[onnx.NodeProto] = []  # Q/DQ of graph inputs and weights
-    after: dict[int, list[onnx.NodeProto]] = {}  # Q/DQ placed after node i
-    act_dq: dict[str, str] = {}
-    weight_dq: dict[str, str] = {}
 
-    def activation(tensor: str) -> str:
-        if tensor in act_dq:
-            return act_dq[tensor]
-        amax = table.activations[tensor].amax
-        scale = names.new(f"{tensor}_scale")
-        zp = names.new(f"{tensor}_zero_point")
-        new_inits.append(
-            numpy_helper.from_array(np.array(max(amax / QMAX, MIN_SCALE), np.float32), scale)
-        )
-        new_inits.append(numpy_helper.from_array(np.array(0, np.int8), zp))
-        q_out, dq_out = (
-            names.new(f"{tensor}_QuantizeLinear"),
-            names.new(f"{tensor}_DequantizeLinear"),
-        )
-        nodes = [
-            helper.make_node("QuantizeLinear", [tensor, scale, zp], [q_out], name=q_out),
-            helper.make_node("DequantizeLinear", [q_out, scale, zp], [dq_out], name=dq_out),
-        ]
-        pos = producer_pos.get(tensor)
-        (head if pos is None else after.setdefault(pos, [])).extend(nodes)
-        act_dq[tensor] = dq_out
-        return dq_out
+def _node(op_type: str, inputs: list[ir.Value], name: str, axis: int | None = None) -> ir.Node:
+    """A Q or DQ node whose output tensor is named like the node."""
+    attrs = [] if axis is None else [ir.AttrInt64("axis", axis)]
+    node = ir.Node("", op_type, inputs, attributes=attrs, name=name, num_outputs=1)
+    node.outputs[0].name = name
+    return node
 
-    def weight(node: onnx.NodeProto, index: int) -> str:
-        wname = node.input[index]
-        if wname in weight_dq:
-            return weight_dq[wname]
-        w = numpy_helper.to_array(inits[wname]).astype(np.float32)
-        entry = table.weights.get(wname)
-        if entry is not None:
-            amax = np.asarray(entry.amax, dtype=np.float64)
-            axis = entry.axis
-        else:
-            axis = weight_axis(node, w.ndim, index) if per_channel else -1
-            amax = weight_amax(w, axis=max(axis, 0), per_channel=per_channel)
+
+def _is_constant(value: ir.Value) -> bool:
+    """An initializer (graph input or not) or a Constant's output: a weight, not an activation."""
+    producer = value.producer()
+    return value.is_initializer() or (producer is not None and producer.op_type == "Constant")
+
+
+def _activation_inputs(node: ir.Node) -> list[tuple[int, ir.Value]]:
+    """(input index, value) pairs of a quantized node that carry activations."""
+    positions = [0] if node.op_type in ("Conv", "ConvTranspose") else [0, 1]
+    return [
+        (i, v)
+        for i in positions
+        if i < len(node.inputs) and (v := node.inputs[i]) is not None and not _is_constant(v)
+    ]
+
+
+def _float_weights(node: ir.Node) -> list[int]:
+    """Input positions of a quantized node holding float initializers."""
+    positions = [1] if node.op_type in ("Conv", "ConvTranspose") else [0, 1]
+    return [
+        i
+        for i in positions
+        if i < len(node.inputs)
+        and (v := node.inputs[i]) is not None
+        and v.is_initializer()
+        and v.const_value is not None
+        and v.const_value.dtype in _FLOAT
+    ]
+
+
+class _Inserter:
+    """Q/DQ nodes and initializers for one graph, each tensor's pair made once and shared.
+
+    New nodes wait until `place`: pairs of graph inputs and weights go first, in the order
+    they were made; an activation's pair goes right after the node writing it.
+    """
+
+    def __init__(
+        self, graph: ir.Graph, table: CalibrationTable, weights_int8: bool, per_channel: bool
+    ):
+        self.graph, self.table = graph, table
+        self.weights_int8, self.per_channel = weights_int8, per_channel
+        self.names = _Names(graph)
+        self.head: list[ir.Node] = []
+        self.after: dict[ir.Node, list[ir.Node]] = {}
+        self.dq: dict[str, ir.Value] = {}  # tensor name -> output of its DequantizeLinear
+
+    def _init(self, array: np.ndarray, hint: str) -> ir.Value:
+        return _add_initializer(self.graph, array, self.names.new(hint))
+
+    def activation(self, tensor: ir.Value) -> ir.Value:
+        name = tensor.name or ""
+        if name in self.dq:
+            return self.dq[name]
+        amax = self.table.activations[name].amax
+        scale = self._init(np.array(max(amax / QMAX, MIN_SCALE), np.float32), f"{name}_scale")
+        zp = self._init(np.array(0, np.int8), f"{name}_zero_point")
+        q_name = self.names.new(f"{name}_QuantizeLinear")
+        dq_name = self.names.new(f"{name}_DequantizeLinear")
+        q = _node("QuantizeLinear", [tensor, scale, zp], q_name)
+        dq = _node("DequantizeLinear", [q.outputs[0], scale, zp], dq_name)
+        producer = tensor.producer()
+        (self.head if producer is None else self.after.setdefault(producer, [])).extend([q, dq])
+        self.dq[name] = dq.outputs[0]
+        return dq.outputs[0]
+
+    def weight(self, node: ir.Node, index: int) -> ir.Value:
+        value = node.inputs[index]
+        assert value is not None and value.const_value is not None
+        wname = value.name or ""
+        if wname in self.dq:
+            return self.dq[wname]
+        w = value.const_value.numpy().astype(np.float32)
+        axis, amax = self._weight_range(node, index, wname, w)
         per_axis = axis >= 0 and amax.size > 1
         if per_axis and amax.size != w.shape[axis]:
             raise GraphkitError(
@@ -132,72 +164,90 @@ def insert_qdq(
         shape = [1] * w.ndim
         if per_axis:
             shape[axis] = -1
-        scale_name = names.new(f"{wname}_scale")
-        zp_name = names.new(f"{wname}_zero_point")
-        new_inits.append(numpy_helper.from_array(scales, scale_name))
-        new_inits.append(numpy_helper.from_array(np.zeros(scales.shape, np.int8), zp_name))
-        attrs = {"axis": axis} if per_axis else {}
-        dq_out = names.new(f"{wname}_DequantizeLinear")
-        if weights_int8:
+        scale = self._init(scales, f"{wname}_scale")
+        zp = self._init(np.zeros(scales.shape, np.int8), f"{wname}_zero_point")
+        attr_axis = axis if per_axis else None
+        dq_name = self.names.new(f"{wname}_DequantizeLinear")
+        if self.weights_int8:
             q = np.clip(np.round(w / scales.reshape(shape)), -QMAX, QMAX).astype(np.int8)
-            qname = names.new(f"{wname}_quantized")
-            new_inits.append(numpy_helper.from_array(q, qname))
-            head.append(
-                helper.make_node(
-                    "DequantizeLinear",
-                    [qname, scale_name, zp_name],
-                    [dq_out],
-                    name=dq_out,
-                    **attrs,  # type: ignore[arg-type]
-                )
-            )
+            stored = self._init(q, f"{wname}_quantized")
+            dq = _node("DequantizeLinear", [stored, scale, zp], dq_name, attr_axis)
+            self.head.append(dq)
         else:
-            q_out = names.new(f"{wname}_QuantizeLinear")
-            head.append(
-                helper.make_node(
-                    "QuantizeLinear",
-                    [wname, scale_name, zp_name],
-                    [q_out],
-                    name=q_out,
-                    **attrs,  # type: ignore[arg-type]
-                )
-            )
-            head.append(
-                helper.make_node(
-                    "DequantizeLinear",
-                    [q_out, scale_name, zp_name],
-                    [dq_out],
-                    name=dq_out,
-                    **attrs,  # type: ignore[arg-type]
-                )
-            )
-        weight_dq[wname] = dq_out
-        return dq_out
+            q_name = self.names.new(f"{wname}_QuantizeLinear")
+            qnode = _node("QuantizeLinear", [value, scale, zp], q_name, attr_axis)
+            dq = _node("DequantizeLinear", [qnode.outputs[0], scale, zp], dq_name, attr_axis)
+            self.head.extend([qnode, dq])
+        self.dq[wname] = dq.outputs[0]
+        return dq.outputs[0]
 
-    for node in quantizable_nodes(out, sorted(keep)):
-        acts = activation_inputs(node, constants)
-        if not acts or any(t not in table.activations for _, t in acts):
+    def _weight_range(
+        self, node: ir.Node, index: int, wname: str, w: np.ndarray
+    ) -> tuple[int, np.ndarray]:
+        """(channel axis or -1, amax per channel): from the table, else from the weight."""
+        entry = self.table.weights.get(wname)
+        if entry is not None:
+            return entry.axis, np.asarray(entry.amax, dtype=np.float64)
+        axis = weight_axis(ir.serde.serialize_node(node), w.ndim, index) if self.per_channel else -1
+        return axis, weight_amax(w, axis=max(axis, 0), per_channel=self.per_channel)
+
+    def place(self) -> None:
+        """Put the new nodes into the graph (see the class doc)."""
+        g = self.graph
+        for producer, nodes in self.after.items():
+            g.insert_after(producer, nodes)
+        if self.head:
+            g.insert_before(g[0], self.head)
+
+
+def _drop_unused_weights(graph: ir.Graph) -> None:
+    """Remove initializers no node reads, with the graph input that only listed one."""
+    for name, value in list(graph.initializers.items()):
+        if value.uses() or value.is_graph_output():
             continue
-        wpos = [1] if node.op_type in ("Conv", "ConvTranspose") else [0, 1]
-        wpos = [
-            i
-            for i in wpos
-            if i < len(node.input)
-            and node.input[i] in inits
-            and inits[node.input[i]].data_type
-            in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE)
-        ]
-        for i, tensor in acts:
-            node.input[i] = activation(tensor)
-        for i in wpos:
-            node.input[i] = weight(node, i)
+        graph.initializers.pop(name)
+        if value.is_graph_input():
+            graph.inputs.remove(value)
 
-    nodes = list(head)
-    for i, node in enumerate(graph.node):
-        nodes.append(node)
-        nodes.extend(after.get(i, []))
-    del graph.node[:]
-    graph.node.extend(nodes)
-    graph.initializer.extend(new_inits)
-    drop_unused_weights(graph, inits)
-    return out
+
+def add_qdq(
+    model: ir.Model,
+    table: CalibrationTable,
+    keep_float: Sequence[str] = (),
+    *,
+    weights_int8: bool = True,
+    per_channel: bool = True,
+) -> None:
+    """Insert Q/DQ into `model` in place (opset >= 13 already; see the module doc)."""
+    graph = model.graph
+    keep = set(keep_float) | set(table.keep_float)
+    known_nodes = {n.name for n in graph}
+    for name in keep:
+        if name not in known_nodes:
+            raise GraphkitError(f"keep-float node '{name}' is not a node of the model")
+    inserter = _Inserter(graph, table, weights_int8, per_channel)
+    for node in [n for n in graph if n.op_type in QUANTIZED_OPS and n.name not in keep]:
+        acts = _activation_inputs(node)
+        if not acts or any(v.name not in table.activations for _, v in acts):
+            continue
+        weights = _float_weights(node)
+        for i, tensor in acts:
+            node.replace_input_with(i, inserter.activation(tensor))
+        for i in weights:
+            node.replace_input_with(i, inserter.weight(node, i))
+    inserter.place()
+    _drop_unused_weights(graph)
+
+
+def insert_qdq(
+    model: onnx.ModelProto,
+    table: CalibrationTable,
+    keep_float: Sequence[str] = (),
+    *,
+    weights_int8: bool = True,
+    per_channel: bool = True,
+) -> onnx.ModelProto:
+    """A copy of `model` with Q/DQ on the inputs of its quantized layers (see module doc)."""
+    ir_model = to_ir(ensure_opset(model))
+    add_qdq(ir_model, table, keep_float, weights_int8=weights_int8, per_channel=per_channel)
+    return to_proto(ir_model)
