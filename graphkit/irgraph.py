@@ -146,7 +146,7 @@ class Names:
 
 def add_initializer(graph: ir.Graph, array: np.ndarray, name: str) -> ir.Value:
     """A new initializer holding `array` under `name` (the caller made it unique)."""
-    tensor = ir.tensor(np.ascontiguousarray(array), name=name)
+    tensor = ir.tensor(np.require(array, requirements="C"), name=name)
     value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype))
     value.const_value = tensor
     graph.register_initializer(value)
@@ -166,7 +166,7 @@ def set_const_input(
         and not old.is_graph_output()
         and len(old.uses()) == 1
     ):
-        tensor = ir.tensor(np.ascontiguousarray(array), name=old.name)
+        tensor = ir.tensor(np.require(array, requirements="C"), name=old.name)
         old.const_value = tensor
         old.shape = ir.Shape(array.shape)
         old.type = ir.TensorType(tensor.dtype)
