@@ -1,35 +1,61 @@
 """Fusions: fold BatchNormalization, Pad and per-channel affine ops into the layer before
 or after them; MatMul+Add to Gemm; cancel or merge consecutive Transposes.
 
-All are graphkit's own, written on numpy: they must be exact about layouts that libraries
-have got wrong (ConvTranspose weights are [C_in, C_out/group, k...], so a BatchNorm
-after a grouped ConvTranspose scales axis 1 per group, not axis 0) and must refuse the
-cases that are not equivalent (non-zero Pad values, MaxPool padding, AveragePool with
-count_include_pad=0, ceil_mode, non-per-channel broadcasts).
+All are graphkit's own, written on numpy over the onnx_ir graph: they must be exact about
+layouts that libraries have got wrong (ConvTranspose weights are [C_in, C_out/group, k...],
+so a BatchNorm after a grouped ConvTranspose scales axis 1 per group, not axis 0) and must
+refuse the cases that are not equivalent (non-zero Pad values, MaxPool padding,
+AveragePool with count_include_pad=0, ceil_mode, non-per-channel broadcasts).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import onnx
+import onnx_ir as ir
 
-from graphkit.graph import (
-    GraphIndex,
-    LazyShapes,
-    attr,
-    del_attr,
-    opset,
+from graphkit.irgraph import (
+    Names,
+    add_initializer,
+    bypass,
+    const_array,
+    n_uses,
+    name_of,
+    only_consumer,
     plural,
-    set_attr,
+    remove_nodes,
+    set_const_input,
 )
 from graphkit.passes.base import PassResult, register
 
-Shapes = LazyShapes | dict[str, list[int | None]]  # tensor name -> shape, as value_shapes
+Shape = list[int | None]
 
 
-def _read_only_by(idx: GraphIndex, tensor: str, node: onnx.NodeProto) -> bool:
-    """node is the one reader of tensor (which is not a graph output)."""
-    return idx.only_consumer(tensor) is node
+# --- shared helpers ----------------------------------------------------------------------------
+
+
+def _op(node: ir.Node | None, *ops: str) -> ir.Node | None:
+    """node if it is one of the standard-domain ops, else None."""
+    return node if node is not None and node.op_type in ops and node.domain == "" else None
+
+
+def _input(node: ir.Node, i: int) -> ir.Value | None:
+    return node.inputs[i] if i < len(node.inputs) else None
+
+
+def _producer(value: ir.Value | None) -> ir.Node | None:
+    return None if value is None else value.producer()
+
+
+def _sole_reader(value: ir.Value) -> ir.Node | None:
+    """The one node of value's own graph reading it (not a graph output), else None."""
+    user = only_consumer(value)
+    producer = value.producer()
+    return (
+        user if user is not None and producer is not None and user.graph is producer.graph else None
+    )
 
 
 def _fp(arr: np.ndarray | None) -> np.ndarray | None:
@@ -37,56 +63,151 @@ def _fp(arr: np.ndarray | None) -> np.ndarray | None:
     return arr if arr is not None and arr.dtype.kind == "f" else None
 
 
+def _const_fp(value: ir.Value | None) -> np.ndarray | None:
+    return _fp(const_array(value))
+
+
+def _label(node: ir.Node) -> str:
+    """How notes name a node: its name, else its first output's."""
+    return node.name or name_of(node.outputs[0])
+
+
+def _replace(graph: ir.Graph, old: ir.Value, new: ir.Value) -> bool:
+    """irgraph.bypass, and `new` keeps the type and shape a graph output declared (the
+    protobuf passes kept the output's ValueInfo) or fills in what it did not know."""
+    was_output = old.is_graph_output()
+    old_type, old_shape = old.type, old.shape
+    if not bypass(graph, old, new):
+        return False
+    if was_output or new.type is None:
+        new.type = old_type
+    if was_output or new.shape is None:
+        new.shape = old_shape
+    return True
+
+
+class _Shapes:
+    """Tensor shapes by name, from onnx shape inference on first use (most runs find
+    nothing to fuse and never ask)."""
+
+    def __init__(self, model: ir.Model):
+        self.model = model
+        self._shapes: dict[str, Shape] | None = None
+
+    def get(self, value: ir.Value | None) -> Shape | None:
+        if value is None:
+            return None
+        if self._shapes is None:
+            self._shapes = _value_shapes(self.model)
+        return self._shapes.get(name_of(value))
+
+
+def _light_proto(model: ir.Model, keep_elements: int = 64) -> onnx.ModelProto:
+    """The main graph as a protobuf without its big weights, for shape inference: they
+    become typed graph inputs (their shapes are all inference needs); small in-memory ones
+    (shape vectors, axes) keep their values because inference reads them. Nothing is read
+    from disk and the model is not touched."""
+    g = model.graph
+    small: list[ir.Value] = []
+    typed: list[onnx.ValueInfoProto] = []
+    for name, v in g.initializers.items():
+        t = v.const_value
+        if t is None:
+            continue
+        if not isinstance(t, ir.ExternalTensor) and t.size <= keep_elements:
+            small.append(v)
+        elif not v.is_graph_input():
+            typed.append(
+                onnx.helper.make_tensor_value_info(name, int(t.dtype), list(t.shape.numpy()))
+            )
+    view = ir.GraphView(g.inputs, g.outputs, nodes=g, initializers=small, name=g.name)
+    proto = onnx.ModelProto(ir_version=max(model.ir_version, 4))
+    proto.opset_import.extend(
+        onnx.helper.make_opsetid(domain, version) for domain, version in model.opset_imports.items()
+    )
+    proto.functions.extend(
+        ir.serde.serialize_function(f, create_value_info=model.ir_version >= 10)
+        for f in model.functions.values()
+    )
+    # onnx_ir's GraphView does not type-check against its own GraphViewProtocol
+    ir.serde.serialize_graph_into(proto.graph, view, model_ir_version=model.ir_version)  # type: ignore[arg-type]
+    proto.graph.input.extend(typed)
+    return proto
+
+
+def _value_shapes(model: ir.Model) -> dict[str, Shape]:
+    """Shape of every main-graph tensor that shape inference can tell (None: unknown dim)."""
+    light = _light_proto(model)
+    try:
+        proto = onnx.shape_inference.infer_shapes(light)
+    except Exception:  # noqa: BLE001 - any failure means "cannot infer": keep what is declared
+        proto = light
+    shapes: dict[str, Shape] = {}
+    g = proto.graph
+    for vi in [*g.input, *g.value_info, *g.output]:
+        t = vi.type.tensor_type
+        if t.HasField("shape"):
+            shapes[vi.name] = [
+                d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim
+            ]
+    for name, v in model.graph.initializers.items():
+        if v.const_value is not None:
+            shapes[name] = list(v.const_value.shape.numpy())
+    return shapes
+
+
 # --- BatchNormalization into Conv / ConvTranspose / Gemm --------------------------------------
 
 
-def _bn_consts(idx: GraphIndex, bn: onnx.NodeProto) -> list[np.ndarray] | None:
+def _bn_consts(bn: ir.Node) -> list[np.ndarray] | None:
     """[scale, B, mean, var] of a BatchNormalization if all four are float constants."""
-    vals = [_fp(idx.const(n)) for n in bn.input[1:5]]
+    vals = [_const_fp(v) for v in bn.inputs[1:5]]
     consts = [v for v in vals if v is not None]
     return consts if len(consts) == len(vals) else None
 
 
-def _bn_params(idx: GraphIndex, bn: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray] | None:
+def _bn_params(bn: ir.Node) -> tuple[np.ndarray, np.ndarray] | None:
     """(scale, shift) of an inference-mode BatchNormalization with constant parameters."""
-    if len(bn.input) < 5 or attr(bn, "training_mode", 0):
+    if len(bn.inputs) < 5 or bn.attributes.get_int("training_mode", 0) != 0:
         return None
-    if any(o and idx.n_uses(o) for o in bn.output[1:]):
+    if any(n_uses(o) for o in bn.outputs[1:]):
         return None
-    vals = _bn_consts(idx, bn)
+    vals = _bn_consts(bn)
     if vals is None:
         return None
     gamma, beta, mean, var = (v.astype(np.float64).reshape(-1) for v in vals)
-    eps = attr(bn, "epsilon", 1e-5)
+    eps = bn.attributes.get_float("epsilon", 1e-5)
     scale = gamma / np.sqrt(var + eps)
     return scale, beta - mean * scale
 
 
-def _conv_bias(idx: GraphIndex, node: onnx.NodeProto, channels: int) -> np.ndarray | None:
-    if len(node.input) > 2 and node.input[2]:
-        b = _fp(idx.const(node.input[2]))
+def _conv_bias(node: ir.Node, channels: int) -> np.ndarray | None:
+    bias = _input(node, 2)
+    if bias is not None:
+        b = _const_fp(bias)
         return None if b is None else b.astype(np.float64).reshape(-1)
     return np.zeros(channels)
 
 
-def _set_bias(idx: GraphIndex, node: onnx.NodeProto, bias: np.ndarray, dtype) -> None:
-    if len(node.input) > 2 and node.input[2]:
-        idx.private_const(node, 2, bias.astype(dtype))
-    else:
-        name = idx.add_initializer(bias.astype(dtype), (node.name or node.output[0]) + "_bias")
-        while len(node.input) < 3:
-            node.input.append("")
-        idx.set_input(node, 2, name)
+def _set_bias(graph: ir.Graph, names: Names, node: ir.Node, bias: np.ndarray, dtype) -> None:
+    """Input 2 (the bias) of node becomes `bias`, added when the node had none."""
+    if _input(node, 2) is not None:
+        set_const_input(graph, node, 2, bias.astype(dtype), names)
+        return
+    value = add_initializer(graph, bias.astype(dtype), names.fresh(_label(node) + "_bias"))
+    if len(node.inputs) < 3:
+        node.resize_inputs(3)
+    node.replace_input_with(2, value)
 
 
-def _scale_weight(node: onnx.NodeProto, w: np.ndarray, scale: np.ndarray) -> np.ndarray | None:
+def _scale_weight(node: ir.Node, w: np.ndarray, scale: np.ndarray) -> np.ndarray | None:
     """Multiply output channel o of a Conv/ConvTranspose weight by scale[o]."""
     if node.op_type == "Conv":
         if w.shape[0] != scale.size:
             return None
         return w * scale.reshape((-1,) + (1,) * (w.ndim - 1))
     # ConvTranspose: W is [C_in, C_out/group, k...]; output channel = g*(C_out/group) + j
-    group = attr(node, "group", 1)
+    group = node.attributes.get_int("group", 1)
     c_in, per_group = w.shape[0], w.shape[1]
     if per_group * group != scale.size or c_in % group:
         return None
@@ -96,105 +217,105 @@ def _scale_weight(node: onnx.NodeProto, w: np.ndarray, scale: np.ndarray) -> np.
     return wg.reshape(w.shape)
 
 
-def fuse_bn_once(idx: GraphIndex) -> list[str]:
-    fused = []
-    for bn in list(idx.graph.node):
-        if bn.op_type != "BatchNormalization" or bn.domain or idx.is_removed(bn):
-            continue
-        prod = idx.producer.get(bn.input[0])
-        if prod is None or prod.op_type not in ("Conv", "ConvTranspose", "Gemm") or prod.domain:
-            continue
-        if not _read_only_by(idx, prod.output[0], bn):
-            continue
-        params = _bn_params(idx, bn)
-        w = _fp(idx.const(prod.input[1])) if len(prod.input) > 1 else None
-        if params is None or w is None:
-            continue
-        scale, shift = params
-        if prod.op_type == "Gemm":
-            if not _fold_into_gemm(idx, prod, w, scale, shift):
-                continue
-        else:
-            bias = _conv_bias(idx, prod, scale.size)
-            new_w = _scale_weight(prod, w.astype(np.float64), scale)
-            if bias is None or new_w is None or bias.size != scale.size:
-                continue
-            idx.private_const(prod, 1, new_w.astype(w.dtype))
-            _set_bias(idx, prod, bias * scale + shift, w.dtype)
-        if not idx.bypass(bn.output[0], prod.output[0]):
-            continue  # cannot happen for a valid graph; nothing was rewired
-        idx.remove_nodes([bn], defer=True)
-        fused.append(f"{bn.name or bn.output[0]} into {prod.op_type} {prod.name or prod.output[0]}")
-    idx.flush()
-    return fused
+def _fold_bn(graph: ir.Graph, names: Names, bn: ir.Node) -> str | None:
+    """Fold one BatchNormalization into its producer; what was fused, or None."""
+    prod = _op(_producer(bn.inputs[0]), "Conv", "ConvTranspose", "Gemm")
+    if prod is None or _sole_reader(prod.outputs[0]) is not bn:
+        return None
+    params = _bn_params(bn)
+    w = _const_fp(_input(prod, 1))
+    if params is None or w is None:
+        return None
+    scale, shift = params
+    if prod.op_type == "Gemm":
+        if not _fold_into_gemm(graph, names, prod, w, scale, shift):
+            return None
+    else:
+        bias = _conv_bias(prod, scale.size)
+        new_w = _scale_weight(prod, w.astype(np.float64), scale)
+        if bias is None or new_w is None or bias.size != scale.size:
+            return None
+        set_const_input(graph, prod, 1, new_w.astype(w.dtype), names)
+        _set_bias(graph, names, prod, bias * scale + shift, w.dtype)
+    label = _label(bn)
+    if not _replace(graph, bn.outputs[0], prod.outputs[0]):
+        return None  # cannot happen for a valid graph; nothing was rewired
+    remove_nodes(graph, [bn])
+    return f"{label} into {prod.op_type} {_label(prod)}"
 
 
 def _fold_into_gemm(
-    idx: GraphIndex, gemm: onnx.NodeProto, w: np.ndarray, scale: np.ndarray, shift: np.ndarray
+    graph: ir.Graph,
+    names: Names,
+    gemm: ir.Node,
+    w: np.ndarray,
+    scale: np.ndarray,
+    shift: np.ndarray,
 ) -> bool:
     """y = alpha*A@B + beta*C, then BN over axis 1 -> B scaled per column, new C, alpha 1."""
     if w.ndim != 2:
         return False
-    trans_b = attr(gemm, "transB", 0)
+    trans_b = gemm.attributes.get_int("transB", 0)
     n = w.shape[0] if trans_b else w.shape[1]
     if n != scale.size:
         return False
-    alpha, beta = attr(gemm, "alpha", 1.0), attr(gemm, "beta", 1.0)
+    alpha = gemm.attributes.get_float("alpha", 1.0)
+    beta = gemm.attributes.get_float("beta", 1.0)
     c = np.zeros(n)
-    if len(gemm.input) > 2 and gemm.input[2]:
-        cv = _fp(idx.const(gemm.input[2]))
+    c_in = _input(gemm, 2)
+    if c_in is not None:
+        cv = _const_fp(c_in)
         if cv is None or cv.ndim > 2 or (cv.ndim == 2 and cv.shape[0] != 1):
             return False
         c = np.broadcast_to(cv.astype(np.float64).reshape(-1), (n,)) * beta
     wd = w.astype(np.float64) * alpha
     wd = wd * (scale[:, None] if trans_b else scale[None, :])
-    idx.private_const(gemm, 1, wd.astype(w.dtype))
-    _set_bias(idx, gemm, c * scale + shift, w.dtype)
-    set_attr(gemm, "alpha", 1.0)
-    set_attr(gemm, "beta", 1.0)
+    set_const_input(graph, gemm, 1, wd.astype(w.dtype), names)
+    _set_bias(graph, names, gemm, c * scale + shift, w.dtype)
+    gemm.attributes["alpha"] = ir.AttrFloat32("alpha", 1.0)
+    gemm.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
     return True
 
 
 @register("fuse-bn")
-def fuse_bn(model: onnx.ModelProto) -> PassResult:
+def fuse_bn(model: ir.Model) -> PassResult:
     """Fold inference BatchNormalization into the Conv, ConvTranspose or Gemm before it.
 
     Our own pass (onnxoptimizer only handles Conv): for ConvTranspose the weight layout is
     [C_in, C_out/group, k...] and the scale is applied per group along axis 1. Needs
     constant weights and BN parameters and a producer read only by the BN.
     """
-    idx = GraphIndex(model.graph)
-    fused = fuse_bn_once(idx)
+    graph, names = model.graph, Names(model.graph)
+    fused = []
+    for bn in list(graph):
+        if _op(bn, "BatchNormalization") and (done := _fold_bn(graph, names, bn)):
+            fused.append(done)
     return PassResult(model, bool(fused), _summarize("fused BatchNormalization", fused))
 
 
 # --- Pad into Conv / AveragePool ------------------------------------------------------------
 
 
-def _pad_amounts(
-    idx: GraphIndex, pad: onnx.NodeProto, rank: int | None, op_version: int
-) -> list[int] | None:
+def _pad_amounts(pad: ir.Node, rank: int | None, op_version: int) -> list[int] | None:
     """Pads [x1_begin, x2_begin, ..., x1_end, ...] of a constant-zero Pad, or None."""
-    mode = attr(pad, "mode", b"constant")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
-    if mode != "constant":
+    if pad.attributes.get_string("mode", "constant") != "constant":
         return None
     if op_version < 11:
-        pads = list(attr(pad, "pads", []))
-        value = attr(pad, "value", 0.0)
+        pads = list(pad.attributes.get_ints("pads", []))
+        value = pad.attributes.get_float("value", 0.0)
     else:
-        p = idx.const(pad.input[1]) if len(pad.input) > 1 and pad.input[1] else None
+        p = const_array(_input(pad, 1))
         if p is None:
             return None
         pads = [int(v) for v in p.reshape(-1)]
         value = 0.0
-        if len(pad.input) > 2 and pad.input[2]:
-            v = idx.const(pad.input[2])
+        if _input(pad, 2) is not None:
+            v = const_array(_input(pad, 2))
             if v is None or v.size != 1:
                 return None
             value = float(v.reshape(-1)[0])
-        if len(pad.input) > 3 and pad.input[3]:
-            axes = idx.const(pad.input[3])
+        if _input(pad, 3) is not None:
+            axes = const_array(_input(pad, 3))
             if axes is None or rank is None:
                 return None
             full = [0] * (2 * rank)
@@ -208,61 +329,62 @@ def _pad_amounts(
     return pads
 
 
-def fuse_pad_once(idx: GraphIndex, op_version: int, shapes: Shapes) -> list[str]:
-    fused = []
-    for pad in list(idx.graph.node):
-        if pad.op_type != "Pad" or pad.domain:
-            continue
-        user = idx.only_consumer(pad.output[0])
-        if (
-            user is None
-            or user.op_type not in ("Conv", "AveragePool")
-            or user.input[0] != pad.output[0]
+def _merged_pads(user: ir.Node, pads: list[int]) -> list[int] | None:
+    """The layer's pads with a Pad's spatial amounts added, or None when not equivalent."""
+    rank = len(pads) // 2
+    if any(pads[i] or pads[i + rank] for i in (0, 1)):
+        return None  # padding batch or channels
+    spatial = rank - 2
+    begin, end = pads[2:rank], pads[rank + 2 :]
+    if user.attributes.get_string("auto_pad", "NOTSET") not in ("NOTSET", ""):
+        return None
+    old = list(user.attributes.get_ints("pads", [0] * (2 * spatial)))
+    if len(old) != 2 * spatial:
+        return None
+    pool = user.op_type == "AveragePool"
+    if pool:
+        if user.attributes.get_int("ceil_mode", 0):
+            return None
+        if any(old) and not user.attributes.get_int("count_include_pad", 0):
+            return None  # existing padding is excluded from the mean, the Pad's is not
+    new = [old[i] + begin[i] for i in range(spatial)] + [
+        old[spatial + i] + end[i] for i in range(spatial)
+    ]
+    if pool:
+        kernel = list(user.attributes.get_ints("kernel_shape", []))
+        if len(kernel) != spatial or any(
+            new[i] >= kernel[i] or new[spatial + i] >= kernel[i] for i in range(spatial)
         ):
-            continue
-        in_shape = shapes.get(pad.input[0])
-        pads = _pad_amounts(idx, pad, len(in_shape) if in_shape else None, op_version)
-        if pads is None:
-            continue
-        rank = len(pads) // 2
-        if any(pads[i] or pads[i + rank] for i in (0, 1)):
-            continue  # padding batch or channels
-        spatial = rank - 2
-        begin, end = pads[2:rank], pads[rank + 2 :]
-        auto = attr(user, "auto_pad", b"NOTSET")
-        if (auto.decode() if isinstance(auto, bytes) else auto) not in ("NOTSET", ""):
-            continue
-        old = list(attr(user, "pads", [0] * (2 * spatial)))
-        if len(old) != 2 * spatial:
-            continue
-        if user.op_type == "AveragePool":
-            if attr(user, "ceil_mode", 0):
-                continue
-            if any(old) and not attr(user, "count_include_pad", 0):
-                continue  # existing padding is excluded from the mean, the Pad's is not
-        new = [old[i] + begin[i] for i in range(spatial)] + [
-            old[spatial + i] + end[i] for i in range(spatial)
-        ]
-        if user.op_type == "AveragePool":
-            kernel = list(attr(user, "kernel_shape", []))
-            if len(kernel) != spatial or any(
-                new[i] >= kernel[i] or new[spatial + i] >= kernel[i] for i in range(spatial)
-            ):
-                continue  # pools require pads smaller than the window
-            set_attr(user, "count_include_pad", 1)
-        set_attr(user, "pads", new)
-        del_attr(user, "auto_pad")
-        user.input[0] = pad.input[0]
-        idx.refresh()
-        idx.remove_nodes([pad])
-        fused.append(
-            f"{pad.name or pad.output[0]} into {user.op_type} {user.name or user.output[0]}"
-        )
-    return fused
+            return None  # pools require pads smaller than the window
+    return new
+
+
+def _fold_pad(graph: ir.Graph, pad: ir.Node, op_version: int, shapes: _Shapes) -> str | None:
+    """Fold one Pad into the Conv or AveragePool reading it; what was fused, or None."""
+    user = _op(_sole_reader(pad.outputs[0]), "Conv", "AveragePool")
+    if user is None or user.inputs[0] is not pad.outputs[0]:
+        return None
+    in_shape = shapes.get(pad.inputs[0])
+    pads = _pad_amounts(pad, len(in_shape) if in_shape else None, op_version)
+    new = None if pads is None else _merged_pads(user, pads)
+    if new is None:
+        return None
+    if user.op_type == "AveragePool":
+        user.attributes["count_include_pad"] = ir.AttrInt64("count_include_pad", 1)
+    user.attributes["pads"] = ir.AttrInt64s("pads", new)
+    user.attributes.pop("auto_pad", None)
+    user.replace_input_with(0, pad.inputs[0])
+    remove_nodes(graph, [pad])
+    return f"{_label(pad)} into {user.op_type} {_label(user)}"
+
+
+def _opset(model: ir.Model) -> int:
+    imports = model.opset_imports
+    return imports.get("", imports.get("ai.onnx", 0))
 
 
 @register("fuse-pad")
-def fuse_pad(model: onnx.ModelProto) -> PassResult:
+def fuse_pad(model: ir.Model) -> PassResult:
     """Fold a constant zero Pad into the pads of the Conv or AveragePool that reads it.
 
     Our own pass. Only constant mode with value 0 on spatial axes, non-negative pads, and
@@ -272,9 +394,11 @@ def fuse_pad(model: onnx.ModelProto) -> PassResult:
     or uses ceil_mode (windows over the padding would be dropped differently), and pools
     only take pads smaller than their window.
     """
-    idx = GraphIndex(model.graph)
-    shapes = LazyShapes(model)
-    fused = fuse_pad_once(idx, opset(model), shapes)
+    graph, shapes, version = model.graph, _Shapes(model), _opset(model)
+    fused = []
+    for pad in list(graph):
+        if _op(pad, "Pad") and (done := _fold_pad(graph, pad, version, shapes)):
+            fused.append(done)
     return PassResult(model, bool(fused), _summarize("fused Pad", fused))
 
 
@@ -293,94 +417,83 @@ def _per_channel(c: np.ndarray, out_rank: int, channels: int) -> np.ndarray | No
     return np.broadcast_to(c.astype(np.float64).reshape(-1), (channels,)).copy()
 
 
-def _layer_and_const(
-    idx: GraphIndex, op: onnx.NodeProto
-) -> tuple[int, onnx.NodeProto, np.ndarray] | None:
+def _layer_and_const(op: ir.Node) -> tuple[int, ir.Node, np.ndarray] | None:
     """(k, producer, c): the first input k of a binary op written by a Conv or
     BatchNormalization whose other input c is a float constant, or None."""
     for k in (0, 1):
-        prod = idx.producer.get(op.input[k])
-        c = _fp(idx.const(op.input[1 - k]))
-        if (
-            prod is not None
-            and c is not None
-            and prod.op_type in ("Conv", "BatchNormalization")
-            and not prod.domain
-        ):
+        prod = _op(_producer(op.inputs[k]), "Conv", "BatchNormalization")
+        c = _const_fp(op.inputs[1 - k])
+        if prod is not None and c is not None:
             return k, prod, c
     return None
 
 
-def fuse_affine_once(idx: GraphIndex, shapes: Shapes) -> list[str]:
-    fused = []
-    for op in list(idx.graph.node):
-        if op.op_type not in ("Mul", "Add", "Sub", "Div") or op.domain or len(op.input) != 2:
-            continue
-        if idx.is_removed(op):
-            continue
-        found = _layer_and_const(idx, op)
-        if found is None:
-            continue
-        k, prod, c = found
-        if op.op_type in ("Sub", "Div") and k != 0:
-            continue  # c - x and c / x are not affine in x
-        if not _read_only_by(idx, prod.output[0], op):
-            continue
-        out_shape = shapes.get(prod.output[0])
-        w: np.ndarray | None = None  # the Conv's weight
-        if prod.op_type == "Conv":
-            w = _fp(idx.const(prod.input[1]))
-            if w is None:
-                continue
-            channels, rank = w.shape[0], w.ndim
-        else:
-            params = _bn_params(idx, prod)
-            if params is None:
-                continue
-            channels = params[0].size
-            if not out_shape:
-                continue
-            rank = len(out_shape)
-        if out_shape is not None and len(out_shape) != rank:
-            continue
-        vec = _per_channel(c, rank, channels)
-        if vec is None or (w is not None and c.dtype != w.dtype):
-            continue
-        mul, add = np.ones(channels), np.zeros(channels)
-        if op.op_type == "Mul":
-            mul = vec
-        elif op.op_type == "Div":
-            if np.any(vec == 0):
-                continue
-            mul = 1.0 / vec
-        elif op.op_type == "Add":
-            add = vec
-        else:
-            add = -vec
-        if w is not None:  # Conv
-            bias = _conv_bias(idx, prod, channels)
-            if bias is None:
-                continue
-            new_w = w.astype(np.float64) * mul.reshape((-1,) + (1,) * (w.ndim - 1))
-            idx.private_const(prod, 1, new_w.astype(w.dtype))
-            _set_bias(idx, prod, bias * mul + add, w.dtype)
-        else:
-            vals = _bn_consts(idx, prod)
-            assert vals is not None  # _bn_params read them above
-            dtype = vals[0].dtype
-            gamma, beta = (v.astype(np.float64).reshape(-1) for v in vals[:2])
-            idx.private_const(prod, 1, (gamma * mul).astype(dtype))
-            idx.private_const(prod, 2, (beta * mul + add).astype(dtype))
-        if not idx.bypass(op.output[0], prod.output[0]):
-            continue
-        idx.remove_nodes([op], defer=True)
-        fused.append(f"{op.op_type} {op.name or op.output[0]} into {prod.op_type}")
-    idx.flush()
-    return fused
+def _affine(op_type: str, vec: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(mul, add) such that `x op vec` == x * mul + add, or None (division by zero)."""
+    ones, zeros = np.ones(vec.size), np.zeros(vec.size)
+    if op_type == "Mul":
+        return vec, zeros
+    if op_type == "Div":
+        return None if np.any(vec == 0) else (1.0 / vec, zeros)
+    return ones, (vec if op_type == "Add" else -vec)
+
+
+def _fold_affine(graph: ir.Graph, names: Names, op: ir.Node, shapes: _Shapes) -> str | None:
+    """Fold one constant Mul/Add/Sub/Div into the Conv or BN before it; what, or None."""
+    if len(op.inputs) != 2 or None in op.inputs:
+        return None
+    found = _layer_and_const(op)
+    if found is None:
+        return None
+    k, prod, c = found
+    if op.op_type in ("Sub", "Div") and k != 0:
+        return None  # c - x and c / x are not affine in x
+    if _sole_reader(prod.outputs[0]) is not op:
+        return None
+    out_shape = shapes.get(prod.outputs[0])
+    w: np.ndarray | None = None  # the Conv's weight
+    if prod.op_type == "Conv":
+        w = _const_fp(_input(prod, 1))
+        if w is None:
+            return None
+        channels, rank = w.shape[0], w.ndim
+    else:
+        params = _bn_params(prod)
+        if params is None or not out_shape:
+            return None
+        channels, rank = params[0].size, len(out_shape)
+    if out_shape is not None and len(out_shape) != rank:
+        return None
+    vec = _per_channel(c, rank, channels)
+    if vec is None or (w is not None and c.dtype != w.dtype):
+        return None
+    affine = _affine(op.op_type, vec)
+    if affine is None:
+        return None
+    mul, add = affine
+    if w is not None:  # Conv
+        bias = _conv_bias(prod, channels)
+        if bias is None:
+            return None
+        new_w = w.astype(np.float64) * mul.reshape((-1,) + (1,) * (w.ndim - 1))
+        set_const_input(graph, prod, 1, new_w.astype(w.dtype), names)
+        _set_bias(graph, names, prod, bias * mul + add, w.dtype)
+    else:
+        vals = _bn_consts(prod)
+        assert vals is not None  # _bn_params read them above
+        dtype = vals[0].dtype
+        gamma, beta = (v.astype(np.float64).reshape(-1) for v in vals[:2])
+        set_const_input(graph, prod, 1, (gamma * mul).astype(dtype), names)
+        set_const_input(graph, prod, 2, (beta * mul + add).astype(dtype), names)
+    label = _label(op)
+    if not _replace(graph, op.outputs[0], prod.outputs[0]):
+        return None
+    remove_nodes(graph, [op])
+    return f"{op.op_type} {label} into {prod.op_type}"
 
 
 @register("fuse-conv-affine")
-def fuse_conv_affine(model: onnx.ModelProto) -> PassResult:
+def fuse_conv_affine(model: ir.Model) -> PassResult:
     """Fold a constant per-channel Mul/Add/Sub/Div after a Conv or BatchNorm into its weights.
 
     Works after a Conv and after an inference BatchNormalization (its scale and shift).
@@ -389,11 +502,16 @@ def fuse_conv_affine(model: onnx.ModelProto) -> PassResult:
     [1,C,1,1], [1] or scalars) are fused; anything that varies along other axes is left
     alone, as are c - x and c / x. Repeats until chains (Conv -> Mul -> Add) are gone.
     """
-    idx = GraphIndex(model.graph)
-    shapes = LazyShapes(model)
+    graph, names, shapes = model.graph, Names(model.graph), _Shapes(model)
     fused: list[str] = []
     while True:
-        step = fuse_affine_once(idx, shapes)
+        step = [
+            done
+            for op in list(graph)
+            if op.graph is graph
+            and _op(op, "Mul", "Add", "Sub", "Div")
+            and (done := _fold_affine(graph, names, op, shapes))
+        ]
         fused += step
         if not step:
             break
@@ -403,62 +521,120 @@ def fuse_conv_affine(model: onnx.ModelProto) -> PassResult:
 # --- MatMul + Add -> Gemm ------------------------------------------------------------------------
 
 
+def _is_2d(shape: Shape | None) -> bool:
+    return shape is not None and len(shape) == 2
+
+
+def _gemm_bias(mm: ir.Node, shapes: _Shapes) -> tuple[ir.Node, ir.Value] | None:
+    """(Add, C): the Add reading a 2-D MatMul alone whose other input is a Gemm bias."""
+    a_shape, b_shape = shapes.get(mm.inputs[0]), shapes.get(mm.inputs[1])
+    if not _is_2d(a_shape) or not _is_2d(b_shape):
+        return None
+    assert a_shape is not None and b_shape is not None
+    y = mm.outputs[0]
+    add = _op(_sole_reader(y), "Add")
+    if add is None or len(add.inputs) != 2:
+        return None
+    other = add.inputs[1] if add.inputs[0] is y else add.inputs[0]
+    if other is None or other is y:
+        return None
+    c_shape = shapes.get(other)
+    n, m = b_shape[1], a_shape[0]
+    if c_shape is None or n is None or len(c_shape) > 2:
+        return None
+    if c_shape and c_shape[-1] not in (1, n):
+        return None
+    if len(c_shape) == 2 and (c_shape[0] is None or c_shape[0] not in (1, m)):
+        return None
+    return add, other
+
+
+def _to_gemm(graph: ir.Graph, mm: ir.Node, add: ir.Node, c: ir.Value) -> bool:
+    """Make the MatMul a Gemm with bias c writing what the Add wrote; the Add goes."""
+    out, y = add.outputs[0], mm.outputs[0]
+    name, out_type, out_shape = out.name, out.type, out.shape
+    if not bypass(graph, out, y):
+        return False
+    remove_nodes(graph, [add])
+    # the Gemm's output is the Add's tensor: its name, and its type and shape when known
+    y.name = name
+    y.type = out_type if out_type is not None else y.type
+    y.shape = out_shape if out_shape is not None else y.shape
+    mm.op_type = "Gemm"
+    mm.resize_inputs(3)
+    mm.replace_input_with(2, c)
+    if not mm.name:
+        mm.name = add.name
+    return True
+
+
 @register("matmul-to-gemm")
-def matmul_to_gemm(model: onnx.ModelProto) -> PassResult:
+def matmul_to_gemm(model: ir.Model) -> PassResult:
     """Turn a 2-D MatMul followed by an Add into one Gemm.
 
     Our own pass. Both MatMul inputs must be known to be 2-D (batched MatMul is not a
     Gemm), the MatMul must feed only the Add, and the added tensor must broadcast one way
     to the [M, N] result (Gemm's C cannot grow the output).
     """
-    idx = GraphIndex(model.graph)
-    shapes = LazyShapes(model)
+    graph, shapes = model.graph, _Shapes(model)
     fused = []
-    for mm in list(idx.graph.node):
-        if mm.op_type != "MatMul" or mm.domain:
+    for mm in list(graph):
+        if not _op(mm, "MatMul") or len(mm.inputs) != 2:
             continue
-        a_shape, b_shape = shapes.get(mm.input[0]), shapes.get(mm.input[1])
-        if not a_shape or not b_shape or len(a_shape) != 2 or len(b_shape) != 2:
-            continue
-        add = idx.only_consumer(mm.output[0])
-        if add is None or add.op_type != "Add" or add.domain:
-            continue
-        other = add.input[1] if add.input[0] == mm.output[0] else add.input[0]
-        if other == mm.output[0]:
-            continue
-        c_shape = shapes.get(other)
-        n, m = b_shape[1], a_shape[0]
-        if c_shape is None or n is None or len(c_shape) > 2:
-            continue
-        if c_shape and c_shape[-1] not in (1, n):
-            continue
-        if len(c_shape) == 2 and (c_shape[0] is None or c_shape[0] not in (1, m)):
-            continue
-        a, b = mm.input[0], mm.input[1]
-        idx.remove_nodes([add])
-        mm.op_type = "Gemm"
-        del mm.input[:]
-        mm.input.extend([a, b, other])
-        mm.output[0] = add.output[0]
-        if not mm.name:
-            mm.name = add.name
-        fused.append(mm.name or mm.output[0])
-        idx.refresh()
+        found = _gemm_bias(mm, shapes)
+        if found is not None and _to_gemm(graph, mm, *found):
+            fused.append(_label(mm))
     return PassResult(model, bool(fused), _summarize("fused MatMul+Add into Gemm", fused))
 
 
 # --- Transpose pairs ---------------------------------------------------------------------------
 
 
-def _perm(node: onnx.NodeProto, rank: int | None) -> list[int] | None:
-    p = attr(node, "perm")
+def _perm(node: ir.Node, rank: int | None) -> list[int] | None:
+    p: Sequence[int] | None = node.attributes.get_ints("perm")
     if p is not None:
         return list(p)
     return list(range(rank))[::-1] if rank is not None else None
 
 
+def _transpose_pair(t2: ir.Node, shapes: _Shapes) -> tuple[ir.Node, list[int]] | None:
+    """(t1, q): the Transpose t2 reads and the one permutation both make."""
+    t1 = _op(_producer(t2.inputs[0]), "Transpose")
+    if t1 is None:
+        return None
+    shape = shapes.get(t1.inputs[0])
+    rank = len(shape) if shape is not None else None
+    p1, p2 = _perm(t1, rank), _perm(t2, rank)
+    if p1 is None or p2 is None or len(p1) != len(p2):
+        return None
+    return t1, [p1[i] for i in p2]
+
+
+def _cancel_or_merge(graph: ir.Graph, t2: ir.Node, shapes: _Shapes) -> str | None:
+    """ "cancelled" or "merged" when t2 and the Transpose before it were simplified."""
+    pair = _transpose_pair(t2, shapes)
+    if pair is None:
+        return None
+    t1, q = pair
+    source = t1.inputs[0]
+    assert source is not None
+    if q == list(range(len(q))):
+        if not _replace(graph, t2.outputs[0], source):
+            return None
+        remove_nodes(graph, [t2])
+        if n_uses(t1.outputs[0]) == 0:
+            remove_nodes(graph, [t1])
+        return "cancelled"
+    if n_uses(t1.outputs[0]) != 1:
+        return None  # merging would duplicate work, not remove it
+    t2.replace_input_with(0, source)
+    t2.attributes["perm"] = ir.AttrInt64s("perm", q)
+    remove_nodes(graph, [t1])
+    return "merged"
+
+
 @register("cancel-transposes")
-def cancel_transposes(model: onnx.ModelProto) -> PassResult:
+def cancel_transposes(model: ir.Model) -> PassResult:
     """Remove Transpose pairs that undo each other; merge other consecutive pairs into one.
 
     Our own pass. Transpose(p1) then Transpose(p2) equals Transpose(q) with
@@ -466,46 +642,26 @@ def cancel_transposes(model: onnx.ModelProto) -> PassResult:
     reads it), otherwise the second is replaced by one Transpose(q) reading the first's
     input.
     """
-    idx = GraphIndex(model.graph)
-    shapes = LazyShapes(model)
-    cancelled, merged = [], []
+    graph, shapes = model.graph, _Shapes(model)
+    done: dict[str, list[str]] = {"cancelled": [], "merged": []}
     changed = True
     while changed:
         changed = False
-        for t2 in list(idx.graph.node):
-            if t2.op_type != "Transpose" or t2.domain:
+        for t2 in list(graph):
+            if not _op(t2, "Transpose"):
                 continue
-            t1 = idx.producer.get(t2.input[0])
-            if t1 is None or t1.op_type != "Transpose" or t1.domain:
-                continue
-            shape = shapes.get(t1.input[0])
-            rank = len(shape) if shape is not None else None
-            p1, p2 = _perm(t1, rank), _perm(t2, rank)
-            if p1 is None or p2 is None or len(p1) != len(p2):
-                continue
-            q = [p1[i] for i in p2]
-            if q == list(range(len(q))):
-                if not idx.bypass(t2.output[0], t1.input[0]):
-                    continue
-                idx.remove_nodes([t2])
-                if idx.n_uses(t1.output[0]) == 0:
-                    idx.remove_nodes([t1])
-                cancelled.append(t2.name or t2.output[0])
-            else:
-                if idx.n_uses(t1.output[0]) != 1:
-                    continue  # merging would duplicate work, not remove it
-                t2.input[0] = t1.input[0]
-                set_attr(t2, "perm", q)
-                idx.refresh()
-                idx.remove_nodes([t1])
-                merged.append(t2.name or t2.output[0])
-            changed = True
-            break
+            label = _label(t2)
+            what = _cancel_or_merge(graph, t2, shapes)
+            if what is not None:
+                done[what].append(label)
+                changed = True
+                break
     notes = []
-    if cancelled:
-        notes.append(f"cancelled {plural(len(cancelled), 'inverse Transpose pair')}")
-    if merged:
-        notes.append(f"merged {plural(len(merged), 'Transpose pair')} into single Transposes")
+    if done["cancelled"]:
+        notes.append(f"cancelled {plural(len(done['cancelled']), 'inverse Transpose pair')}")
+    if done["merged"]:
+        merged = plural(len(done["merged"]), "Transpose pair")
+        notes.append(f"merged {merged} into single Transposes")
     return PassResult(model, bool(notes), notes)
 
 
