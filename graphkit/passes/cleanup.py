@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import onnx
+from collections.abc import Iterator
 
-from graphkit import weights
-from graphkit.graph import (
-    GraphIndex,
-    keep_only,
-    node_reads,
+import onnx_ir as ir
+
+from graphkit.irgraph import (
+    all_graphs,
+    bypass,
+    const_array,
+    n_uses,
     plural,
-    toposort,
-    unique_name,
+    remove_nodes,
+    tensor_digest,
 )
 from graphkit.passes.base import PassResult, register
 
@@ -19,59 +21,109 @@ from graphkit.passes.base import PassResult, register
 _NOOPS = {"Identity", "Dropout"}
 
 
-def remove_noops(idx: GraphIndex) -> int:
-    """Bypass Identity and inference-mode Dropout nodes; returns how many went."""
+def _subgraphs(node: ir.Node) -> Iterator[ir.Graph]:
+    """The graphs held in a node's attributes (If/Loop/Scan bodies)."""
+    for attr in node.attributes.values():
+        if attr.type == ir.AttributeType.GRAPH:
+            yield attr.as_graph()
+        elif attr.type == ir.AttributeType.GRAPHS:
+            yield from attr.as_graphs()
+
+
+def _reads(node: ir.Node) -> Iterator[ir.Value]:
+    """Every value a node reads: its inputs and, for a node holding subgraphs, every value
+    read inside them (callers keep those written in the graph they look at: the captures)."""
+    yield from (v for v in node.inputs if v is not None)
+    for sub in _subgraphs(node):
+        for graph in all_graphs(sub):
+            for inner in graph:
+                yield from (v for v in inner.inputs if v is not None)
+            yield from graph.outputs
+
+
+def bypass_keeping_type(graph: ir.Graph, old: ir.Value, new: ir.Value) -> bool:
+    """irgraph.bypass, and a graph output keeps its declared type and shape (the value
+    taking its slot and name may have none, or a less exact one)."""
+    declared = (old.type, old.shape) if old.is_graph_output() and old.type is not None else None
+    if not bypass(graph, old, new):
+        return False
+    if declared is not None:
+        new.type, new.shape = declared
+    return True
+
+
+def _is_noop(node: ir.Node) -> bool:
+    """An Identity, or a Dropout in inference mode whose mask nobody reads."""
+    if node.op_type not in _NOOPS or node.domain != "":
+        return False
+    if not node.inputs or node.inputs[0] is None or not node.outputs:
+        return False
+    if node.op_type == "Dropout":
+        if len(node.outputs) > 1 and n_uses(node.outputs[1]):
+            return False
+        if len(node.inputs) > 2 and node.inputs[2] is not None:
+            mode = const_array(node.inputs[2])
+            if mode is None or bool(mode):
+                return False  # training_mode on (or unknown): it really drops
+    return True
+
+
+def remove_noops(graph: ir.Graph) -> int:
+    """Bypass Identity and inference-mode Dropout nodes; returns how many went.
+
+    A node between two interface tensors (graph input, initializer or another output and
+    a graph output) stays: its output could only keep its name by renaming the other."""
     dead = []
-    for node in list(idx.graph.node):
-        if node.op_type not in _NOOPS or node.domain not in ("", "ai.onnx"):
-            continue
-        if not node.input or not node.input[0] or not node.output:
-            continue
-        if node.op_type == "Dropout":
-            if len(node.output) > 1 and node.output[1] and idx.n_uses(node.output[1]):
-                continue
-            if len(node.input) > 2 and node.input[2]:
-                mode = idx.const(node.input[2])
-                if mode is None or bool(mode):
-                    continue  # training_mode on (or unknown): it really drops
-        src, dst = node.input[0], node.output[0]
-        if dst in idx.output_names and (
-            src in idx.output_names or src in idx.input_names or src in idx.inits
-        ):
-            continue  # renaming would clash with another interface name: keep the node
-        if idx.bypass(dst, src):
+    for node in list(graph):
+        src = node.inputs[0] if _is_noop(node) else None
+        if src is not None and bypass_keeping_type(graph, node.outputs[0], src):
             dead.append(node)
-    idx.remove_nodes(dead)
-    return len(dead)
+    return remove_nodes(graph, dead)
 
 
-def remove_dead_nodes(idx: GraphIndex) -> int:
+def remove_dead_nodes(graph: ir.Graph) -> int:
     """Drop nodes none of whose outputs reach a graph output (any node order)."""
     live: set[int] = set()
-    stack = [idx.producer[o] for o in idx.output_names if o in idx.producer]
+    stack = [p for o in graph.outputs if (p := o.producer()) is not None and p.graph is graph]
     while stack:
         node = stack.pop()
         if id(node) in live:
             continue
         live.add(id(node))
-        stack.extend(idx.producer[i] for i in node_reads(node) if i in idx.producer)
-    return idx.remove_nodes([n for n in idx.graph.node if id(n) not in live])
+        for value in _reads(node):
+            producer = value.producer()
+            if producer is not None and producer.graph is graph and id(producer) not in live:
+                stack.append(producer)
+    dead = [n for n in graph if id(n) not in live]
+    for node in dead:  # a dead node's subgraphs may read other dead nodes: detach them first
+        for sub in _subgraphs(node):
+            for inner_graph in all_graphs(sub):
+                for inner in inner_graph:
+                    for i in range(len(inner.inputs)):
+                        inner.replace_input_with(i, None)
+    return remove_nodes(graph, dead)
 
 
-def remove_unused(idx: GraphIndex, inputs: bool) -> tuple[int, int]:
-    g = idx.graph
-    used = set(idx.output_names)
-    for node in g.node:
-        used.update(node_reads(node))
-    n_inits = keep_only(g.initializer, lambda i: i.name in used)
-    n_inputs = keep_only(g.input, lambda i: i.name in used) if inputs else 0
-    keep_only(g.value_info, lambda vi: vi.name in used)
-    idx.inits = {i.name: i for i in g.initializer}
-    idx.input_names = {i.name for i in g.input}
-    return n_inits, n_inputs
+def _used(value: ir.Value) -> bool:
+    return bool(value.uses()) or value.is_graph_output()
 
 
-def detach_initializers(model: onnx.ModelProto) -> int:
+def remove_unused(graph: ir.Graph, inputs: bool) -> tuple[int, int]:
+    """Remove initializers nobody reads and, with `inputs`, graph inputs nobody reads."""
+    unused = [name for name, v in graph.initializers.items() if not _used(v)]
+    for name in unused:
+        graph.initializers.pop(name)
+    n_inputs = 0
+    if inputs:
+        keep = [v for v in graph.inputs if _used(v)]
+        n_inputs = len(graph.inputs) - len(keep)
+        if n_inputs:
+            graph.inputs.clear()
+            graph.inputs.extend(keep)
+    return len(unused), n_inputs
+
+
+def detach_initializers(model: ir.Model) -> int:
     """Stop listing initializers as graph inputs (IR < 4 exporters did), so they fold.
 
     An initializer listed as an input can be overridden at run time, so no pass may treat
@@ -79,20 +131,52 @@ def detach_initializers(model: onnx.ModelProto) -> int:
     and raise the IR version to 4, the first that allows it.
     """
     g = model.graph
-    inits = {i.name for i in g.initializer}
-    n = keep_only(g.input, lambda i: i.name not in inits)
+    keep = [v for v in g.inputs if not v.is_initializer()]
+    n = len(g.inputs) - len(keep)
     if n:
+        g.inputs.clear()
+        g.inputs.extend(keep)
         model.ir_version = max(model.ir_version, 4)
     return n
 
 
-def _unique_node_names(graph: onnx.GraphProto) -> int:
+def _is_sorted(graph: ir.Graph) -> bool:
+    """Whether every value (subgraph captures included) is written before it is read."""
+    placed: set[int] = set()
+    for node in graph:
+        for value in _reads(node):
+            producer = value.producer()
+            if producer is not None and producer.graph is graph and id(producer) not in placed:
+                return False
+        placed.add(id(node))
+    return True
+
+
+def toposort(graph: ir.Graph) -> bool:
+    """Order the nodes so every value is written before it is read; True if order changed.
+
+    A graph with a cycle stays as it is, for the checker to report."""
+    if _is_sorted(graph):
+        return False
+    try:
+        graph.sort()
+    except ValueError:
+        return False
+    return True
+
+
+def _unique_node_names(graph: ir.Graph) -> int:
     """Give every node a distinct, non-empty name (backends and reports key on it)."""
     seen: set[str] = set()
     changed = 0
-    for node in graph.node:
-        hint = node.name or f"{node.op_type}_{node.output[0] if node.output else ''}"
-        name = unique_name(hint, seen)
+    for node in graph:
+        first = (node.outputs[0].name or "") if node.outputs else ""
+        name = hint = node.name or f"{node.op_type}_{first}"
+        i = 1
+        while name in seen:
+            name = f"{hint}_{i}"
+            i += 1
+        seen.add(name)
         if name != node.name:
             node.name = name
             changed += 1
@@ -101,7 +185,7 @@ def _unique_node_names(graph: onnx.GraphProto) -> int:
 
 @register("cleanup")
 def cleanup(
-    model: onnx.ModelProto,
+    model: ir.Model,
     *,
     remove_identity: bool = True,
     remove_unused_inputs: bool = True,
@@ -121,10 +205,9 @@ def cleanup(
     g = model.graph
     notes: list[str] = []
     n_detached = detach_initializers(model) if detach_weights else 0
-    idx = GraphIndex(g)
-    n_noop = remove_noops(idx) if remove_identity else 0
-    n_dead = remove_dead_nodes(idx)
-    n_inits, n_inputs = remove_unused(idx, remove_unused_inputs)
+    n_noop = remove_noops(g) if remove_identity else 0
+    n_dead = remove_dead_nodes(g)
+    n_inits, n_inputs = remove_unused(g, remove_unused_inputs)
     sorted_ = toposort(g)
     n_named = _unique_node_names(g) if name_nodes else 0
     if n_noop:
@@ -144,15 +227,92 @@ def cleanup(
     return PassResult(model, bool(notes), notes)
 
 
-def _attrs_key(node: onnx.NodeProto) -> bytes:
+# Ops whose outputs differ between two calls with the same inputs.
+_RANDOM = {
+    "RandomNormal",
+    "RandomUniform",
+    "RandomNormalLike",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+    "Dropout",
+}
+
+
+def _attrs_key(node: ir.Node) -> bytes:
     return b"|".join(
-        a.SerializeToString(deterministic=True)
-        for a in sorted(node.attribute, key=lambda a: a.name)
+        ir.serde.serialize_attribute(a).SerializeToString(deterministic=True)
+        for a in sorted(node.attributes.values(), key=lambda a: a.name)
     )
 
 
+def _merge_constants(graph: ir.Graph) -> int:
+    """Make readers of an initializer equal to an earlier one read that one; returns how
+    many went. Only tensors sharing type and shape with another one are hashed."""
+    candidates = [
+        v
+        for v in graph.initializers.values()
+        if not v.is_graph_input() and not v.is_graph_output() and v.const_value is not None
+    ]
+    counts: dict[tuple, int] = {}
+    for v in candidates:
+        k = (v.const_value.dtype, tuple(v.const_value.shape))  # type: ignore[union-attr]
+        counts[k] = counts.get(k, 0) + 1
+    first: dict[tuple, ir.Value] = {}
+    dead: list[str] = []
+    for v in candidates:
+        tensor = v.const_value
+        assert tensor is not None
+        k = (tensor.dtype, tuple(tensor.shape))
+        if counts[k] < 2:
+            continue
+        key = (*k, tensor_digest(tensor))
+        if key in first:
+            v.replace_all_uses_with(first[key])
+            dead.append(v.name)  # type: ignore[arg-type]
+        else:
+            first[key] = v
+    for name in dead:
+        graph.initializers.pop(name)
+    return len(dead)
+
+
+def _mergeable(node: ir.Node) -> bool:
+    return node.op_type not in _RANDOM and not any(True for _ in _subgraphs(node))
+
+
+def _merge_nodes(graph: ir.Graph) -> int:
+    """Make readers of a node equal to an earlier one (same op, attributes and inputs) read
+    that one; in node order, so merged inputs make later nodes equal. Returns how many went."""
+    seen: dict[tuple, ir.Node] = {}
+    dead = []
+    for node in graph:
+        if not _mergeable(node):
+            continue
+        key = (
+            node.domain,
+            node.op_type,
+            tuple(None if v is None else id(v) for v in node.inputs),
+            len(node.outputs),
+            _attrs_key(node),
+        )
+        first = seen.get(key)
+        if first is None:
+            seen[key] = node
+            continue
+        if any(o.is_graph_output() for o in node.outputs):
+            continue
+        pairs = list(zip(node.outputs, first.outputs))
+        if any(a.name and not b.name for a, b in pairs):
+            continue  # the first one does not write that output
+        for a, b in pairs:
+            a.replace_all_uses_with(b)
+        dead.append(node)
+    return remove_nodes(graph, dead)
+
+
 @register("dedupe")
-def dedupe(model: onnx.ModelProto) -> PassResult:
+def dedupe(model: ir.Model) -> PassResult:
     """Merge identical constants, then identical nodes reading the same inputs.
 
     Our own pass (common-subexpression elimination, as onnxsim does): two initializers with
@@ -160,77 +320,12 @@ def dedupe(model: onnx.ModelProto) -> PassResult:
     inputs become one (repeated until stable). Nodes with side effects or randomness and
     nodes holding subgraphs are never merged.
     """
-
     g = model.graph
-    idx = GraphIndex(g)
-    # 1. constants
-    by_key: dict[tuple, str] = {}
-    alias: dict[str, str] = {}
-    candidates = [
-        i for i in g.initializer if i.name not in idx.input_names and i.name not in idx.output_names
-    ]
-    counts: dict[tuple, int] = {}
-    for init in candidates:
-        k = (init.data_type, tuple(init.dims))
-        counts[k] = counts.get(k, 0) + 1
-    for init in candidates:
-        if counts[(init.data_type, tuple(init.dims))] < 2:
-            continue
-        key = (init.data_type, tuple(init.dims), weights.tensor_digest(init))
-        if key in by_key:
-            alias[init.name] = by_key[key]
-        else:
-            by_key[key] = init.name
-    if alias:
-        for node in g.node:
-            for i, name in enumerate(node.input):
-                if name in alias:
-                    node.input[i] = alias[name]
-        keep_only(g.initializer, lambda i: i.name not in alias)
-        idx.refresh()
-    # 2. nodes, in topological order so merged inputs make later nodes identical
-    skip = {
-        "RandomNormal",
-        "RandomUniform",
-        "RandomNormalLike",
-        "RandomUniformLike",
-        "Multinomial",
-        "Bernoulli",
-        "Dropout",
-    }
-    seen: dict[tuple, onnx.NodeProto] = {}
-    dead = []
-    rename: dict[str, str] = {}
-    for node in g.node:
-        for i, name in enumerate(node.input):
-            if name in rename:
-                node.input[i] = rename[name]
-        if node.op_type in skip or any(
-            a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-            for a in node.attribute
-        ):
-            continue
-        node_key = (
-            node.domain,
-            node.op_type,
-            tuple(node.input),
-            len(node.output),
-            _attrs_key(node),
-        )
-        first = seen.get(node_key)
-        if first is None:
-            seen[node_key] = node
-            continue
-        if any(o in idx.output_names for o in node.output if o):
-            continue
-        if any(a and not b for a, b in zip(node.output, first.output)):
-            continue
-        rename.update({a: b for a, b in zip(node.output, first.output) if a})
-        dead.append(node)
-    idx.remove_nodes(dead)
+    n_constants = _merge_constants(g)
+    n_nodes = _merge_nodes(g)
     notes = []
-    if alias:
-        notes.append(f"merged {plural(len(alias), 'duplicate constant')}")
-    if dead:
-        notes.append(f"merged {plural(len(dead), 'duplicate node')}")
+    if n_constants:
+        notes.append(f"merged {plural(n_constants, 'duplicate constant')}")
+    if n_nodes:
+        notes.append(f"merged {plural(n_nodes, 'duplicate node')}")
     return PassResult(model, bool(notes), notes)
