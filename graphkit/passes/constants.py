@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx
+import onnx_ir as ir
 from onnx import helper, numpy_helper
 
 from graphkit import weights
 from graphkit.errors import GraphkitError
-from graphkit.graph import (
-    GraphIndex,
-    constant_node_value,
-    has_subgraph,
-    keep_only,
-    plural,
-    value_shapes,
-)
+from graphkit.irgraph import drop_unused_initializers, plural, to_ir, to_proto
 from graphkit.passes.base import PassResult, register
 
 # Ops whose result is not a function of their inputs, or that must stay for backends.
@@ -32,106 +28,217 @@ _NEVER_FOLD = {
     "SequenceConstruct",
     "SequenceEmpty",
 }
+_SHAPE_OPS = ("Shape", "Size")
+# initializers this small stay in the shape-inference skeleton (shape vectors, axes)
+_SKELETON_ELEMENTS = 64
 
 
-def _shape_value(node: onnx.NodeProto, shape: list[int | None] | None) -> np.ndarray | None:
+def _has_subgraph(node: ir.Node) -> bool:
+    return any(
+        isinstance(a, ir.Attr) and a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+        for a in node.attributes.values()
+    )
+
+
+def _nbytes(tensor: ir.TensorProtocol) -> int:
+    """Size in bytes without reading the data (strings count as pointers, as numpy does)."""
+    try:
+        return int(tensor.nbytes)
+    except TypeError:
+        return int(np.prod(tensor.shape.numpy(), dtype=np.int64)) * 8
+
+
+def _tensor(array: np.ndarray, name: str) -> ir.TensorProtocol:
+    """An IR tensor holding `array` (string arrays go through onnx, which encodes them)."""
+    array = np.asarray(array)
+    if array.dtype.kind in "OSU":  # onnx_ir reads strings as fixed-width bytes
+        return ir.serde.TensorProtoTensor(numpy_helper.from_array(array.astype(object), name))
+    return ir.Tensor(np.ascontiguousarray(array), name=name)  # not ir.tensor: 10x slower
+
+
+def _constant_node_value(node: ir.Node) -> np.ndarray | None:
+    """The value of a Constant node, whichever attribute holds it (None for sparse/strings)."""
+    attrs = node.attributes
+    if "value" in attrs:
+        return attrs["value"].value.numpy()  # .value: as_tensor() checks a slow Protocol
+    if "value_float" in attrs:
+        return np.array(attrs["value_float"].as_float(), dtype=np.float32)
+    if "value_floats" in attrs:
+        return np.array(list(attrs["value_floats"].as_floats()), dtype=np.float32)
+    if "value_int" in attrs:
+        return np.array(attrs["value_int"].as_int(), dtype=np.int64)
+    if "value_ints" in attrs:
+        return np.array(list(attrs["value_ints"].as_ints()), dtype=np.int64)
+    return None
+
+
+def _skeleton(model: ir.Model) -> onnx.ModelProto:
+    """The model as a protobuf without its big weights, for shape inference: initializers
+    of more than 64 elements (or left on disk) become typed graph inputs; small ones (shape
+    vectors, axes) keep their values because inference reads them. Nothing is read."""
+    g = model.graph
+    proto = onnx.ModelProto(ir_version=max(model.ir_version, 4))
+    proto.opset_import.extend(helper.make_opsetid(d, v) for d, v in model.opset_imports.items())
+    proto.functions.extend(ir.serde.serialize_function(f) for f in model.functions.values())
+    gp = proto.graph
+    gp.name = g.name or "graph"
+    gp.input.extend(ir.serde.serialize_value(v) for v in g.inputs)
+    declared = {v.name for v in g.inputs}
+    for v in g.initializers.values():
+        t = v.const_value
+        if t is not None and t.size <= _SKELETON_ELEMENTS and not isinstance(t, ir.ExternalTensor):
+            tp = ir.serde.serialize_tensor(t)
+            tp.name = v.name or ""
+            gp.initializer.append(tp)
+        elif v.name not in declared:
+            if t is not None:
+                dims = [int(d) for d in t.shape.numpy()]
+                gp.input.append(helper.make_tensor_value_info(v.name or "", t.dtype.value, dims))
+            else:
+                gp.input.append(ir.serde.serialize_value(v))
+    for node in g:
+        gp.node.append(ir.serde.serialize_node(node))
+        for out in node.outputs:
+            if out.name and out.type is not None and not out.is_graph_output():
+                gp.value_info.append(ir.serde.serialize_value(out))
+    gp.output.extend(ir.serde.serialize_value(v) for v in g.outputs)
+    return proto
+
+
+def _value_shapes(model: ir.Model) -> dict[str, list[int | None]]:
+    """Shape of every tensor onnx shape inference can tell (None for unknown dims), computed
+    on a skeleton: the IR keeps no inferred shapes of its own and none are written back."""
+    skeleton = _skeleton(model)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(skeleton)
+    except Exception:  # noqa: BLE001 - any failure means "cannot infer/evaluate"
+        inferred = skeleton
+    shapes: dict[str, list[int | None]] = {}
+    g = inferred.graph
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        t = vi.type.tensor_type
+        if t.HasField("shape"):
+            shapes[vi.name] = [
+                d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim
+            ]
+    for name, v in model.graph.initializers.items():
+        if v.const_value is not None:
+            shapes[name] = [int(d) for d in v.const_value.shape.numpy()]
+    return shapes
+
+
+def _shape_value(node: ir.Node, shape: list[int | None] | None) -> np.ndarray | None:
     """The value of Shape/Size on a tensor whose shape is fully known."""
     if shape is None or any(d is None for d in shape):
         return None
     if node.op_type == "Size":
         return np.array(int(np.prod([int(d or 0) for d in shape], dtype=np.int64)), dtype=np.int64)
     rank = len(shape)
-    start, end = 0, rank
-    for a in node.attribute:
-        if a.name == "start":
-            start = a.i
-        elif a.name == "end":
-            end = a.i
+    start = node.attributes.get_int("start", 0)
+    end = node.attributes.get_int("end", rank)
     start = max(0, min(rank, start + rank if start < 0 else start))
     end = max(0, min(rank, end + rank if end < 0 else end))
     return np.array(shape[start:end], dtype=np.int64)
 
 
 def _evaluate(
-    model: onnx.ModelProto,
-    nodes: list[onnx.NodeProto],
-    wanted: list[str],
-    known: dict[str, onnx.TensorProto],
-) -> dict[str, np.ndarray]:
-    """Run the constant nodes in onnxruntime (without optimizations) and return `wanted`."""
+    model: ir.Model,
+    plan: list[ir.Node],
+    wanted: list[ir.Value],
+    known: dict[ir.Value, onnx.TensorProto],
+) -> dict[ir.Value, np.ndarray]:
+    """Run the constant nodes in onnxruntime (without optimizations) and return `wanted`.
+
+    Weights left on disk go in as references to their file, which onnxruntime maps."""
     from graphkit.runtime.ort import make_session
 
-    outputs = [helper.make_empty_tensor_value_info(name) for name in wanted]  # ORT infers types
+    names = [v.name or "" for v in wanted]
+    outputs = [helper.make_empty_tensor_value_info(name) for name in names]  # ORT infers types
+    nodes = [ir.serde.serialize_node(n) for n in plan]
     g = helper.make_graph(nodes, "fold", [], outputs, initializer=list(known.values()))
-    sub = helper.make_model(g, opset_imports=list(model.opset_import))
+    opsets = [helper.make_opsetid(d, v) for d, v in model.opset_imports.items()]
+    sub = helper.make_model(g, opset_imports=opsets)
     sub.ir_version = max(model.ir_version, 4)
     sess = make_session(sub, threads=1, optimize=False)
-    values = sess.run(wanted, {})
+    values = sess.run(names, {})
     return dict(zip(wanted, values))
 
 
 _SIMPLE = {"Constant", "ConstantOfShape", "Identity", "Unsqueeze", "Squeeze"}
 
 
+def _known_array(value: ir.Value, folded: dict[ir.Value, np.ndarray]) -> np.ndarray:
+    """A plan input's value: a folded shape or an initializer (a weight left on disk is
+    copied out of its mapping, so a stored result never points into the source file)."""
+    if value in folded:
+        return folded[value]
+    tensor = value.const_value
+    if tensor is None:
+        raise GraphkitError(f"initializer '{value.name}' has no value")
+    array = tensor.numpy()
+    return np.array(array) if isinstance(tensor, ir.ExternalTensor) else array
+
+
 def _evaluate_simple(
-    plan: list[onnx.NodeProto],
-    wanted: list[str],
-    known: dict[str, onnx.TensorProto],
-    idx: GraphIndex,
-) -> dict[str, np.ndarray] | None:
+    plan: list[ir.Node],
+    wanted: list[ir.Value],
+    folded: dict[ir.Value, np.ndarray],
+) -> dict[ir.Value, np.ndarray] | None:
     """numpy for plans made only of trivial ops (weights stored as ConstantOfShape, Constant
     nodes): exact, and no onnxruntime session to build. None when another op is involved."""
     if any(n.op_type not in _SIMPLE or n.domain for n in plan):
         return None
-    env: dict[str, np.ndarray] = {}
+    env: dict[ir.Value, np.ndarray] = {}
 
-    def get(name: str) -> np.ndarray:
-        if name not in env:
-            env[name] = weights.tensor_array(known[name]) if name in known else idx.const(name)  # type: ignore[assignment]
-        return env[name]
+    def get(value: ir.Value | None) -> np.ndarray:
+        assert value is not None
+        if value not in env:
+            env[value] = _known_array(value, folded)
+        return env[value]
 
     for node in plan:
-        op = node.op_type
-        if op == "Constant":
-            out = constant_node_value(node)
-        elif op == "ConstantOfShape":
-            value = np.zeros(1, np.float32)
-            for a in node.attribute:
-                if a.name == "value":
-                    value = numpy_helper.to_array(a.t)
-            out = np.full(
-                tuple(int(d) for d in get(node.input[0])), value.reshape(-1)[0], value.dtype
-            )
-        elif op == "Identity":
-            out = get(node.input[0])
-        else:
-            x = get(node.input[0])
-            found = [a.ints for a in node.attribute if a.name == "axes"]
-            axes: list[int] | None
-            if found:
-                axes = list(found[0])
-            elif len(node.input) > 1 and node.input[1]:
-                axes = [int(v) for v in get(node.input[1]).reshape(-1)]
-            else:
-                axes = None
-            if op == "Squeeze":
-                out = np.squeeze(x, axis=tuple(axes)) if axes is not None else np.squeeze(x)
-            else:
-                if axes is None:  # Unsqueeze needs its axes: not foldable
-                    return None
-                rank = x.ndim + len(axes)
-                out = x
-                for a in sorted(a + rank if a < 0 else a for a in axes):
-                    out = np.expand_dims(out, a)
+        out = _simple_op(node, get)
         if out is None:
             return None
-        env[node.output[0]] = np.asarray(out)
-    return {name: env[name] for name in wanted}
+        env[node.outputs[0]] = np.asarray(out)
+    return {v: env[v] for v in wanted}
+
+
+def _simple_op(node: ir.Node, get: Callable[[ir.Value | None], np.ndarray]) -> np.ndarray | None:
+    """One node of a trivial plan in numpy, or None when it cannot be done here."""
+    op = node.op_type
+    if op == "Constant":
+        return _constant_node_value(node)
+    if op == "ConstantOfShape":
+        attr = node.attributes.get("value")
+        value = attr.value.numpy() if attr is not None else np.zeros(1, np.float32)
+        shape = tuple(int(d) for d in get(node.inputs[0]))
+        return np.full(shape, value.reshape(-1)[0], value.dtype)
+    if op == "Identity":
+        return get(node.inputs[0])
+    x = get(node.inputs[0])
+    found = node.attributes.get("axes")
+    axes: list[int] | None
+    if found is not None:
+        axes = list(found.as_ints())
+    elif len(node.inputs) > 1 and node.inputs[1] is not None:
+        axes = [int(v) for v in get(node.inputs[1]).reshape(-1)]
+    else:
+        axes = None
+    if op == "Squeeze":
+        return np.squeeze(x, axis=tuple(axes)) if axes is not None else np.squeeze(x)
+    if axes is None:  # Unsqueeze needs its axes: not foldable
+        return None
+    rank = x.ndim + len(axes)
+    out = x
+    for a in sorted(a + rank if a < 0 else a for a in axes):
+        out = np.expand_dims(out, a)
+    return out
 
 
 @register("fold-constants")
 def fold_constants(
-    model: onnx.ModelProto,
+    model: ir.Model,
     *,
     max_size_mb: float = 64.0,
     fold_shapes: bool = True,
@@ -161,15 +268,122 @@ def fold_constants(
         if not result.changed:
             break
         changed = True
-        if not any(n.op_type in ("Shape", "Size") for n in model.graph.node):
+        if not any(n.op_type in _SHAPE_OPS for n in model.graph):
             break  # constness propagates in one ordered sweep; only shapes can add more
     if folded:
         notes.insert(0, f"folded {plural(folded, 'node')} into constants")
     return PassResult(model, changed, notes)
 
 
+class _Plan:
+    """What one round folds: the nodes to evaluate (graph order) and the Shape/Size nodes
+    whose value the inferred shapes already give."""
+
+    def __init__(self) -> None:
+        self.nodes: list[ir.Node] = []
+        self.shape_nodes: list[ir.Node] = []
+        self.folded: dict[ir.Value, np.ndarray] = {}  # Shape/Size outputs -> their value
+
+    def produced(self) -> list[ir.Value]:
+        return [o for n in self.nodes for o in n.outputs]
+
+
+def _make_plan(model: ir.Model, *, fold_shapes: bool, skip: set[str]) -> _Plan:
+    """One ordered sweep: a node is constant when all its inputs are (ignoring subgraph
+    holders, other domains and `skip`)."""
+    g = model.graph
+    has_shape_ops = any(n.op_type in _SHAPE_OPS for n in g)
+    shapes = _value_shapes(model) if fold_shapes and has_shape_ops else {}
+    const = {
+        v for v in g.initializers.values() if not v.is_graph_input() and v.const_value is not None
+    }
+    plan = _Plan()
+    for node in g:
+        if node.domain != "" or node.op_type in skip or not node.outputs:
+            continue
+        if _has_subgraph(node):
+            continue
+        x = node.inputs[0] if node.inputs else None
+        if node.op_type in _SHAPE_OPS and fold_shapes and x not in const:
+            value = _shape_value(node, shapes.get(x.name or "") if x is not None else None)
+            if value is not None:
+                plan.folded[node.outputs[0]] = value
+                plan.shape_nodes.append(node)
+                const.add(node.outputs[0])
+            continue
+        if all(i in const for i in node.inputs if i is not None):
+            plan.nodes.append(node)
+            const.update(node.outputs)
+    return plan
+
+
+def _boundary(g: ir.Graph, plan: _Plan) -> list[ir.Value]:
+    """Constant results something that stays reads (a node outside the plan, a subgraph, or
+    being a graph output), in the order the graph reads them."""
+    planned = {id(n) for n in plan.nodes}
+    candidates = plan.produced() + list(plan.folded)
+    outside = {
+        v
+        for v in candidates
+        if v.is_graph_output() or any(id(u.node) not in planned for u in v.uses())
+    }
+    order: list[ir.Value] = []
+    for node in g:
+        if id(node) not in planned:
+            order += [i for i in node.inputs if i is not None and i in outside]
+    order += [o for o in g.outputs if o in outside]
+    order += [v for v in candidates if v in outside]  # read only inside subgraphs
+    return list(dict.fromkeys(order))
+
+
+def _compute(model: ir.Model, plan: _Plan, to_eval: list[ir.Value]) -> dict[ir.Value, np.ndarray]:
+    """The values of `to_eval`: numpy for trivial plans, else one onnxruntime run."""
+    values = dict(plan.folded)
+    if not to_eval:
+        return values
+    produced = set(plan.produced())
+    known: dict[ir.Value, onnx.TensorProto] = {}
+    try:
+        simple = _evaluate_simple(plan.nodes, to_eval, plan.folded)
+        if simple is None:
+            for node in plan.nodes:
+                for i in node.inputs:
+                    if i is not None and i.is_initializer() and i not in produced:
+                        assert i.const_value is not None
+                        known[i] = ir.serde.serialize_tensor(i.const_value)
+                        known[i].name = i.name or ""
+            for v, arr in plan.folded.items():
+                known[v] = numpy_helper.from_array(arr, v.name or "")
+            simple = _evaluate(model, plan.nodes, to_eval, known)
+        values.update(simple)
+    except GraphkitError as exc:
+        raise GraphkitError(f"cannot evaluate the constant subgraphs ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - any failure means "cannot infer/evaluate"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise GraphkitError(f"cannot evaluate the constant subgraphs: {first}") from None
+    return values
+
+
+def _source_bytes(plan: _Plan) -> dict[ir.Value, int]:
+    """For each planned result, the bytes of the initializers it is computed from (as
+    summed along the plan: what storing the result may be compared with)."""
+    sizes: dict[ir.Value, int] = {}
+    for node in plan.nodes:
+        src = 0
+        for i in node.inputs:
+            if i is None:
+                continue
+            if i.is_initializer() and i.const_value is not None:
+                src += _nbytes(i.const_value)
+            else:
+                src += sizes.get(i, 0)
+        for o in node.outputs:
+            sizes[o] = src
+    return sizes
+
+
 def _fold_once(
-    model: onnx.ModelProto,
+    model: ir.Model,
     *,
     max_size_mb: float = 64.0,
     fold_shapes: bool = True,
@@ -177,152 +391,38 @@ def _fold_once(
 ) -> PassResult:
     """One round of folding (see fold_constants)."""
     g = model.graph
-    idx = GraphIndex(g)
     limit = int(max_size_mb * 1024 * 1024)
-    skip = set(skip_ops) | _NEVER_FOLD
-    has_shape_ops = any(n.op_type in ("Shape", "Size") for n in g.node)
-    shapes = value_shapes(model) if fold_shapes and has_shape_ops else {}
-
-    const_names = {n for n in idx.inits if n not in idx.input_names}
-    folded_values: dict[str, np.ndarray] = {}
-    plan: list[onnx.NodeProto] = []  # nodes to evaluate, in graph order
-    constant_nodes = 0
-    for node in g.node:
-        if node.domain not in ("", "ai.onnx") or node.op_type in skip or not node.output:
-            continue
-        if has_subgraph(node):
-            continue
-        if node.op_type in ("Shape", "Size") and fold_shapes and node.input[0] not in const_names:
-            value = _shape_value(node, shapes.get(node.input[0]))
-            if value is not None:
-                folded_values[node.output[0]] = value
-                const_names.add(node.output[0])
-            continue
-        ins = [i for i in node.input if i]
-        if all(i in const_names for i in ins):
-            plan.append(node)
-            const_names.update(o for o in node.output if o)
-            constant_nodes += node.op_type == "Constant"
-    if not plan and not folded_values:
+    plan = _make_plan(model, fold_shapes=fold_shapes, skip=set(skip_ops) | _NEVER_FOLD)
+    if not plan.nodes and not plan.folded:
         return PassResult(model, False, [])
-
-    # Which constant results are read by something that stays (or are graph outputs)?
-    planned = {id(n) for n in plan}
-    produced_by_plan = {o for n in plan for o in n.output if o}
-    boundary: list[str] = []
-    for node in g.node:
-        if id(node) in planned:
-            continue
-        for i in node.input:
-            if i in produced_by_plan or i in folded_values:
-                boundary.append(i)
-    boundary += [o.name for o in g.output if o.name in produced_by_plan or o.name in folded_values]
-    boundary = list(dict.fromkeys(boundary))
-    needed_inits: dict[str, onnx.TensorProto] = {}
-    for node in plan:
-        for i in node.input:
-            if i in idx.inits and i not in produced_by_plan:
-                needed_inits[i] = idx.inits[i]
-    for name, value in folded_values.items():
-        needed_inits[name] = numpy_helper.from_array(value, name)
-    to_eval = [b for b in boundary if b in produced_by_plan]
-    values = dict(folded_values)
-    if to_eval:
-        try:
-            simple = _evaluate_simple(plan, to_eval, needed_inits, idx)
-            values.update(
-                simple if simple is not None else _evaluate(model, plan, to_eval, needed_inits)
-            )
-        except GraphkitError as exc:
-            raise GraphkitError(f"cannot evaluate the constant subgraphs ({exc})") from None
-        except Exception as exc:  # noqa: BLE001 - any failure means "cannot infer/evaluate"
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise GraphkitError(f"cannot evaluate the constant subgraphs: {first}") from None
+    boundary = _boundary(g, plan)
+    produced = set(plan.produced())
+    values = _compute(model, plan, [b for b in boundary if b in produced])
 
     # Decide what to store: skip results that bloat (big and bigger than their sources).
-    input_bytes: dict[str, int] = {}
-    for node in plan:
-        src = sum(
-            _nbytes(idx.inits[i]) if i in idx.inits else input_bytes.get(i, 0)
-            for i in node.input
-            if i
-        )
-        for o in node.output:
-            input_bytes[o] = src
-    store: dict[str, np.ndarray] = {}
+    input_bytes = _source_bytes(plan)
+    store: dict[ir.Value, np.ndarray] = {}
     kept_big = []
-    for name in boundary:
-        if name not in values:
+    for v in boundary:
+        if v not in values:
             continue
-        arr = np.asarray(values[name])
-        if arr.nbytes > limit and arr.nbytes > input_bytes.get(name, 0):
-            kept_big.append(name)
+        arr = np.asarray(values[v])
+        if arr.nbytes > limit and arr.nbytes > input_bytes.get(v, 0):
+            kept_big.append(v)
             continue
-        store[name] = arr
-    # Nodes that must stay: those producing a kept-big tensor, and their constant ancestors.
-    keep_nodes: set[int] = set()
-    if kept_big:
-        need = set(kept_big)
-        for node in reversed(plan):
-            if any(o in need for o in node.output):
-                keep_nodes.add(id(node))
-                need.update(i for i in node.input if i)
-        for node in plan:
-            if id(node) in keep_nodes:
-                for o in node.output:
-                    store.pop(o, None)
-                for i in node.input:
-                    if i in folded_values:
-                        store[i] = folded_values[i]
-    removed_ops: dict[str, int] = {}
-    remove = []
-    for node in plan:
-        if id(node) not in keep_nodes:
-            remove.append(node)
-            removed_ops[node.op_type] = removed_ops.get(node.op_type, 0) + 1
-    shape_nodes = [
-        n
-        for n in g.node
-        if n.op_type in ("Shape", "Size") and n.output and n.output[0] in folded_values
-    ]
-    for n in shape_nodes:
-        removed_ops[n.op_type] = removed_ops.get(n.op_type, 0) + 1
-    # Graph outputs that became constants stay computed by a Constant node (not initializers).
-    out_names = {o.name for o in g.output}
-    new_nodes = []
-    for name, arr in store.items():
-        if name in out_names:
-            new_nodes.append(
-                helper.make_node(
-                    "Constant",
-                    [],
-                    [name],
-                    name=f"{name}_const",
-                    value=numpy_helper.from_array(arr, name),
-                )
-            )
-    for name, arr in store.items():
-        if name not in out_names:
-            if name in idx.inits:
-                continue
-            g.initializer.append(numpy_helper.from_array(arr, name))
-    idx.remove_nodes(remove + shape_nodes)
-    g.node.extend(new_nodes)
-    # results computed from graph inputs' shapes are now fixed: drop their stale value_info
-    stored = set(store)
-    keep_only(g.value_info, lambda vi: vi.name not in stored)
-    # drop initializers nothing reads any more
-    used = {i for n in g.node for i in n.input} | out_names
-    keep_only(g.initializer, lambda i: i.name in used or i.name in idx.input_names)
-    if new_nodes:
-        from graphkit.graph import toposort
+        store[v] = arr
+    keep_nodes = _keep_for(plan, kept_big, store)
+    remove = [n for n in plan.nodes if id(n) not in keep_nodes]
+    new_nodes = _store(g, store)
+    drop = remove + plan.shape_nodes
+    if drop:
+        g.remove(drop, safe=True)
+    drop_unused_initializers(g)
 
-        toposort(g)
-
-    n_removed = len(remove) + len(shape_nodes) - len(new_nodes)
+    n_removed = len(drop) - len(new_nodes)
     notes = []
-    if removed_ops:
-        notes.append(f"folded {len(remove) + len(shape_nodes)} nodes")
+    if drop:
+        notes.append(f"folded {len(drop)} nodes")
     if kept_big:
         notes.append(
             f"kept {plural(len(kept_big), 'large constant result')} unfolded (> {max_size_mb:g} MB)"
@@ -333,9 +433,63 @@ def _fold_once(
     )
 
 
-def _nbytes(t: onnx.TensorProto) -> int:
-    n = int(np.prod(t.dims)) if t.dims else 1
-    return n * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+def _keep_for(plan: _Plan, kept_big: list[ir.Value], store: dict[ir.Value, np.ndarray]) -> set[int]:
+    """Nodes that must stay: those producing a kept-big tensor, and their constant
+    ancestors; their outputs are not stored, the folded shapes they read are."""
+    keep: set[int] = set()
+    if not kept_big:
+        return keep
+    need = set(kept_big)
+    for node in reversed(plan.nodes):
+        if any(o in need for o in node.outputs):
+            keep.add(id(node))
+            need.update(i for i in node.inputs if i is not None)
+    for node in plan.nodes:
+        if id(node) in keep:
+            for o in node.outputs:
+                store.pop(o, None)
+            for i in node.inputs:
+                if i is not None and i in plan.folded:
+                    store[i] = plan.folded[i]
+    return keep
+
+
+def _store(g: ir.Graph, store: dict[ir.Value, np.ndarray]) -> list[ir.Node]:
+    """Make every reader of each stored value read its result instead: a new initializer of
+    the same name, or, for a graph output, a Constant node in place of its producer (a graph
+    output stays computed by a node). Returns the Constant nodes made."""
+    new_nodes = []
+    for old, arr in store.items():
+        name = old.name or ""
+        if old.is_initializer():
+            continue
+        if old.is_graph_output():
+            tensor = _tensor(arr, name)
+            node = ir.Node(
+                "",
+                "Constant",
+                [],
+                attributes=[ir.AttrTensor("value", tensor)],
+                name=f"{name}_const",
+            )
+            new = node.outputs[0]
+            # the graph output keeps its declared type and shape
+            new.type = old.type if old.type is not None else ir.TensorType(tensor.dtype)
+            new.shape = old.shape
+            producer = old.producer()
+            assert producer is not None
+            g.insert_before(producer, node)
+            old.replace_all_uses_with(new, replace_graph_outputs=True)
+            old.name = None
+            new.name = name
+            new_nodes.append(node)
+            continue
+        value = ir.Value(name=name, shape=ir.Shape(arr.shape))
+        value.const_value = _tensor(arr, name)
+        value.type = ir.TensorType(value.const_value.dtype)
+        old.replace_all_uses_with(value)
+        g.register_initializer(value)
+    return new_nodes
 
 
 def _structure(model: onnx.ModelProto) -> tuple:
@@ -350,7 +504,7 @@ def _structure(model: onnx.ModelProto) -> tuple:
 
 @register("simplify")
 def simplify(
-    model: onnx.ModelProto,
+    model: ir.Model,
     *,
     skip_fuse_bn: bool = False,
     skip_constant_folding: bool = False,
@@ -375,11 +529,12 @@ def simplify(
     """
     import onnxsim
 
-    weights.materialize(model)  # onnxsim reads whole protobufs (and stops at 2 GB anyway)
-    before = len(model.graph.node)
+    proto = to_proto(model)
+    weights.materialize(proto)  # onnxsim reads whole protobufs (and stops at 2 GB anyway)
+    before = len(proto.graph.node)
     try:
         new, _ok = onnxsim.simplify(
-            model,
+            proto,
             check_n=0,
             perform_optimization=perform_optimization,
             skip_fuse_bn=skip_fuse_bn,
@@ -393,6 +548,7 @@ def simplify(
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise GraphkitError(f"onnxsim failed: {first}") from None
     after = len(new.graph.node)
-    changed = _structure(new) != _structure(model)
-    notes = [f"onnxsim: {before} -> {after} nodes"] if changed else []
-    return PassResult(new, changed, notes)
+    changed = _structure(new) != _structure(proto)
+    if not changed:  # the IR as it came: weights left on disk stay there
+        return PassResult(model, False, [])
+    return PassResult(to_ir(new), True, [f"onnxsim: {before} -> {after} nodes"])
