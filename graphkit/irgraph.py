@@ -182,11 +182,13 @@ def bypass(graph: ir.Graph, old: ir.Value, new: ir.Value) -> bool:
     """Make every reader of `old` read `new` instead, so `old`'s producer can go.
 
     When `old` is a graph output its name must survive: the graph output slot then takes
-    `new`, which is renamed to `old`'s name (possible only when `new` is written by a node
-    of this graph and is itself neither a graph input nor output). Returns False, changing
-    nothing, when it is not possible."""
+    `new`, renamed to `old`'s name and given the type and shape the output declared
+    (possible only when `new` is written by a node of this graph and is itself neither a
+    graph input nor output). Otherwise `new` only learns the type or shape it lacked.
+    Returns False, changing nothing, when it is not possible."""
     if old is new:
         return True
+    declared = (old.type, old.shape)
     if old.is_graph_output():
         producer = new.producer()
         if (
@@ -201,8 +203,12 @@ def bypass(graph: ir.Graph, old: ir.Value, new: ir.Value) -> bool:
         old.replace_all_uses_with(new, replace_graph_outputs=True)
         old.name = None
         new.name = name
+        if declared[0] is not None:
+            new.type, new.shape = declared
         return True
     old.replace_all_uses_with(new)
+    new.type = new.type or declared[0]
+    new.shape = new.shape or declared[1]
     return True
 
 

@@ -41,17 +41,6 @@ def _reads(node: ir.Node) -> Iterator[ir.Value]:
             yield from graph.outputs
 
 
-def bypass_keeping_type(graph: ir.Graph, old: ir.Value, new: ir.Value) -> bool:
-    """irgraph.bypass, and a graph output keeps its declared type and shape (the value
-    taking its slot and name may have none, or a less exact one)."""
-    declared = (old.type, old.shape) if old.is_graph_output() and old.type is not None else None
-    if not bypass(graph, old, new):
-        return False
-    if declared is not None:
-        new.type, new.shape = declared
-    return True
-
-
 def _is_noop(node: ir.Node) -> bool:
     """An Identity, or a Dropout in inference mode whose mask nobody reads."""
     if node.op_type not in _NOOPS or node.domain != "":
@@ -76,7 +65,7 @@ def remove_noops(graph: ir.Graph) -> int:
     dead = []
     for node in list(graph):
         src = node.inputs[0] if _is_noop(node) else None
-        if src is not None and bypass_keeping_type(graph, node.outputs[0], src):
+        if src is not None and bypass(graph, node.outputs[0], src):
             dead.append(node)
     return remove_nodes(graph, dead)
 

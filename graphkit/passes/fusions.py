@@ -72,20 +72,6 @@ def _label(node: ir.Node) -> str:
     return node.name or name_of(node.outputs[0])
 
 
-def _replace(graph: ir.Graph, old: ir.Value, new: ir.Value) -> bool:
-    """irgraph.bypass, and `new` keeps the type and shape a graph output declared (the
-    protobuf passes kept the output's ValueInfo) or fills in what it did not know."""
-    was_output = old.is_graph_output()
-    old_type, old_shape = old.type, old.shape
-    if not bypass(graph, old, new):
-        return False
-    if was_output or new.type is None:
-        new.type = old_type
-    if was_output or new.shape is None:
-        new.shape = old_shape
-    return True
-
-
 class _Shapes:
     """Tensor shapes by name, from onnx shape inference on first use (most runs find
     nothing to fuse and never ask)."""
@@ -238,7 +224,7 @@ def _fold_bn(graph: ir.Graph, names: Names, bn: ir.Node) -> str | None:
         set_const_input(graph, prod, 1, new_w.astype(w.dtype), names)
         _set_bias(graph, names, prod, bias * scale + shift, w.dtype)
     label = _label(bn)
-    if not _replace(graph, bn.outputs[0], prod.outputs[0]):
+    if not bypass(graph, bn.outputs[0], prod.outputs[0]):
         return None  # cannot happen for a valid graph; nothing was rewired
     remove_nodes(graph, [bn])
     return f"{label} into {prod.op_type} {_label(prod)}"
@@ -486,7 +472,7 @@ def _fold_affine(graph: ir.Graph, names: Names, op: ir.Node, shapes: _Shapes) ->
         set_const_input(graph, prod, 1, (gamma * mul).astype(dtype), names)
         set_const_input(graph, prod, 2, (beta * mul + add).astype(dtype), names)
     label = _label(op)
-    if not _replace(graph, op.outputs[0], prod.outputs[0]):
+    if not bypass(graph, op.outputs[0], prod.outputs[0]):
         return None
     remove_nodes(graph, [op])
     return f"{op.op_type} {label} into {prod.op_type}"
@@ -619,7 +605,7 @@ def _cancel_or_merge(graph: ir.Graph, t2: ir.Node, shapes: _Shapes) -> str | Non
     source = t1.inputs[0]
     assert source is not None
     if q == list(range(len(q))):
-        if not _replace(graph, t2.outputs[0], source):
+        if not bypass(graph, t2.outputs[0], source):
             return None
         remove_nodes(graph, [t2])
         if n_uses(t1.outputs[0]) == 0:

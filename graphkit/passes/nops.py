@@ -9,13 +9,13 @@ import onnx_ir as ir
 from graphkit.irgraph import (
     Names,
     add_initializer,
+    bypass,
     const_array,
     n_uses,
     plural,
     remove_nodes,
 )
 from graphkit.passes.base import PassResult, register
-from graphkit.passes.cleanup import bypass_keeping_type
 
 _RESHAPES = {"Reshape", "Squeeze", "Unsqueeze", "Flatten"}
 
@@ -197,7 +197,7 @@ def eliminate_nops(model: ir.Model) -> PassResult:
     dead = []
     for node in list(g):
         src = None if node.domain else _nop_source(node, shapes)
-        if src is not None and bypass_keeping_type(g, node.outputs[0], src):
+        if src is not None and bypass(g, node.outputs[0], src):
             dead.append(node)
             removed[node.op_type] = removed.get(node.op_type, 0) + 1
     remove_nodes(g, dead)
