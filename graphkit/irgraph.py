@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import onnx
 import onnx_ir as ir
+from onnx import numpy_helper
 
 from graphkit.errors import ModelError
 
@@ -144,9 +145,18 @@ class Names:
         return name
 
 
+def as_tensor(array: np.ndarray, name: str) -> ir.TensorProtocol:
+    """An IR tensor holding `array`: scalars stay 0-d, strings go through onnx (onnx_ir
+    reads them as fixed-width bytes), and no slow type detection (ir.tensor is 10x slower)."""
+    array = np.asarray(array)
+    if array.dtype.kind in "OSU":
+        return ir.serde.TensorProtoTensor(numpy_helper.from_array(array.astype(object), name))
+    return ir.Tensor(np.require(array, requirements="C"), name=name)
+
+
 def add_initializer(graph: ir.Graph, array: np.ndarray, name: str) -> ir.Value:
     """A new initializer holding `array` under `name` (the caller made it unique)."""
-    tensor = ir.tensor(np.require(array, requirements="C"), name=name)
+    tensor = as_tensor(array, name)
     value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype))
     value.const_value = tensor
     graph.register_initializer(value)
@@ -166,7 +176,7 @@ def set_const_input(
         and not old.is_graph_output()
         and len(old.uses()) == 1
     ):
-        tensor = ir.tensor(np.require(array, requirements="C"), name=old.name)
+        tensor = as_tensor(array, name_of(old))
         old.const_value = tensor
         old.shape = ir.Shape(array.shape)
         old.type = ir.TensorType(tensor.dtype)
@@ -230,6 +240,62 @@ def drop_unused_initializers(graph: ir.Graph) -> int:
     for v in unused:
         graph.initializers.pop(name_of(v))
     return len(unused)
+
+
+def skeleton(model: ir.Model, keep_elements: int = 64) -> onnx.ModelProto:
+    """The model as a protobuf without its big weights, for onnx shape inference and the
+    checker: initializers of more than `keep_elements` values (or left on disk) become typed
+    graph inputs, small ones (shape vectors, axes) keep their values because inference
+    reads them. Nothing is read from disk and the model is not touched."""
+    g = model.graph
+    small: list[ir.Value] = []
+    typed: list[onnx.ValueInfoProto] = []
+    for name, v in g.initializers.items():
+        t = v.const_value
+        if t is not None and t.size <= keep_elements and not isinstance(t, ir.ExternalTensor):
+            small.append(v)
+        elif not v.is_graph_input():
+            dtype = int(t.dtype) if t is not None else int(v.dtype or 0)
+            dims = list(t.shape.numpy()) if t is not None else None
+            typed.append(onnx.helper.make_tensor_value_info(name, dtype, dims))
+    view = ir.GraphView(g.inputs, g.outputs, nodes=g, initializers=small, name=g.name)
+    proto = onnx.ModelProto(ir_version=max(model.ir_version, 4))
+    proto.opset_import.extend(
+        onnx.helper.make_opsetid(domain, version) for domain, version in model.opset_imports.items()
+    )
+    proto.functions.extend(
+        ir.serde.serialize_function(f, create_value_info=model.ir_version >= 10)
+        for f in model.functions.values()
+    )
+    # onnx_ir 1.1's GraphView does not type-check against its own GraphViewProtocol
+    ir.serde.serialize_graph_into(proto.graph, view, model_ir_version=model.ir_version)  # type: ignore[arg-type]
+    proto.graph.input.extend(typed)
+    return proto
+
+
+Shape = list[int | None]
+
+
+def value_shapes(model: ir.Model) -> dict[str, Shape]:
+    """Shape of every main-graph tensor onnx shape inference can tell (None: unknown dim),
+    from the skeleton; nothing is written back into the model."""
+    light = skeleton(model)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light)
+    except Exception:  # noqa: BLE001 - any failure means "cannot infer": keep what is declared
+        inferred = light
+    shapes: dict[str, Shape] = {}
+    g = inferred.graph
+    for vi in [*g.input, *g.value_info, *g.output]:
+        t = vi.type.tensor_type
+        if t.HasField("shape"):
+            shapes[vi.name] = [
+                d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim
+            ]
+    for name, v in model.graph.initializers.items():
+        if v.const_value is not None:
+            shapes[name] = [int(d) for d in v.const_value.shape.numpy()]
+    return shapes
 
 
 def tensor_digest(tensor: ir.TensorProtocol) -> str:

@@ -11,7 +11,14 @@ from onnx import helper, numpy_helper
 
 from graphkit import weights
 from graphkit.errors import GraphkitError
-from graphkit.irgraph import drop_unused_initializers, plural, to_ir, to_proto
+from graphkit.irgraph import (
+    as_tensor,
+    drop_unused_initializers,
+    plural,
+    to_ir,
+    to_proto,
+    value_shapes,
+)
 from graphkit.passes.base import PassResult, register
 
 # Ops whose result is not a function of their inputs, or that must stay for backends.
@@ -29,8 +36,6 @@ _NEVER_FOLD = {
     "SequenceEmpty",
 }
 _SHAPE_OPS = ("Shape", "Size")
-# initializers this small stay in the shape-inference skeleton (shape vectors, axes)
-_SKELETON_ELEMENTS = 64
 
 
 def _has_subgraph(node: ir.Node) -> bool:
@@ -48,14 +53,6 @@ def _nbytes(tensor: ir.TensorProtocol) -> int:
         return int(np.prod(tensor.shape.numpy(), dtype=np.int64)) * 8
 
 
-def _tensor(array: np.ndarray, name: str) -> ir.TensorProtocol:
-    """An IR tensor holding `array` (string arrays go through onnx, which encodes them)."""
-    array = np.asarray(array)
-    if array.dtype.kind in "OSU":  # onnx_ir reads strings as fixed-width bytes
-        return ir.serde.TensorProtoTensor(numpy_helper.from_array(array.astype(object), name))
-    return ir.Tensor(np.ascontiguousarray(array), name=name)  # not ir.tensor: 10x slower
-
-
 def _constant_node_value(node: ir.Node) -> np.ndarray | None:
     """The value of a Constant node, whichever attribute holds it (None for sparse/strings)."""
     attrs = node.attributes
@@ -70,61 +67,6 @@ def _constant_node_value(node: ir.Node) -> np.ndarray | None:
     if "value_ints" in attrs:
         return np.array(list(attrs["value_ints"].as_ints()), dtype=np.int64)
     return None
-
-
-def _skeleton(model: ir.Model) -> onnx.ModelProto:
-    """The model as a protobuf without its big weights, for shape inference: initializers
-    of more than 64 elements (or left on disk) become typed graph inputs; small ones (shape
-    vectors, axes) keep their values because inference reads them. Nothing is read."""
-    g = model.graph
-    proto = onnx.ModelProto(ir_version=max(model.ir_version, 4))
-    proto.opset_import.extend(helper.make_opsetid(d, v) for d, v in model.opset_imports.items())
-    proto.functions.extend(ir.serde.serialize_function(f) for f in model.functions.values())
-    gp = proto.graph
-    gp.name = g.name or "graph"
-    gp.input.extend(ir.serde.serialize_value(v) for v in g.inputs)
-    declared = {v.name for v in g.inputs}
-    for v in g.initializers.values():
-        t = v.const_value
-        if t is not None and t.size <= _SKELETON_ELEMENTS and not isinstance(t, ir.ExternalTensor):
-            tp = ir.serde.serialize_tensor(t)
-            tp.name = v.name or ""
-            gp.initializer.append(tp)
-        elif v.name not in declared:
-            if t is not None:
-                dims = [int(d) for d in t.shape.numpy()]
-                gp.input.append(helper.make_tensor_value_info(v.name or "", t.dtype.value, dims))
-            else:
-                gp.input.append(ir.serde.serialize_value(v))
-    for node in g:
-        gp.node.append(ir.serde.serialize_node(node))
-        for out in node.outputs:
-            if out.name and out.type is not None and not out.is_graph_output():
-                gp.value_info.append(ir.serde.serialize_value(out))
-    gp.output.extend(ir.serde.serialize_value(v) for v in g.outputs)
-    return proto
-
-
-def _value_shapes(model: ir.Model) -> dict[str, list[int | None]]:
-    """Shape of every tensor onnx shape inference can tell (None for unknown dims), computed
-    on a skeleton: the IR keeps no inferred shapes of its own and none are written back."""
-    skeleton = _skeleton(model)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(skeleton)
-    except Exception:  # noqa: BLE001 - any failure means "cannot infer/evaluate"
-        inferred = skeleton
-    shapes: dict[str, list[int | None]] = {}
-    g = inferred.graph
-    for vi in list(g.input) + list(g.value_info) + list(g.output):
-        t = vi.type.tensor_type
-        if t.HasField("shape"):
-            shapes[vi.name] = [
-                d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim
-            ]
-    for name, v in model.graph.initializers.items():
-        if v.const_value is not None:
-            shapes[name] = [int(d) for d in v.const_value.shape.numpy()]
-    return shapes
 
 
 def _shape_value(node: ir.Node, shape: list[int | None] | None) -> np.ndarray | None:
@@ -293,7 +235,7 @@ def _make_plan(model: ir.Model, *, fold_shapes: bool, skip: set[str]) -> _Plan:
     holders, other domains and `skip`)."""
     g = model.graph
     has_shape_ops = any(n.op_type in _SHAPE_OPS for n in g)
-    shapes = _value_shapes(model) if fold_shapes and has_shape_ops else {}
+    shapes = value_shapes(model) if fold_shapes and has_shape_ops else {}
     const = {
         v for v in g.initializers.values() if not v.is_graph_input() and v.const_value is not None
     }
@@ -464,7 +406,7 @@ def _store(g: ir.Graph, store: dict[ir.Value, np.ndarray]) -> list[ir.Node]:
         if old.is_initializer():
             continue
         if old.is_graph_output():
-            tensor = _tensor(arr, name)
+            tensor = as_tensor(arr, name)
             node = ir.Node(
                 "",
                 "Constant",
@@ -485,7 +427,7 @@ def _store(g: ir.Graph, store: dict[ir.Value, np.ndarray]) -> list[ir.Node]:
             new_nodes.append(node)
             continue
         value = ir.Value(name=name, shape=ir.Shape(arr.shape))
-        value.const_value = _tensor(arr, name)
+        value.const_value = as_tensor(arr, name)
         value.type = ir.TensorType(value.const_value.dtype)
         old.replace_all_uses_with(value)
         g.register_initializer(value)

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 
 from graphkit.irgraph import (
@@ -27,6 +26,7 @@ from graphkit.irgraph import (
     plural,
     remove_nodes,
     set_const_input,
+    value_shapes,
 )
 from graphkit.passes.base import PassResult, register
 
@@ -84,62 +84,8 @@ class _Shapes:
         if value is None:
             return None
         if self._shapes is None:
-            self._shapes = _value_shapes(self.model)
+            self._shapes = value_shapes(self.model)
         return self._shapes.get(name_of(value))
-
-
-def _light_proto(model: ir.Model, keep_elements: int = 64) -> onnx.ModelProto:
-    """The main graph as a protobuf without its big weights, for shape inference: they
-    become typed graph inputs (their shapes are all inference needs); small in-memory ones
-    (shape vectors, axes) keep their values because inference reads them. Nothing is read
-    from disk and the model is not touched."""
-    g = model.graph
-    small: list[ir.Value] = []
-    typed: list[onnx.ValueInfoProto] = []
-    for name, v in g.initializers.items():
-        t = v.const_value
-        if t is None:
-            continue
-        if not isinstance(t, ir.ExternalTensor) and t.size <= keep_elements:
-            small.append(v)
-        elif not v.is_graph_input():
-            typed.append(
-                onnx.helper.make_tensor_value_info(name, int(t.dtype), list(t.shape.numpy()))
-            )
-    view = ir.GraphView(g.inputs, g.outputs, nodes=g, initializers=small, name=g.name)
-    proto = onnx.ModelProto(ir_version=max(model.ir_version, 4))
-    proto.opset_import.extend(
-        onnx.helper.make_opsetid(domain, version) for domain, version in model.opset_imports.items()
-    )
-    proto.functions.extend(
-        ir.serde.serialize_function(f, create_value_info=model.ir_version >= 10)
-        for f in model.functions.values()
-    )
-    # onnx_ir's GraphView does not type-check against its own GraphViewProtocol
-    ir.serde.serialize_graph_into(proto.graph, view, model_ir_version=model.ir_version)  # type: ignore[arg-type]
-    proto.graph.input.extend(typed)
-    return proto
-
-
-def _value_shapes(model: ir.Model) -> dict[str, Shape]:
-    """Shape of every main-graph tensor that shape inference can tell (None: unknown dim)."""
-    light = _light_proto(model)
-    try:
-        proto = onnx.shape_inference.infer_shapes(light)
-    except Exception:  # noqa: BLE001 - any failure means "cannot infer": keep what is declared
-        proto = light
-    shapes: dict[str, Shape] = {}
-    g = proto.graph
-    for vi in [*g.input, *g.value_info, *g.output]:
-        t = vi.type.tensor_type
-        if t.HasField("shape"):
-            shapes[vi.name] = [
-                d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim
-            ]
-    for name, v in model.graph.initializers.items():
-        if v.const_value is not None:
-            shapes[name] = list(v.const_value.shape.numpy())
-    return shapes
 
 
 # --- BatchNormalization into Conv / ConvTranspose / Gemm --------------------------------------

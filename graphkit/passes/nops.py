@@ -14,6 +14,7 @@ from graphkit.irgraph import (
     n_uses,
     plural,
     remove_nodes,
+    skeleton,
 )
 from graphkit.passes.base import PassResult, register
 
@@ -21,29 +22,6 @@ _RESHAPES = {"Reshape", "Squeeze", "Unsqueeze", "Flatten"}
 
 # (element type, shape with None for unknown dimensions), each None when unknown
 _Type = tuple[ir.DataType | None, tuple[int | None, ...] | None]
-
-_SMALL = 64  # constants up to this many elements reach shape inference with their values
-
-
-def _skeleton(model: ir.Model) -> onnx.ModelProto:
-    """The main graph as shape inference needs it, made without editing the model: larger
-    constants become typed graph inputs, so no weight is read or copied."""
-    g = model.graph
-    inputs, small = list(g.inputs), []
-    for v in g.initializers.values():
-        t = v.const_value
-        if t is not None and t.size <= _SMALL and not isinstance(t, ir.ExternalTensor):
-            small.append(v)
-        elif not v.is_graph_input():
-            inputs.append(v)
-    view = ir.GraphView(inputs, g.outputs, nodes=g, initializers=small, name=g.name)
-    proto = onnx.ModelProto(ir_version=max(model.ir_version, 4))
-    # onnx_ir's GraphView does not match its own protocol for mypy (1.1.0); it serializes
-    proto.graph.CopyFrom(ir.serde.serialize_graph(view))  # type: ignore[arg-type]
-    for domain, version in g.opset_imports.items():
-        proto.opset_import.add(domain=domain, version=version)
-    proto.functions.extend(ir.serde.serialize_function(f) for f in model.functions.values())
-    return proto
 
 
 def _proto_type(vi: onnx.ValueInfoProto) -> _Type:
@@ -59,7 +37,7 @@ def _types(model: ir.Model) -> dict[ir.Value, _Type]:
     not name: a bypass may rename a value)."""
     g = model.graph
     try:
-        inferred = onnx.shape_inference.infer_shapes(_skeleton(model)).graph
+        inferred = onnx.shape_inference.infer_shapes(skeleton(model)).graph
     except Exception:  # noqa: BLE001 - without inference nothing is provably a no-op
         return {}
     by_name = {vi.name: vi for vi in (*inferred.input, *inferred.value_info, *inferred.output)}

@@ -6,13 +6,10 @@ import onnx
 import onnx_ir as ir
 
 from graphkit.errors import GraphkitError
+from graphkit.irgraph import skeleton
 from graphkit.passes.base import PassResult, register
 
 Dims = list[int | str | None]
-
-# initializers up to this many elements keep their values for inference (shape vectors,
-# axes, scales are read by it); bigger ones only lend it their type and shape
-_KEEP_ELEMENTS = 64
 
 
 def _real_inputs(graph: ir.Graph) -> list[ir.Value]:
@@ -31,47 +28,6 @@ def _set_dims(value: ir.Value, dims: Dims) -> None:
     value.shape = ir.Shape(dims)
 
 
-def _light_proto(model: ir.Model) -> onnx.ModelProto:
-    """A protobuf of the model for shape inference, without its big weights.
-
-    Big initializers become typed graph inputs (their shapes are all inference needs), so
-    nothing is read from disk or copied but the small tensors inference reads (shape
-    vectors, axes). The model itself is not touched.
-    """
-    g = model.graph
-    small: list[ir.Value] = []
-    extra: list[onnx.ValueInfoProto] = []
-    for name, value in g.initializers.items():
-        tensor = value.const_value
-        if tensor is None:
-            continue
-        if tensor.size <= _KEEP_ELEMENTS:
-            if isinstance(tensor, ir.ExternalTensor):  # inline it: inference reads no files
-                value = ir.Value(
-                    name=name, const_value=ir.Tensor(tensor.numpy(), dtype=tensor.dtype, name=name)
-                )
-            small.append(value)
-        elif not value.is_graph_input():
-            extra.append(
-                onnx.helper.make_tensor_value_info(
-                    name, int(tensor.dtype), list(tensor.shape.numpy())
-                )
-            )
-    view = ir.GraphView(g.inputs, g.outputs, nodes=g, initializers=small, name=g.name)
-    proto = onnx.ModelProto(ir_version=max(model.ir_version, 4))
-    proto.opset_import.extend(
-        onnx.helper.make_opsetid(domain, version) for domain, version in model.opset_imports.items()
-    )
-    proto.functions.extend(
-        ir.serde.serialize_function(f, create_value_info=model.ir_version >= 10)
-        for f in model.functions.values()
-    )
-    # onnx_ir's GraphView does not type-check against its own GraphViewProtocol
-    ir.serde.serialize_graph_into(proto.graph, view, model_ir_version=model.ir_version)  # type: ignore[arg-type]
-    proto.graph.input.extend(extra)
-    return proto
-
-
 def reinfer(model: ir.Model) -> None:
     """Forget every intermediate and output shape and infer them again from the inputs.
 
@@ -88,7 +44,7 @@ def reinfer(model: ir.Model) -> None:
         elif isinstance(value.type, ir.TensorType) and value.shape is not None:
             _set_dims(value, [None] * len(value.shape))
     try:
-        inferred = onnx.shape_inference.infer_shapes(_light_proto(model))
+        inferred = onnx.shape_inference.infer_shapes(skeleton(model))
     except Exception as exc:  # noqa: BLE001 - shape inference reports bad shapes this way
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise GraphkitError(f"shape inference failed with the new shapes: {first}") from None

@@ -20,7 +20,7 @@ import onnx
 import onnx_ir as ir
 
 from graphkit.errors import GraphkitError
-from graphkit.irgraph import to_ir, to_proto
+from graphkit.irgraph import add_initializer, to_ir, to_proto
 from graphkit.quant.table import QMAX, CalibrationTable
 from graphkit.quant.weights import QUANTIZED_OPS, weight_amax, weight_axis
 
@@ -59,15 +59,6 @@ class _Names:
             name, i = f"{base}_{i}", i + 1
         self.used.add(name)
         return name
-
-
-def _add_initializer(graph: ir.Graph, array: np.ndarray, name: str) -> ir.Value:
-    """A new initializer holding `array` (scalars stay 0-d: a per-tensor scale must be)."""
-    tensor = ir.tensor(np.require(array, requirements="C"), name=name)
-    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype))
-    value.const_value = tensor
-    graph.register_initializer(value)
-    return value
 
 
 def _node(op_type: str, inputs: list[ir.Value], name: str, axis: int | None = None) -> ir.Node:
@@ -126,7 +117,7 @@ class _Inserter:
         self.dq: dict[str, ir.Value] = {}  # tensor name -> output of its DequantizeLinear
 
     def _init(self, array: np.ndarray, hint: str) -> ir.Value:
-        return _add_initializer(self.graph, array, self.names.new(hint))
+        return add_initializer(self.graph, array, self.names.new(hint))
 
     def activation(self, tensor: ir.Value) -> ir.Value:
         name = tensor.name or ""
