@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -325,18 +326,47 @@ def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
 ProgressFn = Callable[[StepReport], None]
 
 
+@typing.overload
 def run_pipeline(
     model: onnx.ModelProto,
+    pipeline: Pipeline,
+    verify: bool = ...,
+    on_step: ProgressFn | None = ...,
+    seed: int = ...,
+    verify_shapes: dict[str, list[int]] | None = ...,
+) -> tuple[onnx.ModelProto, list[StepReport]]: ...
+
+
+@typing.overload
+def run_pipeline(
+    model: ir.Model,
+    pipeline: Pipeline,
+    verify: bool = ...,
+    on_step: ProgressFn | None = ...,
+    seed: int = ...,
+    verify_shapes: dict[str, list[int]] | None = ...,
+) -> tuple[ir.Model, list[StepReport]]: ...
+
+
+def run_pipeline(
+    model: onnx.ModelProto | ir.Model,
     pipeline: Pipeline,
     verify: bool = True,
     on_step: ProgressFn | None = None,
     seed: int = 0,
     verify_shapes: dict[str, list[int]] | None = None,
-) -> tuple[onnx.ModelProto, list[StepReport]]:
+) -> tuple[onnx.ModelProto | ir.Model, list[StepReport]]:
     """Apply every step; verify each; stop at the first failure (the model is unchanged).
 
-    Verification inputs have `verify_shapes` (from `runtime.ort.runnable_shapes`; chosen
-    here the same way when None): free dims at a size the model runs at."""
+    `model` is a protobuf or an onnx_ir model (what torch.onnx and onnxscript give); the
+    result is of the same kind. Verification inputs have `verify_shapes` (from
+    `runtime.ort.runnable_shapes`; chosen here the same way when None): free dims at a
+    size the model runs at."""
+    if isinstance(model, ir.Model):
+        result, reports = run_pipeline(
+            to_proto(model), pipeline, verify, on_step, seed, verify_shapes
+        )
+        return to_ir(result), reports
     if verify:
         try:  # say so once, not as the first pass's failure
             ort_rt.make_session(model)
