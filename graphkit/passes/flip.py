@@ -23,26 +23,29 @@ that no longer contributes is removed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import helper
+import onnx_ir as ir
 
-from graphkit import weights
-from graphkit.graph import ancestors, consumers, producers
+from graphkit.errors import GraphkitError
+from graphkit.irgraph import bypass, name_of, remove_nodes, to_proto
 from graphkit.passes.base import PassResult, register
-from graphkit.passes.outputs import prune, value_infos
+from graphkit.passes.outputs import ancestors, prune, typed_like, value_infos, values_by_name
 
 
 @dataclass
 class Ensemble:
-    avg_node: int
+    """An average of a plain and a flipped-input branch, by tensor name (so it can be
+    found again in a copy of the model)."""
+
     avg_out: str
     plain: str
     flipped: str
-    input_flips: set[int]
-    batch_concat: int | None = None  # Concat([x, flip(x)], axis=0) of a batched flip test
+    # (flipped tensor, axis) of each input flip the flipped branch depends on
+    input_flips: list[tuple[str, int]] = field(default_factory=list)
+    batch_concat: str | None = None  # Concat([x, flip(x)], axis=0) of a batched flip test
 
 
 @dataclass
@@ -59,69 +62,70 @@ class Transform:
 
 # --------------------------------------------------------------------------- constants
 
+_SCALAR_ATTRS = ("value_float", "value_int", "value_floats", "value_ints")
+
 
 class _Constants:
     """Values of initializers and Constant nodes, converted only when asked for."""
 
-    def __init__(self, graph: onnx.GraphProto):
-        self._protos: dict[str, onnx.TensorProto] = {i.name: i for i in graph.initializer}
-        self._values: dict[str, np.ndarray] = {}
-        for node in graph.node:
-            if node.op_type != "Constant" or not node.output:
+    def __init__(self, graph: ir.Graph):
+        self._tensors: dict[ir.Value, ir.TensorProtocol] = {
+            v: v.const_value for v in graph.initializers.values() if v.const_value is not None
+        }
+        self._values: dict[ir.Value, np.ndarray] = {}
+        for node in graph:
+            if node.op_type != "Constant" or not node.outputs:
                 continue
-            for attr in node.attribute:
-                if attr.name == "value":
-                    self._protos[node.output[0]] = attr.t
-                elif attr.name in ("value_float", "value_int", "value_floats", "value_ints"):
-                    self._values[node.output[0]] = np.array(helper.get_attribute_value(attr))
+            out = node.outputs[0]
+            for name, attr in node.attributes.items():
+                if name == "value" and attr.type == ir.AttributeType.TENSOR:
+                    self._tensors[out] = attr.as_tensor()
+                elif name in _SCALAR_ATTRS:
+                    self._values[out] = np.array(attr.value)
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._values or name in self._protos
+    def __contains__(self, value: ir.Value | None) -> bool:
+        return value in self._values or value in self._tensors
 
-    def get(self, name: str) -> np.ndarray | None:
-        if name not in self._values and name in self._protos:
-            self._values[name] = weights.tensor_array(self._protos[name])
-        return self._values.get(name)
+    def get(self, value: ir.Value | None) -> np.ndarray | None:
+        if value is None:
+            return None
+        if value not in self._values and value in self._tensors:
+            self._values[value] = self._tensors[value].numpy()
+        return self._values.get(value)
 
-    def size(self, name: str) -> int | None:
-        if name in self._values:
-            return int(self._values[name].size)
-        proto = self._protos.get(name)
-        return None if proto is None else int(np.prod(proto.dims, dtype=np.int64))
-
-    def names(self) -> set[str]:
-        return set(self._values) | set(self._protos)
-
-
-def _constants(graph: onnx.GraphProto) -> _Constants:
-    return _Constants(graph)
+    def size(self, value: ir.Value | None) -> int | None:
+        if value in self._values:
+            return int(self._values[value].size)
+        tensor = self._tensors.get(value) if value is not None else None
+        return None if tensor is None else int(tensor.size)
 
 
-def _is_scalar(values: _Constants, name: str, target: float) -> bool:
-    if values.size(name) != 1:
+def _is_scalar(values: _Constants, value: ir.Value | None, target: float) -> bool:
+    if values.size(value) != 1:
         return False
-    v = values.get(name)
+    v = values.get(value)
     return v is not None and v.size == 1 and bool(np.isclose(float(v.reshape(-1)[0]), target))
 
 
-def _dims(model_vi: dict[str, onnx.ValueInfoProto], name: str) -> list[int | None] | None:
-    vi = model_vi.get(name)
-    if vi is None or not vi.type.tensor_type.HasField("shape"):
+def _dims(known: dict[str, ir.Value], value: ir.Value) -> list[int | None] | None:
+    info = known.get(name_of(value))
+    if info is None or info.shape is None:
         return None
-    return [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+    return [d if isinstance(d, int) else None for d in info.shape]
 
 
 # --------------------------------------------------------------------------- flips
 
 
-def _flip_axis(
-    node: onnx.NodeProto, values: _Constants, vis: dict[str, onnx.ValueInfoProto]
-) -> int | None:
+def _flip_axis(node: ir.Node, values: _Constants, known: dict[str, ir.Value]) -> int | None:
     """The axis a node fully reverses (Slice step -1 / Gather reversed indices), or None."""
-    dims = _dims(vis, node.input[0]) if node.input else None
+    data = node.inputs[0] if node.inputs else None
+    if data is None:
+        return None
+    dims = _dims(known, data)
     big = 2**31 - 1
-    if node.op_type == "Slice" and len(node.input) >= 5:
-        starts, ends, axes, steps = (values.get(n) for n in node.input[1:5])
+    if node.op_type == "Slice" and len(node.inputs) >= 5:
+        starts, ends, axes, steps = (values.get(v) for v in node.inputs[1:5])
         if starts is None or ends is None or axes is None or steps is None or steps.size != 1:
             return None
         if int(steps.reshape(-1)[0]) != -1:
@@ -133,12 +137,12 @@ def _flip_axis(
         start_ok = start == -1 or start >= big or (dim is not None and start >= dim - 1)
         end_ok = end <= -big or (dim is not None and end <= -dim - 1)
         return axis if start_ok and end_ok else None
-    if node.op_type == "Gather" and len(node.input) == 2:
-        n_idx = values.size(node.input[1])
-        idx = values.get(node.input[1]) if n_idx is not None and n_idx <= 1 << 16 else None
+    if node.op_type == "Gather" and len(node.inputs) == 2:
+        n_idx = values.size(node.inputs[1])
+        idx = values.get(node.inputs[1]) if n_idx is not None and n_idx <= 1 << 16 else None
         if idx is None or idx.ndim != 1 or idx.size < 2:
             return None
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        axis = node.attributes.get_int("axis", 0)
         n = idx.size
         if dims is not None:
             axis %= len(dims)
@@ -150,39 +154,37 @@ def _flip_axis(
 
 
 def _flips(
-    model: onnx.ModelProto, vis: dict[str, onnx.ValueInfoProto]
-) -> tuple[dict[int, int], dict[int, int]]:
-    """All flip nodes, and the input flips among them (node index -> axis).
+    graph: ir.Graph, known: dict[str, ir.Value]
+) -> tuple[dict[ir.Node, int], dict[ir.Node, int]]:
+    """All flip nodes, and the input flips among them (node -> axis).
 
     An input flip reverses something computed from the graph inputs with no flip before it.
     """
-    graph = model.graph
-    values = _constants(graph)
+    values = _Constants(graph)
     flips = {}
-    for i, node in enumerate(graph.node):
-        axis = _flip_axis(node, values, vis)
-        if axis is not None and node.input[0] not in values:
-            flips[i] = axis
-    real_inputs = {vi.name for vi in graph.input} - values.names()
+    for node in graph:
+        axis = _flip_axis(node, values, known)
+        if axis is not None and node.inputs[0] not in values:
+            flips[node] = axis
+    real_inputs = {v for v in graph.inputs if v not in values}
     result = {}
-    for i, axis in flips.items():
-        data = graph.node[i].input[0]
-        up = ancestors(graph, [data])
-        if up & set(flips):
+    for node, axis in flips.items():
+        data = node.inputs[0]
+        assert data is not None
+        up = ancestors([data])
+        if up & flips.keys():
             continue
-        reads = {data} | {n for j in up for n in graph.node[j].input}
-        if reads & real_inputs:
-            result[i] = axis
+        read = {data} | {v for n in up for v in n.inputs if v is not None}
+        if read & real_inputs:
+            result[node] = axis
     return flips, result
 
 
-def _averages(graph: onnx.GraphProto, values: _Constants) -> list[tuple[int, str, str]]:
-    """(node index, operand a, operand b) for every node that averages two tensors."""
-    prod = producers(graph)
-    cons = consumers(graph)
+def _averages(graph: ir.Graph, values: _Constants) -> list[tuple[ir.Node, ir.Value, ir.Value]]:
+    """(node, operand a, operand b) for every node that averages two tensors."""
 
-    def other(node: onnx.NodeProto, target: float) -> str | None:
-        a, b = node.input[0], node.input[1]
+    def other(node: ir.Node, target: float) -> ir.Value | None:
+        a, b = node.inputs[0], node.inputs[1]
         if _is_scalar(values, b, target):
             return a
         if node.op_type == "Mul" and _is_scalar(values, a, target):
@@ -190,86 +192,103 @@ def _averages(graph: onnx.GraphProto, values: _Constants) -> list[tuple[int, str
         return None
 
     found = []
-    for i, node in enumerate(graph.node):
-        if node.op_type == "Mean" and len(node.input) == 2:
-            found.append((i, node.input[0], node.input[1]))
+    for node in graph:
+        if len(node.inputs) != 2:
             continue
-        if node.op_type in ("Mul", "Div") and len(node.input) == 2:
+        x, y = node.inputs
+        if x is None or y is None:
+            continue
+        if node.op_type == "Mean":
+            found.append((node, x, y))
+        elif node.op_type in ("Mul", "Div"):
             s = other(node, 0.5 if node.op_type == "Mul" else 2.0)
-            j = prod.get(s) if s else None
-            if s and j is not None and graph.node[j].op_type == "Add" and len(cons.get(s, [])) == 1:
-                add = graph.node[j]
-                found.append((i, add.input[0], add.input[1]))
-            continue
-        if node.op_type == "Add" and len(node.input) == 2:
+            add = s.producer() if s is not None else None
+            if s is not None and add is not None and add.op_type == "Add" and len(s.uses()) == 1:
+                a, b = add.inputs[0], add.inputs[1]
+                if a is not None and b is not None:
+                    found.append((node, a, b))
+        elif node.op_type == "Add":
             halves = []
-            for t in node.input:
-                j = prod.get(t)
-                if j is None or graph.node[j].op_type != "Mul" or len(cons.get(t, [])) != 1:
+            for t in (x, y):
+                mul = t.producer()
+                if mul is None or mul.op_type != "Mul" or len(t.uses()) != 1:
                     break
-                halves.append(other(graph.node[j], 0.5))
-            if len(halves) == 2 and all(halves):
-                found.append((i, halves[0], halves[1]))
+                halves.append(other(mul, 0.5))
+            if len(halves) == 2 and halves[0] is not None and halves[1] is not None:
+                found.append((node, halves[0], halves[1]))
     return found
 
 
-def find_ensembles(model: onnx.ModelProto) -> tuple[list[Ensemble], list[str]]:
-    """Structural candidates: averages of a plain branch and an input-flipped branch."""
+def find_ensembles(
+    model: ir.Model, known: dict[str, ir.Value] | None = None
+) -> tuple[list[Ensemble], list[str]]:
+    """Structural candidates: averages of a plain branch and an input-flipped branch.
+
+    `known` is `value_infos(model)` when the caller already has it."""
     graph = model.graph
-    vis = value_infos(model)
-    all_flips, flips = _flips(model, vis)
+    known = value_infos(model) if known is None else known
+    all_flips, flips = _flips(graph, known)
     notes: list[str] = []
     if not flips:
         return [], notes
-    values = _constants(graph)
+    values = _Constants(graph)
     result = []
-    for idx, a, b in _averages(graph, values):
-        up_a, up_b = ancestors(graph, [a]), ancestors(graph, [b])
-        fa, fb = up_a & set(flips), up_b & set(flips)
-        avg_out = graph.node[idx].output[0]
+    for avg, a, b in _averages(graph, values):
+        up_a, up_b = ancestors([a]), ancestors([b])
+        fa, fb = up_a & flips.keys(), up_b & flips.keys()
+        avg_out = name_of(avg.outputs[0])
         if fa and fb:
-            batched = _batched(graph, a, b, up_a, up_b, set(all_flips) - set(flips))
+            back = all_flips.keys() - flips.keys()
+            batched = _batched(graph, a, b, up_a, up_b, back)
             if batched is None:
                 notes.append(f"average '{avg_out}' has the flip on both operands; left unchanged")
             else:
                 plain, flipped, concat = batched
-                result.append(Ensemble(idx, avg_out, plain, flipped, fa | fb, concat))
+                used = _input_flips(graph, fa | fb, flips)
+                result.append(Ensemble(avg_out, plain, flipped, used, concat))
             continue
         if not fa and not fb:
             continue
-        plain, flipped, fl = (b, a, fa) if fa else (a, b, fb)
-        result.append(Ensemble(idx, avg_out, plain, flipped, fl))
+        plain_v, flipped_v, fl = (b, a, fa) if fa else (a, b, fb)
+        used = _input_flips(graph, fl, flips)
+        result.append(Ensemble(avg_out, name_of(plain_v), name_of(flipped_v), used))
     return result, notes
 
 
+def _input_flips(
+    graph: ir.Graph, nodes: set[ir.Node], flips: dict[ir.Node, int]
+) -> list[tuple[str, int]]:
+    """(flipped tensor, axis) of the given flip nodes, in graph order."""
+    return [(name_of(n.inputs[0]), flips[n]) for n in graph if n in nodes and n.inputs[0]]
+
+
 def _batched(
-    graph: onnx.GraphProto,
-    a: str,
-    b: str,
-    up_a: set[int],
-    up_b: set[int],
-    back_flips: set[int],
-) -> tuple[str, str, int] | None:
+    graph: ir.Graph,
+    a: ir.Value,
+    b: ir.Value,
+    up_a: set[ir.Node],
+    up_b: set[ir.Node],
+    back_flips: set[ir.Node],
+) -> tuple[str, str, str] | None:
     """A flip test run as one batch: net(Concat([x, flip(x)], axis 0)), sliced, averaged.
 
     The plain operand is the one with no flip-back on its path; returns (plain, flipped,
-    index of the Concat) or None.
+    output of the Concat) or None.
     """
     ba, bb = bool(up_a & back_flips), bool(up_b & back_flips)
     if ba == bb:
         return None
     plain, flipped = (b, a) if ba else (a, b)
-    inputs = {vi.name for vi in graph.input} - {i.name for i in graph.initializer}
-    prod = producers(graph)
-    for i in ancestors(graph, [plain]):
-        node = graph.node[i]
-        if node.op_type != "Concat" or len(node.input) != 2:
+    inputs = {v for v in graph.inputs if not v.is_initializer()}
+    up = ancestors([plain])
+    for node in graph:
+        if node not in up or node.op_type != "Concat" or len(node.inputs) != 2:
             continue
-        axis = next((x.i for x in node.attribute if x.name == "axis"), None)
-        x, fx = node.input
-        j = prod.get(fx)
-        if axis == 0 and x in inputs and j is not None and graph.node[j].input[0] == x:
-            return plain, flipped, i
+        axis = node.attributes.get_int("axis")
+        x, fx = node.inputs
+        flip = fx.producer() if fx is not None else None
+        if axis == 0 and x in inputs and flip is not None and flip.inputs[0] is x:
+            return name_of(plain), name_of(flipped), name_of(node.outputs[0])
     return None
 
 
@@ -321,50 +340,41 @@ def _channel_perm(q: np.ndarray, f: np.ndarray, ch: int, tol: float) -> list[int
 
 
 def _probe_values(
-    model: onnx.ModelProto, found: list[Ensemble], flips: dict[int, int]
+    model: ir.Model, proto: onnx.ModelProto, found: list[Ensemble]
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Values of every branch on sample inputs, and of the plain branches on flipped inputs."""
     from graphkit.runtime import ort as ort_rt
 
-    graph = model.graph
-    cut = {
-        graph.node[i].input[0]: axis for e in found for i in e.input_flips for axis in [flips[i]]
-    }
+    cut = {data: axis for e in found for data, axis in e.input_flips}
     wanted = list(dict.fromkeys([t for e in found for t in (e.plain, e.flipped)]))
-    feeds = ort_rt.sample_inputs(model, seed=1)
+    feeds = ort_rt.sample_inputs(proto, seed=1)
     inner = [n for n in dict.fromkeys(wanted + list(cut)) if n not in feeds]
-    first = {**ort_rt.run(model, feeds, outputs=inner), **feeds}
+    first = {**ort_rt.run(proto, feeds, outputs=inner), **feeds}
     # Evaluate the plain branches with the flip-test inputs flipped: cut there as inputs.
-    vis = value_infos(model)
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    real_inputs = [n for n in ort_rt.graph_input_names(model) if n not in cut]
+    probe = model.clone()
+    values = values_by_name(probe.graph)
+    real_inputs = [n for n in ort_rt.graph_input_names(proto) if n not in cut]
     plains = list(dict.fromkeys(e.plain for e in found))
-    outs = [_typed_vi(vis, n, first[n]) for n in plains]
-    ins = [_typed_vi(vis, n, first[n]) for n in cut]
-    ins += [vi for vi in model.graph.input if vi.name in real_inputs]
+    outs = [typed_like(values[n], first[n]) for n in plains]
+    ins = [typed_like(values[n], first[n]) for n in cut]
+    ins += [v for v in probe.graph.inputs if name_of(v) in real_inputs]
     prune(probe, outs, ins)
-    used = {n for node in probe.graph.node for n in node.input}
-    del_inputs = [vi for vi in probe.graph.input if vi.name not in used and vi.name not in plains]
-    for vi in del_inputs:
-        probe.graph.input.remove(vi)
-    names = {vi.name for vi in probe.graph.input}
+    used = {name_of(v) for node in probe.graph for v in node.inputs if v is not None}
+    for v in list(probe.graph.inputs):
+        if name_of(v) not in used and name_of(v) not in plains:
+            probe.graph.inputs.remove(v)
+    names = {name_of(v) for v in probe.graph.inputs}
     flipped_feeds = {n: np.ascontiguousarray(np.flip(first[n], axis)) for n, axis in cut.items()}
     flipped_feeds.update({n: v for n, v in feeds.items() if n not in cut})
-    second = ort_rt.run(probe, {k: v for k, v in flipped_feeds.items() if k in names})
+    second = ort_rt.run(to_proto(probe), {k: v for k, v in flipped_feeds.items() if k in names})
     return first, second
-
-
-def _typed_vi(vis: dict, name: str, value: np.ndarray) -> onnx.ValueInfoProto:
-    elem = helper.np_dtype_to_tensor_dtype(value.dtype)
-    return helper.make_tensor_value_info(name, elem, list(value.shape))
 
 
 # --------------------------------------------------------------------------- the pass
 
 
 @register("strip-flip-test", changes_outputs=True)
-def strip_flip_test(model: onnx.ModelProto) -> PassResult:
+def strip_flip_test(model: ir.Model) -> PassResult:
     """Remove a test-time flip ensemble (mmpose flip_test=True) and keep the plain branch.
 
     Finds each average of the plain output and the flipped-input branch (flipped back,
@@ -381,24 +391,24 @@ def strip_flip_test(model: onnx.ModelProto) -> PassResult:
         return PassResult(
             model, False, notes + ["no flip-test ensemble found; model unchanged"], None
         )
-    vis = value_infos(model)
-    _, flips = _flips(model, vis)
+    proto = to_proto(model)  # what onnxruntime runs to confirm the candidates
     separate = [e for e in found if e.batch_concat is None]
     confirmed: list[tuple[Ensemble, Transform]] = []
     if separate:
-        first, second = _probe_values(model, separate, flips)
+        first, second = _probe_values(model, proto, separate)
         for e in separate:
             _confirm(e, match_transform(second[e.plain], first[e.flipped]), confirmed, notes)
     batched = [e for e in found if e.batch_concat is not None]
     if batched:
-        for e, t in _confirm_batched(model, batched, flips):
+        for e, t in _confirm_batched(model, proto, batched):
             _confirm(e, t, confirmed, notes)
     if not confirmed:
         return PassResult(model, False, notes + ["model unchanged"], None)
 
-    old_outputs = [o.name for o in graph.output]
-    avg_nodes = {e.avg_node for e, _ in confirmed}
-    downstream = {o for o in old_outputs if ancestors(graph, [o]) & avg_nodes} - {
+    old_outputs = [name_of(o) for o in graph.outputs]
+    values = values_by_name(graph)
+    avg_nodes = {values[e.avg_out].producer() for e, _ in confirmed}
+    downstream = {name_of(o) for o in graph.outputs if ancestors([o]) & avg_nodes} - {
         e.avg_out for e, _ in confirmed
     }
     output_map = {e.avg_out: e.plain for e, _ in confirmed if e.avg_out in old_outputs}
@@ -406,13 +416,13 @@ def strip_flip_test(model: onnx.ModelProto) -> PassResult:
     # An average inside the graph (decoding after it): check the kept plain tensor itself.
     output_map.update({e.plain: e.plain for e, _ in confirmed if e.avg_out not in old_outputs})
 
-    before = len(graph.node)
-    _rewire(model, [e for e, _ in confirmed])
-    removed = before - len(graph.node) + prune(model, list(graph.output))
+    before = len(graph)
+    _rewire(graph, [e for e, _ in confirmed])
+    removed = before - len(graph) + prune(model, list(graph.outputs))
 
     groups: dict[str, list[str]] = {}
     for e, t in confirmed:
-        axes = ", ".join(str(a) for a in sorted({flips[i] for i in e.input_flips}))
+        axes = ", ".join(str(a) for a in sorted({axis for _, axis in e.input_flips}))
         how = (
             f"input flipped on axis {axes}, output flipped back on axis {t.axis}, "
             f"flip pairs {t.pairs or 'none'}, shift {'found' if t.shift else 'not found'}"
@@ -442,73 +452,76 @@ def _confirm(
 
 
 def _confirm_batched(
-    model: onnx.ModelProto, found: list[Ensemble], flips: dict[int, int]
+    model: ir.Model, proto: onnx.ModelProto, found: list[Ensemble]
 ) -> list[tuple[Ensemble, Transform | None]]:
     """Batched flip test: run the stripped model on the flipped input and match."""
-    from graphkit.errors import GraphkitError
     from graphkit.runtime import ort as ort_rt
 
-    stripped = onnx.ModelProto()
-    stripped.CopyFrom(model)
-    _rewire(stripped, found)
+    stripped = model.clone()
+    _rewire(stripped.graph, found)
+    kept = values_by_name(stripped.graph)
     outs = [e.avg_out for e in found]
-    prune(stripped, [helper.make_empty_tensor_value_info(n) for n in outs])
-    feeds = ort_rt.sample_inputs(model, seed=1)
+    feeds = ort_rt.sample_inputs(proto, seed=1)
     flipped_feeds = dict(feeds)
+    values = values_by_name(model.graph)
     for e in found:
-        concat = model.graph.node[e.batch_concat]
-        x = concat.input[0]
-        axis = next(flips[i] for i in e.input_flips if model.graph.node[i].input[0] == x)
+        assert e.batch_concat is not None
+        concat = values[e.batch_concat].producer()
+        assert concat is not None and concat.inputs[0] is not None
+        x = name_of(concat.inputs[0])
+        axis = next(a for data, a in e.input_flips if data == x)
         flipped_feeds[x] = np.ascontiguousarray(np.flip(feeds[x], axis))
     try:
-        old = ort_rt.run(model, feeds, outputs=[e.flipped for e in found])
-        new = ort_rt.run(stripped, flipped_feeds, outputs=outs)
+        missing = [n for n in outs if n not in kept]
+        if missing:  # an average inside the graph: its readers now read the plain tensor
+            raise GraphkitError(f"'{missing[0]}' is gone from the stripped model")
+        prune(stripped, [kept[n] for n in outs])
+        old = ort_rt.run(proto, feeds, outputs=[e.flipped for e in found])
+        new = ort_rt.run(to_proto(stripped), flipped_feeds, outputs=outs)
     except GraphkitError:  # e.g. a Reshape that hard-codes the batch of two
         return [(e, None) for e in found]
     return [(e, match_transform(new[e.avg_out], old[e.flipped])) for e in found]
 
 
-def _rewire(model: onnx.ModelProto, ensembles: list[Ensemble]) -> None:
+def _rewire(graph: ir.Graph, ensembles: list[Ensemble]) -> None:
     """Make every reader of each average read the plain tensor; drop the average nodes.
 
-    For a batched flip test the network is fed the plain input instead of the Concat.
+    For a batched flip test the network is fed the plain input instead of the Concat. An
+    average that is a graph output passes its name on to the plain tensor (or, when that is
+    a graph input, output or weight, to an Identity of it).
     """
-    graph = model.graph
+    values = values_by_name(graph)
     for e in ensembles:
         if e.batch_concat is not None:
-            concat = graph.node[e.batch_concat]
-            for node in graph.node:
-                for k, n in enumerate(node.input):
-                    if n == concat.output[0]:
-                        node.input[k] = concat.input[0]
-    outputs = {o.name for o in graph.output}
-    sources = {i.name for i in graph.input} | {i.name for i in graph.initializer}
-    extra = []
+            out = values[e.batch_concat]
+            concat = out.producer()
+            assert concat is not None and concat.inputs[0] is not None
+            out.replace_all_uses_with(concat.inputs[0])
+    averages = []
     for e in ensembles:
-        if e.avg_out in outputs:
-            if e.plain in outputs or e.plain in sources:
-                extra.append(helper.make_node("Identity", [e.plain], [e.avg_out]))
-            else:
-                _rename(graph, e.plain, e.avg_out)
+        avg, plain = values[e.avg_out], values[e.plain]
+        node = avg.producer()
+        assert node is not None
+        averages.append(node)
+        if not avg.is_graph_output():
+            avg.replace_all_uses_with(plain)
+            continue
+        declared = avg.type, avg.shape  # the output keeps its declared type and shape
+        if bypass(graph, avg, plain):
+            if declared[0] is not None:
+                plain.type, plain.shape = declared
         else:
-            for node in graph.node:
-                for k, n in enumerate(node.input):
-                    if n == e.avg_out:
-                        node.input[k] = e.plain
-    drop = {e.avg_node for e in ensembles}
-    kept = [n for i, n in enumerate(graph.node) if i not in drop] + extra
-    del graph.node[:]
-    graph.node.extend(kept)
+            _identity(graph, node, avg, plain)
+    remove_nodes(graph, averages)
 
 
-def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
-    for node in graph.node:
-        for k, n in enumerate(node.input):
-            if n == old:
-                node.input[k] = new
-        for k, n in enumerate(node.output):
-            if n == old:
-                node.output[k] = new
-    for vi in list(graph.value_info):
-        if vi.name == old:
-            graph.value_info.remove(vi)
+def _identity(graph: ir.Graph, where: ir.Node, old: ir.Value, source: ir.Value) -> None:
+    """An Identity of `source` (placed before `where`) takes over graph output `old`."""
+    node = ir.Node("", "Identity", [source], num_outputs=1)
+    graph.insert_before(where, node)
+    new = node.outputs[0]
+    new.type, new.shape = old.type, old.shape
+    name = old.name
+    old.replace_all_uses_with(new, replace_graph_outputs=True)
+    old.name = None
+    new.name = name

@@ -1,8 +1,8 @@
 """Passes that choose what a model computes: `select-outputs` and `extract`.
 
 Both are graphkit's own (no library cuts an ONNX graph at arbitrary tensors and checks the
-cut is closed). They also provide the small graph helpers (who produces a tensor, which
-nodes an output needs, pruning) that `strip-flip-test` reuses.
+cut is closed). They also provide the small graph helpers (which nodes an output needs,
+pruning, known tensor types) that `strip-flip-test` reuses.
 """
 
 from __future__ import annotations
@@ -10,76 +10,191 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
+import numpy as np
 import onnx
-from onnx import helper
+import onnx_ir as ir
 
 from graphkit.errors import GraphkitError
-from graphkit.graph import ancestors, node_inputs, producers, skeleton
+from graphkit.irgraph import all_graphs, name_of, to_proto
 from graphkit.passes.base import PassResult, register
 
+# --------------------------------------------------------------------------- graph helpers
 
-def value_infos(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
-    """Known types of every tensor (graph inputs/outputs, value_info, shape inference)."""
-    known: dict[str, onnx.ValueInfoProto] = {}
-    try:
-        inferred = onnx.shape_inference.infer_shapes(skeleton(model))
-    except Exception:  # noqa: BLE001 - failing inference only means fewer known types
-        inferred = model
-    for vi in list(inferred.graph.value_info) + list(model.graph.value_info):
-        known.setdefault(vi.name, vi)
-    for vi in list(model.graph.input) + list(model.graph.output):
-        known[vi.name] = vi
-    for init in model.graph.initializer:
-        known.setdefault(
-            init.name, helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
-        )
+
+def values_by_name(graph: ir.Graph) -> dict[str, ir.Value]:
+    """The named values of the graph itself (inputs, initializers, node outputs)."""
+    values: dict[str, ir.Value] = {}
+    for value in [*graph.inputs, *graph.initializers.values()]:
+        if value.name:
+            values.setdefault(value.name, value)
+    for node in graph:
+        for value in node.outputs:
+            if value.name:
+                values.setdefault(value.name, value)
+    return values
+
+
+def _subgraphs(node: ir.Node) -> list[ir.Graph]:
+    """The graphs held in a node's attributes and every graph nested in them."""
+    tops: list[ir.Graph] = []
+    for attr in node.attributes.values():
+        if attr.type == ir.AttributeType.GRAPH:
+            tops.append(attr.as_graph())
+        elif attr.type == ir.AttributeType.GRAPHS:
+            tops.extend(attr.as_graphs())
+    return [g for top in tops for g in all_graphs(top)]
+
+
+def _captures(node: ir.Node) -> list[tuple[ir.Node, int]]:
+    """(inner node, input index) of every outer value the node's subgraphs read."""
+    subs = _subgraphs(node)
+    inner = {id(g) for g in subs}
+    return [
+        (n, i)
+        for g in subs
+        for n in g
+        for i, v in enumerate(n.inputs)
+        if v is not None and id(v.graph) not in inner
+    ]
+
+
+def reads(node: ir.Node) -> list[ir.Value]:
+    """Every value a node reads: its inputs and what its subgraphs take from outside."""
+    values = [v for v in node.inputs if v is not None]
+    values += [v for n, i in _captures(node) if (v := n.inputs[i]) is not None]
+    return list({id(v): v for v in values}.values())
+
+
+def remove_dead(graph: ir.Graph, nodes: list[ir.Node]) -> None:
+    """Delete nodes nobody reads any more, also when their subgraphs read outer values
+    (the graph's safe removal only detaches the nodes' own inputs)."""
+    for node in nodes:
+        for inner, i in _captures(node):
+            inner.replace_input_with(i, None)
+    if nodes:
+        graph.remove(nodes, safe=True)
+
+
+def ancestors(targets: Iterable[ir.Value], stop: Iterable[ir.Value] = ()) -> set[ir.Node]:
+    """The nodes `targets` depend on, not walking past the `stop` values."""
+    stopped = {id(v) for v in stop}
+    seen: set[ir.Node] = set()
+    todo = [v for v in targets if id(v) not in stopped]
+    while todo:
+        node = todo.pop().producer()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        todo.extend(v for v in reads(node) if id(v) not in stopped)
+    return seen
+
+
+def _skeleton(model: ir.Model, keep_elements: int = 64) -> onnx.ModelProto:
+    """A protobuf without the big weights, for shape inference; the model is not touched.
+
+    Initializers larger than `keep_elements` (or on disk) become typed graph inputs (their
+    shapes are all inference needs); small ones (shape vectors, axes) keep their values
+    because shape inference reads them.
+    """
+    g = model.graph
+    small, big = [], []
+    for value in g.initializers.values():
+        tensor = value.const_value
+        if (
+            tensor is not None
+            and not isinstance(tensor, ir.ExternalTensor)
+            and tensor.size <= keep_elements
+        ):
+            small.append(value)
+        elif not value.is_graph_input():
+            big.append(value)
+    view = ir.GraphView(
+        [*g.inputs, *big],
+        g.outputs,
+        nodes=g,
+        initializers=small,
+        opset_imports=dict(g.opset_imports),
+        name=g.name,
+    )
+    light = ir.Model(
+        view,  # type: ignore[arg-type]  # a GraphView serializes like a Graph
+        ir_version=max(model.ir_version, 4),
+        functions=list(model.functions.values()),
+    )
+    return to_proto(light)
+
+
+def value_infos(model: ir.Model) -> dict[str, ir.Value]:
+    """Known type and shape of every tensor of the graph, by name: graph inputs and outputs
+    as declared, others from shape inference, else as the model declares them.
+
+    The values returned only carry `dtype`/`shape`; inferred ones belong to no graph.
+    """
+    known = _inferred(model)
+    for name, value in values_by_name(model.graph).items():
+        declared = value.is_graph_input() or value.is_graph_output()
+        if declared or (name not in known and (value.type is not None or value.is_initializer())):
+            known[name] = value
     return known
 
 
+def _inferred(model: ir.Model) -> dict[str, ir.Value]:
+    """Types and shapes onnx shape inference finds for the tensors inside the graph."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(_skeleton(model))
+    except Exception:  # noqa: BLE001 - failing inference only means fewer known types
+        return {}
+    known: dict[str, ir.Value] = {}
+    for vi in inferred.graph.value_info:
+        known.setdefault(vi.name, ir.serde.deserialize_value_info_proto(vi, None))
+    return known
+
+
+def _has_type(value: ir.Value | None) -> bool:
+    return value is not None and value.dtype is not None
+
+
 def prune(
-    model: onnx.ModelProto,
-    outputs: list[onnx.ValueInfoProto],
-    inputs: list[onnx.ValueInfoProto] | None = None,
+    model: ir.Model,
+    outputs: list[ir.Value],
+    inputs: list[ir.Value] | None = None,
 ) -> int:
     """Keep only what `outputs` need (in place); return the number of nodes removed.
 
-    `inputs` replaces the graph inputs (default: the original inputs that are still used).
-    Initializers and value_info entries nobody reads any more are dropped too.
+    `inputs` replaces the graph inputs (default: the original inputs that are still used);
+    a value written by a node becomes a new graph input of the same name, type and shape.
+    Initializers nobody reads any more are dropped too.
     """
-    graph = model.graph
-    stop = {vi.name for vi in inputs} if inputs is not None else set()
-    keep = ancestors(graph, [o.name for o in outputs], stop)
-    kept_nodes = [n for i, n in enumerate(graph.node) if i in keep]
-    removed = len(graph.node) - len(kept_nodes)
-    used: set[str] = {o.name for o in outputs}
-    produced: set[str] = set()
-    for node in kept_nodes:
-        used.update(node_inputs(node))
-        produced.update(node.output)
+    g = model.graph
+    stop = list(inputs) if inputs is not None else []
+    keep = ancestors(outputs, stop)
+    dead = [n for n in g if n not in keep]
+    used = {name_of(v) for v in outputs} | {name_of(v) for n in keep for v in reads(n)}
+    g.outputs.clear()
+    g.outputs.extend(outputs)
     if inputs is None:
-        inits = {i.name for i in graph.initializer}
-        inputs = [vi for vi in graph.input if vi.name in used and vi.name not in inits]
-        inputs += [vi for vi in graph.input if vi.name in used and vi.name in inits]
-    new_inits = [i for i in graph.initializer if i.name in used and i.name not in stop]
-    new_vi = [
-        vi
-        for vi in graph.value_info
-        if vi.name in produced and vi.name not in {o.name for o in outputs}
-    ]
-    del graph.node[:]
-    graph.node.extend(kept_nodes)
-    for field, values in (
-        (graph.input, list(inputs)),
-        (graph.output, list(outputs)),
-        (graph.initializer, new_inits),
-        (graph.value_info, new_vi),
-    ):
-        copies = [type(v)() for v in values]
-        for c, v in zip(copies, values):
-            c.CopyFrom(v)
-        del field[:]
-        field.extend(copies)
-    return removed
+        old = list(g.inputs)
+        new = [v for v in old if name_of(v) in used and not v.is_initializer()]
+        new += [v for v in old if name_of(v) in used and v.is_initializer()]
+    else:
+        new = [_as_input(v) for v in inputs]
+    remove_dead(g, dead)
+    g.inputs.clear()
+    g.inputs.extend(new)
+    stop_names = {name_of(v) for v in stop}
+    for name in [n for n in g.initializers if n not in used or n in stop_names]:
+        g.initializers.pop(name)
+    return len(dead)
+
+
+def _as_input(value: ir.Value) -> ir.Value:
+    """`value` itself when it can be a graph input, else a new value of the same name, type
+    and shape that every reader now reads (its producer is left for pruning)."""
+    if value.producer() is None:
+        return value
+    fresh = ir.Value(name=value.name, type=value.type, shape=value.shape)
+    value.replace_all_uses_with(fresh)
+    return fresh
 
 
 def _unknown(name: str, known: Iterable[str], what: str) -> GraphkitError:
@@ -88,12 +203,8 @@ def _unknown(name: str, known: Iterable[str], what: str) -> GraphkitError:
     return GraphkitError(f"'{name}' is not {what}{hint}")
 
 
-def all_tensor_names(model: onnx.ModelProto) -> set[str]:
-    graph = model.graph
-    names = {vi.name for vi in graph.input} | {i.name for i in graph.initializer}
-    for node in graph.node:
-        names.update(n for n in node.output if n)
-    return names
+def all_tensor_names(model: ir.Model) -> set[str]:
+    return set(values_by_name(model.graph))
 
 
 # --------------------------------------------------------------------------- select-outputs
@@ -101,7 +212,7 @@ def all_tensor_names(model: onnx.ModelProto) -> set[str]:
 
 @register("select-outputs", changes_outputs=True)
 def select_outputs(
-    model: onnx.ModelProto,
+    model: ir.Model,
     *,
     names: list[str] | None = None,
     last: bool = False,
@@ -117,8 +228,8 @@ def select_outputs(
     given = sum([names is not None, bool(last), index is not None])
     if given != 1:
         raise GraphkitError("select-outputs needs exactly one of the options names, last or index")
-    outs = list(model.graph.output)
-    by_name = {o.name: o for o in outs}
+    outs = list(model.graph.outputs)
+    by_name = {name_of(o): o for o in outs}
     if names is not None:
         if not names:
             raise GraphkitError("select-outputs needs at least one name in 'names'")
@@ -140,25 +251,26 @@ def select_outputs(
                 f"output index {pos} is out of range: the model has {len(outs)} outputs"
             )
         chosen = [outs[pos]]
-    dropped = [o.name for o in outs if o.name not in {c.name for c in chosen}]
-    order_same = [o.name for o in outs] == [c.name for c in chosen]
-    if order_same:
+    chosen_names = [name_of(c) for c in chosen]
+    dropped = [name_of(o) for o in outs if name_of(o) not in chosen_names]
+    if [name_of(o) for o in outs] == chosen_names:
         return PassResult(
             model,
             False,
             ["all outputs already selected; nothing to do"],
-            {o.name: o.name for o in outs},
+            {name_of(o): name_of(o) for o in outs},
         )
-    inputs_before = [i.name for i in model.graph.input]
+    inputs_before = [name_of(i) for i in model.graph.inputs]
     removed = prune(model, chosen)
-    notes = [f"kept output(s) {', '.join(c.name for c in chosen)}"]
+    notes = [f"kept output(s) {', '.join(chosen_names)}"]
     if dropped:
         notes.append(f"dropped output(s) {', '.join(dropped)}; removed {removed} node(s)")
-    lost = [n for n in inputs_before if n not in {i.name for i in model.graph.input}]
-    real_lost = [n for n in lost if n not in {i.name for i in model.graph.initializer}]
+    kept_inputs = {name_of(i) for i in model.graph.inputs}
+    lost = [n for n in inputs_before if n not in kept_inputs]
+    real_lost = [n for n in lost if n not in model.graph.initializers]
     if real_lost:
         notes.append(f"removed input(s) that no longer feed anything: {', '.join(real_lost)}")
-    return PassResult(model, True, notes, {c.name: c.name for c in chosen})
+    return PassResult(model, True, notes, {n: n for n in chosen_names})
 
 
 # --------------------------------------------------------------------------- extract
@@ -166,7 +278,7 @@ def select_outputs(
 
 @register("extract", changes_outputs=True)
 def extract(
-    model: onnx.ModelProto,
+    model: ir.Model,
     *,
     inputs: list[str] | None = None,
     outputs: list[str] | None = None,
@@ -184,69 +296,39 @@ def extract(
     if inputs is None and outputs is None:
         raise GraphkitError("extract needs 'inputs', 'outputs' or both")
     graph = model.graph
-    names = all_tensor_names(model)
+    values = values_by_name(graph)
     for n in list(inputs or []) + list(outputs or []):
-        if n not in names:
-            raise _unknown(n, names, "a tensor of the graph")
+        if n not in values:
+            raise _unknown(n, values, "a tensor of the graph")
     if inputs is not None and not inputs:
         raise GraphkitError("extract: 'inputs' must list at least one tensor")
     if outputs is not None and not outputs:
         raise GraphkitError("extract: 'outputs' must list at least one tensor")
-    out_names = list(dict.fromkeys(outputs)) if outputs else [o.name for o in graph.output]
+    out_names = list(dict.fromkeys(outputs)) if outputs else [name_of(o) for o in graph.outputs]
     in_names = list(dict.fromkeys(inputs)) if inputs else None
-    inits = {i.name for i in graph.initializer}
-    if in_names:
-        bad = [n for n in in_names if n in inits]
-        if bad:
-            raise GraphkitError(f"'{bad[0]}' is a weight (initializer), not a tensor to cut at")
-        both = set(in_names) & set(out_names)
-        if both:
-            raise GraphkitError(f"'{min(both)}' cannot be both a new input and an output")
-
-    stop = set(in_names or [])
-    needed = ancestors(graph, out_names, stop)
-    reads: set[str] = set(out_names)
-    for i in needed:
-        reads.update(node_inputs(graph.node[i]))
     if in_names is not None:
-        old_inputs = {vi.name for vi in graph.input} - inits
-        stray = [n for n in out_names if n in old_inputs and n not in stop]
-        stray += sorted((reads & old_inputs) - stop)
-        if stray:
-            raise GraphkitError(
-                f"the cut is not closed: the outputs still depend on graph input '{stray[0]}', "
-                "which is not among the new inputs (add it to 'inputs' or cut later)"
-            )
-        unused = [n for n in in_names if n not in reads]
-        if unused:
-            raise GraphkitError(f"new input '{unused[0]}' does not feed any of the outputs")
-        prod = producers(graph)
-        for n in in_names:
-            if prod.get(n) in needed:
-                raise GraphkitError(
-                    f"cannot cut at '{n}': the node producing it also produces a tensor "
-                    "the outputs need"
-                )
+        _check_cut(graph, values, in_names, out_names)
 
     known = value_infos(model)
-    new_outputs = [_typed(model, known, n, "output") for n in out_names]
+    unknown = [n for n in out_names if not _has_type(known.get(n))]
+    unknown += [n for n in in_names or [] if not _has_type(known.get(n)) or known[n].shape is None]
+    measured = _measure(model, unknown)
+    new_outputs = [_typed(values[n], known.get(n), measured.get(n)) for n in out_names]
     new_inputs = None
     if in_names is not None:
-        new_inputs = [_typed(model, known, n, "input") for n in in_names]
-    before_nodes = len(graph.node)
-    old_outputs = [o.name for o in graph.output]
-    old_inputs_list = [i.name for i in graph.input if i.name not in inits]
+        new_inputs = [_typed(values[n], known.get(n), measured.get(n)) for n in in_names]
+    before_nodes = len(graph)
+    old_outputs = [name_of(o) for o in graph.outputs]
+    old_inputs_list = [name_of(i) for i in graph.inputs if not i.is_initializer()]
     removed = prune(model, new_outputs, new_inputs)
     notes = []
     if in_names is not None and in_names != old_inputs_list:
-        notes.append(f"new input(s): {', '.join(_describe(v) for v in model.graph.input)}")
+        notes.append(f"new input(s): {', '.join(_describe(v) for v in graph.inputs)}")
     if out_names != old_outputs:
-        notes.append(f"new output(s): {', '.join(_describe(v) for v in model.graph.output)}")
-    measured = [
-        n for n in (in_names or []) + out_names if n not in known or not _has_type(known[n])
-    ]
-    if measured:
-        notes.append(f"type/shape of {', '.join(measured)} measured with one onnxruntime run")
+        notes.append(f"new output(s): {', '.join(_describe(v) for v in graph.outputs)}")
+    untyped = [n for n in (in_names or []) + out_names if not _has_type(known.get(n))]
+    if untyped:
+        notes.append(f"type/shape of {', '.join(untyped)} measured with one onnxruntime run")
     notes.append(f"removed {removed} of {before_nodes} node(s)")
     changed = (
         removed > 0
@@ -256,34 +338,71 @@ def extract(
     return PassResult(model, changed, notes, {n: n for n in out_names})
 
 
-def _has_type(vi: onnx.ValueInfoProto | None) -> bool:
-    return vi is not None and vi.type.tensor_type.elem_type != 0
+def _check_cut(
+    graph: ir.Graph, values: dict[str, ir.Value], in_names: list[str], out_names: list[str]
+) -> None:
+    """Refuse a cut at weights, an open cut (outputs still need an old input), unused new
+    inputs and a new input whose producer is still needed."""
+    bad = [n for n in in_names if values[n].is_initializer()]
+    if bad:
+        raise GraphkitError(f"'{bad[0]}' is a weight (initializer), not a tensor to cut at")
+    both = set(in_names) & set(out_names)
+    if both:
+        raise GraphkitError(f"'{min(both)}' cannot be both a new input and an output")
+    stop = set(in_names)
+    needed = ancestors([values[n] for n in out_names], [values[n] for n in in_names])
+    read = set(out_names) | {name_of(v) for node in needed for v in reads(node)}
+    old_inputs = {name_of(v) for v in graph.inputs if not v.is_initializer()}
+    stray = [n for n in out_names if n in old_inputs and n not in stop]
+    stray += sorted((read & old_inputs) - stop)
+    if stray:
+        raise GraphkitError(
+            f"the cut is not closed: the outputs still depend on graph input '{stray[0]}', "
+            "which is not among the new inputs (add it to 'inputs' or cut later)"
+        )
+    unused = [n for n in in_names if n not in read]
+    if unused:
+        raise GraphkitError(f"new input '{unused[0]}' does not feed any of the outputs")
+    for n in in_names:
+        if values[n].producer() in needed:
+            raise GraphkitError(
+                f"cannot cut at '{n}': the node producing it also produces a tensor "
+                "the outputs need"
+            )
 
 
-def _typed(
-    model: onnx.ModelProto, known: dict[str, onnx.ValueInfoProto], name: str, role: str
-) -> onnx.ValueInfoProto:
-    """A ValueInfo with dtype (and shape where known) for a tensor becoming an input/output."""
-    vi = known.get(name)
-    if (
-        vi is not None
-        and _has_type(vi)
-        and (role == "output" or vi.type.tensor_type.HasField("shape"))
-    ):
-        copy = onnx.ValueInfoProto()
-        copy.CopyFrom(vi)
-        return copy
-    # Shape inference does not know it: measure it once on sample inputs.
+def _measure(model: ir.Model, names: list[str]) -> dict[str, np.ndarray]:
+    """Values of tensors shape inference knows nothing about, from one run on sample inputs."""
+    if not names:
+        return {}
     from graphkit.runtime import ort as ort_rt
 
-    feeds = ort_rt.sample_inputs(model)
-    value = ort_rt.run(model, feeds, outputs=[name])[name]
-    elem = onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
-    return helper.make_tensor_value_info(name, elem, list(value.shape))
+    proto = to_proto(model)
+    feeds = ort_rt.sample_inputs(proto)
+    return ort_rt.run(proto, feeds, outputs=list(dict.fromkeys(names)))
 
 
-def _describe(vi: onnx.ValueInfoProto) -> str:
-    t = vi.type.tensor_type
-    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
-    dtype = onnx.TensorProto.DataType.Name(t.elem_type).lower() if t.elem_type else "?"
-    return f"{vi.name} {dtype}{dims}"
+def typed_like(value: ir.Value, array: np.ndarray) -> ir.Value:
+    """`value` with the dtype and shape of a measured array (to become a graph input or
+    output)."""
+    value.dtype = ir.DataType.from_numpy(array.dtype)
+    value.shape = ir.Shape(array.shape)
+    return value
+
+
+def _typed(value: ir.Value, known: ir.Value | None, measured: np.ndarray | None) -> ir.Value:
+    """`value` with the dtype (and shape where known) it gets as a graph input or output."""
+    if measured is not None:
+        typed_like(value, measured)
+    elif known is not None and known is not value:
+        value.type = known.type
+        value.shape = known.shape
+    return value
+
+
+def _describe(value: ir.Value) -> str:
+    dims: list[int | str] = []
+    for d in value.shape or []:
+        dims.append(d if isinstance(d, int) else (d.value or "?"))
+    dtype = value.dtype.name.lower() if value.dtype is not None else "?"
+    return f"{name_of(value)} {dtype}{dims}"
