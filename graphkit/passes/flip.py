@@ -30,9 +30,9 @@ import onnx
 import onnx_ir as ir
 
 from graphkit.errors import GraphkitError
-from graphkit.irgraph import bypass, name_of, remove_nodes, to_proto
+from graphkit.irgraph import ancestors, bypass, name_of, remove_nodes, to_proto
 from graphkit.passes.base import PassResult, register
-from graphkit.passes.outputs import ancestors, prune, typed_like, value_infos, values_by_name
+from graphkit.passes.outputs import prune, typed_like, value_infos, values_by_name
 
 
 @dataclass
@@ -171,7 +171,7 @@ def _flips(
     for node, axis in flips.items():
         data = node.inputs[0]
         assert data is not None
-        up = ancestors([data])
+        up = set(ancestors([data]))
         if up & flips.keys():
             continue
         read = {data} | {v for n in up for v in n.inputs if v is not None}
@@ -234,7 +234,7 @@ def find_ensembles(
     values = _Constants(graph)
     result = []
     for avg, a, b in _averages(graph, values):
-        up_a, up_b = ancestors([a]), ancestors([b])
+        up_a, up_b = set(ancestors([a])), set(ancestors([b]))
         fa, fb = up_a & flips.keys(), up_b & flips.keys()
         avg_out = name_of(avg.outputs[0])
         if fa and fb:
@@ -280,7 +280,7 @@ def _batched(
         return None
     plain, flipped = (b, a) if ba else (a, b)
     inputs = {v for v in graph.inputs if not v.is_initializer()}
-    up = ancestors([plain])
+    up = set(ancestors([plain]))
     for node in graph:
         if node not in up or node.op_type != "Concat" or len(node.inputs) != 2:
             continue
@@ -408,7 +408,7 @@ def strip_flip_test(model: ir.Model) -> PassResult:
     old_outputs = [name_of(o) for o in graph.outputs]
     values = values_by_name(graph)
     avg_nodes = {values[e.avg_out].producer() for e, _ in confirmed}
-    downstream = {name_of(o) for o in graph.outputs if ancestors([o]) & avg_nodes} - {
+    downstream = {name_of(o) for o in graph.outputs if avg_nodes.intersection(ancestors([o]))} - {
         e.avg_out for e, _ in confirmed
     }
     output_map = {e.avg_out: e.plain for e, _ in confirmed if e.avg_out in old_outputs}
@@ -506,11 +506,7 @@ def _rewire(graph: ir.Graph, ensembles: list[Ensemble]) -> None:
         if not avg.is_graph_output():
             avg.replace_all_uses_with(plain)
             continue
-        declared = avg.type, avg.shape  # the output keeps its declared type and shape
-        if bypass(graph, avg, plain):
-            if declared[0] is not None:
-                plain.type, plain.shape = declared
-        else:
+        if not bypass(graph, avg, plain):  # the output keeps its name, type and shape
             _identity(graph, node, avg, plain)
     remove_nodes(graph, averages)
 

@@ -15,7 +15,15 @@ import onnx
 import onnx_ir as ir
 
 from graphkit.errors import GraphkitError
-from graphkit.irgraph import all_graphs, name_of, to_proto
+from graphkit.irgraph import (
+    all_graphs,
+    ancestors,
+    name_of,
+    node_subgraphs,
+    reads,
+    skeleton,
+    to_proto,
+)
 from graphkit.passes.base import PassResult, register
 
 # --------------------------------------------------------------------------- graph helpers
@@ -34,20 +42,9 @@ def values_by_name(graph: ir.Graph) -> dict[str, ir.Value]:
     return values
 
 
-def _subgraphs(node: ir.Node) -> list[ir.Graph]:
-    """The graphs held in a node's attributes and every graph nested in them."""
-    tops: list[ir.Graph] = []
-    for attr in node.attributes.values():
-        if attr.type == ir.AttributeType.GRAPH:
-            tops.append(attr.as_graph())
-        elif attr.type == ir.AttributeType.GRAPHS:
-            tops.extend(attr.as_graphs())
-    return [g for top in tops for g in all_graphs(top)]
-
-
 def _captures(node: ir.Node) -> list[tuple[ir.Node, int]]:
     """(inner node, input index) of every outer value the node's subgraphs read."""
-    subs = _subgraphs(node)
+    subs = [g for top in node_subgraphs(node) for g in all_graphs(top)]
     inner = {id(g) for g in subs}
     return [
         (n, i)
@@ -58,13 +55,6 @@ def _captures(node: ir.Node) -> list[tuple[ir.Node, int]]:
     ]
 
 
-def reads(node: ir.Node) -> list[ir.Value]:
-    """Every value a node reads: its inputs and what its subgraphs take from outside."""
-    values = [v for v in node.inputs if v is not None]
-    values += [v for n, i in _captures(node) if (v := n.inputs[i]) is not None]
-    return list({id(v): v for v in values}.values())
-
-
 def remove_dead(graph: ir.Graph, nodes: list[ir.Node]) -> None:
     """Delete nodes nobody reads any more, also when their subgraphs read outer values
     (the graph's safe removal only detaches the nodes' own inputs)."""
@@ -73,55 +63,6 @@ def remove_dead(graph: ir.Graph, nodes: list[ir.Node]) -> None:
             inner.replace_input_with(i, None)
     if nodes:
         graph.remove(nodes, safe=True)
-
-
-def ancestors(targets: Iterable[ir.Value], stop: Iterable[ir.Value] = ()) -> set[ir.Node]:
-    """The nodes `targets` depend on, not walking past the `stop` values."""
-    stopped = {id(v) for v in stop}
-    seen: set[ir.Node] = set()
-    todo = [v for v in targets if id(v) not in stopped]
-    while todo:
-        node = todo.pop().producer()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        todo.extend(v for v in reads(node) if id(v) not in stopped)
-    return seen
-
-
-def _skeleton(model: ir.Model, keep_elements: int = 64) -> onnx.ModelProto:
-    """A protobuf without the big weights, for shape inference; the model is not touched.
-
-    Initializers larger than `keep_elements` (or on disk) become typed graph inputs (their
-    shapes are all inference needs); small ones (shape vectors, axes) keep their values
-    because shape inference reads them.
-    """
-    g = model.graph
-    small, big = [], []
-    for value in g.initializers.values():
-        tensor = value.const_value
-        if (
-            tensor is not None
-            and not isinstance(tensor, ir.ExternalTensor)
-            and tensor.size <= keep_elements
-        ):
-            small.append(value)
-        elif not value.is_graph_input():
-            big.append(value)
-    view = ir.GraphView(
-        [*g.inputs, *big],
-        g.outputs,
-        nodes=g,
-        initializers=small,
-        opset_imports=dict(g.opset_imports),
-        name=g.name,
-    )
-    light = ir.Model(
-        view,  # type: ignore[arg-type]  # a GraphView serializes like a Graph
-        ir_version=max(model.ir_version, 4),
-        functions=list(model.functions.values()),
-    )
-    return to_proto(light)
 
 
 def value_infos(model: ir.Model) -> dict[str, ir.Value]:
@@ -141,7 +82,7 @@ def value_infos(model: ir.Model) -> dict[str, ir.Value]:
 def _inferred(model: ir.Model) -> dict[str, ir.Value]:
     """Types and shapes onnx shape inference finds for the tensors inside the graph."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(_skeleton(model))
+        inferred = onnx.shape_inference.infer_shapes(skeleton(model))
     except Exception:  # noqa: BLE001 - failing inference only means fewer known types
         return {}
     known: dict[str, ir.Value] = {}
@@ -167,7 +108,7 @@ def prune(
     """
     g = model.graph
     stop = list(inputs) if inputs is not None else []
-    keep = ancestors(outputs, stop)
+    keep = set(ancestors(outputs, stop))
     dead = [n for n in g if n not in keep]
     used = {name_of(v) for v in outputs} | {name_of(v) for n in keep for v in reads(n)}
     g.outputs.clear()
@@ -350,7 +291,7 @@ def _check_cut(
     if both:
         raise GraphkitError(f"'{min(both)}' cannot be both a new input and an output")
     stop = set(in_names)
-    needed = ancestors([values[n] for n in out_names], [values[n] for n in in_names])
+    needed = set(ancestors([values[n] for n in out_names], [values[n] for n in in_names]))
     read = set(out_names) | {name_of(v) for node in needed for v in reads(node)}
     old_inputs = {name_of(v) for v in graph.inputs if not v.is_initializer()}
     stray = [n for n in out_names if n in old_inputs and n not in stop]
