@@ -222,9 +222,26 @@ def bypass(graph: ir.Graph, old: ir.Value, new: ir.Value) -> bool:
     return True
 
 
+def captures(node: ir.Node) -> list[tuple[ir.Node, int]]:
+    """(inner node, input index) of every outer value the node's subgraphs read."""
+    subs = [g for top in node_subgraphs(node) for g in all_graphs(top)]
+    inner = {id(g) for g in subs}
+    return [
+        (n, i)
+        for g in subs
+        for n in g
+        for i, v in enumerate(n.inputs)
+        if v is not None and id(v.graph) not in inner
+    ]
+
+
 def remove_nodes(graph: ir.Graph, nodes: Iterable[ir.Node]) -> int:
-    """Delete nodes whose outputs nobody reads any more (also detaches their inputs)."""
+    """Delete nodes whose outputs nobody reads any more, detaching their inputs and what
+    their subgraphs read from outside (onnx_ir's safe removal detaches only the former)."""
     dead = list({id(n): n for n in nodes}.values())
+    for node in dead:
+        for inner, i in captures(node):
+            inner.replace_input_with(i, None)
     if dead:
         graph.remove(dead, safe=True)
     return len(dead)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from graphkit.irgraph import to_ir, to_proto
 from graphkit.model import load_model
 from graphkit.passes.flip import strip_flip_test
 
@@ -16,6 +15,4 @@ def test_real_models_without_flip_test_are_unchanged(assets, name: str) -> None:
     result = strip_flip_test(model)
     assert not result.changed
     assert result.notes[-1] == "no flip-test ensemble found; model unchanged"
-    assert model.SerializeToString() == before
-    # the pass edits the IR: untouched, it is the model after the IR round trip alone
-    assert result.model.SerializeToString() == to_proto(to_ir(model)).SerializeToString()
+    assert result.model.SerializeToString() == before

@@ -84,7 +84,8 @@ def register(name: str, changes_outputs: bool = False) -> Callable:
                 (ir.to_proto, ir.from_proto) if takes_proto else (ir.from_proto, ir.to_proto)
             )
             result = func(convert_in(model), **kwargs)
-            result.model = convert_out(result.model)
+            # unchanged, the caller gets its own model back, not a round-tripped copy
+            result.model = convert_out(result.model) if result.changed else model
             return result
 
         REGISTRY[name] = PassInfo(name, run, changes_outputs, options)

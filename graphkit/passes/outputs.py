@@ -16,11 +16,10 @@ import onnx_ir as ir
 
 from graphkit.errors import GraphkitError
 from graphkit.irgraph import (
-    all_graphs,
     ancestors,
     name_of,
-    node_subgraphs,
     reads,
+    remove_nodes,
     skeleton,
     to_proto,
 )
@@ -40,29 +39,6 @@ def values_by_name(graph: ir.Graph) -> dict[str, ir.Value]:
             if value.name:
                 values.setdefault(value.name, value)
     return values
-
-
-def _captures(node: ir.Node) -> list[tuple[ir.Node, int]]:
-    """(inner node, input index) of every outer value the node's subgraphs read."""
-    subs = [g for top in node_subgraphs(node) for g in all_graphs(top)]
-    inner = {id(g) for g in subs}
-    return [
-        (n, i)
-        for g in subs
-        for n in g
-        for i, v in enumerate(n.inputs)
-        if v is not None and id(v.graph) not in inner
-    ]
-
-
-def remove_dead(graph: ir.Graph, nodes: list[ir.Node]) -> None:
-    """Delete nodes nobody reads any more, also when their subgraphs read outer values
-    (the graph's safe removal only detaches the nodes' own inputs)."""
-    for node in nodes:
-        for inner, i in _captures(node):
-            inner.replace_input_with(i, None)
-    if nodes:
-        graph.remove(nodes, safe=True)
 
 
 def value_infos(model: ir.Model) -> dict[str, ir.Value]:
@@ -119,7 +95,7 @@ def prune(
         new += [v for v in old if name_of(v) in used and v.is_initializer()]
     else:
         new = [_as_input(v) for v in inputs]
-    remove_dead(g, dead)
+    remove_nodes(g, dead)
     g.inputs.clear()
     g.inputs.extend(new)
     stop_names = {name_of(v) for v in stop}
