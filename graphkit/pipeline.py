@@ -34,8 +34,7 @@ import onnx_ir as ir
 from pydantic import BaseModel, PositiveInt
 
 from graphkit.errors import GraphkitError, InputError, ModelError, VerificationError
-from graphkit.graph import skeleton
-from graphkit.irgraph import to_ir, to_proto
+from graphkit.irgraph import skeleton, to_ir, to_proto
 from graphkit.passes.base import PassInfo, count_ops, get_pass, validate_options
 from graphkit.runtime import ort as ort_rt
 from graphkit.validation import STRICT, read_yaml, validate
@@ -147,9 +146,9 @@ def load_pipeline(path: str | Path) -> Pipeline:
     return parse_pipeline(data, str(path))
 
 
-def check_model(model: onnx.ModelProto, who: str) -> None:
+def check_model(model: onnx.ModelProto | ir.Model, who: str) -> None:
     """onnx checker + shape inference, on a copy without the big weights."""
-    light = skeleton(model)
+    light = skeleton(model if isinstance(model, ir.Model) else to_ir(model))
     try:
         onnx.checker.check_model(light, full_check=True)  # full_check = + shape inference
     except Exception as exc:  # noqa: BLE001 - checker and inference raise many types
@@ -401,6 +400,11 @@ class _Model:
         self._proto = None  # the caller edits it in place: the protobuf goes stale
         return self._ir
 
+    @property
+    def latest(self) -> onnx.ModelProto | ir.Model:
+        """Whichever form exists (the IR when both do: it is what the pass returned)."""
+        return self._ir if self._ir is not None else self.proto
+
     def count_ops(self) -> dict[str, int]:
         return count_ops(self._ir if self._ir is not None else self.proto)
 
@@ -466,7 +470,7 @@ def run_step(
     new = _Model(graph=result.model) if (changed or inplace) else model
     if result.changed:
         try:
-            check_model(new.proto, f"pass '{step.name}'")
+            check_model(new.latest, f"pass '{step.name}'")
         except GraphkitError as exc:
             raise VerificationError(f"{exc}; it was rolled back") from None
     seconds = time.perf_counter() - start
