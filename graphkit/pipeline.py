@@ -376,7 +376,14 @@ def run_pipeline(
     if verify and verify_shapes is None:
         verify_shapes, _ = ort_rt.runnable_shapes(model)
     with ort_rt.sample_shapes(verify_shapes if verify else None):
-        return _run_steps(model, pipeline, verify, on_step, seed)
+        if verify:
+            return _run_steps(model, pipeline, verify, on_step, seed)
+        # unverified: one IR edited in place and checked once at the end; a failure is
+        # then traced to its pass by running again with a check after every pass
+        try:
+            return _run_steps(model, pipeline, False, on_step, seed, check=False)
+        except GraphkitError:
+            return _run_steps(model, pipeline, False, None, seed, check=True)
 
 
 class _Model:
@@ -400,6 +407,11 @@ class _Model:
         self._proto = None  # the caller edits it in place: the protobuf goes stale
         return self._ir
 
+    def keep(self, unchanged: ir.Model) -> None:
+        """Adopt the IR a pass left unchanged, so the next pass needs no conversion."""
+        if self._ir is None:
+            self._ir = unchanged
+
     @property
     def latest(self) -> onnx.ModelProto | ir.Model:
         """Whichever form exists (the IR when both do: it is what the pass returned)."""
@@ -409,7 +421,9 @@ class _Model:
         return count_ops(self._ir if self._ir is not None else self.proto)
 
 
-def _run_steps(model, pipeline, verify, on_step, seed) -> tuple[onnx.ModelProto, list[StepReport]]:
+def _run_steps(
+    model, pipeline, verify, on_step, seed, check=True
+) -> tuple[onnx.ModelProto, list[StepReport]]:
     reports: list[StepReport] = []
     current = _Model(model)
     cache = OutputCache()
@@ -420,7 +434,9 @@ def _run_steps(model, pipeline, verify, on_step, seed) -> tuple[onnx.ModelProto,
             # without verification nothing needs the state before a pass, so after the
             # first step (the caller's model is never edited) passes edit one IR in place
             inplace = not verify and iteration + len(reports) > 1
-            report, current = run_step(current, step, verify, iteration, seed, cache, inplace)
+            report, current = run_step(
+                current, step, verify, iteration, seed, cache, inplace, check
+            )
             reports.append(report)
             any_change |= report.changed
             log.info(
@@ -435,6 +451,8 @@ def _run_steps(model, pipeline, verify, on_step, seed) -> tuple[onnx.ModelProto,
                 on_step(report)
         if not any_change:
             break
+    if not check:
+        check_model(current.latest, "the pipeline")
     return current.proto, reports
 
 
@@ -446,6 +464,7 @@ def run_step(
     seed: int = 0,
     cache: OutputCache | None = None,
     inplace: bool = False,
+    check: bool = True,
 ) -> tuple[StepReport, _Model]:
     """Run one pass and verify it; raise GraphkitError (model untouched) if it is wrong."""
     info = step.info
@@ -468,7 +487,9 @@ def run_step(
     # an unchanged model stays the same object (keeps the verification cache warm)
     changed = result.changed or info.changes_outputs
     new = _Model(graph=result.model) if (changed or inplace) else model
-    if result.changed:
+    if new is model:
+        model.keep(work)
+    if result.changed and check:
         try:
             check_model(new.latest, f"pass '{step.name}'")
         except GraphkitError as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_ir as ir
+import pytest
 from onnx import TensorProto, helper
 
 from graphkit import irgraph
@@ -140,3 +141,26 @@ def test_skeleton_carries_big_weights_as_typed_inputs_only():
 
 def _vi(name: str) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, [4])
+
+
+def test_an_unverified_pipeline_names_the_pass_that_broke_the_model(monkeypatch):
+    from graphkit.errors import GraphkitError
+    from graphkit.passes import base
+
+    def break_graph(model: ir.Model) -> base.PassResult:
+        """Points the graph output at a tensor nothing writes."""
+        relu = next(n for n in model.graph if n.op_type == "Relu")
+        relu.outputs[0].name = "r"
+        model.graph.outputs[0] = ir.Value(name="nowhere", type=ir.TensorType(ir.DataType.FLOAT))
+        return base.PassResult(model, True, ["broke it"])
+
+    def run(model, **_):  # protobuf in, protobuf out, as registered passes do
+        return break_graph(model if isinstance(model, ir.Model) else ir.from_proto(model))
+
+    base.load_all()
+    info = base.PassInfo("break-graph", run, False, {})
+    monkeypatch.setitem(base.REGISTRY, "break-graph", info)
+    pipeline = parse_pipeline(["cleanup", "break-graph", "eliminate-nops"])
+    proto = _identity_chain()
+    with pytest.raises(GraphkitError, match="pass 'break-graph' produced an invalid model"):
+        run_pipeline(proto, pipeline, verify=False)
