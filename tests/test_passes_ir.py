@@ -164,3 +164,29 @@ def test_an_unverified_pipeline_names_the_pass_that_broke_the_model(monkeypatch)
     proto = _identity_chain()
     with pytest.raises(GraphkitError, match="pass 'break-graph' produced an invalid model"):
         run_pipeline(proto, pipeline, verify=False)
+
+
+def test_the_pass_written_in_docs_passes_md_runs_as_written(monkeypatch):
+    from pathlib import Path
+
+    from graphkit.passes import base
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "passes.md").read_text()
+    section = doc[doc.index("## Writing a pass") :]
+    code = section[section.index("```python\n") + 10 : section.index("```\n", 10)]
+    base.load_all()
+    monkeypatch.setattr(base, "REGISTRY", dict(base.REGISTRY))  # the example registers
+    namespace: dict = {}
+    exec(compile(code, "docs/passes.md", "exec"), namespace)  # noqa: S102 - the doc example
+    model = model_of(
+        [
+            helper.make_node("Relu", ["x"], ["a"]),
+            helper.make_node("Relu", ["a"], ["y"]),
+        ],
+        [("x", [1, 4])],
+        [("y", [1, 4])],
+    )
+    result, reports = run_pipeline(model, parse_pipeline(["drop-double-relu"]))
+    assert [n.op_type for n in result.graph.node] == ["Relu"]
+    assert result.graph.output[0].name == "y"
+    assert reports[0].notes == ["removed 1 Relu"]
