@@ -7,15 +7,17 @@ whose count differs from the weight's channel count.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+import onnx_ir as ir
 
 from graphkit.errors import GraphkitError
+from graphkit.irgraph import to_ir
 from graphkit.model import atomic_write_bytes
-from graphkit.quant.table import CalibrationTable
+from graphkit.quant.table import CalibrationTable, WeightEntry
 
 
 @dataclass
@@ -31,7 +33,7 @@ class ExportedFile:
 class QuantLayer:
     """A node quantized on (activation input, weight): what most backends list per layer."""
 
-    node: onnx.NodeProto
+    node: ir.Node
     input: str  # the activation tensor the node is quantized on
     weight: str  # initializer name
     act_amax: float
@@ -40,42 +42,33 @@ class QuantLayer:
 
     @property
     def name(self) -> str:
-        return self.node.name
+        return self.node.name or ""
 
 
-@dataclass
-class ModelIndex:
-    """Names and shapes of an ONNX graph, built once per export."""
-
-    model: onnx.ModelProto
-    init_shapes: dict[str, list[int]] = field(default_factory=dict)
-    values: set[str] = field(default_factory=set)
-    nodes: dict[str, onnx.NodeProto] = field(default_factory=dict)
-    producer: dict[str, onnx.NodeProto] = field(default_factory=dict)
-    consumers: dict[str, list[onnx.NodeProto]] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, model: onnx.ModelProto) -> ModelIndex:
-        idx = cls(model)
-        g = model.graph
-        idx.init_shapes = {i.name: list(i.dims) for i in g.initializer}
-        idx.values = {vi.name for vi in g.input} | set(idx.init_shapes)
-        for node in g.node:
-            if node.name:
-                idx.nodes[node.name] = node
-            for out in node.output:
-                idx.values.add(out)
-                idx.producer[out] = node
-            for inp in node.input:
-                if inp:
-                    idx.consumers.setdefault(inp, []).append(node)
-        return idx
+def main_readers(value: ir.Value | None, graph: ir.Graph) -> list[ir.Node]:
+    """Nodes of `graph` itself (not of its subgraphs) reading `value`, once per input slot
+    (a node reading it twice is listed twice)."""
+    if value is None:
+        return []
+    return [u.node for u in value.uses() if u.node.graph is graph]
 
 
-def check_table(table: CalibrationTable, model: onnx.ModelProto, keep_float=()) -> ModelIndex:
-    """Raise GraphkitError (one sentence) if the table cannot belong to this model."""
-    idx = ModelIndex.of(model)
-    missing = [n for n in table.activations if n not in idx.values]
+def proto_nodes(model: onnx.ModelProto, graph: ir.Graph) -> dict[int, onnx.NodeProto]:
+    """id(IR node) -> the protobuf node it was read from, for a `graph` that is
+    `to_ir(model).graph` (functions that hand nodes back keep returning protobufs)."""
+    return {id(n): p for n, p in zip(graph, model.graph.node, strict=True)}
+
+
+def check_table(
+    table: CalibrationTable, model: onnx.ModelProto, keep_float: Iterable[str] = ()
+) -> ir.Model:
+    """Raise GraphkitError (one sentence) if the table cannot belong to this model; returns
+    the model's IR for the caller's own walks (`quant_layers`)."""
+    ir_model = to_ir(model)
+    g = ir_model.graph
+    values = {v.name for v in g.inputs} | set(g.initializers)
+    values |= {v.name for node in g for v in node.outputs}
+    missing = [n for n in table.activations if n not in values]
     if missing:
         raise GraphkitError(
             f"the table does not match the model: activation tensor '{missing[0]}' "
@@ -84,11 +77,12 @@ def check_table(table: CalibrationTable, model: onnx.ModelProto, keep_float=()) 
             else f"the table does not match the model: activation tensor '{missing[0]}' is not in it"
         )
     for name, entry in table.weights.items():
-        shape = idx.init_shapes.get(name)
-        if shape is None:
+        init = g.initializers.get(name)
+        if init is None or init.const_value is None:
             raise GraphkitError(
                 f"the table does not match the model: weight '{name}' is not an initializer of it"
             )
+        shape = list(init.const_value.shape.numpy())
         n = len(entry.amax)
         if n != 1 and (entry.axis >= len(shape) or shape[entry.axis] != n):
             got = shape[entry.axis] if entry.axis < len(shape) else "no such axis"
@@ -98,29 +92,40 @@ def check_table(table: CalibrationTable, model: onnx.ModelProto, keep_float=()) 
             )
         if any(not (a >= 0.0) for a in entry.amax):
             raise GraphkitError(f"weight '{name}' in the table has a negative or NaN amax")
-    unknown = [k for k in keep_float if k not in idx.nodes]
+    names = {node.name for node in g if node.name}
+    unknown = [k for k in keep_float if k not in names]
     if unknown:
         raise GraphkitError(f"--keep-float names '{unknown[0]}', which is not a node of the model")
-    return idx
+    return ir_model
 
 
-def quant_layers(table: CalibrationTable, idx: ModelIndex, keep_float=()) -> list[QuantLayer]:
+def quant_layers(
+    table: CalibrationTable, model: ir.Model, keep_float: Iterable[str] = ()
+) -> list[QuantLayer]:
     """Nodes with a weight entry whose activation input has a scale, minus keep-float ones.
 
     Order follows the graph, so indices are stable (vamc counts conv layers this way).
     """
+    g = model.graph
     skip = set(keep_float) | set(table.keep_float)
-    by_weight_node = {}
+    by_weight_node: dict[object, tuple[str, WeightEntry]] = {}
     for wname, w in table.weights.items():
-        for node in idx.consumers.get(wname, []):
+        for node in main_readers(g.initializers.get(wname), g):
             by_weight_node[node.name or id(node)] = (wname, w)
     layers = []
-    for node in idx.model.graph.node:
+    for node in g:
         key = node.name or id(node)
         if key not in by_weight_node or node.name in skip:
             continue
         wname, w = by_weight_node[key]
-        act = next((i for i in node.input if i in table.activations and i != wname), None)
+        act = next(
+            (
+                v.name
+                for v in node.inputs
+                if v is not None and v.name in table.activations and v.name != wname
+            ),
+            None,
+        )
         if act is None:
             continue
         if not node.name:

@@ -5,42 +5,54 @@ fed by a Conv output and a skip branch gets Q/DQ on the skip input only, so Tens
 fuses Conv+Add (the Conv output is never quantized). AMCT (convert_qat_model): float
 weights with a Q/DQ pair sharing scale and zero point, per-channel only on weights.
 Both then get `check_qdq`: symmetric int8, positive scales, per-tensor activations.
+The rules and checks work on the onnx_ir graph insert_qdq edits (`add_qdq`); the public
+functions take and return protobufs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+import onnx_ir as ir
 
-from graphkit.backends._common import check_table
+from graphkit.backends._common import check_table, main_readers, proto_nodes
 from graphkit.errors import GraphkitError
+from graphkit.irgraph import Names, add_initializer, to_ir, to_proto
 from graphkit.quant.table import QMAX, CalibrationTable
 
 CONV_OPS = ("Conv", "ConvTranspose")
 
 
-def _dq_of(graph: onnx.GraphProto, tensor: str) -> str | None:
-    """Output of an existing Q -> DQ pair on `tensor`, if insert_qdq made one."""
-    q_out = {
-        n.output[0] for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == tensor
-    }
-    for n in graph.node:
-        if n.op_type == "DequantizeLinear" and n.input[0] in q_out:
-            return n.output[0]
-    return None
+def _dq_of(graph: ir.Graph, tensor: ir.Value) -> ir.Value | None:
+    """Output of an existing Q -> DQ pair on `tensor` (the first DQ in graph order), if
+    insert_qdq made one."""
+    found = [
+        dq
+        for q in main_readers(tensor, graph)
+        if q.op_type == "QuantizeLinear" and q.inputs[0] is tensor
+        for dq in main_readers(q.outputs[0], graph)
+        if dq.op_type == "DequantizeLinear" and dq.inputs[0] is q.outputs[0]
+    ]
+    if not found:
+        return None
+    if len(found) > 1:
+        order = {id(n): i for i, n in enumerate(graph)}
+        found.sort(key=lambda n: order[id(n)])
+    return found[0].outputs[0]
 
 
-def residual_adds(model: onnx.ModelProto, keep_float=()) -> list[tuple[onnx.NodeProto, int]]:
-    """(Add node, index of its skip input) for Adds where exactly one input comes straight
-    from a Conv; when both do, the second input counts as the skip branch."""
-    producer = {o: n for n in model.graph.node for o in n.output}
+def _residual_adds(graph: ir.Graph, keep_float: Iterable[str] = ()) -> list[tuple[ir.Node, int]]:
+    """`residual_adds` on the IR graph."""
+    keep = set(keep_float)
     out = []
-    for node in model.graph.node:
-        if node.op_type != "Add" or len(node.input) != 2 or node.name in keep_float:
+    for node in graph:
+        if node.op_type != "Add" or len(node.inputs) != 2 or node.name in keep:
             continue
         from_conv = [
-            producer.get(i) is not None and producer[i].op_type in CONV_OPS for i in node.input
+            v is not None and (p := v.producer()) is not None and p.op_type in CONV_OPS
+            for v in node.inputs
         ]
         if from_conv == [True, False]:
             out.append((node, 1))
@@ -51,82 +63,122 @@ def residual_adds(model: onnx.ModelProto, keep_float=()) -> list[tuple[onnx.Node
     return out
 
 
-def add_residual_qdq(model: onnx.ModelProto, table: CalibrationTable, keep_float=()) -> int:
-    """Quantize the skip input of residual Adds in place; returns how many got Q/DQ."""
+def residual_adds(model: onnx.ModelProto, keep_float=()) -> list[tuple[onnx.NodeProto, int]]:
+    """(Add node, index of its skip input) for Adds where exactly one input comes straight
+    from a Conv; when both do, the second input counts as the skip branch."""
+    graph = to_ir(model).graph
+    protos = proto_nodes(model, graph)
+    return [(protos[id(add)], k) for add, k in _residual_adds(graph, keep_float)]
+
+
+def add_residual_qdq(model: ir.Model, table: CalibrationTable, keep_float=()) -> int:
+    """Quantize the skip input of residual Adds in place; returns how many got Q/DQ.
+
+    A new pair goes right after the node writing the tensor (first in the graph for a
+    graph input or initializer); an Add whose skip tensor already has a pair reads it."""
     g = model.graph
-    producer = {o: i for i, n in enumerate(g.node) for o in n.output}
+    names = Names(g)
     done = 0
-    inserts: list[tuple[int, list[onnx.NodeProto]]] = []
-    for add, k in residual_adds(model, set(keep_float) | set(table.keep_float)):
-        tensor = add.input[k]
-        if tensor not in table.activations:
+    for add, k in _residual_adds(g, set(keep_float) | set(table.keep_float)):
+        tensor = add.inputs[k]
+        if tensor is None or tensor.name not in table.activations:
             continue
+        name = tensor.name
         dq = _dq_of(g, tensor)
         if dq is None:
-            scale, zp = f"{tensor}_res_scale", f"{tensor}_res_zero_point"
-            g.initializer.append(
-                numpy_helper.from_array(
-                    np.array(max(table.activations[tensor].amax / QMAX, 1e-12), np.float32), scale
-                )
+            amax = table.activations[name].amax
+            scale = add_initializer(
+                g, np.array(max(amax / QMAX, 1e-12), np.float32), names.fresh(f"{name}_res_scale")
             )
-            g.initializer.append(numpy_helper.from_array(np.array(0, np.int8), zp))
-            q, dq = f"{tensor}_res_QuantizeLinear", f"{tensor}_res_DequantizeLinear"
-            nodes = [
-                helper.make_node("QuantizeLinear", [tensor, scale, zp], [q], name=q),
-                helper.make_node("DequantizeLinear", [q, scale, zp], [dq], name=dq),
-            ]
-            inserts.append((producer.get(tensor, -1), nodes))
-        add.input[k] = dq
+            zp = add_initializer(g, np.array(0, np.int8), names.fresh(f"{name}_res_zero_point"))
+            q_name = names.fresh(f"{name}_res_QuantizeLinear")
+            dq_name = names.fresh(f"{name}_res_DequantizeLinear")
+            q = ir.Node("", "QuantizeLinear", [tensor, scale, zp], name=q_name, num_outputs=1)
+            q.outputs[0].name = q_name
+            dqn = ir.Node(
+                "", "DequantizeLinear", [q.outputs[0], scale, zp], name=dq_name, num_outputs=1
+            )
+            dqn.outputs[0].name = dq_name
+            producer = tensor.producer()
+            if producer is not None and producer.graph is g:
+                g.insert_after(producer, [q, dqn])
+            else:
+                g.insert_before(g[0], [q, dqn])
+            dq = dqn.outputs[0]
+        add.replace_input_with(k, dq)
         done += 1
-    for pos, nodes in sorted(inserts, key=lambda x: -x[0]):
-        for j, n in enumerate(nodes):
-            g.node.insert(pos + 1 + j, n)
     return done
 
 
-def check_qdq(model: onnx.ModelProto, backend: str) -> None:
+def _init_array(value: ir.Value | None) -> np.ndarray | None:
+    """The array of an initializer (graph input or not), else None."""
+    if value is None or not value.is_initializer() or value.const_value is None:
+        return None
+    return value.const_value.numpy()
+
+
+def check_qdq(model: ir.Model, backend: str) -> None:
     """Raise if a Q/DQ violates the backend's rules (symmetric int8, positive scales,
     per-channel only on constant weights)."""
-    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    constant = set(inits) | {
-        n.output[0]
-        for n in model.graph.node
-        if n.op_type == "QuantizeLinear" and n.input[0] in inits
-    }
-    for n in model.graph.node:
+    g = model.graph
+
+    def constant(value: ir.Value | None) -> bool:
+        """An initializer or what a Q of an initializer writes."""
+        if value is None:
+            return False
+        if value.is_initializer():
+            return True
+        q = value.producer()
+        return (
+            q is not None
+            and q.graph is g
+            and q.op_type == "QuantizeLinear"
+            and value is q.outputs[0]
+            and q.inputs[0] is not None
+            and q.inputs[0].is_initializer()
+        )
+
+    for n in g:
         if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
             continue
-        scale = inits.get(n.input[1])
-        zp = inits.get(n.input[2]) if len(n.input) > 2 else None
+        scale = _init_array(n.inputs[1]) if len(n.inputs) > 1 else None
+        zp = _init_array(n.inputs[2]) if len(n.inputs) > 2 else None
         if scale is None or not np.all(scale > 0) or not np.all(np.isfinite(scale)):
             raise GraphkitError(f"{backend}: {n.name} has a missing, zero or negative scale")
         if zp is not None and (zp.dtype != np.int8 or np.any(zp != 0)):
             raise GraphkitError(
                 f"{backend}: {n.name} is not symmetric int8 (zero point must be int8 0)"
             )
-        if scale.size > 1 and n.input[0] not in constant:
+        if scale.size > 1 and not constant(n.inputs[0]):
             raise GraphkitError(f"{backend}: {n.name} is per-channel on an activation")
+
+
+def _qdq_ir(
+    table: CalibrationTable, model: onnx.ModelProto, keep_float, weights_int8: bool
+) -> ir.Model:
+    """insert_qdq's result, still as IR (for the backend rules and checks on top)."""
+    from graphkit.quant.qdq import add_qdq, ensure_opset
+
+    ir_model = to_ir(ensure_opset(model))
+    add_qdq(ir_model, table, tuple(keep_float), weights_int8=weights_int8)
+    return ir_model
 
 
 def tensorrt_qdq(table: CalibrationTable, model: onnx.ModelProto, keep_float=()) -> onnx.ModelProto:
     """TensorRT explicit-quantization ONNX: insert_qdq + the residual Add rule."""
-    from graphkit.quant.qdq import insert_qdq
-
     check_table(table, model, keep_float)
-    out = insert_qdq(model, table, keep_float=tuple(keep_float))
+    out = _qdq_ir(table, model, keep_float, weights_int8=True)
     add_residual_qdq(out, table, keep_float)
     check_qdq(out, "TensorRT")
-    return out
+    return to_proto(out)
 
 
 def amct_qdq(table: CalibrationTable, model: onnx.ModelProto, keep_float=()) -> onnx.ModelProto:
     """Q/DQ ONNX for amct_onnx.convert_qat_model: float weights with Q/DQ pairs."""
-    from graphkit.quant.qdq import insert_qdq
-
     check_table(table, model, keep_float)
-    out = insert_qdq(model, table, keep_float=tuple(keep_float), weights_int8=False)
+    out = _qdq_ir(table, model, keep_float, weights_int8=False)
     check_qdq(out, "AMCT")
-    return out
+    return to_proto(out)
 
 
 def plain_qdq(table: CalibrationTable, model: onnx.ModelProto, keep_float=()) -> onnx.ModelProto:

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import onnx
+import onnx_ir as ir
 
 from graphkit.backends._common import (
     ExportedFile,
@@ -30,6 +31,7 @@ from graphkit.backends._common import (
     write_all,
 )
 from graphkit.errors import GraphkitError
+from graphkit.irgraph import to_ir
 from graphkit.quant.table import QMAX, ActivationEntry, CalibrationTable, WeightEntry
 
 MAX_GEARS = 100  # ATC accepts at most 100 gears
@@ -77,9 +79,9 @@ def _num(x: float) -> str:
 
 def record_text(table: CalibrationTable, model: onnx.ModelProto, keep_float=()) -> str:
     """The AMCT record file for every quantized (node, input, weight) of the table."""
-    idx = check_table(table, model, keep_float)
+    ir_model = check_table(table, model, keep_float)
     parts = []
-    for layer in quant_layers(table, idx, keep_float):
+    for layer in quant_layers(table, ir_model, keep_float):
         ws = [safe_scale(a) for a in layer.weight_amax]
         fields = [f"scale_d: {_num(safe_scale(layer.act_amax))}", "offset_d: 0"]
         fields += [f"scale_w: {_num(s)}" for s in ws]
@@ -108,17 +110,21 @@ def parse_record(text: str, source: str = "record") -> dict[str, dict[str, list[
     return out
 
 
+def _name(value: ir.Value | None) -> str:
+    """An input's tensor name ("" for an omitted optional input)."""
+    return "" if value is None else value.name or ""
+
+
 def table_from_record(text: str, model: onnx.ModelProto) -> CalibrationTable:
     """A record back to a neutral table, resolving node names to their tensors in `model`."""
-    nodes = {n.name: n for n in model.graph.node}
-    inits = {i.name for i in model.graph.initializer}
+    nodes = {n.name: n for n in to_ir(model).graph}
     table = CalibrationTable(method="amct-record")
     for name, f in parse_record(text).items():
         node = nodes.get(name)
         if node is None:
             raise GraphkitError(f"record names node '{name}', which is not in the model")
-        act = next(i for i in node.input if i not in inits)
-        weight = next(i for i in node.input[1:] if i in inits)
+        act = next(_name(v) for v in node.inputs if v is None or not v.is_initializer())
+        weight = next(_name(v) for v in node.inputs[1:] if v is not None and v.is_initializer())
         table.activations[act] = ActivationEntry(amax=f["scale_d"][0] * QMAX)
         table.weights[weight] = WeightEntry(
             amax=[s * QMAX for s in f.get("scale_w", [])], node=name, op_type=node.op_type
@@ -130,7 +136,7 @@ def quant_config(
     table: CalibrationTable, model: onnx.ModelProto, keep_float=(), batch_num: int = 2
 ) -> dict:
     """AMCT's quant config: every weighted layer, keep-float ones with quant_enable false."""
-    idx = check_table(table, model, keep_float)
+    ir_model = check_table(table, model, keep_float)
     skip = set(keep_float) | set(table.keep_float)
     cfg: dict = {
         "version": 1,
@@ -139,7 +145,7 @@ def quant_config(
         "do_fusion": True,
         "skip_fusion_layers": [],
     }
-    names = [layer.name for layer in quant_layers(table, idx)]
+    names = [layer.name for layer in quant_layers(table, ir_model)]
     for name in names:
         cfg[name] = {
             "quant_enable": name not in skip,

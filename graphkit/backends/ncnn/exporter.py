@@ -36,10 +36,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 
 import graphkit.backends.ncnn.runtime as nc
-from graphkit.backends._common import ExportedFile, ModelIndex, check_table, write_all
+from graphkit.backends._common import (
+    ExportedFile,
+    check_table,
+    main_readers,
+    proto_nodes,
+    write_all,
+)
 from graphkit.errors import BackendError, GraphkitError
+from graphkit.irgraph import to_ir
 
 if TYPE_CHECKING:
     from graphkit.backends.ncnn.convert import NcnnModel
@@ -115,13 +123,14 @@ def weight_scales(layer: nc.Layer, w: np.ndarray, winograd_6bit: bool = False) -
 
 
 def plan_weight_scales(
-    table: CalibrationTable, node: onnx.NodeProto | None, layer: nc.Layer, winograd_6bit: bool
+    table: CalibrationTable, node: ir.Node | None, layer: nc.Layer, winograd_6bit: bool
 ) -> list[float] | None:
     """qmax / amax of the twin's plan entry (the scales that give back the plan's integers
     from the snapped weights), or None when ncnn must derive its own."""
-    if node is None or len(node.input) < 2:
+    if node is None or len(node.inputs) < 2:
         return None
-    entry = table.weights.get(node.input[1])
+    weight = node.inputs[1]
+    entry = table.weights.get(weight.name or "") if weight is not None else None
     if entry is None or not entry.int8:
         return None
     groups = int(layer.get(7, 1)) if layer.type == "ConvolutionDepthWise" else int(layer.get(0))
@@ -220,18 +229,14 @@ def _weight_key(w: np.ndarray) -> str:
     return hashlib.sha1(np.sort(np.asarray(w, np.float32).ravel()).tobytes()).hexdigest()
 
 
-def match_layers(
-    model: onnx.ModelProto, param: nc.Param, blobs: dict[str, list[nc.Blob]]
-) -> dict[str, onnx.NodeProto]:
-    """ncnn layer name -> the ONNX node whose weight it carries."""
-    idx = ModelIndex.of(model)
-    by_key: dict[str, onnx.NodeProto] = {}
-    for init in model.graph.initializer:
-        users = [
-            u for u in idx.consumers.get(init.name, []) if u.op_type in ("Conv", "Gemm", "MatMul")
-        ]
-        if len(users) == 1 and init.dims and np.prod(init.dims) > 1:
-            by_key[_weight_key(onnx.numpy_helper.to_array(init))] = users[0]
+def _twins(graph: ir.Graph, param: nc.Param, blobs: dict[str, list[nc.Blob]]) -> dict[str, ir.Node]:
+    """`match_layers` on the IR graph."""
+    by_key: dict[str, ir.Node] = {}
+    for init in graph.initializers.values():
+        users = [u for u in main_readers(init, graph) if u.op_type in ("Conv", "Gemm", "MatMul")]
+        tensor = init.const_value
+        if len(users) == 1 and tensor is not None and tensor.shape.dims and tensor.size > 1:
+            by_key[_weight_key(tensor.numpy())] = users[0]
     out = {}
     for layer in param.layers:
         if layer.type in QUANT_TYPES and layer.name in blobs:
@@ -240,6 +245,15 @@ def match_layers(
             if node is not None:
                 out[layer.name] = node
     return out
+
+
+def match_layers(
+    model: onnx.ModelProto, param: nc.Param, blobs: dict[str, list[nc.Blob]]
+) -> dict[str, onnx.NodeProto]:
+    """ncnn layer name -> the ONNX node whose weight it carries."""
+    graph = to_ir(model).graph
+    protos = proto_nodes(model, graph)
+    return {k: protos[id(n)] for k, n in _twins(graph, param, blobs).items()}
 
 
 def _method_settings(method: str, settings: dict) -> tuple[Callable, dict]:
@@ -334,10 +348,11 @@ def build_table(
 
     Layers with an ONNX twin take the plan's input threshold and weight scales; `samples`
     calibrate on ncnn the layers without one (every layer with `recalibrate`)."""
-    twins = match_layers(model, param, blobs)
+    graph = to_ir(model).graph
+    twins = _twins(graph, param, blobs)
     onnx_to_ncnn = {node.name: layer for layer, node in twins.items()}
     skip = set()
-    ops = {n.name: n.op_type for n in model.graph.node}
+    ops = {n.name: n.op_type for n in graph}
     for name in sorted(set(keep_float) | set(table.keep_float)):
         if name in onnx_to_ncnn:
             skip.add(onnx_to_ncnn[name])
@@ -358,7 +373,8 @@ def build_table(
     if not recalibrate:
         for name in candidates:
             node = twins.get(name)
-            act = node.input[0] if node is not None else None
+            first = node.inputs[0] if node is not None and node.inputs else None
+            act = first.name if first is not None else None
             if act in table.activations:
                 amax[name] = table.activations[act].amax
     missing = [name for name in candidates if name not in amax]
@@ -379,7 +395,7 @@ def build_table(
     for name in candidates:
         if name in amax:
             out.activations[name] = 127.0 / amax[name] if amax[name] > 0 else 1.0
-    return out, {k: v.name for k, v in twins.items()}
+    return out, {k: v.name or "" for k, v in twins.items()}
 
 
 def convert_or_split(
@@ -421,11 +437,11 @@ def export(
 ) -> list[ExportedFile]:
     """Convert with pnnx, calibrate on ncnn (or map the table), write table + int8 model."""
     say = step(__name__, log)
-    idx = check_table(table, model, keep_float)
+    ops = {n.name: n.op_type for n in check_table(table, model, keep_float).graph}
     for name in keep_float:  # refuse before the (slow) conversion
-        if idx.nodes[name].op_type not in ("Conv", "Gemm", "MatMul"):
+        if ops[name] not in ("Conv", "Gemm", "MatMul"):
             raise GraphkitError(
-                f"--keep-float layer '{name}' is a {idx.nodes[name].op_type}; ncnn quantizes "
+                f"--keep-float layer '{name}' is a {ops[name]}; ncnn quantizes "
                 "only Convolution and InnerProduct layers"
             )
     d = Path(out_dir) / "ncnn"

@@ -22,8 +22,15 @@ import struct
 from pathlib import Path
 
 import onnx
+import onnx_ir as ir
 
-from graphkit.backends._common import ExportedFile, check_table, safe_scale, write_all
+from graphkit.backends._common import (
+    ExportedFile,
+    check_table,
+    main_readers,
+    safe_scale,
+    write_all,
+)
 from graphkit.errors import GraphkitError
 from graphkit.quant.table import QMAX, ActivationEntry, CalibrationTable
 
@@ -167,7 +174,7 @@ def export(
     **_: object,
 ) -> list[ExportedFile]:
     """Write `tensorrt/model.qdq.onnx` (explicit) and `tensorrt/CalibrationTable` (legacy)."""
-    check_table(table, model, keep_float)
+    graph = check_table(table, model, keep_float).graph
     from graphkit.model import save_model
 
     d = Path(out_dir) / "tensorrt"
@@ -175,14 +182,12 @@ def export(
     # legacy cache: tensors consumed only by keep-float nodes are left out, so TensorRT
     # runs those nodes in float (a tensor missing from the cache is not quantized)
     if kept:
-        from graphkit.backends._common import ModelIndex
-
-        idx = ModelIndex.of(model)
-        acts = {
-            name: e
-            for name, e in table.activations.items()
-            if not idx.consumers.get(name) or any(u.name not in kept for u in idx.consumers[name])
-        }
+        values = ir.convenience.create_value_mapping(graph, include_subgraphs=False)
+        acts: dict[str, ActivationEntry] = {}
+        for name, e in table.activations.items():
+            readers = main_readers(values.get(name), graph)
+            if not readers or any(u.name not in kept for u in readers):
+                acts[name] = e
         cache_table = dataclasses.replace(table, activations=acts)
     else:
         cache_table = table

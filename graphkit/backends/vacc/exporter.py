@@ -19,6 +19,7 @@ import yaml
 
 from graphkit.backends._common import ExportedFile, check_table, write_all
 from graphkit.errors import GraphkitError
+from graphkit.irgraph import to_ir
 from graphkit.quant.table import CalibrationTable
 
 # our method -> vamc calibrate_mode (max | percentile | kl_divergence | mse)
@@ -45,7 +46,7 @@ def calibrate_mode(method: str) -> str:
 
 def conv_indices(model: onnx.ModelProto, names: Iterable[str]) -> list[int]:
     """Indices (among Conv/ConvTranspose nodes, graph order) of the named nodes."""
-    convs = [n.name for n in model.graph.node if n.op_type in CONV_OPS]
+    convs = [n.name for n in to_ir(model).graph if n.op_type in CONV_OPS]
     out = []
     for name in names:
         if name not in convs:
