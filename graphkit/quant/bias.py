@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+import onnx_ir as ir
 
 from graphkit.errors import GraphkitError
-from graphkit.graph import drop_unused_weights
+from graphkit.irgraph import as_tensor, drop_unused_initializers, name_of, reads, to_ir, to_proto
 from graphkit.runtime.ort import make_session, with_outputs
 from graphkit.runtime.segments import Segments
 
@@ -40,13 +40,19 @@ class BiasCorrection:
 
 def int8_convs(qdq: onnx.ModelProto) -> list[onnx.NodeProto]:
     """Convs of a Q/DQ model whose weight comes from a DequantizeLinear (int8 layers)."""
-    producer = {o: n for n in qdq.graph.node for o in n.output}
+    graph = to_ir(qdq).graph  # its nodes in the protobuf's order
+    picked = {id(n) for n in _int8_convs(graph)}
+    return [proto for node, proto in zip(graph, qdq.graph.node) if id(node) in picked]
+
+
+def _int8_convs(graph: ir.Graph) -> list[ir.Node]:
+    """`int8_convs` on the IR."""
     out = []
-    for node in qdq.graph.node:
-        if node.op_type != "Conv" or len(node.input) < 2:
+    for node in graph:
+        if node.op_type != "Conv" or len(node.inputs) < 2 or node.inputs[1] is None:
             continue
-        p = producer.get(node.input[1])
-        if p is not None and p.op_type == "DequantizeLinear":
+        producer = node.inputs[1].producer()
+        if producer is not None and producer.op_type == "DequantizeLinear":
             out.append(node)
     return out
 
@@ -65,19 +71,19 @@ def channel_means(
     return {k: v / len(samples) for k, v in acc.items()}
 
 
-def _depths(graph: onnx.GraphProto, convs: list[onnx.NodeProto]) -> dict[str, int]:
+def _depths(graph: ir.Graph, convs: list[ir.Node]) -> dict[str, int]:
     """Depth of each Conv in `convs`: 1 + the largest depth of the `convs` upstream of it
     (graph order is topological). Convs of one depth do not read each other's outputs."""
-    names = {n.name for n in convs}
-    depth_of_tensor: dict[str, int] = {}
+    wanted = {id(n) for n in convs}
+    depth_of: dict[ir.Value, int] = {}
     depths: dict[str, int] = {}
-    for node in graph.node:
-        d = max((depth_of_tensor.get(t, 0) for t in node.input), default=0)
-        if node.name in names:
-            depths[node.name] = d
+    for node in graph:
+        d = max((depth_of.get(v, 0) for v in reads(node)), default=0)
+        if id(node) in wanted:
+            depths[node.name or ""] = d
             d += 1
-        for t in node.output:
-            depth_of_tensor[t] = d
+        for v in node.outputs:
+            depth_of[v] = d
     return depths
 
 
@@ -104,93 +110,107 @@ def correct_bias(
         raise GraphkitError("bias correction needs at least one sample")
     if passes < 1:
         raise GraphkitError(f"bias correction needs at least 1 pass, got {passes}")
-    out = onnx.ModelProto()
-    out.CopyFrom(qdq)
+    out = to_ir(qdq)
     graph = out.graph
-    float_tensors = {t for n in float_model.graph.node for t in n.output}
+    float_tensors = {name_of(v) for n in to_ir(float_model).graph for v in n.outputs}
+    wanted = None if nodes is None else set(nodes)
     convs = [
         n
-        for n in int8_convs(out)
-        if n.output[0] in float_tensors and (nodes is None or n.name in set(nodes))
+        for n in _int8_convs(graph)
+        if name_of(n.outputs[0]) in float_tensors and (wanted is None or n.name in wanted)
     ]
     if not convs:
-        return out, BiasCorrection([], [], len(samples))
-    inits = {i.name: i for i in graph.initializer}
-    used = set(inits) | {t for n in graph.node for t in (*n.input, *n.output)}
-    used |= {n.name for n in graph.node}
-    outputs = [n.output[0] for n in convs]
+        return to_proto(out), BiasCorrection([], [], len(samples))
+    outputs = [name_of(n.outputs[0]) for n in convs]
     ref = channel_means(float_model, outputs, samples)
-    biases: dict[str, np.ndarray] = {}
-    for node in convs:  # give every Conv a bias of its own
-        old = node.input[2] if len(node.input) > 2 else ""
-        if old and old not in inits:
-            raise GraphkitError(
-                f"Conv '{node.name}' computes its bias '{old}' at run time; "
-                "bias correction needs a constant bias"
-            )
-        name, i = f"{node.name}_bias_corrected", 1
-        while name in used:
-            name, i = f"{node.name}_bias_corrected_{i}", i + 1
-        used.add(name)
-        channels = ref[node.output[0]].shape
-        value = numpy_helper.to_array(inits[old]).astype(np.float32) if old else None
-        if value is None:
-            value = np.zeros(channels, np.float32)
-        if value.shape != channels:
-            raise GraphkitError(
-                f"Conv '{node.name}' has {value.size} biases but {channels[0]} output channels"
-            )
-        biases[name] = value
-        if len(node.input) > 2:
-            node.input[2] = name
-        else:
-            while len(node.input) < 2:
-                node.input.append("")
-            node.input.append(name)
+    biases = _own_biases(graph, convs, ref)
     # the measuring model reads the biases as inputs: one session for every step
-    probe = with_outputs(out, outputs)
-    probe.graph.input.extend(
-        onnx.helper.make_tensor_value_info(b, onnx.TensorProto.FLOAT, list(v.shape))
-        for b, v in biases.items()
-    )
+    probe = with_outputs(to_proto(out), outputs)
     depths = _depths(graph, convs)
     levels = sorted(set(depths.values()))
-    by_level = [[n for n in convs if depths[n.name] == level] for level in levels]
+    by_level = [[n for n in convs if depths[n.name or ""] == level] for level in levels]
     # one part per depth: each sweep costs one forward pass per sample, not one per depth;
     # a corrected Conv's kept output moves by its bias change, so later parts read
     # exactly what the corrected model computes
-    parts = Segments(probe, [[n.output[0] for n in layer] for layer in by_level])
+    parts = Segments(probe, [[name_of(n.outputs[0]) for n in layer] for layer in by_level])
+    values = {name_of(v): a for v, a in biases.items()}
     shifts = []
     for _ in range(passes):
         total, count = 0.0, 0
-        envs = [{**feeds, **biases} for feeds in samples]
+        envs = [{**feeds, **values} for feeds in samples]
         for k, layer in enumerate(by_level):
             acc: dict[str, np.ndarray] = {}
             for env in envs:
                 parts.run(k, env)
                 for node in layer:
-                    t = node.output[0]
+                    t = name_of(node.outputs[0])
                     y = np.asarray(env[t], np.float64)
                     m = y.mean(axis=tuple(i for i in range(y.ndim) if i != 1))
                     acc[t] = acc[t] + m if t in acc else m
             for node in layer:
-                t = node.output[0]
+                t = name_of(node.outputs[0])
                 shift = acc[t] / len(samples) - ref[t]
-                b = node.input[2]
-                new = (biases[b] - shift).astype(np.float32)
+                bias = node.inputs[2]
+                assert bias is not None  # every corrected Conv got one (_own_biases)
+                b = name_of(bias)
+                new = (values[b] - shift).astype(np.float32)
                 # the Conv is linear in its bias: the corrected output is the kept one
                 # moved by the change, per channel (axis 1)
-                step = new - biases[b]
-                biases[b] = new
+                step = new - values[b]
+                values[b] = new
                 total += float(np.abs(shift).sum())
                 count += shift.size
                 for env in envs:
                     env[t] = env[t] + step.reshape((1, -1) + (1,) * (env[t].ndim - 2))
         shifts.append(total / max(count, 1))
-    graph.initializer.extend(numpy_helper.from_array(v, b) for b, v in biases.items())
-    drop_unused_weights(graph, inits)  # a shared bias now copied to every reader
-    make_session(out)  # refuse a model onnxruntime cannot load
-    return out, BiasCorrection([n.name for n in convs], shifts, len(samples))
+    # the biases become initializers; a shared one, now copied to every reader, goes
+    graph.inputs[:] = [v for v in graph.inputs if v not in biases]
+    for v in biases:
+        v.const_value = as_tensor(values[name_of(v)], name_of(v))
+        graph.register_initializer(v)
+    drop_unused_initializers(graph)
+    corrected = to_proto(out)
+    make_session(corrected)  # refuse a model onnxruntime cannot load
+    return corrected, BiasCorrection([n.name or "" for n in convs], shifts, len(samples))
+
+
+def _own_biases(
+    graph: ir.Graph, convs: list[ir.Node], ref: dict[str, np.ndarray]
+) -> dict[ir.Value, np.ndarray]:
+    """Give every Conv a bias of its own, a new graph input (until the end of the
+    correction) holding the old bias (zeros without one); returns them with their values."""
+    taken = set(graph.initializers) | {n.name for n in graph}
+    taken |= {name_of(v) for n in graph for v in (*n.inputs, *n.outputs) if v is not None}
+    biases: dict[ir.Value, np.ndarray] = {}
+    for node in convs:
+        old = node.inputs[2] if len(node.inputs) > 2 else None
+        if old is not None and (not old.is_initializer() or old.const_value is None):
+            raise GraphkitError(
+                f"Conv '{node.name}' computes its bias '{old.name}' at run time; "
+                "bias correction needs a constant bias"
+            )
+        name, i = f"{node.name}_bias_corrected", 1
+        while name in taken:
+            name, i = f"{node.name}_bias_corrected_{i}", i + 1
+        taken.add(name)
+        channels = ref[name_of(node.outputs[0])].shape
+        if old is None or old.const_value is None:
+            value = np.zeros(channels, np.float32)
+        else:
+            value = old.const_value.numpy().astype(np.float32)
+        if value.shape != channels:
+            raise GraphkitError(
+                f"Conv '{node.name}' has {value.size} biases but {channels[0]} output channels"
+            )
+        bias = ir.Value(
+            name=name, type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape(value.shape)
+        )
+        graph.inputs.append(bias)
+        if len(node.inputs) < 3:
+            node.resize_inputs(3)
+        node.replace_input_with(2, bias)
+        biases[bias] = value
+    return biases
 
 
 def bias_correct_spec(

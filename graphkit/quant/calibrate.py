@@ -20,17 +20,13 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 
 from graphkit.errors import GraphkitError
+from graphkit.irgraph import name_of, to_ir
 from graphkit.model import load_model, model_hash
 from graphkit.quant.calibrators import CALIBRATORS, canonical_method, threshold
-from graphkit.quant.collect import (
-    activation_inputs,
-    collect,
-    initializer_names,
-    quantizable_nodes,
-    select_tensors,
-)
+from graphkit.quant.collect import collect, layer_activations, quantizable, tensors_to_observe
 from graphkit.quant.observers import DEFAULT_BINS, TensorStats, merge_all
 from graphkit.quant.table import ActivationEntry, CalibrationTable, WeightEntry
 from graphkit.quant.weights import weight_amax, weight_axis
@@ -262,22 +258,28 @@ def weight_entries(
     model: onnx.ModelProto, keep_float: Sequence[str] = (), per_channel: bool = True
 ) -> dict[str, WeightEntry]:
     """Symmetric absmax of every constant input of the quantized layers."""
-    inits = {i.name: i for i in model.graph.initializer}
+    return _weight_entries(to_ir(model).graph, keep_float, per_channel)
+
+
+def _weight_entries(
+    graph: ir.Graph, keep_float: Sequence[str], per_channel: bool
+) -> dict[str, WeightEntry]:
     out: dict[str, WeightEntry] = {}
-    for node in quantizable_nodes(model, keep_float):
+    for node in quantizable(graph, keep_float):
         positions = [1] if node.op_type in ("Conv", "ConvTranspose") else [0, 1]
         for pos in positions:
-            if pos >= len(node.input) or node.input[pos] not in inits or node.input[pos] in out:
+            v = node.inputs[pos] if pos < len(node.inputs) else None
+            if v is None or v.const_value is None or not v.is_initializer() or v.name in out:
                 continue
-            w = onnx.numpy_helper.to_array(inits[node.input[pos]])
+            w = v.const_value.numpy()
             if not np.issubdtype(w.dtype, np.floating):
                 continue
-            axis = weight_axis(node, w.ndim, pos)
+            axis = weight_axis(ir.serde.serialize_node(node), w.ndim, pos)
             amax = weight_amax(w, axis=axis, per_channel=per_channel)
-            out[node.input[pos]] = WeightEntry(
+            out[name_of(v)] = WeightEntry(
                 amax=[float(a) for a in amax],
                 axis=axis if per_channel else -1,
-                node=node.name,
+                node=node.name or "",
                 op_type=node.op_type,
             )
     return out
@@ -296,13 +298,40 @@ def build_table(
     num_samples: int = 0,
 ) -> CalibrationTable:
     """Thresholds from statistics (pure: no inference), plus weight ranges."""
+    return _build_table(
+        model,
+        to_ir(model).graph,
+        stats,
+        method,
+        settings,
+        keep_float=keep_float,
+        per_channel=per_channel,
+        model_path=model_path,
+        data_source=data_source,
+        num_samples=num_samples,
+    )
+
+
+def _build_table(
+    model: onnx.ModelProto,
+    graph: ir.Graph,
+    stats: dict[str, TensorStats],
+    method: str,
+    settings: dict[str, Any] | None,
+    *,
+    keep_float: Sequence[str],
+    per_channel: bool,
+    model_path: str,
+    data_source: str,
+    num_samples: int,
+) -> CalibrationTable:
+    """`build_table` with the model's IR `graph` (converted once per calibration)."""
     method = canonical_method(method)
     settings = dict(settings or {})
-    constants = initializer_names(model)
     consumers: dict[str, list[list[str]]] = {}
-    for node in quantizable_nodes(model, keep_float):
-        for _, name in activation_inputs(node, constants):
-            consumers.setdefault(name, []).append([node.op_type, node.name])
+    for node in quantizable(graph, keep_float):
+        for _, v in layer_activations(node):
+            consumers.setdefault(name_of(v), []).append([node.op_type, node.name or ""])
     names = [name for name, s in stats.items() if s.count]
     if not names:  # a plan without thresholds would quantize nothing, silently
         raise GraphkitError(
@@ -333,7 +362,7 @@ def build_table(
         data_source=data_source,
         num_samples=num_samples,
         activations=acts,
-        weights=weight_entries(model, keep_float, per_channel),
+        weights=_weight_entries(graph, keep_float, per_channel),
         keep_float=list(keep_float),
     )
 
@@ -375,7 +404,8 @@ def calibrate_statistics(
         raise GraphkitError("the input spec yields no samples to calibrate on")
     if on_total is not None:
         on_total(total)
-    names = select_tensors(model, tensors, keep_float)
+    ir_model = to_ir(model)  # the graph is read here and by `build`, never per sample
+    names = tensors_to_observe(ir_model, tensors, keep_float)
     if not names:
         raise GraphkitError("the model has no tensors to calibrate (no Conv, Gemm or MatMul)")
     if histograms is None:
@@ -404,13 +434,15 @@ def calibrate_statistics(
     def build(method: str, settings: dict[str, Any] | None = None) -> CalibrationTable:
         if not histograms and canonical_method(method) != "minmax":
             raise GraphkitError(f"method {method} needs histograms, collected without them")
-        return build_table(
+        return _build_table(
             model,
+            ir_model.graph,
             stats,
             method,
             settings,
             keep_float=keep_float,
             per_channel=per_channel,
+            model_path="",
             data_source=describe_source(spec),
             num_samples=seen[0] // groups,
         )

@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 
 from graphkit.errors import GraphkitError
+from graphkit.irgraph import ancestors, drop_unused_initializers, name_of, skeleton, to_ir, to_proto
 from graphkit.quant.observers import DEFAULT_BINS, TensorStats, compiled_kernel
 from graphkit.quant.weights import QUANTIZED_OPS
 from graphkit.runtime.ort import graph_input_names, make_session, with_outputs
@@ -30,16 +32,49 @@ if TYPE_CHECKING:
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
 
 
+def is_weight(value: ir.Value) -> bool:
+    """An initializer (graph input or not) or a Constant's output: a weight, not an activation."""
+    producer = value.producer()
+    return value.is_initializer() or (producer is not None and producer.op_type == "Constant")
+
+
+def layer_activations(node: ir.Node) -> list[tuple[int, ir.Value]]:
+    """(input index, value) pairs of a quantized node that carry activations."""
+    if node.op_type in ("Conv", "ConvTranspose"):
+        positions = [0]
+    elif node.op_type in ("Gemm", "MatMul"):
+        positions = [0, 1]
+    else:
+        return []
+    return [
+        (i, v)
+        for i in positions
+        if i < len(node.inputs) and (v := node.inputs[i]) is not None and not is_weight(v)
+    ]
+
+
+def quantizable(graph: ir.Graph, keep_float: Sequence[str] = ()) -> list[ir.Node]:
+    """The nodes of the quantized op types, in graph order, but those kept float."""
+    keep = set(keep_float)
+    return [n for n in graph if n.op_type in QUANTIZED_OPS and n.name not in keep]
+
+
+def real_inputs(graph: ir.Graph) -> list[ir.Value]:
+    """Graph inputs that are not initializers (old exporters list both)."""
+    return [v for v in graph.inputs if not v.is_initializer()]
+
+
 def initializer_names(model: onnx.ModelProto) -> set[str]:
-    names = {i.name for i in model.graph.initializer}
-    for node in model.graph.node:  # Constant outputs are weights too
-        if node.op_type == "Constant":
-            names.update(node.output)
+    """Names of the model's weights: initializers and Constant outputs (see `is_weight`)."""
+    graph = to_ir(model).graph
+    names = set(graph.initializers)
+    names.update(name_of(v) for n in graph if n.op_type == "Constant" for v in n.outputs)
     return names
 
 
 def activation_inputs(node: onnx.NodeProto, constants: set[str]) -> list[tuple[int, str]]:
-    """(input index, tensor) pairs of a quantized node that carry activations."""
+    """(input index, tensor) pairs of a quantized node that carry activations (the protobuf
+    form of `layer_activations`, `constants` from `initializer_names`)."""
     if node.op_type in ("Conv", "ConvTranspose"):
         positions = [0]
     elif node.op_type in ("Gemm", "MatMul"):
@@ -56,16 +91,19 @@ def activation_inputs(node: onnx.NodeProto, constants: set[str]) -> list[tuple[i
 def quantizable_nodes(
     model: onnx.ModelProto, keep_float: Sequence[str] = ()
 ) -> list[onnx.NodeProto]:
+    """The protobuf form of `quantizable`."""
     keep = set(keep_float)
     return [n for n in model.graph.node if n.op_type in QUANTIZED_OPS and n.name not in keep]
 
 
-def _float_tensors(model: onnx.ModelProto) -> set[str]:
-    """Names of tensors known (or inferred) to be float."""
+def _float_tensors(model: ir.Model) -> set[str]:
+    """Names of tensors known (or inferred) to be float (inferred on the weightless
+    skeleton: types do not depend on the weights' values)."""
+    light = skeleton(model)
     try:
-        inferred = onnx.shape_inference.infer_shapes(model)
+        inferred = onnx.shape_inference.infer_shapes(light)
     except Exception:  # noqa: BLE001
-        inferred = model
+        inferred = light
     infos = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
     return {vi.name for vi in infos if vi.type.tensor_type.elem_type in FLOAT_TYPES}
 
@@ -81,30 +119,35 @@ def select_tensors(
     needs these); "all": every float tensor the graph computes or takes (exporters for ncnn
     and TensorRT also scale Add / Concat inputs); or an explicit list of names.
     """
-    constants = initializer_names(model)
+    return tensors_to_observe(to_ir(model), select, keep_float)
+
+
+def tensors_to_observe(
+    model: ir.Model,
+    select: str | Sequence[str] = "quantizable",
+    keep_float: Sequence[str] = (),
+) -> list[str]:
+    """`select_tensors` on the IR."""
+    graph = model.graph
     if isinstance(select, str) and select == "quantizable":
-        out: list[str] = []
-        for node in quantizable_nodes(model, keep_float):
-            for _, name in activation_inputs(node, constants):
-                if name not in out:
-                    out.append(name)
-        return out
+        out: dict[str, None] = {}
+        for node in quantizable(graph, keep_float):
+            for _, v in layer_activations(node):
+                out[name_of(v)] = None
+        return list(out)
     if isinstance(select, str) and select == "all":
         floats = _float_tensors(model)
-        out = []
-        for name in graph_input_names(model):
-            if name in floats:
-                out.append(name)
-        for node in model.graph.node:
-            for name in node.output:
-                if name and name in floats and name not in constants and name not in out:
-                    out.append(name)
-        return out
+        out = {name_of(v): None for v in real_inputs(graph) if name_of(v) in floats}
+        for node in graph:
+            for v in node.outputs:
+                if v.name and v.name in floats and not is_weight(v):
+                    out[v.name] = None
+        return list(out)
     if isinstance(select, str):
         raise GraphkitError(
             f"tensor selection must be 'quantizable', 'all' or a list, got '{select}'"
         )
-    known = {vi.name for vi in model.graph.input} | {o for n in model.graph.node for o in n.output}
+    known = {name_of(v) for v in graph.inputs} | {name_of(v) for n in graph for v in n.outputs}
     missing = [n for n in select if n not in known]
     if missing:
         raise GraphkitError(f"tensor '{missing[0]}' is not in the model")
@@ -191,34 +234,14 @@ class RangeExecutor(_Session):
         threads: int | None = None,
         spin: bool = True,
     ):
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)
         self.tensors = list(tensors)
-        reducers: dict[str, list[onnx.NodeProto]] = {}
-        outs = []
-        for i, t in enumerate(self.tensors):
-            names = [f"__graphkit_min_{i}", f"__graphkit_max_{i}", f"__graphkit_size_{i}"]
-            reducers[t] = [
-                onnx.helper.make_node("ReduceMin", [t], [names[0]], keepdims=0),
-                onnx.helper.make_node("ReduceMax", [t], [names[1]], keepdims=0),
-                onnx.helper.make_node("Size", [t], [names[2]]),
-            ]
-            outs.extend(names)
-        # place each reduction right after its producer so the tensor can be freed early
-        nodes = [n for t in graph_input_names(model) for n in reducers.pop(t, [])]
-        for node in copy.graph.node:
-            nodes.append(node)
-            for o in node.output:
-                nodes.extend(reducers.pop(o, []))
-        nodes.extend(n for rest in reducers.values() for n in rest)
-        del copy.graph.node[:]
-        copy.graph.node.extend(nodes)
-        self.outputs_run = outs
-        self.outputs = outs
+        reduced = to_ir(model)
+        outs = _add_reducers(reduced.graph, self.tensors)
+        _keep_only_outputs(reduced.graph, outs)
+        self.outputs_run = [name_of(v) for v in outs]
+        self.outputs = self.outputs_run
         self.from_feeds: list[str] = []
-        self.session = make_session(
-            with_outputs(copy, outs, prune=True), threads=threads, spin=spin
-        )
+        self.session = make_session(to_proto(reduced), threads=threads, spin=spin)
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, tuple[float, float, int]]:
         v = self.run(feeds)
@@ -226,6 +249,53 @@ class RangeExecutor(_Session):
             t: (float(v[3 * i]), float(v[3 * i + 1]), int(v[3 * i + 2]))
             for i, t in enumerate(self.tensors)
         }
+
+
+def _add_reducers(graph: ir.Graph, tensors: Sequence[str]) -> list[ir.Value]:
+    """ReduceMin, ReduceMax and Size of each tensor, each placed right after the tensor's
+    producer (at the start for graph inputs) so the tensor can be freed early; returns
+    their outputs, three per tensor."""
+    values = ir.convenience.create_value_mapping(graph, include_subgraphs=False)
+    reducers: dict[ir.Value, list[ir.Node]] = {}
+    outs: list[ir.Value] = []
+    for i, t in enumerate(tensors):
+        if t not in values:
+            raise GraphkitError(f"tensor '{t}' is not in the model")
+        keep = [ir.AttrInt64("keepdims", 0)]
+        nodes = [
+            ir.Node("", "ReduceMin", [values[t]], attributes=keep, num_outputs=1),
+            ir.Node("", "ReduceMax", [values[t]], attributes=keep, num_outputs=1),
+            ir.Node("", "Size", [values[t]], num_outputs=1),
+        ]
+        types = (values[t].type, values[t].type, ir.TensorType(ir.DataType.INT64))
+        for node, what, kind in zip(nodes, ("min", "max", "size"), types):
+            out = node.outputs[0]
+            out.name, out.type = f"__graphkit_{what}_{i}", kind
+            out.shape = None if kind is None else ir.Shape([])  # a scalar, when typed
+            outs.append(out)
+        reducers[values[t]] = nodes
+    head = [n for v in real_inputs(graph) for n in reducers.pop(v, [])]
+    for node in list(graph):
+        made = [n for v in node.outputs for n in reducers.pop(v, [])]
+        if made:
+            graph.insert_after(node, made)
+    if head and len(graph):
+        graph.insert_before(graph[0], head)
+    elif head:
+        graph.extend(head)
+    graph.extend(n for rest in reducers.values() for n in rest)
+    return outs
+
+
+def _keep_only_outputs(graph: ir.Graph, outputs: list[ir.Value]) -> None:
+    """Make `outputs` the graph's outputs and drop what they do not need (onnxruntime runs
+    every node of a session, wanted or not)."""
+    graph.outputs[:] = outputs
+    needed = {id(n) for n in ancestors(outputs)}
+    doomed = [n for n in graph if id(n) not in needed]
+    if doomed:
+        graph.remove(doomed, safe=True)
+    drop_unused_initializers(graph)
 
 
 def _groups(tensors: Sequence[str], size: int | None) -> list[list[str]]:
@@ -337,13 +407,19 @@ def quantized_layers(
     model: onnx.ModelProto, table: CalibrationTable, keep_float: Sequence[str] = ()
 ) -> list[str]:
     """Names of the nodes `insert_qdq(model, table, keep_float)` quantizes, in graph order."""
+    return quantized_names(to_ir(model).graph, table, keep_float)
+
+
+def quantized_names(
+    graph: ir.Graph, table: CalibrationTable, keep_float: Sequence[str] = ()
+) -> list[str]:
+    """`quantized_layers` on the IR."""
     keep = set(keep_float) | set(table.keep_float)
-    constants = initializer_names(model)
     out = []
-    for node in quantizable_nodes(model, sorted(keep)):
-        acts = activation_inputs(node, constants)
-        if acts and all(t in table.activations for _, t in acts):
-            out.append(node.name)
+    for node in quantizable(graph, sorted(keep)):
+        acts = layer_activations(node)
+        if acts and all(name_of(v) in table.activations for _, v in acts):
+            out.append(node.name or "")
     return out
 
 

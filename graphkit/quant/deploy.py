@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+import onnx_ir as ir
 
 from graphkit.errors import GraphkitError
+from graphkit.irgraph import add_initializer, as_tensor, n_uses, name_of, to_ir, to_proto
 
 MIN_SCALE = 1e-12
 
@@ -72,57 +73,65 @@ def fill_integers(
 ) -> None:
     """Store the final integers of every weight entry: taken from `rounded` (weights already
     on the plan's grid) where given, nearest rounding of `model` otherwise."""
-    inits = {i.name: i for i in model.graph.initializer}
-    mine = {i.name: i for i in rounded.graph.initializer} if rounded is not None else {}
+    inits = to_ir(model).graph.initializers
+    mine = to_ir(rounded).graph.initializers if rounded is not None else {}
     for name, entry in plan.weights.items():
-        if name not in inits:
+        if name not in inits or inits[name].const_value is None:
             raise GraphkitError(f"the plan's weight '{name}' is not an initializer of the model")
-        w = numpy_helper.to_array(inits[name]).astype(np.float64)
+        w = _array(inits[name]).astype(np.float64)
         if not entry.shape:
             entry.shape = list(w.shape)
         how = "nearest"
         q = near = nearest_integers(w, entry)
         if name in mine:
-            r = numpy_helper.to_array(mine[name]).astype(np.float64)
+            r = _array(mine[name]).astype(np.float64)
             if not np.array_equal(r, w):
                 q = np.clip(np.round(r / channel_scales(entry, w.ndim)), -entry.qmax, entry.qmax)
                 how = rounding
         entry.set_integers(pin_extremes(q, w, entry, near), how)
 
 
+def _array(value: ir.Value) -> np.ndarray:
+    assert value.const_value is not None
+    return value.const_value.numpy()
+
+
+def _store(value: ir.Value, array: np.ndarray) -> None:
+    """Give initializer `value` new contents (every reader sees them)."""
+    tensor = as_tensor(array, name_of(value))
+    value.const_value = tensor
+    value.type = ir.TensorType(tensor.dtype)
+    value.shape = ir.Shape(array.shape)
+
+
 def deploy_model(plan: QuantPlan, model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of `model` with the plan's weights (q * scale) and biases in place."""
     plan.check_model(model)
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    inits = {i.name: i for i in out.graph.initializer}
+    out = to_ir(model)
+    inits = out.graph.initializers
     for name, entry in plan.weights.items():
         q = entry.integers()
         if q is None:
             continue
-        if name not in inits or list(inits[name].dims) != list(q.shape):
+        tensor = inits[name].const_value if name in inits else None
+        if tensor is None or list(tensor.shape) != list(q.shape):
             raise GraphkitError(
                 f"the plan's weight '{name}' does not match the model (missing or other shape)"
             )
-        dtype = numpy_helper.to_array(inits[name]).dtype
-        snapped = (q.astype(np.float64) * channel_scales(entry, q.ndim)).astype(dtype)
-        inits[name].CopyFrom(numpy_helper.from_array(snapped, name))
+        dtype = tensor.dtype.numpy()
+        _store(inits[name], (q.astype(np.float64) * channel_scales(entry, q.ndim)).astype(dtype))
     if plan.biases:
-        _set_biases(out, plan.biases)
-    return out
+        _set_biases(out.graph, plan.biases)
+    return to_proto(out)
 
 
-def _set_biases(model: onnx.ModelProto, biases: dict[str, list[float]]) -> None:
+def _set_biases(graph: ir.Graph, biases: dict[str, list[float]]) -> None:
     """Give each named Conv the plan's bias: in place when its bias initializer is its own,
     as a new initializer when it is shared (tf2onnx shares them) or absent."""
-    graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    users: dict[str, int] = {}
-    for node in graph.node:
-        for t in node.input:
-            users[t] = users.get(t, 0) + 1
-    nodes = {n.name: n for n in graph.node}
-    taken = set(inits) | {o for n in graph.node for o in n.output}
+    nodes = {n.name: n for n in graph}
+    taken = set(graph.initializers) | {name_of(v) for n in graph for v in n.outputs}
+    # read before any edit: a bias shared by two Convs is copied for both
+    own = {v for v in graph.initializers.values() if n_uses(v) == 1}
     for name, values in biases.items():
         node = nodes.get(name)
         if node is None:
@@ -130,21 +139,22 @@ def _set_biases(model: onnx.ModelProto, biases: dict[str, list[float]]) -> None:
                 f"the plan sets the bias of '{name}', which is not a node of the model"
             )
         b = np.asarray(values, np.float32)
-        if len(node.input) >= 3 and node.input[2] in inits and users[node.input[2]] == 1:
-            if list(inits[node.input[2]].dims) != [b.size]:
+        old = node.inputs[2] if len(node.inputs) >= 3 else None
+        if old is not None and old in own:
+            if list(_array(old).shape) != [b.size]:
                 raise GraphkitError(
                     f"the plan's bias of '{name}' has {b.size} values, the model's not"
                 )
-            inits[node.input[2]].CopyFrom(numpy_helper.from_array(b, node.input[2]))
+            _store(old, b)
             continue
         new, i = f"{name}_plan_bias", 1
         while new in taken:
             new, i = f"{name}_plan_bias_{i}", i + 1
         taken.add(new)
-        graph.initializer.append(numpy_helper.from_array(b, new))
-        while len(node.input) < 3:
-            node.input.append("")
-        node.input[2] = new
+        value = add_initializer(graph, b, new)
+        if len(node.inputs) < 3:
+            node.resize_inputs(3)
+        node.replace_input_with(2, value)
 
 
 __all__ = ["channel_scales", "deploy_model", "fill_integers", "nearest_integers", "pin_extremes"]

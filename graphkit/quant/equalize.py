@@ -25,9 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+import onnx_ir as ir
 
 from graphkit.errors import GraphkitError
+from graphkit.irgraph import add_initializer, as_tensor, n_uses, name_of, to_ir, to_proto
 
 MIN_RANGE = 1e-6
 MAX_SCALE = 16  # never rescale a channel by more than this either way (rarely active ones)
@@ -40,67 +41,87 @@ class Pair:
     consumers: list[str]  # Conv node names reading the activation
 
 
-def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
-    return next((a.i for a in node.attribute if a.name == name), default)
+def _group(node: ir.Node) -> int:
+    return node.attributes.get_int("group", 1)
+
+
+def _weight(value: ir.Value | None) -> np.ndarray | None:
+    """The value of an initializer (graph input or not), else None."""
+    if value is None or not value.is_initializer() or value.const_value is None:
+        return None
+    return value.const_value.numpy()
 
 
 def find_pairs(model: onnx.ModelProto, skip: Sequence[str] = ()) -> list[Pair]:
     """Conv -> [Relu | Clip(0, M)] -> Conv(s) chains whose middle tensor nothing else reads."""
-    g = model.graph
-    inits = {i.name: i for i in g.initializer}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for t in n.input:
-            readers.setdefault(t, []).append(n)
-    outputs = {o.name for o in g.output}
+    return [
+        Pair(p.name or "", act.name or "" if act is not None else "", [c.name or "" for c in cs])
+        for p, act, cs in _find_pairs(to_ir(model).graph, skip)
+    ]
+
+
+def _find_pairs(
+    g: ir.Graph, skip: Sequence[str] = ()
+) -> list[tuple[ir.Node, ir.Node | None, list[ir.Node]]]:
+    """`find_pairs` on the IR: (producer, activation or None, consumers)."""
     skipped = set(skip)
 
-    def plain_conv(n: onnx.NodeProto) -> bool:
+    def plain_conv(n: ir.Node) -> bool:
+        if n.op_type != "Conv" or not n.name or n.name in skipped or len(n.inputs) < 2:
+            return False
+        w, bias = n.inputs[1], n.inputs[2] if len(n.inputs) > 2 else None
         return (
-            n.op_type == "Conv"
-            and bool(n.name)
-            and n.name not in skipped
-            and len(n.input) >= 2
-            and n.input[1] in inits
-            and len(inits[n.input[1]].dims) == 4
-            and (len(n.input) < 3 or not n.input[2] or n.input[2] in inits)
+            w is not None
+            and w.is_initializer()
+            and w.const_value is not None
+            and len(w.const_value.shape) == 4
+            and (bias is None or bias.is_initializer())
         )
 
+    def readers(v: ir.Value) -> list[ir.Node] | None:
+        """The nodes reading `v`, once per read; None when one is in a subgraph (it
+        would see the rescaled channels uncompensated)."""
+        nodes = [u.node for u in v.uses()]
+        return None if any(n.graph is not g for n in nodes) else nodes
+
     pairs = []
-    for p in g.node:
-        if not plain_conv(p) or p.output[0] in outputs:
+    for p in g:
+        if not plain_conv(p) or p.outputs[0].is_graph_output():
             continue
-        nxt = readers.get(p.output[0], [])
+        nxt = readers(p.outputs[0])
         act = None
-        if len(nxt) == 1 and nxt[0].op_type in ("Relu", "Clip"):
+        if nxt is not None and len(nxt) == 1 and nxt[0].op_type in ("Relu", "Clip"):
             act = nxt[0]
-            if act.op_type == "Clip" and not _clip_from_zero(act, inits):
+            if act.op_type == "Clip" and not _clip_from_zero(act):
                 continue
-            if act.output[0] in outputs:
+            if act.outputs[0].is_graph_output():
                 continue
-            nxt = readers.get(act.output[0], [])
-        if not nxt or not all(plain_conv(c) and c.input[0] == (act or p).output[0] for c in nxt):
+            nxt = readers(act.outputs[0])
+        middle = (act or p).outputs[0]
+        if not nxt or not all(plain_conv(c) and c.inputs[0] is middle for c in nxt):
             continue
-        channels = numpy_helper.to_array(inits[p.input[1]]).shape[0]
-        if any(not _takes_channels(c, inits, channels) for c in nxt):
+        w = _weight(p.inputs[1])
+        assert w is not None  # a plain Conv's
+        if any(not _takes_channels(c, w.shape[0]) for c in nxt):
             continue
-        pairs.append(Pair(p.name, act.name if act is not None else "", [c.name for c in nxt]))
+        pairs.append((p, act, nxt))
     return pairs
 
 
-def _clip_from_zero(clip: onnx.NodeProto, inits) -> bool:
+def _clip_from_zero(clip: ir.Node) -> bool:
     """Clip whose lower bound is 0 and upper bound a constant (ReLU6)."""
-    lo = clip.input[1] if len(clip.input) > 1 else ""
-    hi = clip.input[2] if len(clip.input) > 2 else ""
-    if not lo or lo not in inits or (hi and hi not in inits):
+    lo = _weight(clip.inputs[1]) if len(clip.inputs) > 1 else None
+    hi = clip.inputs[2] if len(clip.inputs) > 2 else None
+    if lo is None or (hi is not None and not hi.is_initializer()):
         return False
-    return float(numpy_helper.to_array(inits[lo])) == 0.0
+    return float(lo) == 0.0
 
 
-def _takes_channels(c: onnx.NodeProto, inits, channels: int) -> bool:
+def _takes_channels(c: ir.Node, channels: int) -> bool:
     """C reads `channels` input channels: a plain Conv, or a depthwise one (group = C)."""
-    w = numpy_helper.to_array(inits[c.input[1]])
-    group = _attr(c, "group", 1)
+    w = _weight(c.inputs[1])
+    assert w is not None  # a plain Conv's
+    group = _group(c)
     return (group == 1 and w.shape[1] == channels) or (group == channels and w.shape[1] == 1)
 
 
@@ -125,112 +146,126 @@ def equalization(
 ) -> list[dict]:
     """The pairs of `model` with their scales, measured on `samples`: [{producer, act,
     consumers, scales}] (the plan's `equalization` field)."""
-    pairs = find_pairs(model, skip)
+    pairs = _find_pairs(to_ir(model).graph, skip)
     if not pairs:
         return []
-    nodes = {n.name: n for n in model.graph.node}
-    tensor = {p.producer: nodes[p.act or p.producer].output[0] for p in pairs}
-    ranges = channel_ranges(model, samples, list(tensor.values()))
-    inits = {i.name: i for i in model.graph.initializer}
+    tensor = [name_of((act or p).outputs[0]) for p, act, _ in pairs]
+    ranges = channel_ranges(model, samples, tensor)
     out = []
-    for p in pairs:
-        a = np.maximum(ranges[tensor[p.producer]].astype(np.float64), MIN_RANGE)
-        depthwise = all(_attr(nodes[c], "group", 1) > 1 for c in p.consumers)
+    for (p, act, consumers), t in zip(pairs, tensor):
+        a = np.maximum(ranges[t].astype(np.float64), MIN_RANGE)
+        depthwise = all(_group(c) > 1 for c in consumers)
         if depthwise:
             s = a / a.max()
         else:
             r = np.zeros_like(a)
-            for c in p.consumers:
-                w = np.abs(numpy_helper.to_array(inits[nodes[c].input[1]]))
+            for c in consumers:
+                w = np.abs(np.asarray(_weight(c.inputs[1])))
                 r = np.maximum(r, w.max(axis=tuple(i for i in range(w.ndim) if i != 1)))
             s = np.sqrt(a / np.maximum(r, MIN_RANGE))
             s = s / s.max()
         s = np.clip(s, 1 / MAX_SCALE, MAX_SCALE)
-        out.append({**p.__dict__, "scales": [float(x) for x in s]})
+        pair = Pair(
+            p.name or "",
+            act.name or "" if act is not None else "",
+            [c.name or "" for c in consumers],
+        )
+        out.append({**pair.__dict__, "scales": [float(x) for x in s]})
     return out
 
 
 def apply_equalization(model: onnx.ModelProto, eq: Sequence[dict]) -> onnx.ModelProto:
     """A copy of `model` with each pair's channels rescaled (module doc). Shared
     initializers are copied before they change, under names derived from the node."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = to_ir(model)
     g = out.graph
-    nodes = {n.name: n for n in g.node}
-    inits = {i.name: i for i in g.initializer}
-    uses: dict[str, int] = {}
-    for n in g.node:
-        for t in n.input:
-            uses[t] = uses.get(t, 0) + 1
+    nodes = {n.name: n for n in g}
 
-    def own(node: onnx.NodeProto, index: int, suffix: str) -> onnx.TensorProto:
-        name = node.input[index]
-        if uses.get(name, 0) == 1:
-            return inits[name]
-        new = f"{node.name}_{suffix}"
-        if new in inits:
-            raise GraphkitError(f"equalization: initializer name {new} already exists")
-        copy = numpy_helper.from_array(numpy_helper.to_array(inits[name]), new)
-        g.initializer.append(copy)
-        inits[new], uses[name], uses[new] = g.initializer[-1], uses[name] - 1, 1
-        node.input[index] = new
-        return inits[new]
+    def scale(node: ir.Node, index: int, suffix: str, factor: np.ndarray) -> None:
+        """Multiply input `index` of `node` by `factor`, copying it first when shared."""
+        value = node.inputs[index]
+        a = _weight(value)
+        if value is None or a is None:
+            raise GraphkitError(f"equalization: input {index} of {node.name} is not a weight")
+        if n_uses(value) > 1:
+            new = f"{node.name}_{suffix}"
+            if new in g.initializers:
+                raise GraphkitError(f"equalization: initializer name {new} already exists")
+            value = add_initializer(g, a, new)
+            node.replace_input_with(index, value)
+        value.const_value = as_tensor((a * factor).astype(a.dtype), name_of(value))
 
-    def scale(init: onnx.TensorProto, factor: np.ndarray) -> None:
-        a = numpy_helper.to_array(init)
-        init.CopyFrom(numpy_helper.from_array((a * factor).astype(a.dtype), init.name))
+    def width(node: ir.Node) -> tuple[int, ...]:
+        w = _weight(node.inputs[1])
+        if w is None:
+            raise GraphkitError(f"equalization: the weight of {node.name} is not an initializer")
+        return w.shape
 
-    new_nodes: dict[str, list[onnx.NodeProto]] = {}
-    bounds: list[onnx.TensorProto] = []
+    clips: list[tuple[ir.Node, np.ndarray]] = []
     for e in eq:
         missing = [n for n in (e["producer"], *e["consumers"], e["act"]) if n and n not in nodes]
         if missing:
             raise GraphkitError(f"equalization names node '{missing[0]}', not in the model")
         s = np.asarray(e["scales"], np.float64)
         p = nodes[e["producer"]]
-        w = own(p, 1, "eq_weight")
-        if numpy_helper.to_array(w).shape[0] != s.size:
+        shape = width(p)
+        if shape[0] != s.size:
             raise GraphkitError(f"equalization of {p.name}: {s.size} scales for another width")
-        scale(w, (1 / s).reshape(-1, *[1] * (len(w.dims) - 1)))
-        if len(p.input) > 2 and p.input[2]:
-            scale(own(p, 2, "eq_bias"), 1 / s)
+        scale(p, 1, "eq_weight", (1 / s).reshape(-1, *[1] * (len(shape) - 1)))
+        if len(p.inputs) > 2 and p.inputs[2] is not None:
+            scale(p, 2, "eq_bias", 1 / s)
         for name in e["consumers"]:
             c = nodes[name]
-            cw = own(c, 1, "eq_weight")
-            depthwise = _attr(c, "group", 1) > 1
-            shape = (
-                [-1, 1, 1, 1][: len(cw.dims)] if depthwise else [1, -1, *[1] * (len(cw.dims) - 2)]
+            n = len(width(c))
+            scale(
+                c,
+                1,
+                "eq_weight",
+                s.reshape([-1, 1, 1, 1][:n] if _group(c) > 1 else [1, -1, *[1] * (n - 2)]),
             )
-            scale(cw, s.reshape(shape))
         if e["act"] and nodes[e["act"]].op_type == "Clip":
-            new_nodes[e["act"]], bound = _per_channel_clip(nodes[e["act"]], inits, s)
-            bounds.extend(bound)
-    if new_nodes:
-        rebuilt = []
-        for n in g.node:
-            rebuilt.extend(new_nodes.get(n.name, [n]) if n.name else [n])
-        del g.node[:]
-        g.node.extend(rebuilt)
-        g.initializer.extend(bounds)
-    return out
+            clips.append((nodes[e["act"]], s))
+    bounds = [_per_channel_clip(g, clip, s) for clip, s in clips]
+    for bound in bounds:  # after every copy, as the nodes' new initializers were
+        if bound is not None:
+            if name_of(bound) in g.initializers:
+                raise GraphkitError(f"equalization: initializer name {bound.name} already exists")
+            g.register_initializer(bound)
+    return to_proto(out)
 
 
-def _per_channel_clip(
-    clip: onnx.NodeProto, inits, s: np.ndarray
-) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """Clip(x, 0, M) on channels scaled by 1/s -> Relu(x) then Min with M / s per channel."""
-    hi = clip.input[2] if len(clip.input) > 2 else ""
-    if not hi:
-        return [helper.make_node("Relu", [clip.input[0]], [clip.output[0]], name=clip.name)], []
-    m = float(numpy_helper.to_array(inits[hi]))
-    relu_out = f"{clip.output[0]}_eq_relu"
-    name = f"{clip.name}_eq_bound"
-    bound = numpy_helper.from_array((m / s).astype(np.float32).reshape(1, -1, 1, 1), name)
-    nodes = [
-        helper.make_node("Relu", [clip.input[0]], [relu_out], name=f"{clip.name}_eq_relu"),
-        helper.make_node("Min", [relu_out, name], [clip.output[0]], name=clip.name),
-    ]
-    return nodes, [bound]
+def _per_channel_clip(g: ir.Graph, clip: ir.Node, s: np.ndarray) -> ir.Value | None:
+    """Clip(x, 0, M) on channels scaled by 1/s -> Relu(x) then Min with M / s per channel,
+    in the Clip's place and under its names; returns the bound (to register), if any."""
+    x, name = clip.inputs[0], clip.name or ""
+    hi = clip.inputs[2] if len(clip.inputs) > 2 else None
+    if hi is None:
+        _replace(g, clip, [ir.Node("", "Relu", [x], name=name, num_outputs=1)])
+        return None
+    m = _weight(hi)
+    if m is None:
+        raise GraphkitError(f"equalization: the upper bound of {name} is not a constant")
+    relu = ir.Node("", "Relu", [x], name=f"{name}_eq_relu", num_outputs=1)
+    relu.outputs[0].name = f"{name_of(clip.outputs[0])}_eq_relu"
+    bound = (float(m) / s).astype(np.float32).reshape(1, -1, 1, 1)
+    value = ir.Value(
+        name=f"{name}_eq_bound",
+        type=ir.TensorType(ir.DataType.FLOAT),
+        shape=ir.Shape(bound.shape),
+        const_value=as_tensor(bound, f"{name}_eq_bound"),
+    )
+    low = ir.Node("", "Min", [relu.outputs[0], value], name=name, num_outputs=1)
+    _replace(g, clip, [relu, low])
+    return value
+
+
+def _replace(g: ir.Graph, node: ir.Node, new: list[ir.Node]) -> None:
+    """Put `new` where `node` is, the last new node writing `node`'s (named) output."""
+    old, out = node.outputs[0], new[-1].outputs[0]
+    g.insert_before(node, new)
+    old.replace_all_uses_with(out, replace_graph_outputs=True)
+    g.remove(node, safe=True)
+    out.name, out.type, out.shape = old.name, old.type, old.shape
 
 
 __all__ = ["Pair", "apply_equalization", "channel_ranges", "equalization", "find_pairs"]

@@ -28,12 +28,13 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import onnx
 
 from graphkit.errors import GraphkitError
+from graphkit.irgraph import to_ir
 from graphkit.logs import step
 from graphkit.metrics import sqnr_db
 from graphkit.quant.calibrators import canonical_method
@@ -46,6 +47,9 @@ from graphkit.quant.sensitivity import (
     sensitivity,
 )
 from graphkit.quant.table import QuantPlan, held_out_summary
+
+if TYPE_CHECKING:
+    from graphkit.quant.refine import RoundedCandidates
 
 Log = Callable[[str], None]
 
@@ -213,13 +217,12 @@ def held_out(spec, recipe: Recipe) -> tuple[list[Any], list[Any]]:
 
 
 def _candidate(
-    model: onnx.ModelProto, rounded: onnx.ModelProto | None, plan: QuantPlan, floats: list[str]
+    model: onnx.ModelProto, rounded: RoundedCandidates | None, plan: QuantPlan, floats: list[str]
 ) -> onnx.ModelProto:
     """The Q/DQ model of a plan: rounded weights for int8 layers, true ones for float."""
-    from graphkit.quant.refine import restore_weights
-
-    base = model if rounded is None else restore_weights(rounded, model, floats)
-    return insert_qdq(base, plan, keep_float=floats)
+    if rounded is None:
+        return insert_qdq(model, plan, keep_float=floats)
+    return rounded(plan, floats, floats)
 
 
 def quantize(
@@ -293,8 +296,9 @@ def quantize(
 
     # 2. weight rounding against the layer outputs
     rounded = None
+    candidates: RoundedCandidates | None = None  # Q/DQ models of the rounded weights
     if recipe.round_weights:
-        from graphkit.quant.refine import optimize_weights
+        from graphkit.quant.refine import RoundedCandidates, optimize_weights
 
         t = time.perf_counter()
         try:
@@ -305,10 +309,11 @@ def quantize(
             # each layer keeps the rounding with the lower output error on its sampled
             # inputs (optimize_weights), a local and certain gain: kept without a vote of
             # the few held-out crops, whose head SQNR is recorded for the report
-            got = scorer.measure(_candidate(model, candidate, plan, list(plan.keep_float)))
+            made = RoundedCandidates(candidate, model)
+            got = scorer.measure(_candidate(model, made, plan, list(plan.keep_float)))
             record["rounding"] = {"before": _score(current), "after": _score(got)}
             say(f"weight rounding: {_show(current)} -> {_show(got)}")
-            rounded, current = candidate, got
+            rounded, candidates, current = candidate, made, got
         times["rounding"] = time.perf_counter() - t
 
     # 3. float fallback under the budget
@@ -339,7 +344,7 @@ def quantize(
             # the one that raises the held-out SQNR most is kept, the others stay in the pool
             trials: list[tuple[Score, str]] = []
             for name in pool[: recipe.lookahead]:
-                cand = _candidate(model, rounded, plan, [*plan.keep_float, *chosen, name])
+                cand = _candidate(model, candidates, plan, [*plan.keep_float, *chosen, name])
                 trials.append((scorer.measure(cand), name))
             got, name = max(trials, key=lambda t: _key(t[0], recipe))
             worse = {t[1] for t in trials if _key(t[0], recipe) <= _key(current, recipe)}
@@ -365,7 +370,7 @@ def quantize(
         from graphkit.quant.bias import correct_bias
 
         t = time.perf_counter()
-        qdq = _candidate(model, rounded, plan, list(plan.keep_float))
+        qdq = _candidate(model, candidates, plan, list(plan.keep_float))
         try:
             corrected, done = correct_bias(model, qdq, [s.feeds for s in fit])
         except GraphkitError:
@@ -480,14 +485,14 @@ def _with_float(plan: QuantPlan, nodes: Sequence[str]) -> QuantPlan:
 
 def _conv_biases(qdq: onnx.ModelProto, nodes: Sequence[str]) -> dict[str, list[float]]:
     """The final float bias of each corrected Conv, read from the corrected Q/DQ model."""
-    from onnx import numpy_helper
-
-    inits = {i.name: i for i in qdq.graph.initializer}
     wanted = set(nodes)
     out = {}
-    for node in qdq.graph.node:
-        if node.name in wanted and len(node.input) > 2 and node.input[2] in inits:
-            out[node.name] = [float(x) for x in numpy_helper.to_array(inits[node.input[2]]).ravel()]
+    for node in to_ir(qdq).graph:
+        bias = node.inputs[2] if len(node.inputs) > 2 else None
+        if node.name not in wanted or bias is None or not bias.is_initializer():
+            continue
+        if bias.const_value is not None:
+            out[node.name] = [float(x) for x in bias.const_value.numpy().ravel()]
     return out
 
 

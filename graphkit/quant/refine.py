@@ -25,17 +25,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+import onnx_ir as ir
+from onnx import helper
 
 from graphkit.errors import GraphkitError
-from graphkit.quant.collect import (
-    activation_inputs,
-    initializer_names,
-    quantizable_nodes,
-    quantized_layers,
-    spec_samples,
-)
-from graphkit.quant.qdq import insert_qdq
+from graphkit.irgraph import as_tensor, name_of, to_ir, to_proto
+from graphkit.quant.collect import layer_activations, quantizable, quantized_names, spec_samples
+from graphkit.quant.qdq import MIN_OPSET, add_qdq, ensure_opset, insert_qdq
 from graphkit.quant.table import QMAX, ActivationEntry, CalibrationTable
 from graphkit.runtime.ort import make_session, with_outputs
 
@@ -54,86 +50,126 @@ class Refinement:
     error_after: float
 
 
-def _consumers(model: onnx.ModelProto, table: CalibrationTable) -> dict[str, list[onnx.NodeProto]]:
+def _consumers(graph: ir.Graph, table: CalibrationTable) -> dict[str, list[ir.Node]]:
     """Tensor -> quantized nodes reading it (as insert_qdq quantizes them)."""
-    constants = initializer_names(model)
-    out: dict[str, list[onnx.NodeProto]] = {}
-    for node in quantizable_nodes(model, table.keep_float):
-        acts = activation_inputs(node, constants)
-        if not acts or any(t not in table.activations for _, t in acts):
+    out: dict[str, list[ir.Node]] = {}
+    for node in quantizable(graph, table.keep_float):
+        acts = layer_activations(node)
+        if not acts or any(name_of(v) not in table.activations for _, v in acts):
             continue
         if len(acts) != 1:  # MatMul of two activations: its error depends on two scales
             continue
-        out.setdefault(acts[0][1], []).append(node)
+        out.setdefault(name_of(acts[0][1]), []).append(node)
     return out
 
 
-def _layer_model(
-    qdq: onnx.ModelProto, float_model: onnx.ModelProto, tensor: str, nodes: list[onnx.NodeProto]
-) -> onnx.ModelProto:
-    """A model: x (float), amax (scalar), ref_i (float outputs) -> err_i = sum (L_i(Qa(x)) - ref_i)^2.
+_FLOAT = ir.TensorType(ir.DataType.FLOAT)
 
-    The consumers keep the Q/DQ model's dequantized int8 weights (and everything else
-    constant they read), only their activation input is replaced."""
-    qnodes = {n.name: n for n in qdq.graph.node}
-    producer = {o: n for n in qdq.graph.node for o in n.output}
-    inits = {i.name: i for i in qdq.graph.initializer}
-    float_inits = {i.name: i for i in float_model.graph.initializer}
-    nodes_out: list[onnx.NodeProto] = [
-        helper.make_node("Div", ["amax", "qmax"], ["scale"]),
-        helper.make_node("QuantizeLinear", ["x", "scale", "zp"], ["xq"]),
-        helper.make_node("DequantizeLinear", ["xq", "scale", "zp"], ["xdq"]),
-    ]
-    used_inits = [
-        numpy_helper.from_array(np.array(QMAX, np.float32), "qmax"),
-        numpy_helper.from_array(np.array(0, np.int8), "zp"),
-    ]
-    seen: set[str] = set()
-    inputs = [
-        helper.make_tensor_value_info("x", TensorProto.FLOAT, None),
-        helper.make_tensor_value_info("amax", TensorProto.FLOAT, []),
-    ]
-    outputs = []
 
-    def pull(name: str) -> str:
-        """Copy the constant sub-graph (DQ of int8 weights) that produces `name`."""
-        if name in seen or not name:
-            return name
-        seen.add(name)
-        if name in inits:
-            used_inits.append(inits[name])
-        elif name in float_inits:
-            used_inits.append(float_inits[name])
-        elif name in producer:
-            p = producer[name]
-            for t in p.input:
-                pull(t)
-            nodes_out.append(p)
-        return name
+def _node(op_type: str, inputs: list[ir.Value | None], output: str, **ints: int) -> ir.Node:
+    attrs = [ir.AttrInt64(k, v) for k, v in ints.items()]
+    node = ir.Node("", op_type, inputs, attributes=attrs, num_outputs=1)
+    node.outputs[0].name = output
+    return node
 
-    for k, node in enumerate(nodes):
-        q = qnodes.get(node.name, node)
-        layer = onnx.NodeProto()
-        layer.CopyFrom(q)
-        for i, t in enumerate(node.input):
-            if t == tensor:
-                layer.input[i] = "xdq"
+
+def _constant(array: np.ndarray, name: str) -> ir.Value:
+    tensor = as_tensor(array, name)
+    return ir.Value(
+        name=name, type=ir.TensorType(tensor.dtype), shape=ir.Shape(array.shape), const_value=tensor
+    )
+
+
+class _LayerModels:
+    """Small models scoring one activation's thresholds on the layers that read it, cut
+    from the Q/DQ model (its dequantized int8 weights) of the float model."""
+
+    def __init__(self, qdq: ir.Model):
+        self.qdq = qdq
+        self.by_name = {n.name: n for n in qdq.graph}
+
+    def build(self, tensor: str, nodes: list[ir.Node]) -> onnx.ModelProto:
+        """x (float), amax (scalar), ref_i (float outputs) -> err_i = sum (L_i(Qa(x)) - ref_i)^2.
+
+        The consumers keep the Q/DQ model's dequantized int8 weights (and everything else
+        constant they read), only their activation input is replaced."""
+        x = ir.Value(name="x", type=_FLOAT)
+        amax = ir.Value(name="amax", type=_FLOAT, shape=ir.Shape([]))
+        qmax, zp = (
+            _constant(np.array(QMAX, np.float32), "qmax"),
+            _constant(np.array(0, np.int8), "zp"),
+        )
+        scale = _node("Div", [amax, qmax], "scale")
+        xq = _node("QuantizeLinear", [x, scale.outputs[0], zp], "xq")
+        xdq = _node("DequantizeLinear", [xq.outputs[0], scale.outputs[0], zp], "xdq")
+        body: list[ir.Node] = [scale, xq, xdq]
+        inits = [qmax, zp]
+        inputs, outputs = [x, amax], []
+        copies: dict[ir.Value, ir.Value] = {}
+        cloned: dict[ir.Node, ir.Node] = {}
+
+        def pull(value: ir.Value | None) -> ir.Value | None:
+            """The copy of the constant sub-graph (DQ of int8 weights) computing `value`."""
+            if value is None or value in copies:
+                return None if value is None else copies[value]
+            producer = value.producer()
+            if value.is_initializer() or producer is None:
+                new = ir.Value(
+                    name=value.name,
+                    type=value.type,
+                    shape=value.shape,
+                    const_value=value.const_value,
+                )
+                if value.is_initializer():
+                    inits.append(new)
             else:
-                layer.input[i] = pull(q.input[i])
-        del layer.output[:]
-        layer.output.append(f"y{k}")
-        layer.name = f"layer{k}"
-        nodes_out.append(layer)
-        ref = f"ref{k}"
-        inputs.append(helper.make_tensor_value_info(ref, TensorProto.FLOAT, None))
-        nodes_out.append(helper.make_node("Sub", [f"y{k}", ref], [f"d{k}"]))
-        nodes_out.append(helper.make_node("Mul", [f"d{k}", f"d{k}"], [f"s{k}"]))
-        nodes_out.append(helper.make_node("ReduceSum", [f"s{k}"], [f"err{k}"], keepdims=0))
-        outputs.append(helper.make_tensor_value_info(f"err{k}", TensorProto.FLOAT, []))
-    graph = helper.make_graph(nodes_out, "refine", inputs, outputs, used_inits)
-    model = helper.make_model(graph, opset_imports=list(qdq.opset_import))
-    model.ir_version = qdq.ir_version
-    return model
+                if producer not in cloned:
+                    cloned[producer] = _clone(producer, [pull(i) for i in producer.inputs])
+                    body.append(cloned[producer])
+                new = cloned[producer].outputs[value.index() or 0]
+            copies[value] = new
+            return new
+
+        for k, node in enumerate(nodes):
+            q = self.by_name.get(node.name, node)
+            layer_inputs = [
+                xdq.outputs[0] if f is not None and f.name == tensor else pull(v)
+                for f, v in zip(node.inputs, q.inputs)
+            ]
+            layer = _clone(q, layer_inputs, name=f"layer{k}", num_outputs=1)
+            layer.outputs[0].name = f"y{k}"
+            ref = ir.Value(name=f"ref{k}", type=_FLOAT)
+            inputs.append(ref)
+            d = _node("Sub", [layer.outputs[0], ref], f"d{k}")
+            sq = _node("Mul", [d.outputs[0], d.outputs[0]], f"s{k}")
+            err = _node("ReduceSum", [sq.outputs[0]], f"err{k}", keepdims=0)
+            err.outputs[0].type, err.outputs[0].shape = _FLOAT, ir.Shape([])
+            body += [layer, d, sq, err]
+            outputs.append(err.outputs[0])
+        opsets = dict(self.qdq.opset_imports)
+        graph = ir.Graph(
+            inputs, outputs, nodes=body, initializers=inits, opset_imports=opsets, name="refine"
+        )
+        return to_proto(ir.Model(graph, ir_version=self.qdq.ir_version))
+
+
+def _clone(
+    node: ir.Node, inputs: list[ir.Value | None], name: str | None = None, num_outputs: int = 0
+) -> ir.Node:
+    """A copy of `node` reading `inputs`, its outputs named like the original's (no shapes:
+    the scoring models take inputs of any size)."""
+    new = ir.Node(
+        node.domain,
+        node.op_type,
+        inputs,
+        attributes=list(node.attributes.values()),
+        overload=node.overload,
+        num_outputs=num_outputs or len(node.outputs),
+        name=node.name if name is None else name,
+    )
+    for old, out in zip(node.outputs, new.outputs):
+        out.name = old.name
+    return new
 
 
 def refine_thresholds(
@@ -154,22 +190,22 @@ def refine_thresholds(
         raise GraphkitError("threshold refinement needs at least one sample")
     if any(not np.isfinite(f) or f <= 0 for f in factors):
         raise GraphkitError("refinement factors must be positive numbers")
-    consumers = _consumers(model, table)
+    consumers = _consumers(to_ir(model).graph, table)
     if tensors is not None:
         consumers = {t: n for t, n in consumers.items() if t in set(tensors)}
     if not consumers:
         raise GraphkitError("the table quantizes no layer input that can be refined")
-    qdq = insert_qdq(model, table)
+    qdq = to_ir(ensure_opset(model))
+    add_qdq(qdq, table)  # what insert_qdq makes, kept on the IR to cut the layers from
     # float inputs and float outputs of every consumer, one sample at a time
     need = list(consumers)
-    outs = {t: [n.output[0] for n in nodes] for t, nodes in consumers.items()}
+    outs = {t: [name_of(n.outputs[0]) for n in nodes] for t, nodes in consumers.items()}
     exposed = list(dict.fromkeys(need + [o for v in outs.values() for o in v]))
     graph_inputs = {i.name for i in model.graph.input}
     run_names = [t for t in exposed if t not in graph_inputs]
     sess = make_session(with_outputs(model, run_names), optimize=False)
-    sessions = {
-        t: make_session(_layer_model(qdq, model, t, nodes)) for t, nodes in consumers.items()
-    }
+    cut = _LayerModels(qdq)
+    sessions = {t: make_session(cut.build(t, nodes)) for t, nodes in consumers.items()}
     trial: dict[str, list[float]] = {}
     for t in consumers:
         base = table.activations[t].amax
@@ -340,56 +376,58 @@ def optimize_weights(
     sampled patches keeps plain rounding."""
     if not samples:
         raise GraphkitError("weight optimization needs at least one sample")
-    inits = {i.name: i for i in model.graph.initializer}
-    quantized = set(quantized_layers(model, table))
+    out = to_ir(model)
+    quantized = set(quantized_names(out.graph, table))
+    wanted = None if nodes is None else set(nodes)
     picked = []
-    for node in model.graph.node:
+    for node in out.graph:
         if node.op_type != "Conv" or node.name not in quantized:
             continue
-        if nodes is not None and node.name not in set(nodes):
+        if wanted is not None and node.name not in wanted:
             continue
-        if len(node.input) < 2 or node.input[1] not in inits:
+        act, weight = node.inputs[0], node.inputs[1] if len(node.inputs) > 1 else None
+        if act is None or weight is None or not weight.is_initializer():
             continue
-        entry = table.weights.get(node.input[1])
-        if entry is None or entry.axis != 0:
+        entry = table.weights.get(name_of(weight))
+        if entry is None or entry.axis != 0 or weight.const_value is None:
             continue
-        w_shape = tuple(inits[node.input[1]].dims)
-        geo = _conv_geometry(node, w_shape)
+        w_shape = tuple(weight.const_value.shape.numpy())
+        geo = _conv_geometry(ir.serde.serialize_node(node), w_shape)
         if geo is not None:
-            picked.append((node, geo))
+            picked.append((node, name_of(act), geo))
     if not picked:
         raise GraphkitError("the table quantizes no Conv whose weights can be optimized")
     rng = np.random.default_rng(seed)
     graph_inputs = {i.name for i in model.graph.input}
-    names = list(dict.fromkeys(n.input[0] for n, _ in picked if n.input[0] not in graph_inputs))
+    names = list(dict.fromkeys(x for _, x, _ in picked if x not in graph_inputs))
     sess = make_session(with_outputs(model, names), optimize=False) if names else None
     hess: dict[str, np.ndarray] = {}  # sum of x x^T over the sampled input patches
     for feeds in samples:
         got = dict(zip(names, sess.run(names, feeds))) if sess is not None else {}
         got.update(feeds)
-        for node, geo in picked:
-            x = np.asarray(got[node.input[0]], np.float32)
+        for node, source, geo in picked:
+            x = np.asarray(got[source], np.float32)
             if x.ndim != 4:
                 continue
             index = _patch_index(x.shape, geo, patches_per_sample, rng)
             p = _patches(x, geo, index)  # (g, P, cols)
             h = np.matmul(p.transpose(0, 2, 1), p).astype(np.float64)  # float32 BLAS
-            hess[node.name] = hess.get(node.name, 0) + h
+            hess[node.name or ""] = hess.get(node.name or "", 0) + h
         del got
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    out_inits = {i.name: i for i in out.graph.initializer}
     report = []
-    for node, geo in picked:
+    rounded: dict[ir.Value, np.ndarray] = {}  # stored once every layer read the originals
+    for node, _, geo in picked:
         if node.name not in hess:
             continue
-        wname = node.input[1]
-        w = numpy_helper.to_array(inits[wname]).astype(np.float64)
+        weight = node.inputs[1]
+        assert weight is not None and weight.const_value is not None
+        w = weight.const_value.numpy().astype(np.float64)
         cout, g = w.shape[0], geo["group"]
-        scale = np.maximum(np.asarray(table.weights[wname].amax, np.float64), 1e-12) / QMAX
+        amax = table.weights[name_of(weight)].amax
+        scale = np.maximum(np.asarray(amax, np.float64), 1e-12) / QMAX
         rows = w.reshape(g, cout // g, -1)
         srows = scale.reshape(g, cout // g)
-        h = hess[node.name]
+        h = hess[node.name or ""]
         q0 = np.clip(np.round(rows / srows[..., None]), -QMAX, QMAX)
         q1 = _gptq(rows, h, srows, damp)
         e0 = _rounding_error(q0, srows, rows, h)
@@ -398,13 +436,21 @@ def optimize_weights(
         q_new = np.where((e1 < e0)[:, None, None], q1, q0)
         before = float(e0.sum())
         after = float(np.minimum(e0, e1).sum())
-        new_w = (q_new * srows[:, :, None]).reshape(w.shape).astype(np.float32)
-        out_inits[wname].CopyFrom(numpy_helper.from_array(new_w, wname))
-        r = WeightRefinement(node.name, before, after)
+        rounded[weight] = (q_new * srows[:, :, None]).reshape(w.shape).astype(np.float32)
+        r = WeightRefinement(node.name or "", before, after)
         report.append(r)
         if on_node is not None:
             on_node(r)
-    return out, report
+    for weight, array in rounded.items():
+        _store(weight, as_tensor(array, name_of(weight)))
+    return to_proto(out), report
+
+
+def _store(value: ir.Value, tensor: ir.TensorProtocol) -> None:
+    """Give initializer `value` the tensor `tensor` (every reader sees it)."""
+    value.const_value = tensor
+    value.type = ir.TensorType(tensor.dtype)
+    value.shape = ir.Shape(tensor.shape.numpy())
 
 
 def restore_weights(
@@ -412,16 +458,51 @@ def restore_weights(
 ) -> onnx.ModelProto:
     """`optimized` with the original float weights of `nodes` back (layers kept float
     after `optimize_weights` should compute with their true weights)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(optimized)
-    orig = {i.name: i for i in original.graph.initializer}
-    mine = {i.name: i for i in out.graph.initializer}
-    for node in original.graph.node:
-        if node.name in set(nodes):
-            for t in node.input:
-                if t in orig and t in mine:
-                    mine[t].CopyFrom(orig[t])
-    return out
+    out = to_ir(optimized)
+    _restore(out.graph, to_ir(original).graph, nodes)
+    return to_proto(out)
+
+
+def _restore(graph: ir.Graph, original: ir.Graph, nodes: Sequence[str]) -> None:
+    """`restore_weights` on the IR: `graph`'s initializers read by `nodes` in `original`
+    take `original`'s tensors (shared, not copied)."""
+    wanted = set(nodes)
+    mine = graph.initializers
+    for node in original:
+        if node.name not in wanted:
+            continue
+        for v in node.inputs:
+            if (
+                v is not None
+                and v.is_initializer()
+                and v.const_value is not None
+                and v.name in mine
+            ):
+                _store(mine[name_of(v)], v.const_value)
+
+
+class RoundedCandidates:
+    """Q/DQ models of the weights `optimize_weights` rounded (`base`), some layers back on
+    their true float weights from `original`: `candidates(table, restore, keep_float)` is
+    `insert_qdq(restore_weights(base, original, restore), table, keep_float)`, with
+    `original` read once for every candidate (sensitivity makes one per layer)."""
+
+    def __init__(self, base: onnx.ModelProto, original: onnx.ModelProto):
+        self.base, self.proto = base, original
+        self.original = to_ir(original).graph
+        opset = next((o.version for o in base.opset_import if o.domain in ("", "ai.onnx")), 0)
+        self.upgrade = opset < MIN_OPSET  # insert_qdq upgrades the restored model first
+
+    def __call__(
+        self, table: CalibrationTable, restore: Sequence[str], keep_float: Sequence[str]
+    ) -> onnx.ModelProto:
+        if self.upgrade:
+            restored = restore_weights(self.base, self.proto, restore)
+            return insert_qdq(restored, table, keep_float=keep_float)
+        out = to_ir(self.base)
+        _restore(out.graph, self.original, restore)
+        add_qdq(out, table, keep_float)
+        return to_proto(out)
 
 
 def round_weights(
@@ -436,6 +517,7 @@ def round_weights(
 __all__ = [
     "DEFAULT_FACTORS",
     "Refinement",
+    "RoundedCandidates",
     "WeightRefinement",
     "optimize_weights",
     "refine_thresholds",

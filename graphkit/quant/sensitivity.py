@@ -21,8 +21,10 @@ from typing import Self
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 
 from graphkit.errors import GraphkitError
+from graphkit.irgraph import name_of, reads, to_ir
 from graphkit.metrics import sqnr_db
 from graphkit.quant.collect import quantized_layers, spec_samples
 from graphkit.quant.qdq import insert_qdq
@@ -61,28 +63,29 @@ def head_tensors(model: onnx.ModelProto, outputs: Sequence[str] | None = None) -
     score proportional to the damage."""
     from graphkit.quant.weights import QUANTIZED_OPS
 
-    producer = {t: n for n in model.graph.node for t in n.output}
-    # tensors whose values depend on the input values (not only on shapes)
-    data = {i.name for i in model.graph.input}
-    for node in model.graph.node:  # graph order is topological
-        if node.op_type not in ("Shape", "Size") and any(t in data for t in node.input):
-            data.update(node.output)
+    graph = to_ir(model).graph
+    values = ir.convenience.create_value_mapping(graph, include_subgraphs=False)
+    # values that depend on the input values (not only on shapes)
+    data = set(graph.inputs)
+    for node in graph:  # graph order is topological
+        if node.op_type not in ("Shape", "Size") and any(v in data for v in reads(node)):
+            data.update(node.outputs)
     result: list[str] = []
     for out in _check_outputs(model, outputs):
         heads: list[str] = []
-        seen: set[str] = set()
-        stack, rough = [out], False
+        seen: set[ir.Value] = set()
+        stack, rough = [values[out]], False
         while stack:
-            t = stack.pop()
-            node = producer.get(t)
-            if t in seen or node is None:
+            v = stack.pop()
+            producer = v.producer()
+            if v in seen or producer is None:
                 continue
-            seen.add(t)
-            if node.op_type in QUANTIZED_OPS:
-                heads.append(t)
+            seen.add(v)
+            if producer.op_type in QUANTIZED_OPS:
+                heads.append(name_of(v))
                 continue
-            rough |= node.op_type in NON_SMOOTH_OPS
-            stack.extend(reversed([i for i in node.input if i in data]))
+            rough |= producer.op_type in NON_SMOOTH_OPS
+            stack.extend(reversed([i for i in reads(producer) if i in data]))
         for t in heads if rough and heads else [out]:
             if t not in result:
                 result.append(t)
@@ -145,20 +148,17 @@ class OutputScorer:
         return min(sqnr_db(s, n) for s, n in zip(self.signal, noise))
 
 
-def _qdq(
-    model: onnx.ModelProto,
-    base: onnx.ModelProto | None,
-    table: CalibrationTable,
-    keep: list[str],
-) -> onnx.ModelProto:
-    """The Q/DQ candidate: `base`'s rounded weights for int8 layers, the true float
-    weights of `model` for the layers kept float."""
+def _candidates(
+    model: onnx.ModelProto, base: onnx.ModelProto | None, table: CalibrationTable
+) -> Callable[[list[str]], onnx.ModelProto]:
+    """keep -> the Q/DQ candidate with `keep` float: `base`'s rounded weights for int8
+    layers, the true float weights of `model` for the layers kept float."""
     if base is None:
-        return insert_qdq(model, table, keep_float=keep)
-    from graphkit.quant.refine import restore_weights
+        return lambda keep: insert_qdq(model, table, keep_float=keep)
+    from graphkit.quant.refine import RoundedCandidates
 
-    floats = set(keep) | set(table.keep_float)
-    return insert_qdq(restore_weights(base, model, sorted(floats)), table, keep_float=keep)
+    rounded = RoundedCandidates(base, model)
+    return lambda keep: rounded(table, sorted(set(keep) | set(table.keep_float)), keep)
 
 
 def sensitivity(
@@ -183,10 +183,11 @@ def sensitivity(
     picked = all_layers if layers is None else [n for n in all_layers if n in set(layers)]
     if not picked:
         raise GraphkitError("the table quantizes no layer of this model to rank")
+    candidate = _candidates(model, base, table)
     rows = []
     for name in picked:
         others = [n for n in all_layers if n != name]
-        score = scorer(_qdq(model, base, table, [*keep_float, *others]))
+        score = scorer(candidate([*keep_float, *others]))
         rows.append((name, score))
         if on_layer is not None:
             on_layer(name, score)
@@ -233,14 +234,15 @@ def choose_keep_float(
     if ranking is None:
         ranking = sensitivity(model, scorer, table, keep_float=keep_float, base=base)
     chosen: list[str] = []
-    best = scorer(_qdq(model, base, table, list(keep_float)))
+    candidate = _candidates(model, base, table)
+    best = scorer(candidate(list(keep_float)))
     baseline = best
     steps: list[tuple[str, float]] = []
     limit = count if count is not None else (max_layers if max_layers is not None else len(ranking))
     for name, _ in ranking:
         if len(chosen) >= limit or (target_db is not None and best >= target_db):
             break
-        score = scorer(_qdq(model, base, table, [*keep_float, *chosen, name]))
+        score = scorer(candidate([*keep_float, *chosen, name]))
         if score > best:
             chosen.append(name)
             best = score
