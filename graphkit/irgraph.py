@@ -188,6 +188,26 @@ def set_const_input(
     node.replace_input_with(index, value)
 
 
+def set_initializer(value: ir.Value, array: np.ndarray | ir.TensorProtocol) -> None:
+    """Give initializer `value` new contents, type and shape (every reader sees them)."""
+    tensor = as_tensor(array, name_of(value)) if isinstance(array, np.ndarray) else array
+    value.const_value = tensor
+    value.type = ir.TensorType(tensor.dtype)
+    value.shape = ir.Shape(tensor.shape.numpy())
+
+
+def keep_only_outputs(graph: ir.Graph, outputs: list[ir.Value]) -> int:
+    """Make `outputs` the graph's outputs and delete every node they do not need, with the
+    weights only those read (onnxruntime runs every node of a session, wanted or not).
+    Returns how many nodes went."""
+    graph.outputs[:] = outputs
+    needed = {id(n) for n in ancestors(outputs)}
+    doomed = [n for n in graph if id(n) not in needed]
+    remove_nodes(graph, doomed)
+    drop_unused_initializers(graph)
+    return len(doomed)
+
+
 def bypass(graph: ir.Graph, old: ir.Value, new: ir.Value) -> bool:
     """Make every reader of `old` read `new` instead, so `old`'s producer can go.
 

@@ -21,7 +21,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from graphkit.errors import GraphkitError
-from graphkit.irgraph import ancestors, drop_unused_initializers, name_of, skeleton, to_ir, to_proto
+from graphkit.irgraph import keep_only_outputs, name_of, skeleton, to_ir, to_proto
 from graphkit.quant.observers import DEFAULT_BINS, TensorStats, compiled_kernel
 from graphkit.quant.weights import QUANTIZED_OPS
 from graphkit.runtime.ort import graph_input_names, make_session, with_outputs
@@ -237,7 +237,7 @@ class RangeExecutor(_Session):
         self.tensors = list(tensors)
         reduced = to_ir(model)
         outs = _add_reducers(reduced.graph, self.tensors)
-        _keep_only_outputs(reduced.graph, outs)
+        keep_only_outputs(reduced.graph, outs)
         self.outputs_run = [name_of(v) for v in outs]
         self.outputs = self.outputs_run
         self.from_feeds: list[str] = []
@@ -285,17 +285,6 @@ def _add_reducers(graph: ir.Graph, tensors: Sequence[str]) -> list[ir.Value]:
         graph.extend(head)
     graph.extend(n for rest in reducers.values() for n in rest)
     return outs
-
-
-def _keep_only_outputs(graph: ir.Graph, outputs: list[ir.Value]) -> None:
-    """Make `outputs` the graph's outputs and drop what they do not need (onnxruntime runs
-    every node of a session, wanted or not)."""
-    graph.outputs[:] = outputs
-    needed = {id(n) for n in ancestors(outputs)}
-    doomed = [n for n in graph if id(n) not in needed]
-    if doomed:
-        graph.remove(doomed, safe=True)
-    drop_unused_initializers(graph)
 
 
 def _groups(tensors: Sequence[str], size: int | None) -> list[list[str]]:

@@ -17,7 +17,7 @@ import onnx
 import onnx_ir as ir
 
 from graphkit.errors import GraphkitError
-from graphkit.irgraph import add_initializer, as_tensor, n_uses, name_of, to_ir, to_proto
+from graphkit.irgraph import add_initializer, n_uses, name_of, set_initializer, to_ir, to_proto
 
 MIN_SCALE = 1e-12
 
@@ -96,14 +96,6 @@ def _array(value: ir.Value) -> np.ndarray:
     return value.const_value.numpy()
 
 
-def _store(value: ir.Value, array: np.ndarray) -> None:
-    """Give initializer `value` new contents (every reader sees them)."""
-    tensor = as_tensor(array, name_of(value))
-    value.const_value = tensor
-    value.type = ir.TensorType(tensor.dtype)
-    value.shape = ir.Shape(array.shape)
-
-
 def deploy_model(plan: QuantPlan, model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of `model` with the plan's weights (q * scale) and biases in place."""
     plan.check_model(model)
@@ -119,7 +111,9 @@ def deploy_model(plan: QuantPlan, model: onnx.ModelProto) -> onnx.ModelProto:
                 f"the plan's weight '{name}' does not match the model (missing or other shape)"
             )
         dtype = tensor.dtype.numpy()
-        _store(inits[name], (q.astype(np.float64) * channel_scales(entry, q.ndim)).astype(dtype))
+        set_initializer(
+            inits[name], (q.astype(np.float64) * channel_scales(entry, q.ndim)).astype(dtype)
+        )
     if plan.biases:
         _set_biases(out.graph, plan.biases)
     return to_proto(out)
@@ -145,7 +139,7 @@ def _set_biases(graph: ir.Graph, biases: dict[str, list[float]]) -> None:
                 raise GraphkitError(
                     f"the plan's bias of '{name}' has {b.size} values, the model's not"
                 )
-            _store(old, b)
+            set_initializer(old, b)
             continue
         new, i = f"{name}_plan_bias", 1
         while new in taken:

@@ -20,7 +20,8 @@ import onnx
 import onnx_ir as ir
 
 from graphkit.errors import GraphkitError
-from graphkit.irgraph import add_initializer, to_ir, to_proto
+from graphkit.irgraph import add_initializer, drop_unused_initializers, to_ir, to_proto
+from graphkit.quant.collect import layer_activations
 from graphkit.quant.table import QMAX, CalibrationTable
 from graphkit.quant.weights import QUANTIZED_OPS, weight_amax, weight_axis
 
@@ -67,22 +68,6 @@ def _node(op_type: str, inputs: list[ir.Value], name: str, axis: int | None = No
     node = ir.Node("", op_type, inputs, attributes=attrs, name=name, num_outputs=1)
     node.outputs[0].name = name
     return node
-
-
-def _is_constant(value: ir.Value) -> bool:
-    """An initializer (graph input or not) or a Constant's output: a weight, not an activation."""
-    producer = value.producer()
-    return value.is_initializer() or (producer is not None and producer.op_type == "Constant")
-
-
-def _activation_inputs(node: ir.Node) -> list[tuple[int, ir.Value]]:
-    """(input index, value) pairs of a quantized node that carry activations."""
-    positions = [0] if node.op_type in ("Conv", "ConvTranspose") else [0, 1]
-    return [
-        (i, v)
-        for i in positions
-        if i < len(node.inputs) and (v := node.inputs[i]) is not None and not _is_constant(v)
-    ]
 
 
 def _float_weights(node: ir.Node) -> list[int]:
@@ -191,16 +176,6 @@ class _Inserter:
             g.insert_before(g[0], self.head)
 
 
-def _drop_unused_weights(graph: ir.Graph) -> None:
-    """Remove initializers no node reads, with the graph input that only listed one."""
-    for name, value in list(graph.initializers.items()):
-        if value.uses() or value.is_graph_output():
-            continue
-        graph.initializers.pop(name)
-        if value.is_graph_input():
-            graph.inputs.remove(value)
-
-
 def add_qdq(
     model: ir.Model,
     table: CalibrationTable,
@@ -218,7 +193,7 @@ def add_qdq(
             raise GraphkitError(f"keep-float node '{name}' is not a node of the model")
     inserter = _Inserter(graph, table, weights_int8, per_channel)
     for node in [n for n in graph if n.op_type in QUANTIZED_OPS and n.name not in keep]:
-        acts = _activation_inputs(node)
+        acts = layer_activations(node)
         if not acts or any(v.name not in table.activations for _, v in acts):
             continue
         weights = _float_weights(node)
@@ -227,7 +202,7 @@ def add_qdq(
         for i in weights:
             node.replace_input_with(i, inserter.weight(node, i))
     inserter.place()
-    _drop_unused_weights(graph)
+    drop_unused_initializers(graph)
 
 
 def insert_qdq(

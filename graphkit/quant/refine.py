@@ -29,7 +29,7 @@ import onnx_ir as ir
 from onnx import helper
 
 from graphkit.errors import GraphkitError
-from graphkit.irgraph import as_tensor, name_of, to_ir, to_proto
+from graphkit.irgraph import as_tensor, name_of, set_initializer, to_ir, to_proto
 from graphkit.quant.collect import layer_activations, quantizable, quantized_names, spec_samples
 from graphkit.quant.qdq import MIN_OPSET, add_qdq, ensure_opset, insert_qdq
 from graphkit.quant.table import QMAX, ActivationEntry, CalibrationTable
@@ -442,15 +442,8 @@ def optimize_weights(
         if on_node is not None:
             on_node(r)
     for weight, array in rounded.items():
-        _store(weight, as_tensor(array, name_of(weight)))
+        set_initializer(weight, as_tensor(array, name_of(weight)))
     return to_proto(out), report
-
-
-def _store(value: ir.Value, tensor: ir.TensorProtocol) -> None:
-    """Give initializer `value` the tensor `tensor` (every reader sees it)."""
-    value.const_value = tensor
-    value.type = ir.TensorType(tensor.dtype)
-    value.shape = ir.Shape(tensor.shape.numpy())
 
 
 def restore_weights(
@@ -478,7 +471,7 @@ def _restore(graph: ir.Graph, original: ir.Graph, nodes: Sequence[str]) -> None:
                 and v.const_value is not None
                 and v.name in mine
             ):
-                _store(mine[name_of(v)], v.const_value)
+                set_initializer(mine[name_of(v)], v.const_value)
 
 
 class RoundedCandidates:

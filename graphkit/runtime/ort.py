@@ -210,17 +210,13 @@ def prune_to_outputs(model: onnx.ModelProto) -> int:
     onnxruntime runs every node of a session's graph whatever outputs are asked for: a
     calibration session that only exposes inner tensors would still compute the heads and
     the post-processing after them (on efficientpose the full-resolution ConvTranspose)."""
-    from graphkit.irgraph import ancestors, drop_unused_initializers, to_ir, to_proto
+    from graphkit.irgraph import keep_only_outputs, to_ir, to_proto
 
     graph = to_ir(model)
-    needed = {id(n) for n in ancestors(graph.graph.outputs)}
-    doomed = [n for n in graph.graph if id(n) not in needed]
-    if not doomed:
-        return 0
-    graph.graph.remove(doomed, safe=True)
-    drop_unused_initializers(graph.graph)
-    model.graph.CopyFrom(to_proto(graph).graph)
-    return len(doomed)
+    removed = keep_only_outputs(graph.graph, list(graph.graph.outputs))
+    if removed:
+        model.graph.CopyFrom(to_proto(graph).graph)
+    return removed
 
 
 def output_infos(model: onnx.ModelProto, names: Sequence[str]) -> dict[str, onnx.ValueInfoProto]:
