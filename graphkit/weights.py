@@ -4,13 +4,14 @@ A model loaded with `load_model(path, lazy=True)` keeps each external initialize
 header (name, type, shape) whose `location` is rewritten to the absolute path of its data
 file. Nothing else changes in the protobuf, so copying the model for a rollback, checking
 it or running it in onnxruntime (which memory-maps the file) costs almost nothing, and
-`save_model` copies the bytes from file to file. Whoever needs values calls `tensor_array`
-(or `tensor_digest`), never `numpy_helper.to_array`, which refuses absolute locations.
+`save_model` copies the bytes from file to file. In onnx_ir (what passes edit) such a
+header becomes an `ir.ExternalTensor`, read only when a pass asks for its values
+(`irgraph.const_array`, `tensor_digest` streams it). Code holding the protobuf calls
+`tensor_array`, never `numpy_helper.to_array`, which refuses absolute locations.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from onnx import TensorProto, numpy_helper
 from graphkit.errors import ModelError
 
 CHUNK = 64 * 2**20
-# tensors this small are read at load time (as graph.skeleton keeps them for inference)
+# tensors this small are read at load time (irgraph.skeleton keeps them for inference)
 INLINE_ELEMENTS = 64
 # element types whose external bytes are a plain little-endian numpy array
 _PLAIN = {
@@ -153,14 +154,6 @@ def _read_in(t: TensorProto) -> None:
     t.ClearField("data_location")
     del t.external_data[:]
     t.raw_data = data
-
-
-def tensor_digest(t: TensorProto) -> str:
-    """sha1 of the raw bytes, streamed: comparing big weights never loads them."""
-    h = hashlib.sha1()
-    for piece in chunks(t):
-        h.update(piece)
-    return h.hexdigest()
 
 
 def relative_copy(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Path] | None:

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "graphkit"
 LAYERS = [
     {"errors", "validation", "scratch", "metrics", "logs", "weights"},
     {"model"},
-    {"graph", "irgraph"},
+    {"irgraph"},
     {"runtime"},
     {"passes", "pose"},
     {"pipeline", "inspect", "data"},
