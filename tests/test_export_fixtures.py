@@ -7,8 +7,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from tiny import model_of
 
+from graphkit.irgraph import name_of, to_ir
 from graphkit.quant.calibrate import build_table
-from graphkit.quant.collect import activation_inputs, initializer_names, quantizable_nodes
+from graphkit.quant.collect import layer_activations, quantizable
 from graphkit.quant.observers import collect_stats
 from graphkit.quant.table import CalibrationTable
 from graphkit.runtime.ort import run
@@ -60,13 +61,9 @@ def calibrated_table(
     model: onnx.ModelProto, samples, method: str = "kl-ncnn", keep_float=()
 ) -> CalibrationTable:
     """What `graphkit calibrate` would write, computed in-process with onnxruntime."""
-    constants = initializer_names(model)
+    graph = to_ir(model).graph
     tensors = sorted(
-        {
-            t
-            for node in quantizable_nodes(model, keep_float)
-            for _, t in activation_inputs(node, constants)
-        }
+        {name_of(v) for node in quantizable(graph, keep_float) for _, v in layer_activations(node)}
     )
     stats = collect_stats(run(model, f, outputs=tensors) for f in samples)
     return build_table(model, stats, method, keep_float=keep_float)

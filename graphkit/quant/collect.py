@@ -64,38 +64,6 @@ def real_inputs(graph: ir.Graph) -> list[ir.Value]:
     return [v for v in graph.inputs if not v.is_initializer()]
 
 
-def initializer_names(model: onnx.ModelProto) -> set[str]:
-    """Names of the model's weights: initializers and Constant outputs (see `is_weight`)."""
-    graph = to_ir(model).graph
-    names = set(graph.initializers)
-    names.update(name_of(v) for n in graph if n.op_type == "Constant" for v in n.outputs)
-    return names
-
-
-def activation_inputs(node: onnx.NodeProto, constants: set[str]) -> list[tuple[int, str]]:
-    """(input index, tensor) pairs of a quantized node that carry activations (the protobuf
-    form of `layer_activations`, `constants` from `initializer_names`)."""
-    if node.op_type in ("Conv", "ConvTranspose"):
-        positions = [0]
-    elif node.op_type in ("Gemm", "MatMul"):
-        positions = [0, 1]
-    else:
-        return []
-    return [
-        (i, node.input[i])
-        for i in positions
-        if i < len(node.input) and node.input[i] and node.input[i] not in constants
-    ]
-
-
-def quantizable_nodes(
-    model: onnx.ModelProto, keep_float: Sequence[str] = ()
-) -> list[onnx.NodeProto]:
-    """The protobuf form of `quantizable`."""
-    keep = set(keep_float)
-    return [n for n in model.graph.node if n.op_type in QUANTIZED_OPS and n.name not in keep]
-
-
 def _float_tensors(model: ir.Model) -> set[str]:
     """Names of tensors known (or inferred) to be float (inferred on the weightless
     skeleton: types do not depend on the weights' values)."""
