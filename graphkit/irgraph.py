@@ -17,9 +17,7 @@ import onnx
 import onnx_ir as ir
 from onnx import numpy_helper
 
-from graphkit.errors import ModelError
-
-_CHUNK = 64 * 2**20
+from graphkit.weights import file_chunks
 
 
 def to_ir(model: onnx.ModelProto) -> ir.Model:
@@ -344,14 +342,8 @@ def tensor_digest(tensor: ir.TensorProtocol) -> str:
         offset, length = tensor.offset or 0, tensor.length
         if length is None:
             length = tensor.nbytes
-        with open(tensor.path, "rb") as f:
-            f.seek(offset)
-            while length > 0:
-                piece = f.read(min(_CHUNK, length))
-                if not piece:
-                    raise ModelError(f"external data of tensor '{tensor.name}' ended early")
-                length -= len(piece)
-                h.update(piece)
+        for piece in file_chunks(tensor.path, offset, length, tensor.name or ""):
+            h.update(piece)
         return h.hexdigest()
     h.update(tensor.tobytes())
     return h.hexdigest()

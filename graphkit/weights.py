@@ -113,12 +113,17 @@ def chunks(t: TensorProto) -> Iterator[bytes]:
         yield t.raw_data if t.HasField("raw_data") else numpy_helper.to_array(t).tobytes()
         return
     offset, length = _span(t)
-    with open(external_fields(t)["location"], "rb") as f:
+    yield from file_chunks(external_fields(t)["location"], offset, length, t.name)
+
+
+def file_chunks(path: str | os.PathLike, offset: int, length: int, name: str) -> Iterator[bytes]:
+    """`length` bytes of a data file from `offset`, in pieces of at most CHUNK."""
+    with open(path, "rb") as f:
         f.seek(offset)
         while length > 0:
             piece = f.read(min(CHUNK, length))
             if not piece:
-                raise ModelError(f"external data of tensor '{t.name}' ended early")
+                raise ModelError(f"external data of tensor '{name}' ended early")
             length -= len(piece)
             yield piece
 
