@@ -8,12 +8,15 @@ Q/DQ model, which layers actually read quantized inputs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import onnx
+import onnx_ir as ir
 from onnx import TensorProto
 
+from graphkit.irgraph import name_of, to_ir
+
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+_FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE)
 
 
 @dataclass
@@ -39,33 +42,41 @@ def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
+def _produced_by(value: ir.Value | None, op_type: str) -> ir.Node | None:
+    """The node writing `value` when it is an `op_type` node, else None."""
+    node = value.producer() if value is not None else None
+    return node if node is not None and node.op_type == op_type else None
+
+
+def reads_dequantized(node: ir.Node) -> bool:
+    """The node reads at least one DequantizeLinear output."""
+    return any(_produced_by(v, "DequantizeLinear") is not None for v in node.inputs)
+
+
 def float_tensors(model: onnx.ModelProto) -> dict[str, TensorInfo]:
     """Float tensors produced by non-Q/DQ nodes, with their layer and whether it is quantized."""
     types = tensor_types(model)
-    producer = {o: n for n in model.graph.node for o in n.output}
+    m = to_ir(model)
     out: dict[str, TensorInfo] = {}
-    for i, node in enumerate(model.graph.node):
+    for i, node in enumerate(m.graph):
         if node.op_type in QDQ_OPS:
             continue
-        quantized = any(
-            producer.get(t) is not None and producer[t].op_type == "DequantizeLinear"
-            for t in node.input
-        )
-        for o in node.output:
-            if o and types.get(o) in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE):
+        quantized = reads_dequantized(node)
+        for v in node.outputs:
+            o = name_of(v)
+            if o and types.get(o) in _FLOATS:
                 out[o] = TensorInfo(o, node.name or o, node.op_type, i, quantized)
     # A graph output made by DequantizeLinear (quantizers put Q/DQ after the last layer)
     # belongs to the layer before the pair.
-    for name in graph_outputs(model):
-        node = producer.get(name)
-        if name in out or node is None or node.op_type != "DequantizeLinear":
+    for value in m.graph.outputs:
+        name = name_of(value)
+        dq = _produced_by(value, "DequantizeLinear")
+        if name in out or dq is None:
             continue
-        q = producer.get(node.input[0])
-        layer = (
-            producer.get(q.input[0]) if q is not None and q.op_type == "QuantizeLinear" else None
-        )
-        if layer is not None and layer.output[0] in out:
-            src = out[layer.output[0]]
+        q = _produced_by(dq.inputs[0], "QuantizeLinear")
+        layer = q.inputs[0].producer() if q is not None and q.inputs[0] is not None else None
+        if layer is not None and name_of(layer.outputs[0]) in out:
+            src = out[name_of(layer.outputs[0])]
             out[name] = TensorInfo(name, src.node, src.op_type, src.index, src.quantized)
     return out
 
@@ -81,17 +92,20 @@ def dequantized_views(model: onnx.ModelProto) -> dict[str, str]:
     activation into the pair (onnxruntime drops a Relu after Conv and lets the int8 clamp
     do it), so the raw tensor of that name is not the reference's tensor, its Q/DQ view is.
     """
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in model.graph.node:
-        for t in n.input:
-            consumers.setdefault(t, []).append(n)
-    views: dict[str, Any] = {}
-    for q in model.graph.node:
+    graph = to_ir(model).graph
+    position = {id(n): i for i, n in enumerate(graph)}
+    views: dict[str, str] = {}
+    for q in graph:
         if q.op_type != "QuantizeLinear":
             continue
-        dq = next(
-            (c for c in consumers.get(q.output[0], []) if c.op_type == "DequantizeLinear"), None
-        )
-        if dq is not None:
-            views.setdefault(q.input[0], dq.output[0])
+        # the first DequantizeLinear of this graph (not of a subgraph) reading it
+        readers = [
+            u.node
+            for u in q.outputs[0].uses()
+            if u.node.op_type == "DequantizeLinear" and id(u.node) in position
+        ]
+        src = q.inputs[0]
+        if readers and src is not None:
+            dq = min(readers, key=lambda n: position[id(n)])
+            views.setdefault(name_of(src), name_of(dq.outputs[0]))
     return views

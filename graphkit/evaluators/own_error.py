@@ -16,63 +16,89 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper
+import onnx_ir as ir
 
 from graphkit.evaluators.executors import OnnxExecutor
-from graphkit.evaluators.per_layer import counterpart, input_chain, quantized_layers
+from graphkit.evaluators.per_layer import Counterparts, copy_node, input_chain, layer_nodes
+from graphkit.irgraph import name_of, to_ir, to_proto
 from graphkit.metrics import RunningDiff, finite_or_none
 from graphkit.runtime.ort import make_session
 
 Feeds = dict[str, np.ndarray]
 
 
-class LayerAlone:
-    """One quantized layer with its input Q/DQ chains, run on given float tensors."""
+def _read(values: dict[str, ir.Value], name: str) -> ir.Value:
+    """The value named `name`; a name nothing defines stays dangling, as in the protobuf."""
+    value = values.get(name)
+    return value if value is not None else ir.Value(name=name)
 
-    def __init__(self, quant: onnx.ModelProto, layer: onnx.NodeProto):
-        producer = {o: n for n in quant.graph.node for o in n.output}
-        inits = {i.name: i for i in quant.graph.initializer}
+
+class LayerAlone:
+    """One quantized layer (a node of the Q/DQ model `quant`) with its input Q/DQ chains,
+    run on given float tensors."""
+
+    def __init__(self, quant: ir.Model, layer: ir.Node):
+        inits = quant.graph.initializers
         self.layer = layer
-        self.nodes: list[onnx.NodeProto] = []
+        self.nodes: list[ir.Node] = []
         self.inputs: list[str] = []
-        for t in layer.input:
+        for value in layer.inputs:
+            t = name_of(value) if value is not None else ""
             if not t or t in inits:
                 continue
-            found = input_chain(producer, t)
+            found = input_chain(value)
             if found is None:
                 self.inputs.append(t)
                 continue
             chain, src = found
             self.nodes.extend(chain)
-            if src not in inits:
-                self.inputs.append(src)
+            if name_of(src) not in inits:
+                self.inputs.append(name_of(src))
         self.nodes.append(layer)
         self.inputs = list(dict.fromkeys(self.inputs))
-        needed = {t for n in self.nodes for t in n.input}
+        needed = {name_of(v) for n in self.nodes for v in n.inputs if v is not None}
         self._inits = [inits[t] for t in sorted(needed & set(inits))]
-        self._opsets = list(quant.opset_import)
+        self._opsets = dict(quant.opset_imports)
         self._ir = quant.ir_version
         self._session: Any = None
+
+    def _model(self, values: Feeds) -> onnx.ModelProto:
+        """The layer and its Q/DQ chains as a model of their own (copies: `quant` stays)."""
+        by_name: dict[str, ir.Value] = {}
+        inputs = []
+        for t in self.inputs:  # shape left free: samples may differ in size
+            dtype = ir.DataType.from_numpy(values[t].dtype)
+            by_name[t] = ir.Value(name=t, type=ir.TensorType(dtype))
+            inputs.append(by_name[t])
+        inits = []
+        for v in self._inits:
+            by_name[name_of(v)] = ir.Value(name=v.name, type=v.type, const_value=v.const_value)
+            if v.shape is not None:
+                by_name[name_of(v)].shape = v.shape.copy()
+            inits.append(by_name[name_of(v)])
+        nodes = []
+        for n in self.nodes:
+            reads = [None if v is None else _read(by_name, name_of(v)) for v in n.inputs]
+            c = copy_node(n, reads, n.name or "", [name_of(v) for v in n.outputs])
+            by_name.update((name_of(v), v) for v in c.outputs)
+            nodes.append(c)
+        graph = ir.Graph(
+            inputs,
+            [nodes[-1].outputs[0]],
+            nodes=nodes,
+            initializers=inits,
+            opset_imports=self._opsets,
+            name="layer",
+        )
+        return to_proto(ir.Model(graph, ir_version=self._ir))
 
     def run(self, values: Feeds) -> np.ndarray:
         """The layer's first output from the float `values` of its inputs."""
         if self._session is None:
-            graph = helper.make_graph(
-                self.nodes,
-                "layer",
-                [  # shape left free: samples may differ in size
-                    helper.make_tensor_value_info(
-                        t, helper.np_dtype_to_tensor_dtype(values[t].dtype), None
-                    )
-                    for t in self.inputs
-                ],
-                [helper.make_empty_tensor_value_info(self.layer.output[0])],
-                self._inits,
-            )
-            model = helper.make_model(graph, opset_imports=self._opsets, ir_version=self._ir)
-            self._session = make_session(model, optimize=False)
+            self._session = make_session(self._model(values), optimize=False)
         feeds = {t: values[t] for t in self.inputs}
-        return self._session.run([self.layer.output[0]], feeds)[0]
+        out = name_of(self.layer.outputs[0])
+        return self._session.run([out], feeds)[0]
 
 
 def own_errors(
@@ -83,16 +109,22 @@ def own_errors(
 ) -> list[dict[str, Any]]:
     """Per quantized layer (graph order): SQNR, cosine and max |error| of its output run
     alone on the reference's float inputs, against the reference's output."""
-    ref_tensors = {t for n in ref.graph.node for t in n.output} | {i.name for i in ref.graph.input}
+    ref_graph, quant_ir = to_ir(ref).graph, to_ir(quant)
+    graph_inputs = {name_of(v) for v in ref_graph.inputs}
+    ref_tensors = {name_of(v) for n in ref_graph for v in n.outputs} | graph_inputs
+    counterpart = Counterparts(ref_graph)
     rows: list[dict[str, Any]] = []
     alone: list[tuple[LayerAlone, str, RunningDiff]] = []
-    for layer in quantized_layers(quant):
-        one = LayerAlone(quant, layer)
+    for _, layer in layer_nodes(quant_ir.graph):
+        one = LayerAlone(quant_ir, layer)
         # the quantizer may rename a layer's output (onnxruntime: 'y' -> 'y_QuantizeLinear_Input')
-        source = counterpart(ref, layer)
-        ref_out = source.output[0] if source is not None else layer.output[0]
+        source = counterpart(layer)
+        ref_out = name_of((source if source is not None else layer).outputs[0])
         missing = [t for t in [*one.inputs, ref_out] if t not in ref_tensors]
-        row = {"node": layer.name or layer.output[0], "op_type": layer.op_type}
+        row: dict[str, Any] = {
+            "node": layer.name or name_of(layer.outputs[0]),
+            "op_type": layer.op_type,
+        }
         rows.append(row)
         if missing:
             row["skipped"] = f"the reference model has no tensor '{missing[0]}'"
@@ -101,7 +133,6 @@ def own_errors(
         row["_diff"] = alone[-1][2]
     if alone:
         names = sorted({t for one, out, _ in alone for t in [*one.inputs, out]})
-        graph_inputs = {i.name for i in ref.graph.input}
         ask = [t for t in names if t not in graph_inputs]
         executor = OnnxExecutor(ref)
         for feeds in samples:

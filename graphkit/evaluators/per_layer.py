@@ -6,6 +6,10 @@ weights), everything else float. Running it against the reference over the data 
 error that layer alone causes at the model outputs: the ranking used to pick layers to
 keep in float. Deriving the models from the quantized model itself (instead of
 re-quantizing) guarantees the per-layer numbers describe exactly the model being shipped.
+
+Each layer's model is an edit of one onnx_ir copy of the reference (the Q/DQ nodes, the
+initializers they read and the float twin go in, are serialized, and come out again), so
+the graph is converted once, not once per layer.
 """
 
 from __future__ import annotations
@@ -16,130 +20,359 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 
 from graphkit.errors import GraphkitError
 from graphkit.evaluators.executors import OnnxExecutor
+from graphkit.evaluators.graphinfo import QDQ_OPS, reads_dequantized
+from graphkit.irgraph import name_of, to_ir, to_proto
 from graphkit.metrics import RunningDiff, finite_or_none
+
+Undo = list[Callable[[], None]]
+
+
+def layer_nodes(graph: ir.Graph) -> list[tuple[int, ir.Node]]:
+    """(position, node) of the non-Q/DQ nodes that read at least one DequantizeLinear output."""
+    return [
+        (i, n) for i, n in enumerate(graph) if n.op_type not in QDQ_OPS and reads_dequantized(n)
+    ]
 
 
 def quantized_layers(quant: onnx.ModelProto) -> list[onnx.NodeProto]:
     """Non-Q/DQ nodes of a Q/DQ model that read at least one DequantizeLinear output."""
-    producer = {o: n for n in quant.graph.node for o in n.output}
-    out = []
-    for node in quant.graph.node:
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
-            continue
-        if any(
-            producer.get(t) is not None and producer[t].op_type == "DequantizeLinear"
-            for t in node.input
-        ):
-            out.append(node)
-    return out
+    return [quant.graph.node[i] for i, _ in layer_nodes(to_ir(quant).graph)]
 
 
-def input_chain(
-    producer: dict[str, onnx.NodeProto], tensor: str
-) -> tuple[list[onnx.NodeProto], str] | None:
-    """The [QuantizeLinear,] DequantizeLinear nodes that make a layer's input `tensor`, and
-    the tensor they start from (the float activation, or the integer weight); None when
-    `tensor` is not a DequantizeLinear output."""
-    dq = producer.get(tensor)
-    if dq is None or dq.op_type != "DequantizeLinear":
+def input_chain(value: ir.Value | None) -> tuple[list[ir.Node], ir.Value] | None:
+    """The [QuantizeLinear,] DequantizeLinear nodes that make a layer's input `value`, and
+    the value they start from (the float activation, or the integer weight); None when
+    `value` is not a DequantizeLinear output."""
+    dq = value.producer() if value is not None else None
+    if dq is None or dq.op_type != "DequantizeLinear" or dq.inputs[0] is None:
         return None
-    chain, src = [dq], dq.input[0]
-    q = producer.get(src)
-    if q is not None and q.op_type == "QuantizeLinear":
+    chain, src = [dq], dq.inputs[0]
+    q = src.producer()
+    if q is not None and q.op_type == "QuantizeLinear" and q.inputs[0] is not None:
         chain.insert(0, q)
-        src = q.input[0]
+        src = q.inputs[0]
     return chain, src
 
 
-def counterpart(ref: onnx.ModelProto, layer: onnx.NodeProto) -> onnx.NodeProto | None:
-    """The reference node a quantized layer came from: same name, else same outputs."""
-    for n in ref.graph.node:
-        if layer.name and n.name == layer.name and n.op_type == layer.op_type:
+def output_names(node: ir.Node) -> tuple[str, ...]:
+    return tuple(name_of(v) for v in node.outputs)
+
+
+class Counterparts:
+    """The reference node a quantized layer came from: same name and op type, else same
+    outputs (the first such node in graph order)."""
+
+    def __init__(self, ref: ir.Graph):
+        self.by_name: dict[tuple[str, str], ir.Node] = {}
+        self.by_outputs: dict[tuple[str, ...], ir.Node] = {}
+        for n in ref:
+            self.by_name.setdefault((n.name or "", n.op_type), n)
+            self.by_outputs.setdefault(output_names(n), n)
+
+    def __call__(self, layer: ir.Node) -> ir.Node | None:
+        if layer.name and (layer.name, layer.op_type) in self.by_name:
+            return self.by_name[(layer.name, layer.op_type)]
+        return self.by_outputs.get(output_names(layer))
+
+
+def copy_node(
+    node: ir.Node, inputs: Sequence[ir.Value | None], name: str, outputs: Sequence[str]
+) -> ir.Node:
+    """A copy of `node` (attributes, subgraphs cloned) reading `inputs`, its outputs named
+    `outputs`; not in any graph yet."""
+    attrs: list[ir.Attr] = []
+    for attr in node.attributes.values():
+        if attr.type == ir.AttributeType.GRAPH:
+            graph = attr.as_graph().clone(allow_outer_scope_values=True)
+            attr = ir.Attr(attr.name, attr.type, graph, doc_string=attr.doc_string)
+        elif attr.type == ir.AttributeType.GRAPHS:
+            graphs = [g.clone(allow_outer_scope_values=True) for g in attr.as_graphs()]
+            attr = ir.Attr(attr.name, attr.type, graphs, doc_string=attr.doc_string)
+        attrs.append(attr)
+    copy = ir.Node(
+        node.domain,
+        node.op_type,
+        inputs,
+        attrs,
+        overload=node.overload,
+        num_outputs=len(node.outputs),
+        version=node.version,
+        name=name,
+        doc_string=node.doc_string,
+        metadata_props=dict(node.metadata_props) or None,
+    )
+    for value, out in zip(copy.outputs, outputs):
+        value.name = out
+    return copy
+
+
+def insert_layer_qdq(
+    ref: ir.Model,
+    quant: ir.Model,
+    layer: ir.Node,
+    target: ir.Node | None,
+    tensors: dict[str, ir.Value],
+    undo: Undo,
+) -> ir.Node:
+    """Put copies of `layer`'s input Q/DQ chains (from `quant`) in front of `target`, its
+    counterpart in `ref`, with the quantized initializers `ref` lacks; `tensors` are the
+    reference's values by name. Returns `target`; appends to `undo` what takes it all out
+    again; raises GraphkitError, changing nothing, when the reference cannot take them."""
+    graph, q_inits = ref.graph, quant.graph.initializers
+    if target is None or len(target.inputs) < len(layer.inputs):
+        raise GraphkitError(f"layer '{layer.name}' has no counterpart in the reference model")
+    chains: list[tuple[int, list[ir.Node]]] = []
+    for slot, value in enumerate(layer.inputs):
+        found = input_chain(value)
+        if found is None:
+            continue
+        chain, src = found
+        if name_of(src) not in tensors and name_of(src) not in q_inits:
+            raise GraphkitError(
+                f"layer '{layer.name}' quantizes tensor '{name_of(src)}' that the reference "
+                "does not have"
+            )
+        chains.append((slot, chain))
+
+    added: dict[str, ir.Value] = {}
+
+    def resolve(value: ir.Value | None, renamed: dict[str, ir.Value]) -> ir.Value | None:
+        """What a copied Q/DQ node reads in the reference, by name."""
+        if value is None:
+            return None
+        name = name_of(value)
+        if name in renamed:
+            return renamed[name]
+        if name in added:
+            return added[name]
+        source = q_inits.get(name)
+        if source is not None and name not in graph.initializers:
+            init = ir.Value(name=name, const_value=source.const_value)  # see untyped_weights
+            graph.register_initializer(init)
+            added[name] = init
+            return init
+        found = tensors.get(name)
+        return found if found is not None else ir.Value(name=name)  # dangling, as it was
+
+    new_nodes: list[ir.Node] = []
+    rewired: list[tuple[int, ir.Value | None]] = []
+    for slot, chain in chains:
+        renamed: dict[str, ir.Value] = {}
+        for n in chain:
+            # the quantizer may reuse a name the reference has (bias DQ -> 'b2')
+            names = [f"{name_of(v)}__single_layer" for v in n.outputs]
+            inputs = [resolve(v, renamed) for v in n.inputs]
+            c = copy_node(n, inputs, f"{n.name or ''}__single_layer", names)
+            renamed.update((name_of(v), out) for v, out in zip(n.outputs, c.outputs))
+            new_nodes.append(c)
+        rewired.append((slot, target.inputs[slot]))
+        target.replace_input_with(slot, renamed[name_of(chain[-1].outputs[0])])
+    # Insert the Q/DQ nodes right before the target so the graph stays topologically sorted.
+    if new_nodes:
+        graph.insert_before(target, new_nodes)
+    opsets = ref.opset_imports
+    before = dict(opsets)
+    for domain, version in quant.opset_imports.items():
+        if domain in ("", "ai.onnx") and domain in opsets and version > opsets[domain]:
+            opsets[domain] = version
+
+    def restore() -> None:
+        opsets.clear()
+        opsets.update(before)
+        for slot, old in reversed(rewired):
+            target.replace_input_with(slot, old)
+        if new_nodes:
+            graph.remove(new_nodes, safe=True)
+        for name in added:
+            graph.initializers.pop(name)
+
+    undo.append(restore)
+    return target
+
+
+def _node_proto(node: ir.Node, ir_version: int) -> onnx.NodeProto:
+    proto = onnx.NodeProto()
+    ir.serde.serialize_node_into(proto, node, model_ir_version=ir_version)
+    return proto
+
+
+def _declares(value: ir.Value) -> bool:
+    """The IR serializer writes a value_info for this value (as `ir.serde` decides)."""
+    has_info = value.type is not None or value.shape is not None
+    return bool(value.name) and (has_info or bool(value.metadata_props or value.doc_string))
+
+
+class LayerSerializer:
+    """`to_proto` of a model that is edited and restored layer after layer.
+
+    The IR serializer spends its time on the nodes and the weights, and those are the same
+    in every per-layer model: they are serialized once, by the IR serializer, and copied
+    into each model. What an edit adds (Q/DQ nodes, the float twin, quantized weights,
+    graph outputs) and the node it rewires are serialized for each model. Edits may add
+    and remove nodes, rewire node inputs, add weights after the model's own and add graph
+    outputs; names, attributes, the model's own weights, graph inputs and values' types
+    and shapes are not changed in place (a model whose own weights or inputs changed is
+    serialized by `to_proto`). At the start the result is checked against `to_proto` of the
+    unedited model; a model with something this does not reproduce (quantization
+    annotations, IR 9 function value_info, ...) is serialized by `to_proto` every time.
+    """
+
+    def __init__(self, model: ir.Model):
+        self.model = model
+        graph, version = model.graph, model.ir_version
+        self.nodes = {
+            node: (
+                node.inputs,
+                _node_proto(node, version),
+                [
+                    (o, o.type, o.shape, ir.serde.serialize_value(o))
+                    for o in node.outputs
+                    if _declares(o)
+                ],
+            )
+            for node in graph
+        }
+        self.inputs = tuple(graph.inputs)
+        self.weights = list(graph.initializers.values())
+        names = {v.name for v in graph.inputs}
+        self.weight_infos = [
+            ir.serde.serialize_value(v)
+            for v in self.weights
+            if _declares(v) and v.name not in names
+        ]
+        whole = to_proto(model)
+        # the model without nodes, value_info and graph outputs, per opset state
+        base = onnx.ModelProto()
+        base.CopyFrom(whole)
+        for field in ("node", "value_info", "output"):
+            base.graph.ClearField(field)
+        self.bases = {tuple(model.opset_imports.items()): base}
+        self.cached = not whole.graph.quantization_annotation
+        self.cached = self.cached and self.to_proto() == whole
+
+    def _base(self) -> onnx.ModelProto:
+        key = tuple(self.model.opset_imports.items())
+        base = self.bases.get(key)
+        if base is None:  # an edit raised an opset version: only the header changes
+            base = onnx.ModelProto()
+            base.CopyFrom(next(iter(self.bases.values())))
+            base.ClearField("opset_import")
+            for domain, version in key:  # as the IR serializer writes them
+                base.opset_import.add(domain=domain, version=version)
+            self.bases[key] = base
+        return base
+
+    def to_proto(self) -> onnx.ModelProto:
+        model = self.model
+        graph = model.graph
+        weights = list(graph.initializers.values())
+        own = len(self.weights)
+        if not self.cached or weights[:own] != self.weights or tuple(graph.inputs) != self.inputs:
+            return to_proto(model)
+        proto = onnx.ModelProto()
+        proto.CopyFrom(self._base())
+        names = {v.name for v in graph.inputs}
+        infos = list(self.weight_infos)
+        tensors: list[onnx.TensorProto] = []
+        for v in weights[own:]:
+            if _declares(v) and v.name not in names:
+                infos.append(ir.serde.serialize_value(v))
+            if v.const_value is not None:
+                v.const_value.name = v.name  # as the IR serializer does
+                tensors.append(ir.serde.serialize_tensor(v.const_value))
+        nodes: list[onnx.NodeProto] = []
+        for node in graph:
+            known = self.nodes.get(node)
+            if known is not None and known[0] == node.inputs:
+                nodes.append(known[1])
+                for o, type_, shape, info in known[2]:
+                    if not o.is_graph_output():
+                        same = o.type is type_ and o.shape is shape
+                        infos.append(info if same else ir.serde.serialize_value(o))
+                continue
+            nodes.append(_node_proto(node, model.ir_version))
+            infos.extend(
+                ir.serde.serialize_value(o)
+                for o in node.outputs
+                if not o.is_graph_output() and _declares(o)
+            )
+        proto.graph.initializer.extend(tensors)
+        proto.graph.node.extend(nodes)
+        proto.graph.value_info.extend(infos)
+        proto.graph.output.extend(ir.serde.serialize_value(v) for v in graph.outputs)
+        return proto
+
+
+def untyped_weights(graph: ir.Graph) -> None:
+    """Forget the declared type and shape of the initializers that are not graph inputs (the
+    tensors carry them): the serializer then writes no value_info for weights, and the
+    per-layer models declare exactly what the reference does."""
+    for value in graph.initializers.values():
+        if not value.is_graph_input():
+            value.type = None
+            value.shape = None
+
+
+def reference_values(graph: ir.Graph) -> dict[str, ir.Value]:
+    """The main graph's values by name (inputs, initializers, what its nodes read and write)."""
+    return ir.convenience.create_value_mapping(graph, include_subgraphs=False)
+
+
+def find_node(graph: ir.Graph, node: onnx.NodeProto) -> ir.Node:
+    """The IR node of a protobuf node of the same model (tensor names are unique)."""
+    outputs = tuple(node.output)
+    for n in graph:
+        if output_names(n) == outputs and n.op_type == node.op_type:
             return n
-    return next((n for n in ref.graph.node if list(n.output) == list(layer.output)), None)
+    raise GraphkitError(f"node '{node.name}' is not in the quantized model")
 
 
 def single_layer_model(
     ref: onnx.ModelProto, quant: onnx.ModelProto, layer: onnx.NodeProto
 ) -> onnx.ModelProto:
     """The reference with only `layer`'s input Q/DQ (from `quant`) inserted."""
-    producer = {o: n for n in quant.graph.node for o in n.output}
-    q_inits = {i.name: i for i in quant.graph.initializer}
-    model = onnx.ModelProto()
-    model.CopyFrom(ref)
-    target = counterpart(model, layer)
-    if target is None or len(target.input) < len(layer.input):
-        raise GraphkitError(f"layer '{layer.name}' has no counterpart in the reference model")
-    have = {i.name for i in model.graph.initializer}
-    tensors = {t for n in model.graph.node for t in list(n.input) + list(n.output)}
-    tensors |= {i.name for i in model.graph.input} | have
-    new_nodes: list[onnx.NodeProto] = []
-
-    def copy_inits(node: onnx.NodeProto) -> None:
-        for t in node.input:
-            if t in q_inits and t not in have:
-                model.graph.initializer.append(q_inits[t])
-                have.add(t)
-
-    for slot, t in enumerate(layer.input):
-        found = input_chain(producer, t)
-        if found is None:
-            continue
-        chain, src = found
-        dq = chain[-1]
-        if src not in tensors and src not in q_inits:
-            raise GraphkitError(
-                f"layer '{layer.name}' quantizes tensor '{src}' that the reference does not have"
-            )
-        renamed: dict[str, str] = {}
-        for n in chain:
-            copy_inits(n)
-            c = onnx.NodeProto()
-            c.CopyFrom(n)
-            c.name = f"{n.name}__single_layer"
-            for k, t_in in enumerate(c.input):
-                c.input[k] = renamed.get(t_in, t_in)
-            for k, t_out in enumerate(c.output):
-                # the quantizer may reuse a name the reference has (bias DQ -> 'b2')
-                renamed[t_out] = c.output[k] = f"{t_out}__single_layer"
-            new_nodes.append(c)
-        target.input[slot] = renamed[dq.output[0]]
-    # Insert the Q/DQ nodes right before the target so the graph stays topologically sorted.
-    nodes = list(model.graph.node)
-    pos = next(
-        i for i, n in enumerate(nodes) if n is target or list(n.output) == list(target.output)
-    )
-    del model.graph.node[:]
-    model.graph.node.extend(nodes[:pos] + new_nodes + nodes[pos:])
-    ref_op = {o.domain: o.version for o in model.opset_import}
-    for o in quant.opset_import:
-        if o.domain in ("", "ai.onnx") and o.version > ref_op.get(o.domain, 0):
-            for mine in model.opset_import:
-                if mine.domain == o.domain:
-                    mine.version = o.version
-    return model
+    ref_ir, quant_ir = to_ir(ref), to_ir(quant)
+    untyped_weights(ref_ir.graph)
+    node = find_node(quant_ir.graph, layer)
+    target = Counterparts(ref_ir.graph)(node)
+    insert_layer_qdq(ref_ir, quant_ir, node, target, reference_values(ref_ir.graph), [])
+    return to_proto(ref_ir)
 
 
-def with_float_twin(model: onnx.ModelProto, source: onnx.NodeProto, own: str) -> str:
-    """Add a float copy of the layer (its reference inputs, `source`) and make its output and
-    the quantized layer's `own` output graph outputs; returns the copy's output name.
+def with_float_twin(
+    graph: ir.Graph,
+    source: ir.Node,
+    inputs: Sequence[ir.Value | None],
+    own: ir.Value,
+    undo: Undo,
+) -> ir.Value:
+    """Add a float copy of the layer `source` reading `inputs` (its reference inputs, from
+    before its Q/DQ went in) and make its output and the layer's `own` output graph outputs;
+    returns the copy's output. `undo` learns how to take it out again.
 
     One optimized run of the single-layer model then gives the layer's own error: no second
     run of the reference per layer, and no unoptimized session for an inner tensor."""
-    twin = onnx.NodeProto()
-    twin.CopyFrom(source)
-    twin.name = f"{source.name}__float_twin"
-    for k, t in enumerate(twin.output):
-        twin.output[k] = f"{t}__float_twin" if t else t
-    model.graph.node.append(twin)  # after every producer of its inputs: order stays valid
-    out = twin.output[list(source.output).index(own)]
-    for name in (own, out):
-        model.graph.output.append(
-            onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
-        )
+    names = [f"{name_of(v)}__float_twin" if name_of(v) else "" for v in source.outputs]
+    twin = copy_node(source, inputs, f"{source.name or ''}__float_twin", names)
+    graph.append(twin)  # after every producer of its inputs: order stays valid
+    out = twin.outputs[list(source.outputs).index(own)]
+    declared = own.type
+    if own.type is None:
+        own.type = ir.TensorType(ir.DataType.FLOAT)
+    out.type = own.type
+    graph.outputs.extend([own, out])
+
+    def restore() -> None:
+        graph.outputs.pop()  # pop, not del: onnx_ir 1.1's del keeps the graph-output mark
+        graph.outputs.pop()
+        graph.remove(twin, safe=True)
+        own.type = declared
+
+    undo.append(restore)
     return out
 
 
@@ -159,22 +392,39 @@ def per_layer_errors(
     """
     ref_exec = OnnxExecutor(ref)
     outs = ref_exec.outputs()
-    picked = [n for n in quantized_layers(quant) if layers is None or n.name in layers]
+    quant_ir = to_ir(quant)
+    picked = [
+        n for _, n in layer_nodes(quant_ir.graph) if layers is None or (n.name or "") in layers
+    ]
     if not picked:
         raise GraphkitError("the quantized model has no Q/DQ layers to evaluate one at a time")
     if on_total is not None:
         on_total(len(picked))
     ref_outputs = [ref_exec.run(f, outs) for f in samples]
-    rows = []
+    # one IR of the reference: each layer's edit is serialized, then taken out again
+    ref_ir = to_ir(ref)
+    untyped_weights(ref_ir.graph)
+    serializer = LayerSerializer(ref_ir)
+    counterpart = Counterparts(ref_ir.graph)
+    tensors = reference_values(ref_ir.graph)
+    rows: list[dict[str, Any]] = []
     for layer in picked:
+        out0 = name_of(layer.outputs[0])
+        source = counterpart(layer)
+        undo: Undo = []
         try:
-            model = single_layer_model(ref, quant, layer)
+            float_inputs = list(source.inputs) if source is not None else []
+            target = insert_layer_qdq(ref_ir, quant_ir, layer, source, tensors, undo)
+            own = [v for v in target.outputs if name_of(v) and name_of(v) not in outs][:1]
+            if own:
+                twin = with_float_twin(ref_ir.graph, target, float_inputs, own[0], undo)
+            model = serializer.to_proto()
         except GraphkitError as exc:
             rows.append(
                 {
-                    "node": layer.name or layer.output[0],
+                    "node": layer.name or out0,
                     "op_type": layer.op_type,
-                    "output": layer.output[0],
+                    "output": out0,
                     "output_sqnr_db": None,
                     "output_cosine": None,
                     "output_rel_l2": None,
@@ -183,12 +433,12 @@ def per_layer_errors(
                 }
             )
             continue
-        source = counterpart(ref, layer)
-        own = [o for o in source.output if o and o not in outs][:1] if source is not None else []
-        if own and source is not None:
-            twin = with_float_twin(model, source, own[0])
+        finally:
+            for step in reversed(undo):
+                step()
         layer_exec = OnnxExecutor(model)
-        names = outs + (own + [twin] if own else [])
+        own_name = [name_of(v) for v in own]
+        names = outs + (own_name + [name_of(twin)] if own else [])
         out_diffs = {o: RunningDiff() for o in outs}
         own_diff = RunningDiff()
         for feeds, ref_out in zip(samples, ref_outputs):
@@ -196,13 +446,13 @@ def per_layer_errors(
             for o in outs:
                 out_diffs[o].update(ref_out[o], got[o], o)
             if own:
-                own_diff.update(got[twin], got[own[0]], own[0])
+                own_diff.update(got[name_of(twin)], got[own_name[0]], own_name[0])
         worst = min(out_diffs.values(), key=lambda d: d.sqnr_db)
         rows.append(
             {
-                "node": layer.name or layer.output[0],
+                "node": layer.name or out0,
                 "op_type": layer.op_type,
-                "output": layer.output[0],
+                "output": out0,
                 "output_sqnr_db": finite_or_none(worst.sqnr_db),
                 "output_cosine": finite_or_none(worst.cosine),
                 "output_rel_l2": finite_or_none(worst.rel_l2),
@@ -210,7 +460,7 @@ def per_layer_errors(
             }
         )
         if on_layer is not None:
-            on_layer(layer.name)
+            on_layer(layer.name or "")
     return rows
 
 
@@ -234,7 +484,11 @@ def per_layer_errors_ray(
     same rows in the same order; the models and samples go through the object store."""
     from graphkit.runtime.ray_tasks import connect, run_tasks
 
-    picked = [n.name for n in quantized_layers(quant) if layers is None or n.name in layers]
+    picked = [
+        n.name or ""
+        for _, n in layer_nodes(to_ir(quant).graph)
+        if layers is None or (n.name or "") in layers
+    ]
     if not picked:
         raise GraphkitError("the quantized model has no Q/DQ layers to evaluate one at a time")
     if on_total is not None:
@@ -269,5 +523,5 @@ def sensitivity_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def iter_layers(quant: onnx.ModelProto) -> Iterator[str]:
-    for n in quantized_layers(quant):
-        yield n.name
+    for _, n in layer_nodes(to_ir(quant).graph):
+        yield n.name or ""
