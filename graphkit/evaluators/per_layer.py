@@ -194,119 +194,6 @@ def insert_layer_qdq(
     return target
 
 
-def _node_proto(node: ir.Node, ir_version: int) -> onnx.NodeProto:
-    proto = onnx.NodeProto()
-    ir.serde.serialize_node_into(proto, node, model_ir_version=ir_version)
-    return proto
-
-
-def _declares(value: ir.Value) -> bool:
-    """The IR serializer writes a value_info for this value (as `ir.serde` decides)."""
-    has_info = value.type is not None or value.shape is not None
-    return bool(value.name) and (has_info or bool(value.metadata_props or value.doc_string))
-
-
-class LayerSerializer:
-    """`to_proto` of a model that is edited and restored layer after layer.
-
-    The IR serializer spends its time on the nodes and the weights, and those are the same
-    in every per-layer model: they are serialized once, by the IR serializer, and copied
-    into each model. What an edit adds (Q/DQ nodes, the float twin, quantized weights,
-    graph outputs) and the node it rewires are serialized for each model. Edits may add
-    and remove nodes, rewire node inputs, add weights after the model's own and add graph
-    outputs; names, attributes, the model's own weights, graph inputs and values' types
-    and shapes are not changed in place (a model whose own weights or inputs changed is
-    serialized by `to_proto`). At the start the result is checked against `to_proto` of the
-    unedited model; a model with something this does not reproduce (quantization
-    annotations, IR 9 function value_info, ...) is serialized by `to_proto` every time.
-    """
-
-    def __init__(self, model: ir.Model):
-        self.model = model
-        graph, version = model.graph, model.ir_version
-        self.nodes = {
-            node: (
-                node.inputs,
-                _node_proto(node, version),
-                [
-                    (o, o.type, o.shape, ir.serde.serialize_value(o))
-                    for o in node.outputs
-                    if _declares(o)
-                ],
-            )
-            for node in graph
-        }
-        self.inputs = tuple(graph.inputs)
-        self.weights = list(graph.initializers.values())
-        names = {v.name for v in graph.inputs}
-        self.weight_infos = [
-            ir.serde.serialize_value(v)
-            for v in self.weights
-            if _declares(v) and v.name not in names
-        ]
-        whole = to_proto(model)
-        # the model without nodes, value_info and graph outputs, per opset state
-        base = onnx.ModelProto()
-        base.CopyFrom(whole)
-        for field in ("node", "value_info", "output"):
-            base.graph.ClearField(field)
-        self.bases = {tuple(model.opset_imports.items()): base}
-        self.cached = not whole.graph.quantization_annotation
-        self.cached = self.cached and self.to_proto() == whole
-
-    def _base(self) -> onnx.ModelProto:
-        key = tuple(self.model.opset_imports.items())
-        base = self.bases.get(key)
-        if base is None:  # an edit raised an opset version: only the header changes
-            base = onnx.ModelProto()
-            base.CopyFrom(next(iter(self.bases.values())))
-            base.ClearField("opset_import")
-            for domain, version in key:  # as the IR serializer writes them
-                base.opset_import.add(domain=domain, version=version)
-            self.bases[key] = base
-        return base
-
-    def to_proto(self) -> onnx.ModelProto:
-        model = self.model
-        graph = model.graph
-        weights = list(graph.initializers.values())
-        own = len(self.weights)
-        if not self.cached or weights[:own] != self.weights or tuple(graph.inputs) != self.inputs:
-            return to_proto(model)
-        proto = onnx.ModelProto()
-        proto.CopyFrom(self._base())
-        names = {v.name for v in graph.inputs}
-        infos = list(self.weight_infos)
-        tensors: list[onnx.TensorProto] = []
-        for v in weights[own:]:
-            if _declares(v) and v.name not in names:
-                infos.append(ir.serde.serialize_value(v))
-            if v.const_value is not None:
-                v.const_value.name = v.name  # as the IR serializer does
-                tensors.append(ir.serde.serialize_tensor(v.const_value))
-        nodes: list[onnx.NodeProto] = []
-        for node in graph:
-            known = self.nodes.get(node)
-            if known is not None and known[0] == node.inputs:
-                nodes.append(known[1])
-                for o, type_, shape, info in known[2]:
-                    if not o.is_graph_output():
-                        same = o.type is type_ and o.shape is shape
-                        infos.append(info if same else ir.serde.serialize_value(o))
-                continue
-            nodes.append(_node_proto(node, model.ir_version))
-            infos.extend(
-                ir.serde.serialize_value(o)
-                for o in node.outputs
-                if not o.is_graph_output() and _declares(o)
-            )
-        proto.graph.initializer.extend(tensors)
-        proto.graph.node.extend(nodes)
-        proto.graph.value_info.extend(infos)
-        proto.graph.output.extend(ir.serde.serialize_value(v) for v in graph.outputs)
-        return proto
-
-
 def untyped_weights(graph: ir.Graph) -> None:
     """Forget the declared type and shape of the initializers that are not graph inputs (the
     tensors carry them): the serializer then writes no value_info for weights, and the
@@ -404,7 +291,6 @@ def per_layer_errors(
     # one IR of the reference: each layer's edit is serialized, then taken out again
     ref_ir = to_ir(ref)
     untyped_weights(ref_ir.graph)
-    serializer = LayerSerializer(ref_ir)
     counterpart = Counterparts(ref_ir.graph)
     tensors = reference_values(ref_ir.graph)
     rows: list[dict[str, Any]] = []
@@ -418,7 +304,7 @@ def per_layer_errors(
             own = [v for v in target.outputs if name_of(v) and name_of(v) not in outs][:1]
             if own:
                 twin = with_float_twin(ref_ir.graph, target, float_inputs, own[0], undo)
-            model = serializer.to_proto()
+            model = to_proto(ref_ir)  # a few ms; the layer's runs take seconds
         except GraphkitError as exc:
             rows.append(
                 {
