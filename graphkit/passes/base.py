@@ -73,19 +73,13 @@ def register(name: str, changes_outputs: bool = False) -> Callable:
         if name in REGISTRY:
             raise RuntimeError(f"pass {name!r} registered twice")
 
-        first = next(iter(sig.parameters.values())).annotation
-        takes_proto = "ModelProto" in str(first)  # a pass not ported to the IR yet
-
         @functools.wraps(func)
         def run(model: Any, **kwargs: Any) -> PassResult:
-            if isinstance(model, ir.Model) != takes_proto:
+            if isinstance(model, ir.Model):
                 return func(model, **kwargs)
-            convert_in, convert_out = (
-                (ir.to_proto, ir.from_proto) if takes_proto else (ir.from_proto, ir.to_proto)
-            )
-            result = func(convert_in(model), **kwargs)
+            result = func(ir.from_proto(model), **kwargs)
             # unchanged, the caller gets its own model back, not a round-tripped copy
-            result.model = convert_out(result.model) if result.changed else model
+            result.model = ir.to_proto(result.model) if result.changed else model
             return result
 
         REGISTRY[name] = PassInfo(name, run, changes_outputs, options)
