@@ -11,13 +11,14 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnx
+import onnx_ir as ir
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from graphkit import weights
 from graphkit.cli import main
 from graphkit.demo import build_pose_model
+from graphkit.irgraph import set_initializer
 from graphkit.model import load_model, save_model
 from graphkit.passes.base import REGISTRY, PassResult, register
 from graphkit.runtime import ort as ort_rt
@@ -95,11 +96,10 @@ def breaking_pass():
     """A pass that silently changes the numbers, to prove verification rolls it back."""
 
     @register("test-break-output")
-    def _break(model: onnx.ModelProto) -> PassResult:
+    def _break(model: ir.Model) -> PassResult:
         """Scale the first float initializer (test only)."""
-        init = model.graph.initializer[0]
-        arr = numpy_helper.to_array(init) * 1.5
-        init.CopyFrom(numpy_helper.from_array(arr.astype(np.float32), init.name))
+        weight = next(iter(model.graph.initializers.values()))
+        set_initializer(weight, (weight.const_value.numpy() * 1.5).astype(np.float32))
         return PassResult(model, True, ["scaled a weight"])
 
     yield "test-break-output"

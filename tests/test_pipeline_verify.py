@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from tiny import model_of
@@ -65,8 +66,9 @@ def break_on_some_inputs():
     REGISTRY.pop("test-break-on-second-input", None)
 
 
-def _break_on_some_inputs(model: onnx.ModelProto) -> PassResult:
+def _break_on_some_inputs(graph: ir.Model) -> PassResult:
     """Multiply y by 1 + 0.5 * [x[0,0,0,0] > 1.5]: a change only some inputs show."""
+    model = ir.to_proto(graph)  # the edit is easiest to state on the protobuf
     g = model.graph
     for node in g.node:
         if node.output[0] == "y":
@@ -88,7 +90,7 @@ def _break_on_some_inputs(model: onnx.ModelProto) -> PassResult:
             helper.make_node("Mul", ["y_raw", "factor"], ["y"]),
         ]
     )
-    return PassResult(model, True, ["changes y when max(x) > 1.5"])
+    return PassResult(ir.from_proto(model), True, ["changes y when max(x) > 1.5"])
 
 
 def test_every_pass_is_checked_on_more_than_one_random_input(break_on_some_inputs):
