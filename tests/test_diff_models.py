@@ -378,3 +378,140 @@ def test_tensor_names_with_markup_cannot_break_the_html_page(pair):
     embedded = json.loads(m.group(1))
     assert [t["name"] for t in embedded["tensors"][:3]] == evil
     assert page.count("<script") == 2  # the data and the page's own script, nothing else
+
+
+def _ort_quantized(tmp_path, nodes, inits, outputs, seed=0):
+    """(reference, onnxruntime Q/DQ model, 2 samples) of a tiny model on x(1,3,8,8)."""
+    rng = np.random.default_rng(seed)
+    weights = {k: rng.normal(0, 0.3, s).astype(np.float32) for k, s in inits.items()}
+    ref = model_of(nodes, [("x", [1, 3, 8, 8])], outputs, weights)
+    onnx.save(ref, tmp_path / "ref.onnx")
+    images = [rng.random((1, 3, 8, 8), dtype=np.float32) for _ in range(4)]
+    ort_qdq(tmp_path / "ref.onnx", tmp_path / "q.onnx", images)
+    samples = [{"x": rng.random((1, 3, 8, 8), dtype=np.float32)} for _ in range(2)]
+    return ref, onnx.load(tmp_path / "q.onnx"), samples
+
+
+def _shape_argmax_pair(tmp_path):
+    """A quantized Conv output read by Shape and ArgMax (int64 outputs, not graph outputs):
+    onnxruntime gives them the Conv output's dequantized tensor, so both are Q/DQ layers."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["c1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Shape", ["c1"], ["s"], name="shape"),
+        helper.make_node("Reshape", ["c2", "s"], ["r"], name="reshape"),
+        helper.make_node("ArgMax", ["c1"], ["am"], name="argmax", axis=1, keepdims=1),
+        helper.make_node("Cast", ["am"], ["amf"], name="cast", to=onnx.TensorProto.FLOAT),
+        helper.make_node("Add", ["r", "amf"], ["y"], name="add"),
+    ]
+    inits = {"w1": (8, 3, 3, 3), "b1": (8,), "w2": (8, 8, 3, 3), "b2": (8,)}
+    return _ort_quantized(tmp_path, nodes, inits, [("y", [1, 8, 8, 8])])
+
+
+def _read_twice_pair(tmp_path, op):
+    """A quantized Conv output read by `op` in both of its inputs, then another Conv."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node(op, ["c1", "c1"], ["m"], name="twice"),
+        helper.make_node("Conv", ["m", "w2", "b2"], ["y"], name="conv2", pads=[1, 1, 1, 1]),
+    ]
+    inits = {"w1": (8, 3, 3, 3), "b1": (8,), "w2": (4, 8, 3, 3), "b2": (4,)}
+    return _ort_quantized(tmp_path, nodes, inits, [("y", [1, 4, 8, 8])])
+
+
+def test_layers_with_integer_outputs_get_output_rows_without_a_float_twin(tmp_path):
+    ref, quant, samples = _shape_argmax_pair(tmp_path)
+    layers = {n.name: n.op_type for n in quantized_layers(quant)}
+    assert layers["shape"] == "Shape" and layers["argmax"] == "ArgMax"  # the bug's setting
+    rows = {r["node"]: r for r in per_layer_errors(ref, quant, samples)}
+    assert set(layers) <= set(rows)
+    for name in ("shape", "argmax"):
+        r = rows[name]
+        assert "skipped" not in r and r["layer_sqnr_db"] is None
+        assert set(r) == {
+            "node",
+            "op_type",
+            "output",
+            "output_sqnr_db",
+            "output_cosine",
+            "output_rel_l2",
+            "layer_sqnr_db",
+        }
+    # Shape of a dequantized tensor is its shape: quantizing Shape alone changes nothing
+    assert rows["shape"]["output_sqnr_db"] is None and rows["shape"]["output_cosine"] == 1.0
+    assert rows["argmax"]["output_cosine"] is not None
+    # the float layers keep their own-output SQNR from the float twin
+    assert 0 < rows["conv2"]["layer_sqnr_db"] < 80
+
+
+def test_integer_outputs_are_found_by_inference_and_an_unknown_type_falls_back(
+    tmp_path, monkeypatch
+):
+    import onnx_ir as ir
+
+    from graphkit.evaluators import per_layer
+    from graphkit.irgraph import to_ir
+
+    ref, quant, samples = _shape_argmax_pair(tmp_path)
+    rows = per_layer_errors(ref, quant, samples)
+    # neither model declares the layers' output types: onnx shape inference tells them
+    del quant.graph.value_info[:]
+    assert not ref.graph.value_info
+    ref_ir = to_ir(ref)
+    types = per_layer.ElementTypes(ref_ir)
+    by_name = {v.name: v for n in ref_ir.graph for v in n.outputs}
+    assert types(by_name["s"], None) == types(by_name["am"], None) == ir.DataType.INT64
+    assert types(by_name["c2"], None) == ir.DataType.FLOAT
+    assert per_layer_errors(ref, quant, samples) == rows
+    # nothing tells: the twin is tried as float, refused by onnxruntime, and dropped
+    monkeypatch.setattr(per_layer.ElementTypes, "__call__", lambda self, value, given: None)
+    assert per_layer_errors(ref, quant, samples) == rows
+
+
+def test_own_errors_finish_on_layers_with_integer_outputs(tmp_path):
+    from graphkit.evaluators.own_error import own_errors
+
+    ref, quant, samples = _shape_argmax_pair(tmp_path)
+    rows = {r["node"]: r for r in own_errors(ref, quant, samples)}
+    assert {"conv2", "shape", "argmax"} <= set(rows)
+    assert rows["shape"]["sqnr_db"] is None and rows["shape"]["max_abs_err"] == 0.0
+    assert 0 < rows["conv2"]["sqnr_db"] < 80
+
+
+@pytest.mark.parametrize("op", ["Mul", "Add"])
+def test_own_errors_copy_the_chain_of_a_tensor_read_twice_once(tmp_path, op):
+    from graphkit.evaluators.own_error import LayerAlone, own_errors
+    from graphkit.irgraph import to_ir
+
+    ref, quant, samples = _read_twice_pair(tmp_path, op)
+    layer = next(n for n in to_ir(quant).graph if n.name == "twice")
+    assert layer.inputs[0] is layer.inputs[1]  # one dequantized tensor in both inputs
+    one = LayerAlone(to_ir(quant), layer)
+    assert [n.op_type for n in one.nodes] == ["QuantizeLinear", "DequantizeLinear", op]
+    rows = {r["node"]: r for r in own_errors(ref, quant, samples)}
+    # the layer alone: its float input through the quantizer's Q/DQ, then the op
+    c1 = [OnnxExecutor(ref).run(f, ["c1", "m"]) for f in samples]
+    dq = next(n for n in quant.graph.node if n.output[0] == layer.inputs[0].name)
+    inits = {i.name: numpy_helper.to_array(i) for i in quant.graph.initializer}
+    scale, zero = inits[dq.input[1]], inits[dq.input[2]].astype(np.float32)
+    diff = RunningDiff()
+    for t in c1:
+        x = (np.clip(np.round(t["c1"] / scale) + zero, -128, 127) - zero) * scale
+        diff.update(t["m"], x * x if op == "Mul" else x + x, "m")
+    assert rows["twice"]["sqnr_db"] == pytest.approx(diff.sqnr_db, abs=1e-3)
+
+
+@pytest.mark.parametrize("op", ["Mul", "Add"])
+def test_per_layer_copies_the_chain_of_a_tensor_read_twice_once(tmp_path, op):
+    ref, quant, samples = _read_twice_pair(tmp_path, op)
+    layer = next(n for n in quantized_layers(quant) if n.name == "twice")
+    m = single_layer_model(ref, quant, layer)
+    onnx.checker.check_model(m)
+    ops = [n.op_type for n in m.graph.node]
+    assert ops.count("QuantizeLinear") == ops.count("DequantizeLinear") == 1
+    twice = next(n for n in m.graph.node if n.name == "twice")
+    dq = next(n for n in m.graph.node if n.op_type == "DequantizeLinear")
+    assert list(twice.input) == [dq.output[0]] * 2
+    rows = {r["node"]: r for r in per_layer_errors(ref, quant, samples)}
+    assert "skipped" not in rows["twice"]
+    assert 0 < rows["twice"]["layer_sqnr_db"] < 80 and 0 < rows["twice"]["output_sqnr_db"] < 80

@@ -55,6 +55,8 @@ class LayerAlone:
             if name_of(src) not in inits:
                 self.inputs.append(name_of(src))
         self.nodes.append(layer)
+        # a tensor read in two inputs (Mul(x, x)) has one chain: copied once, not per input
+        self.nodes = list({id(n): n for n in self.nodes}.values())
         self.inputs = list(dict.fromkeys(self.inputs))
         needed = {name_of(v) for n in self.nodes for v in n.inputs if v is not None}
         self._inits = [inits[t] for t in sorted(needed & set(inits))]

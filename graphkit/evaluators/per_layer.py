@@ -25,7 +25,7 @@ import onnx_ir as ir
 from graphkit.errors import GraphkitError
 from graphkit.evaluators.executors import OnnxExecutor
 from graphkit.evaluators.graphinfo import QDQ_OPS, reads_dequantized
-from graphkit.irgraph import name_of, to_ir, to_proto
+from graphkit.irgraph import name_of, skeleton, to_ir, to_proto
 from graphkit.metrics import RunningDiff, finite_or_none
 
 Undo = list[Callable[[], None]]
@@ -160,9 +160,14 @@ def insert_layer_qdq(
 
     new_nodes: list[ir.Node] = []
     rewired: list[tuple[int, ir.Value | None]] = []
+    copied: set[int] = set()
+    renamed: dict[str, ir.Value] = {}
     for slot, chain in chains:
-        renamed: dict[str, ir.Value] = {}
         for n in chain:
+            # a tensor read in two inputs (Mul(x, x)) has one chain: copied once
+            if id(n) in copied:
+                continue
+            copied.add(id(n))
             # the quantizer may reuse a name the reference has (bias DQ -> 'b2')
             names = [f"{name_of(v)}__single_layer" for v in n.outputs]
             inputs = [resolve(v, renamed) for v in n.inputs]
@@ -236,10 +241,12 @@ def with_float_twin(
     inputs: Sequence[ir.Value | None],
     own: ir.Value,
     undo: Undo,
+    dtype: ir.DataType = ir.DataType.FLOAT,
 ) -> ir.Value:
     """Add a float copy of the layer `source` reading `inputs` (its reference inputs, from
     before its Q/DQ went in) and make its output and the layer's `own` output graph outputs;
-    returns the copy's output. `undo` learns how to take it out again.
+    returns the copy's output. `own` is declared `dtype` when it has no type (a float type:
+    only a float output gets a twin). `undo` learns how to take it out again.
 
     One optimized run of the single-layer model then gives the layer's own error: no second
     run of the reference per layer, and no unoptimized session for an inner tensor."""
@@ -249,7 +256,7 @@ def with_float_twin(
     out = twin.outputs[list(source.outputs).index(own)]
     declared = own.type
     if own.type is None:
-        own.type = ir.TensorType(ir.DataType.FLOAT)
+        own.type = ir.TensorType(dtype)
     out.type = own.type
     graph.outputs.extend([own, out])
 
@@ -263,6 +270,49 @@ def with_float_twin(
     return out
 
 
+FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16)
+
+
+class ElementTypes:
+    """Element type of a reference tensor: as declared, else as the quantized model declares
+    the same layer output, else as onnx shape inference of the reference finds (run once,
+    on its skeleton, when first needed, before any edit); None when nothing tells."""
+
+    def __init__(self, ref: ir.Model):
+        self.ref = ref
+        self._inferred: dict[str, ir.DataType] | None = None
+
+    def __call__(self, value: ir.Value, quantized: ir.Value | None) -> ir.DataType | None:
+        if value.dtype is not None:
+            return value.dtype
+        if quantized is not None and quantized.dtype is not None:
+            return quantized.dtype
+        if self._inferred is None:
+            self._inferred = {}
+            try:
+                inferred = onnx.shape_inference.infer_shapes(skeleton(self.ref))
+            except Exception:  # noqa: BLE001 - failing inference only means unknown types
+                return None
+            for vi in inferred.graph.value_info:
+                if vi.type.tensor_type.elem_type:
+                    self._inferred[vi.name] = ir.DataType(vi.type.tensor_type.elem_type)
+        return self._inferred.get(name_of(value))
+
+
+def _skipped(layer: ir.Node, reason: str) -> dict[str, Any]:
+    out0 = name_of(layer.outputs[0])
+    return {
+        "node": layer.name or out0,
+        "op_type": layer.op_type,
+        "output": out0,
+        "output_sqnr_db": None,
+        "output_cosine": None,
+        "output_rel_l2": None,
+        "layer_sqnr_db": None,
+        "skipped": reason,
+    }
+
+
 def per_layer_errors(
     ref: onnx.ModelProto,
     quant: onnx.ModelProto,
@@ -273,6 +323,10 @@ def per_layer_errors(
 ) -> list[dict[str, Any]]:
     """For each quantized layer alone: SQNR at its own output and at the model outputs
     (`on_total(n)` is told how many layers first, `on_layer` after each).
+
+    The own-output SQNR needs a float output that is not a model output (a Shape or
+    ArgMax layer gets only the model-output figures); a layer whose model cannot be built
+    or run gets a row saying why it was skipped.
 
     `samples` is a list (it is replayed once per layer); reference outputs are computed
     once and kept, so memory is the model outputs of len(samples) images.
@@ -293,46 +347,36 @@ def per_layer_errors(
     untyped_weights(ref_ir.graph)
     counterpart = Counterparts(ref_ir.graph)
     tensors = reference_values(ref_ir.graph)
+    dtype_of = ElementTypes(ref_ir)
     rows: list[dict[str, Any]] = []
     for layer in picked:
         out0 = name_of(layer.outputs[0])
         source = counterpart(layer)
-        undo: Undo = []
+        # the layer's own output: the first that is not a model output, if it is float
+        # (a float twin of an integer output would not load); an unknown type is taken
+        # for float and, should that model not load, dropped
+        own: list[ir.Value] = []
+        dtype: ir.DataType | None = None
+        for i, value in enumerate(source.outputs if source is not None else ()):
+            if name_of(value) and name_of(value) not in outs:
+                dtype = dtype_of(value, layer.outputs[i] if i < len(layer.outputs) else None)
+                own = [value] if dtype is None or dtype in FLOAT_TYPES else []
+                break
+        build = (ref_ir, quant_ir, layer, source, tensors, outs)
         try:
-            float_inputs = list(source.inputs) if source is not None else []
-            target = insert_layer_qdq(ref_ir, quant_ir, layer, source, tensors, undo)
-            own = [v for v in target.outputs if name_of(v) and name_of(v) not in outs][:1]
-            if own:
-                twin = with_float_twin(ref_ir.graph, target, float_inputs, own[0], undo)
-            model = to_proto(ref_ir)  # a few ms; the layer's runs take seconds
+            try:
+                built = _layer_model(*build, own, dtype)
+                out_diffs, own_diff = _run_layer(built, outs, samples, ref_outputs)
+            except GraphkitError:
+                if not own or dtype is not None:
+                    raise
+                own = []
+                out_diffs, own_diff = _run_layer(
+                    _layer_model(*build, own), outs, samples, ref_outputs
+                )
         except GraphkitError as exc:
-            rows.append(
-                {
-                    "node": layer.name or out0,
-                    "op_type": layer.op_type,
-                    "output": out0,
-                    "output_sqnr_db": None,
-                    "output_cosine": None,
-                    "output_rel_l2": None,
-                    "layer_sqnr_db": None,
-                    "skipped": str(exc),
-                }
-            )
+            rows.append(_skipped(layer, str(exc)))
             continue
-        finally:
-            for step in reversed(undo):
-                step()
-        layer_exec = OnnxExecutor(model)
-        own_name = [name_of(v) for v in own]
-        names = outs + (own_name + [name_of(twin)] if own else [])
-        out_diffs = {o: RunningDiff() for o in outs}
-        own_diff = RunningDiff()
-        for feeds, ref_out in zip(samples, ref_outputs):
-            got = layer_exec.run(feeds, names)
-            for o in outs:
-                out_diffs[o].update(ref_out[o], got[o], o)
-            if own:
-                own_diff.update(got[name_of(twin)], got[own_name[0]], own_name[0])
         worst = min(out_diffs.values(), key=lambda d: d.sqnr_db)
         rows.append(
             {
@@ -342,12 +386,63 @@ def per_layer_errors(
                 "output_sqnr_db": finite_or_none(worst.sqnr_db),
                 "output_cosine": finite_or_none(worst.cosine),
                 "output_rel_l2": finite_or_none(worst.rel_l2),
-                "layer_sqnr_db": finite_or_none(own_diff.sqnr_db) if own else None,
+                "layer_sqnr_db": None if own_diff is None else finite_or_none(own_diff.sqnr_db),
             }
         )
         if on_layer is not None:
             on_layer(layer.name or "")
     return rows
+
+
+def _layer_model(
+    ref: ir.Model,
+    quant: ir.Model,
+    layer: ir.Node,
+    source: ir.Node | None,
+    tensors: dict[str, ir.Value],
+    outs: list[str],
+    own: list[ir.Value],
+    dtype: ir.DataType | None = None,
+) -> tuple[onnx.ModelProto, list[str], str, str]:
+    """The reference with `layer`'s Q/DQ in and, when `own` holds the layer's output, its
+    float twin (`own` declared `dtype` if untyped): the model, the tensors to ask it for,
+    the layer's own output and the twin's ("" for none). The reference IR is left as it
+    was."""
+    undo: Undo = []
+    try:
+        float_inputs = list(source.inputs) if source is not None else []
+        target = insert_layer_qdq(ref, quant, layer, source, tensors, undo)
+        if not own:
+            return to_proto(ref), list(outs), "", ""
+        twin = with_float_twin(
+            ref.graph, target, float_inputs, own[0], undo, dtype or ir.DataType.FLOAT
+        )
+        mine, theirs = name_of(own[0]), name_of(twin)
+        return to_proto(ref), [*outs, mine, theirs], mine, theirs  # a few ms; runs take seconds
+    finally:
+        for step in reversed(undo):
+            step()
+
+
+def _run_layer(
+    built: tuple[onnx.ModelProto, list[str], str, str],
+    outs: list[str],
+    samples: Sequence[dict[str, np.ndarray]],
+    ref_outputs: list[dict[str, np.ndarray]],
+) -> tuple[dict[str, RunningDiff], RunningDiff | None]:
+    """Differences of a single-layer model's outputs from the reference's, and of the
+    layer's own output from its float twin (None without a twin)."""
+    model, names, mine, twin = built
+    layer_exec = OnnxExecutor(model)
+    out_diffs = {o: RunningDiff() for o in outs}
+    own_diff = RunningDiff() if twin else None
+    for feeds, ref_out in zip(samples, ref_outputs):
+        got = layer_exec.run(feeds, names)
+        for o in outs:
+            out_diffs[o].update(ref_out[o], got[o], o)
+        if own_diff is not None:
+            own_diff.update(got[twin], got[mine], mine)
+    return out_diffs, own_diff
 
 
 def _layer_group(names, ref_bytes, quant_bytes, samples):
