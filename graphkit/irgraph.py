@@ -1,10 +1,12 @@
-"""What every pass shares on the onnx_ir graph: conversion, constants, names, bypassing.
+"""What every graph walk and edit shares on onnx_ir: conversion, reads, constants, names,
+bypassing, removal, shape inference without the weights.
 
-Passes edit an `onnx_ir.Model` (the ONNX project's IR: every Value knows its producer and
-its uses, subgraph captures included, and external weights stay on disk until read). The
-few decisions onnx_ir leaves to its user live here once: which values count as constants
-(an initializer that is not an overridable graph input, or a Constant node), how a graph
-output keeps its name when the node writing it goes, and fresh unique names.
+Passes, quantization, the backends and the evaluators read and edit `onnx_ir.Model`s (the
+ONNX project's IR: every Value knows its producer and its uses, subgraph captures
+included, and external weights stay on disk until read). The few decisions onnx_ir
+leaves to its user live here once: which values count as constants (an initializer that
+is not an overridable graph input, or a Constant node), how a graph output keeps its name
+and type when the node writing it goes, fresh unique names, and scalars that stay 0-d.
 """
 
 from __future__ import annotations
