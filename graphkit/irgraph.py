@@ -12,7 +12,7 @@ and type when the node writing it goes, fresh unique names, and scalars that sta
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -101,13 +101,40 @@ def const_array(value: ir.Value | None) -> np.ndarray | None:
     return None if tensor is None else tensor.numpy()
 
 
-def is_const(value: ir.Value | None) -> bool:
-    if value is None or value.is_graph_input():
-        return False
-    if value.is_initializer():
-        return value.const_value is not None
-    node = value.producer()
-    return node is not None and node.op_type == "Constant" and node.domain in ("", "ai.onnx")
+def real_inputs(graph: ir.Graph) -> list[ir.Value]:
+    """Graph inputs that are not initializers (old exporters list both)."""
+    return [v for v in graph.inputs if not v.is_initializer()]
+
+
+def copy_node(
+    node: ir.Node, inputs: Sequence[ir.Value | None], name: str, outputs: Sequence[str]
+) -> ir.Node:
+    """A copy of `node` (attributes shared, subgraphs cloned) reading `inputs`, with one
+    output per name in `outputs`; in no graph yet, its outputs without type or shape."""
+    attrs: list[ir.Attr] = []
+    for attr in node.attributes.values():
+        if attr.type == ir.AttributeType.GRAPH:
+            graph = attr.as_graph().clone(allow_outer_scope_values=True)
+            attr = ir.Attr(attr.name, attr.type, graph, doc_string=attr.doc_string)
+        elif attr.type == ir.AttributeType.GRAPHS:
+            graphs = [g.clone(allow_outer_scope_values=True) for g in attr.as_graphs()]
+            attr = ir.Attr(attr.name, attr.type, graphs, doc_string=attr.doc_string)
+        attrs.append(attr)
+    copy = ir.Node(
+        node.domain,
+        node.op_type,
+        inputs,
+        attrs,
+        overload=node.overload,
+        num_outputs=len(outputs),
+        version=node.version,
+        name=name,
+        doc_string=node.doc_string,
+        metadata_props=dict(node.metadata_props) or None,
+    )
+    for value, out in zip(copy.outputs, outputs):
+        value.name = out
+    return copy
 
 
 def name_of(value: ir.Value) -> str:

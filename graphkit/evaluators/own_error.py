@@ -19,8 +19,8 @@ import onnx
 import onnx_ir as ir
 
 from graphkit.evaluators.executors import OnnxExecutor
-from graphkit.evaluators.per_layer import Counterparts, copy_node, input_chain, layer_nodes
-from graphkit.irgraph import name_of, to_ir, to_proto
+from graphkit.evaluators.per_layer import Counterparts, input_chain, layer_nodes
+from graphkit.irgraph import copy_node, name_of, to_ir, to_proto
 from graphkit.metrics import RunningDiff, finite_or_none
 from graphkit.runtime.ort import make_session
 

@@ -25,7 +25,7 @@ import onnx_ir as ir
 from graphkit.errors import GraphkitError
 from graphkit.evaluators.executors import OnnxExecutor
 from graphkit.evaluators.graphinfo import QDQ_OPS, reads_dequantized
-from graphkit.irgraph import name_of, skeleton, to_ir, to_proto
+from graphkit.irgraph import copy_node, name_of, skeleton, to_ir, to_proto
 from graphkit.metrics import RunningDiff, finite_or_none
 
 Undo = list[Callable[[], None]]
@@ -77,37 +77,6 @@ class Counterparts:
         if layer.name and (layer.name, layer.op_type) in self.by_name:
             return self.by_name[(layer.name, layer.op_type)]
         return self.by_outputs.get(output_names(layer))
-
-
-def copy_node(
-    node: ir.Node, inputs: Sequence[ir.Value | None], name: str, outputs: Sequence[str]
-) -> ir.Node:
-    """A copy of `node` (attributes, subgraphs cloned) reading `inputs`, its outputs named
-    `outputs`; not in any graph yet."""
-    attrs: list[ir.Attr] = []
-    for attr in node.attributes.values():
-        if attr.type == ir.AttributeType.GRAPH:
-            graph = attr.as_graph().clone(allow_outer_scope_values=True)
-            attr = ir.Attr(attr.name, attr.type, graph, doc_string=attr.doc_string)
-        elif attr.type == ir.AttributeType.GRAPHS:
-            graphs = [g.clone(allow_outer_scope_values=True) for g in attr.as_graphs()]
-            attr = ir.Attr(attr.name, attr.type, graphs, doc_string=attr.doc_string)
-        attrs.append(attr)
-    copy = ir.Node(
-        node.domain,
-        node.op_type,
-        inputs,
-        attrs,
-        overload=node.overload,
-        num_outputs=len(node.outputs),
-        version=node.version,
-        name=name,
-        doc_string=node.doc_string,
-        metadata_props=dict(node.metadata_props) or None,
-    )
-    for value, out in zip(copy.outputs, outputs):
-        value.name = out
-    return copy
 
 
 def insert_layer_qdq(

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import onnx_ir as ir
 
 from graphkit.irgraph import (
-    all_graphs,
     bypass,
     const_array,
     n_uses,
+    node_subgraphs,
     plural,
+    reads,
     remove_nodes,
     tensor_digest,
 )
@@ -19,26 +18,6 @@ from graphkit.passes.base import PassResult, register
 
 # Ops that copy their input in inference; Dropout only when its mask output is unused.
 _NOOPS = {"Identity", "Dropout"}
-
-
-def _subgraphs(node: ir.Node) -> Iterator[ir.Graph]:
-    """The graphs held in a node's attributes (If/Loop/Scan bodies)."""
-    for attr in node.attributes.values():
-        if attr.type == ir.AttributeType.GRAPH:
-            yield attr.as_graph()
-        elif attr.type == ir.AttributeType.GRAPHS:
-            yield from attr.as_graphs()
-
-
-def _reads(node: ir.Node) -> Iterator[ir.Value]:
-    """Every value a node reads: its inputs and, for a node holding subgraphs, every value
-    read inside them (callers keep those written in the graph they look at: the captures)."""
-    yield from (v for v in node.inputs if v is not None)
-    for sub in _subgraphs(node):
-        for graph in all_graphs(sub):
-            for inner in graph:
-                yield from (v for v in inner.inputs if v is not None)
-            yield from graph.outputs
 
 
 def _is_noop(node: ir.Node) -> bool:
@@ -79,18 +58,11 @@ def remove_dead_nodes(graph: ir.Graph) -> int:
         if id(node) in live:
             continue
         live.add(id(node))
-        for value in _reads(node):
+        for value in reads(node):
             producer = value.producer()
             if producer is not None and producer.graph is graph and id(producer) not in live:
                 stack.append(producer)
-    dead = [n for n in graph if id(n) not in live]
-    for node in dead:  # a dead node's subgraphs may read other dead nodes: detach them first
-        for sub in _subgraphs(node):
-            for inner_graph in all_graphs(sub):
-                for inner in inner_graph:
-                    for i in range(len(inner.inputs)):
-                        inner.replace_input_with(i, None)
-    return remove_nodes(graph, dead)
+    return remove_nodes(graph, [n for n in graph if id(n) not in live])
 
 
 def _used(value: ir.Value) -> bool:
@@ -133,7 +105,7 @@ def _is_sorted(graph: ir.Graph) -> bool:
     """Whether every value (subgraph captures included) is written before it is read."""
     placed: set[int] = set()
     for node in graph:
-        for value in _reads(node):
+        for value in reads(node):
             producer = value.producer()
             if producer is not None and producer.graph is graph and id(producer) not in placed:
                 return False
@@ -267,7 +239,7 @@ def _merge_constants(graph: ir.Graph) -> int:
 
 
 def _mergeable(node: ir.Node) -> bool:
-    return node.op_type not in _RANDOM and not any(True for _ in _subgraphs(node))
+    return node.op_type not in _RANDOM and not node_subgraphs(node)
 
 
 def _merge_nodes(graph: ir.Graph) -> int:

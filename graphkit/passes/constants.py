@@ -14,6 +14,7 @@ from graphkit.errors import GraphkitError
 from graphkit.irgraph import (
     as_tensor,
     drop_unused_initializers,
+    node_subgraphs,
     plural,
     to_ir,
     to_proto,
@@ -36,13 +37,6 @@ _NEVER_FOLD = {
     "SequenceEmpty",
 }
 _SHAPE_OPS = ("Shape", "Size")
-
-
-def _has_subgraph(node: ir.Node) -> bool:
-    return any(
-        isinstance(a, ir.Attr) and a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
-        for a in node.attributes.values()
-    )
 
 
 def _nbytes(tensor: ir.TensorProtocol) -> int:
@@ -243,7 +237,7 @@ def _make_plan(model: ir.Model, *, fold_shapes: bool, skip: set[str]) -> _Plan:
     for node in g:
         if node.domain != "" or node.op_type in skip or not node.outputs:
             continue
-        if _has_subgraph(node):
+        if node_subgraphs(node):
             continue
         x = node.inputs[0] if node.inputs else None
         if node.op_type in _SHAPE_OPS and fold_shapes and x not in const:

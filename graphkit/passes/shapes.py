@@ -6,15 +6,10 @@ import onnx
 import onnx_ir as ir
 
 from graphkit.errors import GraphkitError
-from graphkit.irgraph import skeleton
+from graphkit.irgraph import real_inputs, skeleton
 from graphkit.passes.base import PassResult, register
 
 Dims = list[int | str | None]
-
-
-def _real_inputs(graph: ir.Graph) -> list[ir.Value]:
-    """Graph inputs that are not initializers (old exporters list both)."""
-    return [v for v in graph.inputs if not v.is_initializer()]
 
 
 def _dims(value: ir.Value) -> Dims:
@@ -79,7 +74,7 @@ def fix_shapes(
     already fixes must agree, or the pass says which input and dim differ: the model would
     compute something else at another size.
     """
-    inputs = _real_inputs(model.graph)
+    inputs = real_inputs(model.graph)
     real = [v.name or "" for v in inputs]
     if input is None and batch is None:
         raise GraphkitError("fix-shapes needs 'input' (a shape or {name: shape}) or 'batch'")
@@ -141,7 +136,7 @@ def make_dynamic(
     verification runs the model at the old size, so it cannot see that: check with the
     backend at the sizes you need.
     """
-    by_name = {v.name or "": v for v in _real_inputs(model.graph)}
+    by_name = {v.name or "": v for v in real_inputs(model.graph)}
     real = list(by_name)
     if not dims and not batch:
         raise GraphkitError("make-dynamic needs 'dims' ({input: [axes]}) or 'batch: true'")

@@ -21,7 +21,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from graphkit.errors import GraphkitError
-from graphkit.irgraph import keep_only_outputs, name_of, skeleton, to_ir, to_proto
+from graphkit.irgraph import keep_only_outputs, name_of, real_inputs, skeleton, to_ir, to_proto
 from graphkit.quant.observers import DEFAULT_BINS, TensorStats, compiled_kernel
 from graphkit.quant.weights import QUANTIZED_OPS
 from graphkit.runtime.ort import graph_input_names, make_session, with_outputs
@@ -57,11 +57,6 @@ def quantizable(graph: ir.Graph, keep_float: Sequence[str] = ()) -> list[ir.Node
     """The nodes of the quantized op types, in graph order, but those kept float."""
     keep = set(keep_float)
     return [n for n in graph if n.op_type in QUANTIZED_OPS and n.name not in keep]
-
-
-def real_inputs(graph: ir.Graph) -> list[ir.Value]:
-    """Graph inputs that are not initializers (old exporters list both)."""
-    return [v for v in graph.inputs if not v.is_initializer()]
 
 
 def _float_tensors(model: ir.Model) -> set[str]:

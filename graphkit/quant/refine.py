@@ -29,7 +29,7 @@ import onnx_ir as ir
 from onnx import helper
 
 from graphkit.errors import GraphkitError
-from graphkit.irgraph import as_tensor, name_of, set_initializer, to_ir, to_proto
+from graphkit.irgraph import as_tensor, copy_node, name_of, set_initializer, to_ir, to_proto
 from graphkit.quant.collect import layer_activations, quantizable, quantized_names, spec_samples
 from graphkit.quant.qdq import MIN_OPSET, add_qdq, ensure_opset, insert_qdq
 from graphkit.quant.table import QMAX, ActivationEntry, CalibrationTable
@@ -124,7 +124,12 @@ class _LayerModels:
                     inits.append(new)
             else:
                 if producer not in cloned:
-                    cloned[producer] = _clone(producer, [pull(i) for i in producer.inputs])
+                    cloned[producer] = copy_node(
+                        producer,
+                        [pull(i) for i in producer.inputs],
+                        producer.name or "",
+                        [name_of(o) for o in producer.outputs],
+                    )
                     body.append(cloned[producer])
                 new = cloned[producer].outputs[value.index() or 0]
             copies[value] = new
@@ -136,7 +141,7 @@ class _LayerModels:
                 xdq.outputs[0] if f is not None and f.name == tensor else pull(v)
                 for f, v in zip(node.inputs, q.inputs)
             ]
-            layer = _clone(q, layer_inputs, name=f"layer{k}", num_outputs=1)
+            layer = copy_node(q, layer_inputs, f"layer{k}", [name_of(q.outputs[0])])
             layer.outputs[0].name = f"y{k}"
             ref = ir.Value(name=f"ref{k}", type=_FLOAT)
             inputs.append(ref)
@@ -151,25 +156,6 @@ class _LayerModels:
             inputs, outputs, nodes=body, initializers=inits, opset_imports=opsets, name="refine"
         )
         return to_proto(ir.Model(graph, ir_version=self.qdq.ir_version))
-
-
-def _clone(
-    node: ir.Node, inputs: list[ir.Value | None], name: str | None = None, num_outputs: int = 0
-) -> ir.Node:
-    """A copy of `node` reading `inputs`, its outputs named like the original's (no shapes:
-    the scoring models take inputs of any size)."""
-    new = ir.Node(
-        node.domain,
-        node.op_type,
-        inputs,
-        attributes=list(node.attributes.values()),
-        overload=node.overload,
-        num_outputs=num_outputs or len(node.outputs),
-        name=node.name if name is None else name,
-    )
-    for old, out in zip(node.outputs, new.outputs):
-        out.name = old.name
-    return new
 
 
 def refine_thresholds(
