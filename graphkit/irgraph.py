@@ -101,6 +101,19 @@ def const_array(value: ir.Value | None) -> np.ndarray | None:
     return None if tensor is None else tensor.numpy()
 
 
+def values_by_name(graph: ir.Graph) -> dict[str, ir.Value]:
+    """The named values of the graph itself (inputs, initializers, node outputs)."""
+    values: dict[str, ir.Value] = {}
+    for value in [*graph.inputs, *graph.initializers.values()]:
+        if value.name:
+            values.setdefault(value.name, value)
+    for node in graph:
+        for value in node.outputs:
+            if value.name:
+                values.setdefault(value.name, value)
+    return values
+
+
 def real_inputs(graph: ir.Graph) -> list[ir.Value]:
     """Graph inputs that are not initializers (old exporters list both)."""
     return [v for v in graph.inputs if not v.is_initializer()]

@@ -25,7 +25,7 @@ import onnx_ir as ir
 from graphkit.errors import GraphkitError
 from graphkit.evaluators.executors import OnnxExecutor
 from graphkit.evaluators.graphinfo import QDQ_OPS, reads_dequantized
-from graphkit.irgraph import copy_node, name_of, skeleton, to_ir, to_proto
+from graphkit.irgraph import copy_node, name_of, skeleton, to_ir, to_proto, values_by_name
 from graphkit.metrics import RunningDiff, finite_or_none
 
 Undo = list[Callable[[], None]]
@@ -178,11 +178,6 @@ def untyped_weights(graph: ir.Graph) -> None:
             value.shape = None
 
 
-def reference_values(graph: ir.Graph) -> dict[str, ir.Value]:
-    """The main graph's values by name (inputs, initializers, what its nodes read and write)."""
-    return ir.convenience.create_value_mapping(graph, include_subgraphs=False)
-
-
 def find_node(graph: ir.Graph, node: onnx.NodeProto) -> ir.Node:
     """The IR node of a protobuf node of the same model (tensor names are unique)."""
     outputs = tuple(node.output)
@@ -200,7 +195,7 @@ def single_layer_model(
     untyped_weights(ref_ir.graph)
     node = find_node(quant_ir.graph, layer)
     target = Counterparts(ref_ir.graph)(node)
-    insert_layer_qdq(ref_ir, quant_ir, node, target, reference_values(ref_ir.graph), [])
+    insert_layer_qdq(ref_ir, quant_ir, node, target, values_by_name(ref_ir.graph), [])
     return to_proto(ref_ir)
 
 
@@ -315,7 +310,7 @@ def per_layer_errors(
     ref_ir = to_ir(ref)
     untyped_weights(ref_ir.graph)
     counterpart = Counterparts(ref_ir.graph)
-    tensors = reference_values(ref_ir.graph)
+    tensors = values_by_name(ref_ir.graph)
     dtype_of = ElementTypes(ref_ir)
     rows: list[dict[str, Any]] = []
     for layer in picked:

@@ -30,9 +30,9 @@ import onnx
 import onnx_ir as ir
 
 from graphkit.errors import GraphkitError
-from graphkit.irgraph import ancestors, bypass, name_of, remove_nodes, to_proto
+from graphkit.irgraph import ancestors, bypass, name_of, remove_nodes, to_proto, values_by_name
 from graphkit.passes.base import PassResult, register
-from graphkit.passes.outputs import prune, typed_like, value_infos, values_by_name
+from graphkit.passes.outputs import prune, typed_like, value_infos
 
 
 @dataclass

@@ -22,23 +22,11 @@ from graphkit.irgraph import (
     remove_nodes,
     skeleton,
     to_proto,
+    values_by_name,
 )
 from graphkit.passes.base import PassResult, register
 
 # --------------------------------------------------------------------------- graph helpers
-
-
-def values_by_name(graph: ir.Graph) -> dict[str, ir.Value]:
-    """The named values of the graph itself (inputs, initializers, node outputs)."""
-    values: dict[str, ir.Value] = {}
-    for value in [*graph.inputs, *graph.initializers.values()]:
-        if value.name:
-            values.setdefault(value.name, value)
-    for node in graph:
-        for value in node.outputs:
-            if value.name:
-                values.setdefault(value.name, value)
-    return values
 
 
 def value_infos(model: ir.Model) -> dict[str, ir.Value]:
