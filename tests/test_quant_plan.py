@@ -58,7 +58,7 @@ def test_plan_survives_save_and_load(tmp_path, planned):
     _, plan = planned
     plan.save(tmp_path / "p.json")
     back = QuantPlan.load(tmp_path / "p.json")
-    assert back.biases == plan.biases and back.schema_version == 2
+    assert back.biases == plan.biases and back.schema_version == 3
     for name, entry in plan.weights.items():
         assert np.array_equal(back.weights[name].integers(), entry.integers())
 

@@ -41,6 +41,8 @@ from graphkit.quant.table import CalibrationTable
 TARGETS = {
     name: f"graphkit.backends.{name}" for name in ("ncnn", "tensorrt", "atc", "vacc", "onnx")
 }
+# targets that store a plan's unsigned activations as uint8; the others store them int8
+UNSIGNED_TARGETS = ("onnx",)
 
 
 class Backend(Protocol):
@@ -195,8 +197,15 @@ def export_all(
     tmp = Path(tempfile.mkdtemp(prefix=scratch.prefix("export-"), dir=out.parent))
     try:
         files: list[ExportedFile] = []
+        unsigned = sum(e.unsigned for e in table.activations.values())
         for name in names:
             say(f"{name}: writing")
+            if unsigned and name not in UNSIGNED_TARGETS:
+                say(
+                    f"{name}: stores the plan's {unsigned} unsigned activations as int8 "
+                    f"(one bit less than measured; calibrate with --target {name} to "
+                    "measure the plan as it runs there)"
+                )
             mod = backend(name)
             files += mod.export(
                 table,
@@ -229,4 +238,11 @@ def export_all(
     return files
 
 
-__all__ = ["TARGETS", "ExportedFile", "export_all", "load_table", "parse_targets"]
+__all__ = [
+    "TARGETS",
+    "UNSIGNED_TARGETS",
+    "ExportedFile",
+    "export_all",
+    "load_table",
+    "parse_targets",
+]

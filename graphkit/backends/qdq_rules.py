@@ -160,7 +160,8 @@ def _qdq_ir(
     from graphkit.quant.qdq import add_qdq, ensure_opset
 
     ir_model = to_ir(ensure_opset(model))
-    add_qdq(ir_model, table, tuple(keep_float), weights_int8=weights_int8)
+    # both backends take symmetric int8 only: unsigned entries are stored signed
+    add_qdq(ir_model, table, tuple(keep_float), weights_int8=weights_int8, unsigned=False)
     return ir_model
 
 

@@ -86,6 +86,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "default), on, off",
     )
     p.add_argument(
+        "--unsigned",
+        nargs="?",
+        const="on",
+        choices=["auto", "on", "off"],
+        help="store activations never negative on the data as uint8 over [0, amax] (one "
+        "more bit; onnxruntime's Q/DQ only, ncnn / TensorRT / Ascend / vacc store int8): "
+        "auto (kept if it helps, the default without --target), on, off (the default "
+        "when --target names a backend without unsigned int8)",
+    )
+    p.add_argument(
         "--fit-samples",
         "--weight-samples",
         type=positive_int,
@@ -154,6 +164,20 @@ def default_tensors(args: argparse.Namespace) -> str:
     return "quantizable"
 
 
+def signed_only(args: argparse.Namespace) -> str | None:
+    """ "off" when --target names a backend that stores every activation as signed int8, so
+    the plan is measured as that backend runs it; None (the recipe's choice) otherwise."""
+    if not getattr(args, "target", None):
+        return None
+    from graphkit.backends import UNSIGNED_TARGETS, parse_targets
+
+    signed = [t for t in parse_targets(args.target) if t not in UNSIGNED_TARGETS]
+    if signed:
+        console.print(f"  activations stay signed int8: no unsigned int8 in {', '.join(signed)}")
+        return "off"
+    return None
+
+
 def parse_share(text: str | None) -> float | None:
     """'10%' or '10' -> 0.10 (a share of the weighted layers)."""
     if text is None:
@@ -206,6 +230,7 @@ def run(args: argparse.Namespace) -> int:
         target_agreement=args.target_agreement,
         round_weights=args.round_weights,
         bias_correction=args.bias_correction,
+        unsigned=args.unsigned or signed_only(args),
         fit_samples=args.fit_samples,
         score_samples=args.score_samples,
         rank_samples=args.rank_samples,

@@ -67,6 +67,12 @@ def run(args: argparse.Namespace) -> int:
         )
     if table.biases:
         console.print(f"bias corrected: {len(table.biases)} layer(s)")
+    unsigned = sum(e.unsigned for e in table.activations.values())
+    if unsigned:
+        console.print(
+            f"unsigned activations: {unsigned} of {len(table.activations)} (uint8 in "
+            "onnxruntime's Q/DQ, int8 in the other backends)"
+        )
     summary = held_out_summary(table)
     if summary:
         methods = recipe_record(table).methods
@@ -91,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
             _num(e.min),
             _num(e.max),
             clipped,
-            escape(e.method or table.method),
+            escape(e.method or table.method) + (" uint8" if e.unsigned else ""),
         ]
         if args.wide:
             row.append(

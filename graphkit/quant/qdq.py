@@ -1,7 +1,9 @@
 """Insert QuantizeLinear / DequantizeLinear pairs from a calibration table.
 
 The result is the explicit-quantization ONNX that TensorRT prefers and onnxruntime runs on
-its CPU provider: symmetric int8 with zero point 0; activations per tensor; weights per
+its CPU provider: symmetric int8 with zero point 0 (an activation the table marks
+`unsigned`: uint8 with zero point 0 over [0, amax], unless `unsigned=False`, which
+TensorRT and AMCT need); activations per tensor; weights per
 output channel (axis 0, axis 1 for ConvTranspose, per table entry); Q/DQ only on the inputs
 of Conv, ConvTranspose, Gemm and MatMul, everything else float. An activation read by
 several quantized layers gets one Q/DQ pair that they share. Layers named in keep_float
@@ -22,7 +24,7 @@ import onnx_ir as ir
 from graphkit.errors import GraphkitError
 from graphkit.irgraph import add_initializer, drop_unused_initializers, to_ir, to_proto
 from graphkit.quant.collect import layer_activations
-from graphkit.quant.table import QMAX, CalibrationTable
+from graphkit.quant.table import QMAX, UQMAX, CalibrationTable
 from graphkit.quant.weights import QUANTIZED_OPS, weight_amax, weight_axis
 
 MIN_OPSET = 13
@@ -92,10 +94,15 @@ class _Inserter:
     """
 
     def __init__(
-        self, graph: ir.Graph, table: CalibrationTable, weights_int8: bool, per_channel: bool
+        self,
+        graph: ir.Graph,
+        table: CalibrationTable,
+        weights_int8: bool,
+        per_channel: bool,
+        unsigned: bool,
     ):
         self.graph, self.table = graph, table
-        self.weights_int8, self.per_channel = weights_int8, per_channel
+        self.weights_int8, self.per_channel, self.unsigned = weights_int8, per_channel, unsigned
         self.names = _Names(graph)
         self.head: list[ir.Node] = []
         self.after: dict[ir.Node, list[ir.Node]] = {}
@@ -108,9 +115,11 @@ class _Inserter:
         name = tensor.name or ""
         if name in self.dq:
             return self.dq[name]
-        amax = self.table.activations[name].amax
-        scale = self._init(np.array(max(amax / QMAX, MIN_SCALE), np.float32), f"{name}_scale")
-        zp = self._init(np.array(0, np.int8), f"{name}_zero_point")
+        entry = self.table.activations[name]
+        unsigned = entry.unsigned and self.unsigned
+        step = entry.amax / (UQMAX if unsigned else QMAX)
+        scale = self._init(np.array(max(step, MIN_SCALE), np.float32), f"{name}_scale")
+        zp = self._init(np.array(0, np.uint8 if unsigned else np.int8), f"{name}_zero_point")
         q_name = self.names.new(f"{name}_QuantizeLinear")
         dq_name = self.names.new(f"{name}_DequantizeLinear")
         q = _node("QuantizeLinear", [tensor, scale, zp], q_name)
@@ -183,6 +192,7 @@ def add_qdq(
     *,
     weights_int8: bool = True,
     per_channel: bool = True,
+    unsigned: bool = True,
 ) -> None:
     """Insert Q/DQ into `model` in place (opset >= 13 already; see the module doc)."""
     graph = model.graph
@@ -191,7 +201,7 @@ def add_qdq(
     for name in keep:
         if name not in known_nodes:
             raise GraphkitError(f"keep-float node '{name}' is not a node of the model")
-    inserter = _Inserter(graph, table, weights_int8, per_channel)
+    inserter = _Inserter(graph, table, weights_int8, per_channel, unsigned)
     for node in [n for n in graph if n.op_type in QUANTIZED_OPS and n.name not in keep]:
         acts = layer_activations(node)
         if not acts or any(v.name not in table.activations for _, v in acts):
@@ -212,8 +222,16 @@ def insert_qdq(
     *,
     weights_int8: bool = True,
     per_channel: bool = True,
+    unsigned: bool = True,
 ) -> onnx.ModelProto:
     """A copy of `model` with Q/DQ on the inputs of its quantized layers (see module doc)."""
     ir_model = to_ir(ensure_opset(model))
-    add_qdq(ir_model, table, keep_float, weights_int8=weights_int8, per_channel=per_channel)
+    add_qdq(
+        ir_model,
+        table,
+        keep_float,
+        weights_int8=weights_int8,
+        per_channel=per_channel,
+        unsigned=unsigned,
+    )
     return to_proto(ir_model)

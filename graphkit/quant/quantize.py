@@ -6,7 +6,9 @@ biases are fitted on) and measures each choice there, by the mean over the model
 of their SQNR against FP32 (`criterion`):
 
 1. statistics once; each candidate method's thresholds from them; the method whose Q/DQ
-   model scores best wins (records the others' scores);
+   model scores best wins (records the others' scores); activations never negative on
+   the calibration data are then tried as uint8 over [0, amax] (one more bit where the
+   backend has unsigned int8), kept if the score rises (`unsigned`);
 2. Conv weights rounded against each layer's output (GPTQ-style, `refine`; a layer keeps
    nearest rounding where that has the lower error on its own sampled inputs);
 3. float fallback under a budget: layers ranked by the damage they alone do at the heads,
@@ -67,6 +69,9 @@ class Recipe:
     # their SQNR), sqnr (the worst head's) or agreement (decoded keypoints; noisy)
     criterion: str = "mean"
     bias_correction: str = "auto"  # auto (kept if it helps), on, off
+    # never-negative activations as uint8 [0, amax]: auto (kept if it helps), on, off;
+    # only onnxruntime's Q/DQ stores them unsigned, so a plan for ncnn / TensorRT is "off"
+    unsigned: str = "auto"
     fit_samples: int = 8  # rounding and bias correction are fitted on these
     score_samples: int = 8  # choices are measured on these (held out from the fit)
     # the sensitivity ranking runs on the first of the scored crops (None: all of them)
@@ -79,6 +84,7 @@ class Recipe:
             or self.round_weights
             or self.max_float > 0
             or self.bias_correction != "off"
+            or self.unsigned == "auto"
         )
 
 
@@ -86,7 +92,9 @@ RECIPES = {
     "default": Recipe(),
     # one method, nearest rounding, every layer int8: the plain calibration of ncnn2table,
     # TensorRT's calibrators and onnxruntime's quantize_static
-    "plain": Recipe(methods=("mse",), round_weights=False, max_float=0.0, bias_correction="off"),
+    "plain": Recipe(
+        methods=("mse",), round_weights=False, max_float=0.0, bias_correction="off", unsigned="off"
+    ),
 }
 
 
@@ -104,10 +112,9 @@ def recipe_of(recipe: Recipe | str, method: str | None = None, **overrides: Any)
         raise GraphkitError(f"--max-float must be between 0 and 100%, got {recipe.max_float:.0%}")
     if recipe.target_agreement is not None and not 0 < recipe.target_agreement <= 1:
         raise GraphkitError(f"--target-agreement must be in (0, 1], got {recipe.target_agreement}")
-    if recipe.bias_correction not in ("auto", "on", "off"):
-        raise GraphkitError(
-            f"bias correction must be auto, on or off, not {recipe.bias_correction}"
-        )
+    for what, value in (("bias correction", recipe.bias_correction), ("unsigned", recipe.unsigned)):
+        if value not in ("auto", "on", "off"):
+            raise GraphkitError(f"{what} must be auto, on or off, not {value}")
     if recipe.criterion not in ("sqnr", "mean", "agreement"):
         raise GraphkitError(f"criterion must be sqnr, mean or agreement, not {recipe.criterion}")
     if recipe.lookahead < 1:
@@ -261,6 +268,8 @@ def quantize(
     record: dict[str, Any] = {"recipe": asdict(recipe)}
     if not recipe.measures:
         _mark_methods(plan, plan.method)
+        if recipe.unsigned == "on":
+            _set_unsigned(plan, nonnegative(plan))
         fill_integers(plan, model)
         plan.recipe = {**record, "seconds": _round(times)}
         return plan
@@ -292,6 +301,28 @@ def quantize(
     _mark_methods(plan, best)
     record["methods"] = {m: _score(v) for m, v in tried.items()}
     current = tried[best]
+
+    # 1b. never-negative activations as uint8: twice the resolution on [0, amax]
+    unsigned = nonnegative(plan) if recipe.unsigned != "off" else []
+    if unsigned:
+        _set_unsigned(plan, unsigned)
+        got = scorer.measure(insert_qdq(model, plan))
+        kept = recipe.unsigned == "on" or _key(got, recipe) > _key(current, recipe)
+        record["unsigned"] = {
+            "tensors": len(unsigned),
+            "of": len(plan.activations),
+            "before": _score(current),
+            "after": _score(got),
+            "kept": kept,
+        }
+        say(
+            f"{len(unsigned)} of {len(plan.activations)} activations as uint8: "
+            f"{_show(current)} -> {_show(got)}" + ("" if kept else "; not kept")
+        )
+        if kept:
+            current = got
+        else:
+            _set_unsigned(plan, [])
     times["method"] = time.perf_counter() - t
 
     # 2. weight rounding against the layer outputs
@@ -468,6 +499,18 @@ def _score(v: Score) -> dict[str, float | None]:
 
 def _round(times: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 2) for k, v in times.items()}
+
+
+def nonnegative(plan: QuantPlan) -> list[str]:
+    """Activations the plan saw no negative value of (observed min >= 0): the ones a
+    backend with unsigned int8 can store over [0, amax] with twice the resolution."""
+    return [n for n, e in plan.activations.items() if e.min is not None and e.min >= 0]
+
+
+def _set_unsigned(plan: QuantPlan, names: Sequence[str]) -> None:
+    wanted = set(names)
+    for name, entry in plan.activations.items():
+        entry.unsigned = name in wanted
 
 
 def _mark_methods(plan: QuantPlan, how: str) -> None:

@@ -2,14 +2,16 @@
 
 Every calibrator writes one, every exporter reads one (`QuantPlan`; `CalibrationTable` is
 the same class under its older name). Activations are symmetric: amax is the clipping
-threshold of |x|, scale = amax / 127 (int8, zero point 0), with the method that chose it.
+threshold of |x|, scale = amax / 127 (int8, zero point 0), with the method that chose it;
+one marked `unsigned` (never negative on the calibration data) is stored as uint8 over
+[0, amax] (scale amax / 255) by the backends that have unsigned int8, int8 by the others.
 Weights are symmetric per output channel (per group for depthwise): one amax per channel,
 keyed by the initializer name, with the axis it was taken on, the grid (`qmax`) and the
 final integers (`int8`: zlib-compressed, base64), so rounding decided here (GPTQ-style or
 nearest) reaches every backend. `biases` holds the final float bias of layers whose bias
 the plan changed (bias correction). `keep_float` lists the layers left in float, with the
 reason for each in `float_reasons`. Schema version 1 files (thresholds and ranges only)
-still load; see docs/calibration.md "The plan file" for every field.
+and version 2 files (no `unsigned`) still load; see docs/calibration.md "The plan file" for every field.
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ from graphkit.errors import InputError, ModelError
 from graphkit.model import atomic_write_text
 from graphkit.validation import STRICT, read_json, validate
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MIN_AMAX = 1e-12  # below this a scale underflows float32 arithmetic in backends
 MAX_AMAX = 1e30  # above this a scale (and x / scale) overflows float32 in backends
-READABLE_VERSIONS = (1, 2)
+READABLE_VERSIONS = (1, 2, 3)
 QMAX = 127.0
+UQMAX = 255.0  # the grid of an unsigned activation: uint8 [0, 255], zero point 0
 
 
 def _at_most_max_amax(value: float) -> float:
@@ -60,10 +63,19 @@ class ActivationEntry:
     )
     # how the threshold was chosen: the calibrator's name, or the search that picked it
     method: str = ""
+    # never negative on the calibration data, and the plan was measured with it stored as
+    # uint8 [0, amax]: one more bit where a backend has unsigned int8 (onnxruntime's Q/DQ)
+    unsigned: bool = False
 
     @property
     def scale(self) -> float:
+        """The signed int8 scale, amax / 127 (what every backend can store)."""
         return self.amax / QMAX
+
+    @property
+    def unsigned_scale(self) -> float:
+        """The uint8 scale, amax / 255, of a backend storing an unsigned entry unsigned."""
+        return self.amax / UQMAX
 
 
 @dataclass

@@ -1,0 +1,143 @@
+"""Activations never negative on the data stored as uint8 [0, amax] where a backend can."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+from quant_planted import INPUT, feeds, make_model, table_for, write_files
+
+from graphkit.backends import export_all
+from graphkit.backends.qdq_rules import amct_qdq, tensorrt_qdq
+from graphkit.cli import main
+from graphkit.errors import GraphkitError
+from graphkit.metrics import sqnr_db
+from graphkit.quant.qdq import insert_qdq
+from graphkit.quant.quantize import nonnegative, quantize, recipe_of
+from graphkit.quant.table import QuantPlan
+from graphkit.runtime.ort import make_session
+
+
+def _plan(unsigned: bool, model: onnx.ModelProto | None = None) -> QuantPlan:
+    plan = table_for(model or make_model(), feeds(6), "mse")
+    for name in nonnegative(plan):
+        plan.activations[name].unsigned = unsigned
+    return plan
+
+
+def _quantizers(model: onnx.ModelProto) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Quantized tensor -> (scale, zero point) of its QuantizeLinear."""
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return {
+        n.input[0]: (inits[n.input[1]], inits[n.input[2]])
+        for n in model.graph.node
+        if n.op_type == "QuantizeLinear"
+    }
+
+
+def test_only_tensors_never_negative_on_the_data_are_candidates():
+    plan = _plan(False)
+    assert sorted(nonnegative(plan)) == ["r1", "r2"]  # the Relu outputs; not the input x
+    assert plan.activations[INPUT].min < 0
+
+
+def test_an_unsigned_activation_is_uint8_over_zero_to_amax_in_the_onnxruntime_qdq():
+    plan = _plan(True)
+    q = _quantizers(insert_qdq(make_model(), plan))
+    for name in ("r1", "r2"):
+        scale, zp = q[name]
+        assert zp.dtype == np.uint8 and zp == 0
+        assert scale == pytest.approx(plan.activations[name].amax / 255)
+    scale, zp = q[INPUT]
+    assert zp.dtype == np.int8 and scale == pytest.approx(plan.activations[INPUT].amax / 127)
+
+
+def test_unsigned_storage_lowers_the_int8_error_of_relu_outputs():
+    model, samples = make_model(outlier=0.2), feeds(6, seed=9)  # no weight outlier
+    ref = make_session(model)
+    outputs = {}
+    for unsigned in (False, True):
+        sess = make_session(insert_qdq(model, _plan(unsigned, model)))
+        signal = noise = 0.0
+        for f in samples:
+            (a,), (b,) = ref.run(None, f), sess.run(None, f)
+            signal += float(np.sum(a.astype(np.float64) ** 2))
+            noise += float(np.sum((a - b).astype(np.float64) ** 2))
+        outputs[unsigned] = sqnr_db(signal, noise)
+    assert outputs[True] > outputs[False] + 1
+
+
+@pytest.mark.parametrize("make", [tensorrt_qdq, amct_qdq])
+def test_tensorrt_and_amct_store_unsigned_entries_as_symmetric_int8(make):
+    model = make_model()
+    signed, unsigned = make(_plan(False), model), make(_plan(True), model)
+    assert signed.SerializeToString() == unsigned.SerializeToString()
+    assert all(zp.dtype == np.int8 for _, zp in _quantizers(unsigned).values())
+
+
+def test_signed_only_backends_export_the_same_files_and_say_so(tmp_path):
+    model, lines = make_model(), []
+    for unsigned in (False, True):
+        export_all(
+            _plan(unsigned), model, ["tensorrt", "atc"], tmp_path / str(unsigned), log=lines.append
+        )
+    for path in sorted((tmp_path / "False").rglob("*")):
+        if path.is_file() and path.name != "README.md":
+            twin = tmp_path / "True" / path.relative_to(tmp_path / "False")
+            assert twin.read_bytes() == path.read_bytes(), path.name
+    assert any("tensorrt: stores the plan's 2 unsigned activations as int8" in x for x in lines)
+
+
+def test_the_unsigned_flag_survives_save_and_load_and_version_2_plans_load(tmp_path):
+    plan = _plan(True)
+    plan.save(tmp_path / "p.json")
+    back = QuantPlan.load(tmp_path / "p.json")
+    assert sorted(n for n, e in back.activations.items() if e.unsigned) == ["r1", "r2"]
+    d = json.loads((tmp_path / "p.json").read_text())
+    for entry in d["activations"].values():
+        entry.pop("unsigned")
+    d["schema_version"] = 2
+    (tmp_path / "v2.json").write_text(json.dumps(d))
+    assert not any(e.unsigned for e in QuantPlan.load(tmp_path / "v2.json").activations.values())
+
+
+def test_the_recipe_measures_unsigned_storage_and_records_it(tmp_path):
+    model_path, spec = write_files(tmp_path, n=8)
+    small = {"fit_samples": 4, "score_samples": 4, "max_float": 0.0, "round_weights": False}
+    plan = quantize(model_path, spec, recipe_of("default", **small))
+    r = plan.recipe["unsigned"]
+    assert r["tensors"] == 2 and r["of"] == len(plan.activations)
+    kept = r["after"]["mean_sqnr_db"] > r["before"]["mean_sqnr_db"]
+    assert r["kept"] == kept
+    assert sorted(n for n, e in plan.activations.items() if e.unsigned) == (
+        ["r1", "r2"] if kept else []
+    )
+    off = quantize(model_path, spec, recipe_of("default", unsigned="off", **small))
+    assert "unsigned" not in off.recipe and not any(e.unsigned for e in off.activations.values())
+    plain = quantize(model_path, spec, recipe_of("plain", unsigned="on"))
+    assert sorted(n for n, e in plain.activations.items() if e.unsigned) == ["r1", "r2"]
+    with pytest.raises(GraphkitError, match="unsigned must be auto, on or off"):
+        recipe_of("default", unsigned="sometimes")
+
+
+def test_a_target_without_unsigned_int8_calibrates_a_signed_plan(tmp_path, capsys):
+    model_path, spec = write_files(tmp_path, n=8)
+    argv = ["calibrate", str(model_path), "--data", str(spec), "--fit-samples", "4"]
+    argv += ["--score-samples", "4", "--max-float", "0", "--no-round-weights"]
+    assert main([*argv, "-o", str(tmp_path / "ort.json")]) == 0
+    assert "unsigned" in QuantPlan.load(tmp_path / "ort.json").recipe
+    out = [
+        "-o",
+        str(tmp_path / "trt.json"),
+        "--target",
+        "tensorrt",
+        "--out-dir",
+        str(tmp_path / "d"),
+    ]
+    assert main([*argv, *out]) == 0
+    assert "no unsigned int8 in tensorrt" in capsys.readouterr().out
+    trt = QuantPlan.load(tmp_path / "trt.json")
+    assert "unsigned" not in trt.recipe and not any(e.unsigned for e in trt.activations.values())
