@@ -301,6 +301,7 @@ def run_ncnn(args: argparse.Namespace) -> int:
         "--strict": args.strict,
         "--round-weights": args.round_weights is not None,
         "--bias-correction": args.bias_correction,
+        "--unsigned": args.unsigned,
         "--fit-samples": args.fit_samples,
         "--score-samples": args.score_samples,
         "--rank-samples": args.rank_samples,
