@@ -110,11 +110,14 @@ def test_the_recipe_measures_unsigned_storage_and_records_it(tmp_path):
     plan = quantize(model_path, spec, recipe_of("default", **small))
     r = plan.recipe["unsigned"]
     assert r["tensors"] == 2 and r["of"] == len(plan.activations)
-    kept = r["after"]["mean_sqnr_db"] > r["before"]["mean_sqnr_db"]
+    assert set(r["signed"]) == set(r["unsigned"]) == {"mse", "percentile", "minmax"}
+    best = {k: max(v["mean_sqnr_db"] for v in r[k].values()) for k in ("signed", "unsigned")}
+    kept = best["unsigned"] > best["signed"]
     assert r["kept"] == kept
     assert sorted(n for n, e in plan.activations.items() if e.unsigned) == (
         ["r1", "r2"] if kept else []
     )
+    assert plan.recipe["methods"][plan.method]["mean_sqnr_db"] == max(best.values())
     off = quantize(model_path, spec, recipe_of("default", unsigned="off", **small))
     assert "unsigned" not in off.recipe and not any(e.unsigned for e in off.activations.values())
     plain = quantize(model_path, spec, recipe_of("plain", unsigned="on"))

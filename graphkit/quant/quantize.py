@@ -5,10 +5,10 @@ calibration data it holds out a few crops (after the `fit_samples` that weights 
 biases are fitted on) and measures each choice there, by the mean over the model's heads
 of their SQNR against FP32 (`criterion`):
 
-1. statistics once; each candidate method's thresholds from them; the method whose Q/DQ
-   model scores best wins (records the others' scores); activations never negative on
-   the calibration data are then tried as uint8 over [0, amax] (one more bit where the
-   backend has unsigned int8), kept if the score rises (`unsigned`);
+1. statistics once; each candidate method's thresholds from them, each with every
+   activation signed and with the ones never negative on the calibration data as uint8
+   over [0, amax] (one more bit where the backend has unsigned int8; `unsigned`); the
+   pair whose Q/DQ model scores best wins (records the others' scores);
 2. Conv weights rounded against each layer's output (GPTQ-style, `refine`; a layer keeps
    nearest rounding where that has the lower error on its own sampled inputs);
 3. float fallback under a budget: layers ranked by the damage they alone do at the heads,
@@ -286,43 +286,40 @@ def quantize(
     )
     record["held_out"] = {"fit": len(fit), "scored": len(score), "heads": heads}
 
-    # 1. method: the best held-out head SQNR, all from the same statistics
+    # 1. method and storage: each method's thresholds (all from the same statistics), with
+    # every activation signed and with the never-negative ones as uint8 (twice the
+    # resolution on [0, amax]); the best pair on the held-out crops wins
     t = time.perf_counter()
-    tried: dict[str, Score] = {}
+    unsigned = nonnegative(plan) if recipe.unsigned != "off" else []
+    storages = [s for s in (False, True) if (s and unsigned) or (not s and recipe.unsigned != "on")]
+    storages = storages or [False]  # "on" without a never-negative tensor
+    tried: dict[tuple[str, bool], Score] = {}
     plans: dict[str, QuantPlan] = {recipe.methods[0]: plan}
     for m in recipe.methods:
         if m not in plans:
             plans[m] = build(m)
             plans[m].float_reasons, plans[m].model_path = plan.float_reasons, model_path
-        tried[m] = scorer.measure(insert_qdq(model, plans[m]))
-        say(f"method {m}: {_show(tried[m])}")
-    best = max(tried, key=lambda m: _key(tried[m], recipe))
+        for as_uint8 in storages:
+            _set_unsigned(plans[m], unsigned if as_uint8 else [])
+            tried[m, as_uint8] = scorer.measure(insert_qdq(model, plans[m]))
+            how = f", {len(unsigned)} activations uint8" if as_uint8 else ""
+            say(f"method {m}{how}: {_show(tried[m, as_uint8])}")
+    (best, as_uint8), current = max(tried.items(), key=lambda kv: _key(kv[1], recipe))
     plan = plans[best]
+    _set_unsigned(plan, unsigned if as_uint8 else [])
     _mark_methods(plan, best)
-    record["methods"] = {m: _score(v) for m, v in tried.items()}
-    current = tried[best]
-
-    # 1b. never-negative activations as uint8: twice the resolution on [0, amax]
-    unsigned = nonnegative(plan) if recipe.unsigned != "off" else []
+    record["methods"] = {
+        m: _score(max((v for (n, _), v in tried.items() if n == m), key=lambda v: _key(v, recipe)))
+        for m in recipe.methods
+    }
     if unsigned:
-        _set_unsigned(plan, unsigned)
-        got = scorer.measure(insert_qdq(model, plan))
-        kept = recipe.unsigned == "on" or _key(got, recipe) > _key(current, recipe)
         record["unsigned"] = {
             "tensors": len(unsigned),
             "of": len(plan.activations),
-            "before": _score(current),
-            "after": _score(got),
-            "kept": kept,
+            "signed": {m: _score(v) for (m, u), v in tried.items() if not u},
+            "unsigned": {m: _score(v) for (m, u), v in tried.items() if u},
+            "kept": as_uint8,
         }
-        say(
-            f"{len(unsigned)} of {len(plan.activations)} activations as uint8: "
-            f"{_show(current)} -> {_show(got)}" + ("" if kept else "; not kept")
-        )
-        if kept:
-            current = got
-        else:
-            _set_unsigned(plan, [])
     times["method"] = time.perf_counter() - t
 
     # 2. weight rounding against the layer outputs
