@@ -144,3 +144,53 @@ def test_a_target_without_unsigned_int8_calibrates_a_signed_plan(tmp_path, capsy
     assert "no unsigned int8 in tensorrt" in capsys.readouterr().out
     trt = QuantPlan.load(tmp_path / "trt.json")
     assert "unsigned" not in trt.recipe and not any(e.unsigned for e in trt.activations.values())
+
+
+def _sign_model() -> onnx.ModelProto:
+    from onnx import helper
+    from tiny import model_of
+
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["x", "w", "b"], ["conv"]),
+        n("Relu", ["conv"], ["relu"]),
+        n("Clip", ["conv", "zero", "six"], ["relu6"]),
+        n("Clip", ["conv", "minus", "six"], ["clip_signed"]),
+        n("MaxPool", ["relu"], ["pool"], kernel_shape=[2, 2], strides=[2, 2]),
+        n("Add", ["relu", "relu6"], ["sum"]),
+        n("Concat", ["relu", "conv"], ["mixed"], axis=1),
+        n("Pad", ["relu", "pads", "minus"], ["padded"]),
+        n("Sigmoid", ["conv"], ["sig"]),
+        n("Conv", ["conv", "w2"], ["conv2"]),  # makes `conv` a quantized layer's input
+    ]
+    out = [("pool", [1, 2, 2, 2]), ("sum", [1, 2, 4, 4]), ("mixed", [1, 4, 4, 4])]
+    out += [("padded", [1, 2, 6, 6]), ("sig", [1, 2, 4, 4]), ("clip_signed", [1, 2, 4, 4])]
+    out += [("conv2", [1, 2, 4, 4])]
+    inits = {
+        "w": np.ones((2, 1, 1, 1), np.float32),
+        "w2": np.ones((2, 2, 1, 1), np.float32),
+        "b": np.full(2, 5.0, np.float32),  # conv is positive on data in [0, 1], not always
+        "zero": np.array(0.0, np.float32),
+        "six": np.array(6.0, np.float32),
+        "minus": np.array(-1.0, np.float32),
+        "pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64),
+    }
+    return model_of(nodes, [("x", [1, 1, 4, 4])], out, inits)
+
+
+def test_the_graph_says_which_tensors_can_never_be_negative():
+    from graphkit.quant.signs import never_negative
+
+    sure = never_negative(_sign_model())
+    assert {"relu", "relu6", "pool", "sum", "sig"} <= sure
+    assert not {"x", "conv", "clip_signed", "mixed", "padded"} & sure
+
+
+def test_a_tensor_positive_only_on_the_data_stays_signed():
+    """conv = x + 5 is never negative on inputs in [0, 1] but can be: not uint8."""
+    model = _sign_model()
+    rng = np.random.default_rng(0)
+    samples = [{"x": rng.uniform(0, 1, (1, 1, 4, 4)).astype(np.float32)} for _ in range(3)]
+    plan = table_for(model, samples, "minmax")
+    assert plan.activations["conv"].min > 0
+    assert "conv" in nonnegative(plan) and "conv" not in nonnegative(plan, model)

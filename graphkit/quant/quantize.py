@@ -269,7 +269,7 @@ def quantize(
     if not recipe.measures:
         _mark_methods(plan, plan.method)
         if recipe.unsigned == "on":
-            _set_unsigned(plan, nonnegative(plan))
+            _set_unsigned(plan, nonnegative(plan, model))
         fill_integers(plan, model)
         plan.recipe = {**record, "seconds": _round(times)}
         return plan
@@ -290,7 +290,7 @@ def quantize(
     # every activation signed and with the never-negative ones as uint8 (twice the
     # resolution on [0, amax]); the best pair on the held-out crops wins
     t = time.perf_counter()
-    unsigned = nonnegative(plan) if recipe.unsigned != "off" else []
+    unsigned = nonnegative(plan, model) if recipe.unsigned != "off" else []
     storages = [s for s in (False, True) if (s and unsigned) or (not s and recipe.unsigned != "on")]
     storages = storages or [False]  # "on" without a never-negative tensor
     tried: dict[tuple[str, bool], Score] = {}
@@ -498,10 +498,18 @@ def _round(times: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 2) for k, v in times.items()}
 
 
-def nonnegative(plan: QuantPlan) -> list[str]:
-    """Activations the plan saw no negative value of (observed min >= 0): the ones a
-    backend with unsigned int8 can store over [0, amax] with twice the resolution."""
-    return [n for n, e in plan.activations.items() if e.min is not None and e.min >= 0]
+def nonnegative(plan: QuantPlan, model: onnx.ModelProto | None = None) -> list[str]:
+    """Activations a backend with unsigned int8 can store over [0, amax] with twice the
+    resolution: never negative on the calibration data (observed min >= 0) and, given the
+    model, unable to be negative by the graph (`signs.never_negative`) unless a graph
+    input, whose calibration range is all that is known of it."""
+    seen = [n for n, e in plan.activations.items() if e.min is not None and e.min >= 0]
+    if model is None:
+        return seen
+    from graphkit.quant.signs import never_negative
+
+    sure = never_negative(model) | {i.name for i in model.graph.input}
+    return [n for n in seen if n in sure]
 
 
 def _set_unsigned(plan: QuantPlan, names: Sequence[str]) -> None:
