@@ -4,7 +4,7 @@ Per model: the pairs `graphkit.quant.equalize.find_pairs` finds (Conv -> Conv, C
 Relu -> Conv, Conv -> Clip(0, 6) -> Conv), scales measured on every calibration crop
 (`equalization`), the model rewritten (`apply_equalization`, same function), calibrated
 again with each method and scored on the held-out crops of the default recipe (crops
-8-16: head SQNR in dB and keypoint agreement with FP32), every pair kind alone and all
+8-16: the worst head's SQNR in dB and keypoint agreement with FP32), every pair kind alone and all
 together, against the same calibration without equalization.
 
     python benchmarks/equalization.py [--models posenet movenet-lightning] [--methods mse]
@@ -13,13 +13,14 @@ together, against the same calibration without equalization.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-MODELS = ["efficientpose", "posenet", "movenet-lightning"]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from heldout import MODELS, held_out_setup
 
 
 def main() -> int:
@@ -29,26 +30,15 @@ def main() -> int:
     ap.add_argument("--models", nargs="+", default=["posenet", "movenet-lightning"], choices=MODELS)
     ap.add_argument("--methods", nargs="+", default=["mse", "percentile"])
     args = ap.parse_args()
-    assets = Path(os.environ.get("GRAPHKIT_ASSETS", ROOT.parent / "shared" / "assets")).resolve()
-    os.environ.setdefault("GRAPHKIT_ASSETS", str(assets))
-
-    from graphkit.data import iter_samples, load_input_spec
-    from graphkit.model import load_model
-    from graphkit.pose.decoders import build_decoder
+    from graphkit.data import iter_samples
     from graphkit.quant.calibrate import calibrate
     from graphkit.quant.equalize import apply_equalization, equalization
     from graphkit.quant.qdq import insert_qdq
-    from graphkit.quant.quantize import HeldOutScorer, held_out, recipe_of
-    from graphkit.quant.sensitivity import head_tensors
 
     print("| model | method | pairs | count | head SQNR dB | agreement |")
     print("|---|---|---|---|---|---|")
     for name in args.models:
-        model = load_model(assets / "models" / f"{name}.onnx")
-        spec = load_input_spec(ROOT / "examples" / "models" / f"{name}.yaml")
-        _, score = held_out(spec, recipe_of("default"))
-        decoder = build_decoder(spec.decode)
-        scorer = HeldOutScorer(model, score, head_tensors(model, decoder.outputs), decoder)
+        model, spec, _, scorer = held_out_setup(name)
         eq = equalization(model, [s.feeds for s in iter_samples(spec)])
         ops = {n.name: n.op_type for n in model.graph.node}
         kinds = {
@@ -63,8 +53,9 @@ def main() -> int:
                 if kind != "none" and not pairs:
                     continue
                 m = apply_equalization(model, pairs) if pairs else model
-                sqnr, agree = scorer.measure(insert_qdq(m, calibrate(m, spec, method)))
-                print(f"| {name} | {method} | {kind} | {len(pairs)} | {sqnr:.2f} | {agree:.3f} |")
+                got = scorer.measure(insert_qdq(m, calibrate(m, spec, method)))
+                cells = f"{got.worst:.2f} | {got.agreement:.3f}"
+                print(f"| {name} | {method} | {kind} | {len(pairs)} | {cells} |")
     return 0
 
 

@@ -12,13 +12,14 @@ the default recipe's held-out crops: mean head SQNR (dB) and keypoint agreement 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-MODELS = ["efficientpose", "posenet", "movenet-lightning"]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from heldout import MODELS, held_out_setup
 
 
 def main() -> int:
@@ -27,28 +28,17 @@ def main() -> int:
     )
     ap.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
     args = ap.parse_args()
-    assets = Path(os.environ.get("GRAPHKIT_ASSETS", ROOT.parent / "shared" / "assets")).resolve()
-    os.environ.setdefault("GRAPHKIT_ASSETS", str(assets))
-
-    from graphkit.data import load_input_spec
-    from graphkit.model import load_model
-    from graphkit.pose.decoders import build_decoder
     from graphkit.quant.calibrate import calibrate
     from graphkit.quant.qdq import insert_qdq
-    from graphkit.quant.quantize import HeldOutScorer, held_out, nonnegative, recipe_of
+    from graphkit.quant.quantize import nonnegative
     from graphkit.quant.refine import optimize_weights
-    from graphkit.quant.sensitivity import head_tensors
 
     print("| model | unsigned tensors | weights | signed: SQNR dB / agreement | unsigned |")
     print("|---|---|---|---|---|")
     for name in args.models:
-        model = load_model(assets / "models" / f"{name}.onnx")
-        spec = load_input_spec(ROOT / "examples" / "models" / f"{name}.yaml")
-        fit, score = held_out(spec, recipe_of("default"))
-        decoder = build_decoder(spec.decode)
-        scorer = HeldOutScorer(model, score, head_tensors(model, decoder.outputs), decoder)
+        model, spec, fit, scorer = held_out_setup(name)
         plan = calibrate(model, spec, method="mse")
-        names = nonnegative(plan)
+        names = nonnegative(plan, model)
         rounded, _ = optimize_weights(model, [s.feeds for s in fit], plan)
         for weights, base in (("nearest", model), ("GPTQ", rounded)):
             cells = []
