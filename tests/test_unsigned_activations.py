@@ -131,7 +131,13 @@ def test_a_target_without_unsigned_int8_calibrates_a_signed_plan(tmp_path, capsy
     argv = ["calibrate", str(model_path), "--data", str(spec), "--fit-samples", "4"]
     argv += ["--score-samples", "4", "--max-float", "0", "--no-round-weights"]
     assert main([*argv, "-o", str(tmp_path / "ort.json")]) == 0
-    assert "unsigned" in QuantPlan.load(tmp_path / "ort.json").recipe
+    ort_plan = QuantPlan.load(tmp_path / "ort.json")
+    unsigned = sum(e.unsigned for e in ort_plan.activations.values())
+    said = f"{unsigned} never-negative activations uint8" in capsys.readouterr().out
+    assert "unsigned" in ort_plan.recipe and said == bool(unsigned)
+    onnx_target = ["--target", "onnx", "--out-dir", str(tmp_path / "o")]
+    assert main([*argv, "-o", str(tmp_path / "onnx.json"), *onnx_target]) == 0
+    assert "unsigned" in QuantPlan.load(tmp_path / "onnx.json").recipe  # onnx stores uint8
     out = [
         "-o",
         str(tmp_path / "trt.json"),

@@ -371,6 +371,12 @@ def summary(plan, args: argparse.Namespace) -> str:
             f"activations, {len(plan.weights)} int8 weights, {plan.num_samples} samples"
         )
     ]
+    unsigned = sum(e.unsigned for e in plan.activations.values())
+    if unsigned:
+        lines.append(
+            f"{unsigned} never-negative activations uint8 in onnxruntime's Q/DQ "
+            "(--target ncnn, tensorrt, atc or vacc calibrates them signed, as those store them)"
+        )
     if held_out := held_out_summary(plan):
         lines.append(held_out)
     fl = r.get("float_layers")
