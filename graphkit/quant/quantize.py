@@ -291,8 +291,9 @@ def quantize(
     # resolution on [0, amax]); the best pair on the held-out crops wins
     t = time.perf_counter()
     unsigned = nonnegative(plan, model) if recipe.unsigned != "off" else []
-    storages = [s for s in (False, True) if (s and unsigned) or (not s and recipe.unsigned != "on")]
-    storages = storages or [False]  # "on" without a never-negative tensor
+    storages = [False, True] if unsigned else [False]  # as uint8 or not
+    if unsigned and recipe.unsigned == "on":
+        storages = [True]
     tried: dict[tuple[str, bool], Score] = {}
     plans: dict[str, QuantPlan] = {recipe.methods[0]: plan}
     for m in recipe.methods:
