@@ -102,6 +102,11 @@ def test_the_unsigned_flag_survives_save_and_load_and_version_2_plans_load(tmp_p
     d["schema_version"] = 2
     (tmp_path / "v2.json").write_text(json.dumps(d))
     assert not any(e.unsigned for e in QuantPlan.load(tmp_path / "v2.json").activations.values())
+    d = json.loads((tmp_path / "p.json").read_text())
+    d["activations"][INPUT]["unsigned"] = True  # x is seen negative
+    (tmp_path / "bad.json").write_text(json.dumps(d))
+    with pytest.raises(GraphkitError, match="activations.x is marked unsigned but its observed"):
+        QuantPlan.load(tmp_path / "bad.json")
 
 
 def test_the_recipe_measures_unsigned_storage_and_records_it(tmp_path):

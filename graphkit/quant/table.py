@@ -188,6 +188,12 @@ class QuantPlan:
         validate(_RecipeParts, {"recipe": plan.recipe}, source)
         for name, weight in plan.weights.items():
             weight.check_integers(f"{source}: weights.{name}.int8")
+        for name, entry in plan.activations.items():
+            if entry.unsigned and entry.min is not None and entry.min < 0:
+                raise InputError(
+                    f"{source}: activations.{name} is marked unsigned but its observed "
+                    f"minimum is {entry.min:g} (uint8 would clamp it to 0)"
+                )
         return plan
 
     @classmethod
