@@ -24,7 +24,7 @@ import onnx_ir as ir
 from graphkit.errors import GraphkitError
 from graphkit.irgraph import add_initializer, drop_unused_initializers, to_ir, to_proto
 from graphkit.quant.collect import layer_activations
-from graphkit.quant.table import QMAX, UQMAX, CalibrationTable
+from graphkit.quant.table import QMAX, CalibrationTable
 from graphkit.quant.weights import QUANTIZED_OPS, weight_amax, weight_axis
 
 MIN_OPSET = 13
@@ -117,7 +117,7 @@ class _Inserter:
             return self.dq[name]
         entry = self.table.activations[name]
         unsigned = entry.unsigned and self.unsigned
-        step = entry.amax / (UQMAX if unsigned else QMAX)
+        step = entry.unsigned_scale if unsigned else entry.scale
         scale = self._init(np.array(max(step, MIN_SCALE), np.float32), f"{name}_scale")
         zp = self._init(np.array(0, np.uint8 if unsigned else np.int8), f"{name}_zero_point")
         q_name = self.names.new(f"{name}_QuantizeLinear")
