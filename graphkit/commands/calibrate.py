@@ -90,8 +90,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         nargs="?",
         const="on",
         choices=["auto", "on", "off"],
-        help="store activations never negative on the data as uint8 over [0, amax] (one "
-        "more bit; onnxruntime's Q/DQ only, ncnn / TensorRT / Ascend / vacc store int8): "
+        help="store activations that cannot be negative (by the graph, and never on the "
+        "data) as uint8 over [0, amax] (one more bit; onnxruntime's Q/DQ only, ncnn / "
+        "TensorRT / Ascend / vacc store int8): "
         "auto (kept if it helps, the default without --target), on, off (the default "
         "when --target names a backend without unsigned int8)",
     )
