@@ -6,8 +6,8 @@ biases are fitted on) and measures each choice there, by the mean over the model
 of their SQNR against FP32 (`criterion`):
 
 1. statistics once; each candidate method's thresholds from them, each with every
-   activation signed and with the ones never negative on the calibration data as uint8
-   over [0, amax] (one more bit where the backend has unsigned int8; `unsigned`); the
+   activation signed and with the ones that cannot be negative (by the graph, and never
+   on the calibration data) as uint8 over [0, amax] (one more bit where the backend has unsigned int8; `unsigned`); the
    pair whose Q/DQ model scores best wins (records the others' scores);
 2. Conv weights rounded against each layer's output (GPTQ-style, `refine`; a layer keeps
    nearest rounding where that has the lower error on its own sampled inputs);

@@ -3,8 +3,9 @@
 Every calibrator writes one, every exporter reads one (`QuantPlan`; `CalibrationTable` is
 the same class under its older name). Activations are symmetric: amax is the clipping
 threshold of |x|, scale = amax / 127 (int8, zero point 0), with the method that chose it;
-one marked `unsigned` (never negative on the calibration data) is stored as uint8 over
-[0, amax] (scale amax / 255) by the backends that have unsigned int8, int8 by the others.
+one marked `unsigned` (never negative, by the graph and on the data) is stored as uint8
+over [0, amax] (scale amax / 255) by the backends that have unsigned int8, int8 by the
+others.
 Weights are symmetric per output channel (per group for depthwise): one amax per channel,
 keyed by the initializer name, with the axis it was taken on, the grid (`qmax`) and the
 final integers (`int8`: zlib-compressed, base64), so rounding decided here (GPTQ-style or
@@ -63,8 +64,9 @@ class ActivationEntry:
     )
     # how the threshold was chosen: the calibrator's name, or the search that picked it
     method: str = ""
-    # never negative on the calibration data, and the plan was measured with it stored as
-    # uint8 [0, amax]: one more bit where a backend has unsigned int8 (onnxruntime's Q/DQ)
+    # never negative (by the graph and on the calibration data), and the plan was measured
+    # with it stored as uint8 [0, amax]: one more bit where a backend has unsigned int8
+    # (onnxruntime's Q/DQ)
     unsigned: bool = False
 
     @property
