@@ -43,8 +43,7 @@ def main() -> int:
         for weights, base in (("nearest", model), ("GPTQ", rounded)):
             cells = []
             for unsigned in (False, True):
-                for n in names:
-                    plan.activations[n].unsigned = unsigned
+                plan.set_unsigned(names if unsigned else [])
                 got = scorer.measure(insert_qdq(base, plan))
                 cells.append(f"{got.mean:.2f} / {got.agreement:.3f}")
             print(

@@ -197,7 +197,7 @@ def export_all(
     tmp = Path(tempfile.mkdtemp(prefix=scratch.prefix("export-"), dir=out.parent))
     try:
         files: list[ExportedFile] = []
-        unsigned = sum(e.unsigned for e in table.activations.values())
+        unsigned = len(table.unsigned_activations())
         for name in names:
             say(f"{name}: writing")
             if unsigned and name not in UNSIGNED_TARGETS:

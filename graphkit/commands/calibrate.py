@@ -372,7 +372,7 @@ def summary(plan, args: argparse.Namespace) -> str:
             f"activations, {len(plan.weights)} int8 weights, {plan.num_samples} samples"
         )
     ]
-    unsigned = sum(e.unsigned for e in plan.activations.values())
+    unsigned = len(plan.unsigned_activations())
     if unsigned:
         lines.append(
             f"{unsigned} never-negative activations uint8 in onnxruntime's Q/DQ "

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if table.biases:
         console.print(f"bias corrected: {len(table.biases)} layer(s)")
-    unsigned = sum(e.unsigned for e in table.activations.values())
+    unsigned = len(table.unsigned_activations())
     if unsigned:
         console.print(
             f"unsigned activations: {unsigned} of {len(table.activations)} (uint8 in "

@@ -48,6 +48,7 @@ from graphkit.quant.sensitivity import (
     quantized_layers,
     sensitivity,
 )
+from graphkit.quant.signs import never_negative
 from graphkit.quant.table import QuantPlan, held_out_summary
 
 if TYPE_CHECKING:
@@ -269,7 +270,7 @@ def quantize(
     if not recipe.measures:
         _mark_methods(plan, plan.method)
         if recipe.unsigned == "on":
-            _set_unsigned(plan, nonnegative(plan, model))
+            plan.set_unsigned(nonnegative(plan, model))
         fill_integers(plan, model)
         plan.recipe = {**record, "seconds": _round(times)}
         return plan
@@ -301,18 +302,18 @@ def quantize(
             plans[m] = build(m)
             plans[m].float_reasons, plans[m].model_path = plan.float_reasons, model_path
         for as_uint8 in storages:
-            _set_unsigned(plans[m], unsigned if as_uint8 else [])
+            plans[m].set_unsigned(unsigned if as_uint8 else [])
             tried[m, as_uint8] = scorer.measure(insert_qdq(model, plans[m]))
             how = f", {len(unsigned)} activations uint8" if as_uint8 else ""
             say(f"method {m}{how}: {_show(tried[m, as_uint8])}")
     (best, as_uint8), current = max(tried.items(), key=lambda kv: _key(kv[1], recipe))
     plan = plans[best]
-    _set_unsigned(plan, unsigned if as_uint8 else [])
+    plan.set_unsigned(unsigned if as_uint8 else [])
     _mark_methods(plan, best)
-    record["methods"] = {
-        m: _score(max((v for (n, _), v in tried.items() if n == m), key=lambda v: _key(v, recipe)))
-        for m in recipe.methods
+    best_of = {
+        m: max((tried[m, u] for u in storages), key=lambda v: _key(v, recipe)) for m in plans
     }
+    record["methods"] = {m: _score(v) for m, v in best_of.items()}
     if unsigned:
         record["unsigned"] = {
             "tensors": len(unsigned),
@@ -507,16 +508,8 @@ def nonnegative(plan: QuantPlan, model: onnx.ModelProto | None = None) -> list[s
     seen = [n for n, e in plan.activations.items() if e.min is not None and e.min >= 0]
     if model is None:
         return seen
-    from graphkit.quant.signs import never_negative
-
     sure = never_negative(model) | {i.name for i in model.graph.input}
     return [n for n in seen if n in sure]
-
-
-def _set_unsigned(plan: QuantPlan, names: Sequence[str]) -> None:
-    wanted = set(names)
-    for name, entry in plan.activations.items():
-        entry.unsigned = name in wanted
 
 
 def _mark_methods(plan: QuantPlan, how: str) -> None:

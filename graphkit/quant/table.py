@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import zlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -135,6 +136,16 @@ class QuantPlan:
     biases: dict[str, list[float]] = field(default_factory=dict)  # node -> final float bias
     recipe: dict[str, Any] = field(default_factory=dict)  # what quantize() did, for reports
     schema_version: int = SCHEMA_VERSION
+
+    def unsigned_activations(self) -> list[str]:
+        """The activations marked unsigned (uint8 where a backend can store it)."""
+        return [name for name, entry in self.activations.items() if entry.unsigned]
+
+    def set_unsigned(self, names: Sequence[str]) -> None:
+        """Mark exactly `names` unsigned, every other activation signed."""
+        wanted = set(names)
+        for name, entry in self.activations.items():
+            entry.unsigned = name in wanted
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
