@@ -30,7 +30,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnx
@@ -50,9 +50,7 @@ from graphkit.quant.sensitivity import (
 )
 from graphkit.quant.signs import never_negative
 from graphkit.quant.table import QuantPlan, held_out_summary
-
-if TYPE_CHECKING:
-    from graphkit.quant.refine import RoundedCandidates
+from graphkit.quant.variants import qdq_variants
 
 Log = Callable[[str], None]
 
@@ -224,15 +222,6 @@ def held_out(spec, recipe: Recipe) -> tuple[list[Any], list[Any]]:
     return fit, score
 
 
-def _candidate(
-    model: onnx.ModelProto, rounded: RoundedCandidates | None, plan: QuantPlan, floats: list[str]
-) -> onnx.ModelProto:
-    """The Q/DQ model of a plan: rounded weights for int8 layers, true ones for float."""
-    if rounded is None:
-        return insert_qdq(model, plan, keep_float=floats)
-    return rounded(plan, floats, floats)
-
-
 def quantize(
     model: str | os.PathLike | onnx.ModelProto,
     data: Any,
@@ -326,9 +315,8 @@ def quantize(
 
     # 2. weight rounding against the layer outputs
     rounded = None
-    candidates: RoundedCandidates | None = None  # Q/DQ models of the rounded weights
     if recipe.round_weights:
-        from graphkit.quant.refine import RoundedCandidates, optimize_weights
+        from graphkit.quant.refine import optimize_weights
 
         t = time.perf_counter()
         try:
@@ -339,12 +327,17 @@ def quantize(
             # each layer keeps the rounding with the lower output error on its sampled
             # inputs (optimize_weights), a local and certain gain: kept without a vote of
             # the few held-out crops, whose head SQNR is recorded for the report
-            made = RoundedCandidates(candidate, model)
-            got = scorer.measure(_candidate(model, made, plan, list(plan.keep_float)))
-            record["rounding"] = {"before": _score(current), "after": _score(got)}
-            say(f"weight rounding: {_show(current)} -> {_show(got)}")
-            rounded, candidates, current = candidate, made, got
+            rounded = candidate
         times["rounding"] = time.perf_counter() - t
+    # Q/DQ models of the plan with some layers float (the int8 ones on the rounded weights)
+    variant = qdq_variants(model, plan, rounded)
+    if rounded is not None:
+        t = time.perf_counter()
+        got = scorer.measure(variant(list(plan.keep_float)))
+        record["rounding"] = {"before": _score(current), "after": _score(got)}
+        say(f"weight rounding: {_show(current)} -> {_show(got)}")
+        current = got
+        times["rounding"] += time.perf_counter() - t
 
     # 3. float fallback under the budget
     layers = quantized_layers(model, plan, plan.keep_float)
@@ -374,7 +367,7 @@ def quantize(
             # the one that raises the held-out SQNR most is kept, the others stay in the pool
             trials: list[tuple[Score, str]] = []
             for name in pool[: recipe.lookahead]:
-                cand = _candidate(model, candidates, plan, [*plan.keep_float, *chosen, name])
+                cand = variant([*plan.keep_float, *chosen, name])
                 trials.append((scorer.measure(cand), name))
             got, name = max(trials, key=lambda t: _key(t[0], recipe))
             worse = {t[1] for t in trials if _key(t[0], recipe) <= _key(current, recipe)}
@@ -400,7 +393,7 @@ def quantize(
         from graphkit.quant.bias import correct_bias
 
         t = time.perf_counter()
-        qdq = _candidate(model, candidates, plan, list(plan.keep_float))
+        qdq = variant(list(plan.keep_float))
         try:
             corrected, done = correct_bias(model, qdq, [s.feeds for s in fit])
         except GraphkitError:

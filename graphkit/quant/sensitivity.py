@@ -27,8 +27,8 @@ from graphkit.errors import GraphkitError
 from graphkit.irgraph import name_of, reads, to_ir
 from graphkit.metrics import sqnr_db
 from graphkit.quant.collect import quantized_layers, spec_samples
-from graphkit.quant.qdq import insert_qdq
 from graphkit.quant.table import CalibrationTable
+from graphkit.quant.variants import qdq_variants
 from graphkit.runtime.ort import make_session, output_infos, with_outputs
 
 Feeds = dict[str, np.ndarray]
@@ -148,19 +148,6 @@ class OutputScorer:
         return min(sqnr_db(s, n) for s, n in zip(self.signal, noise))
 
 
-def _candidates(
-    model: onnx.ModelProto, base: onnx.ModelProto | None, table: CalibrationTable
-) -> Callable[[list[str]], onnx.ModelProto]:
-    """keep -> the Q/DQ candidate with `keep` float: `base`'s rounded weights for int8
-    layers, the true float weights of `model` for the layers kept float."""
-    if base is None:
-        return lambda keep: insert_qdq(model, table, keep_float=keep)
-    from graphkit.quant.refine import RoundedCandidates
-
-    rounded = RoundedCandidates(base, model)
-    return lambda keep: rounded(table, sorted(set(keep) | set(table.keep_float)), keep)
-
-
 def sensitivity(
     model: onnx.ModelProto,
     samples: Sequence[Feeds] | OutputScorer,
@@ -183,7 +170,7 @@ def sensitivity(
     picked = all_layers if layers is None else [n for n in all_layers if n in set(layers)]
     if not picked:
         raise GraphkitError("the table quantizes no layer of this model to rank")
-    candidate = _candidates(model, base, table)
+    candidate = qdq_variants(model, table, base)
     rows = []
     for name in picked:
         others = [n for n in all_layers if n != name]
@@ -234,7 +221,7 @@ def choose_keep_float(
     if ranking is None:
         ranking = sensitivity(model, scorer, table, keep_float=keep_float, base=base)
     chosen: list[str] = []
-    candidate = _candidates(model, base, table)
+    candidate = qdq_variants(model, table, base)
     best = scorer(candidate(list(keep_float)))
     baseline = best
     steps: list[tuple[str, float]] = []
