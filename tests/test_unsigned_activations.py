@@ -18,6 +18,7 @@ from graphkit.metrics import sqnr_db
 from graphkit.quant.qdq import insert_qdq
 from graphkit.quant.quantize import nonnegative, quantize, recipe_of
 from graphkit.quant.table import QuantPlan
+from graphkit.runtime.int8_kernels import uint8_conv_exact
 from graphkit.runtime.ort import make_session
 
 
@@ -55,19 +56,34 @@ def test_an_unsigned_activation_is_uint8_over_zero_to_amax_in_the_onnxruntime_qd
     assert zp.dtype == np.int8 and scale == pytest.approx(plan.activations[INPUT].amax / 127)
 
 
-def test_unsigned_storage_lowers_the_int8_error_of_relu_outputs():
+def _relu_chain_sqnr(unsigned: bool, optimize: bool) -> float:
+    """Output SQNR of the planted chain's Q/DQ model; optimize=False runs the Q/DQ nodes
+    as written (the grid itself), optimize=True onnxruntime's fused integer kernels."""
     model, samples = make_model(outlier=0.2), feeds(6, seed=9)  # no weight outlier
     ref = make_session(model)
-    outputs = {}
-    for unsigned in (False, True):
-        sess = make_session(insert_qdq(model, _plan(unsigned, model)))
-        signal = noise = 0.0
-        for f in samples:
-            (a,), (b,) = ref.run(None, f), sess.run(None, f)
-            signal += float(np.sum(a.astype(np.float64) ** 2))
-            noise += float(np.sum((a - b).astype(np.float64) ** 2))
-        outputs[unsigned] = sqnr_db(signal, noise)
-    assert outputs[True] > outputs[False] + 1
+    sess = make_session(insert_qdq(model, _plan(unsigned, model)), optimize=optimize)
+    signal = noise = 0.0
+    for f in samples:
+        (a,), (b,) = ref.run(None, f), sess.run(None, f)
+        signal += float(np.sum(a.astype(np.float64) ** 2))
+        noise += float(np.sum((a - b).astype(np.float64) ** 2))
+    return sqnr_db(signal, noise)
+
+
+def test_unsigned_storage_lowers_the_int8_error_of_relu_outputs():
+    assert _relu_chain_sqnr(True, optimize=False) > _relu_chain_sqnr(False, optimize=False) + 1
+
+
+def test_the_kernel_probe_predicts_whether_onnxruntime_keeps_the_uint8_gain():
+    """Where the probe finds onnxruntime's uint8 x int8 Conv exact, the fused model keeps
+    the grid's gain; where it saturates (AVX2 without VNNI), the fused model loses to it."""
+
+    grid, fused = _relu_chain_sqnr(True, optimize=False), _relu_chain_sqnr(True, optimize=True)
+    if uint8_conv_exact():
+        assert fused == pytest.approx(grid, abs=0.5)
+        assert fused > _relu_chain_sqnr(False, optimize=True) + 1
+    else:
+        assert fused < grid - 3
 
 
 @pytest.mark.parametrize("make", [tensorrt_qdq, amct_qdq])
@@ -119,13 +135,16 @@ def test_the_recipe_measures_unsigned_storage_and_records_it(tmp_path):
     best = {k: max(v["mean_sqnr_db"] for v in r[k].values()) for k in ("signed", "unsigned")}
     kept = best["unsigned"] > best["signed"]
     assert r["kept"] == kept
+    assert r["exact_here"] is uint8_conv_exact()  # which CPU the scores were measured on
     assert sorted(n for n, e in plan.activations.items() if e.unsigned) == (
         ["r1", "r2"] if kept else []
     )
     assert plan.recipe["methods"][plan.method]["mean_sqnr_db"] == max(best.values())
     off = quantize(model_path, spec, recipe_of("default", unsigned="off", **small))
     assert "unsigned" not in off.recipe and not any(e.unsigned for e in off.activations.values())
-    plain = quantize(model_path, spec, recipe_of("plain", unsigned="on"))
+    said: list[str] = []
+    plain = quantize(model_path, spec, recipe_of("plain", unsigned="on"), log=said.append)
+    assert any("saturates" in m for m in said) is not uint8_conv_exact()
     assert sorted(n for n, e in plain.activations.items() if e.unsigned) == ["r1", "r2"]
     with pytest.raises(GraphkitError, match="unsigned must be auto, on or off"):
         recipe_of("default", unsigned="sometimes")
@@ -138,8 +157,10 @@ def test_a_target_without_unsigned_int8_calibrates_a_signed_plan(tmp_path, capsy
     assert main([*argv, "-o", str(tmp_path / "ort.json")]) == 0
     ort_plan = QuantPlan.load(tmp_path / "ort.json")
     unsigned = sum(e.unsigned for e in ort_plan.activations.values())
-    said = f"{unsigned} never-negative activations uint8" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    said = f"{unsigned} never-negative activations uint8" in printed
     assert "unsigned" in ort_plan.recipe and said == bool(unsigned)
+    assert ("--unsigned off" in printed) == bool(unsigned)  # how to deploy on AVX2-only CPUs
     onnx_target = ["--target", "onnx", "--out-dir", str(tmp_path / "o")]
     assert main([*argv, "-o", str(tmp_path / "onnx.json"), *onnx_target]) == 0
     assert "unsigned" in QuantPlan.load(tmp_path / "onnx.json").recipe  # onnx stores uint8

@@ -22,6 +22,7 @@ from graphkit.model import load_model, save_model
 from graphkit.quant.calibrators import ALIASES, CALIBRATORS, canonical_method
 from graphkit.quant.qdq import insert_qdq
 from graphkit.quant.quantize import RECIPES, held_out_summary, quantize, recipe_of
+from graphkit.runtime.int8_kernels import uint8_conv_exact
 from graphkit.runtime.ort import make_session
 
 EXIT_TARGET_MISSED = 3
@@ -377,6 +378,12 @@ def summary(plan, args: argparse.Namespace) -> str:
         lines.append(
             f"{unsigned} never-negative activations uint8 in onnxruntime's Q/DQ "
             "(--target ncnn, tensorrt, atc or vacc calibrates them signed, as those store them)"
+        )
+        lines.append(
+            "  onnxruntime runs uint8 x int8 exactly on CPUs with VNNI and on ARM, "
+            "not on x86 with AVX2 only (16-bit sums saturate"
+            + ("" if uint8_conv_exact() else ", as on this CPU")
+            + "): deploying there, calibrate with --unsigned off"
         )
     if held_out := held_out_summary(plan):
         lines.append(held_out)

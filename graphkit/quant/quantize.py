@@ -51,6 +51,7 @@ from graphkit.quant.sensitivity import (
 from graphkit.quant.signs import never_negative
 from graphkit.quant.table import QuantPlan, held_out_summary
 from graphkit.quant.variants import qdq_variants
+from graphkit.runtime.int8_kernels import uint8_conv_exact
 
 Log = Callable[[str], None]
 
@@ -256,6 +257,11 @@ def quantize(
     plan.model_path = model_path
     plan.float_reasons = {n: "asked (--keep-float)" for n in keep_float}
     record: dict[str, Any] = {"recipe": asdict(recipe)}
+    if recipe.unsigned == "on" and not uint8_conv_exact():
+        say(
+            "uint8 activations asked for, but onnxruntime on this CPU (AVX2 without VNNI) "
+            "saturates uint8 x int8 sums: its int8 runs here are worse than the plan"
+        )
     if not recipe.measures:
         _mark_methods(plan, plan.method)
         if recipe.unsigned == "on":
@@ -310,6 +316,9 @@ def quantize(
             "signed": {m: _score(v) for (m, u), v in tried.items() if not u},
             "unsigned": {m: _score(v) for (m, u), v in tried.items() if u},
             "kept": as_uint8,
+            # onnxruntime's uint8 x int8 kernels saturate on AVX2 CPUs without VNNI:
+            # there uint8 measures worse than it is elsewhere (graphkit.runtime.int8_kernels)
+            "exact_here": uint8_conv_exact(),
         }
     times["method"] = time.perf_counter() - t
 
