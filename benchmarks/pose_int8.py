@@ -329,16 +329,22 @@ def main() -> int:
     if args.child:
         peer_child(args.child[0], args.child[1], args.limit, args.child[2], args.mem_gb)
         return 0
-    results = {}
+    from graphkit.runtime.int8_kernels import uint8_conv_exact
+
+    # the uint8 rows depend on the CPU: onnxruntime saturates uint8 x int8 without VNNI
+    exact = uint8_conv_exact()
+    kernels = "exact" if exact else "saturating (AVX2 without VNNI)"
+    print(f"onnxruntime uint8 x int8 kernels on this CPU: {kernels}", flush=True)
+    results: dict = {}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             results[name] = bench_model(name, args, Path(tmp))
     print()
     print(markdown(results))
-    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+    print(f"\ntotal {time.perf_counter() - start:.0f} s; uint8 kernels {kernels}")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        Path(args.json).write_text(json.dumps({**results, "uint8_exact": exact}, indent=1))
     return 0
 
 

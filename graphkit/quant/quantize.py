@@ -370,7 +370,7 @@ def quantize(
             ranking = sensitivity(model, ranker, plan, keep_float=plan.keep_float, base=rounded)
         alone = dict(ranking)
         pool = [name for name, _ in ranking]
-        steps = []
+        steps, tried_layers = [], 0
         while pool and len(chosen) < budget and not _reached(current, recipe):
             # the next `lookahead` most sensitive layers, each tried with those chosen;
             # the one that raises the held-out SQNR most is kept, the others stay in the pool
@@ -378,6 +378,7 @@ def quantize(
             for name in pool[: recipe.lookahead]:
                 cand = variant([*plan.keep_float, *chosen, name])
                 trials.append((scorer.measure(cand), name))
+                tried_layers += 1
             got, name = max(trials, key=lambda t: _key(t[0], recipe))
             worse = {t[1] for t in trials if _key(t[0], recipe) <= _key(current, recipe)}
             pool = [n for n in pool if n not in worse]
@@ -392,7 +393,12 @@ def quantize(
             )
             steps.append({"layer": name, **_score(got)})
             say(f"kept float {name}: {_show(got)}")
-        record["float"] = {"budget": budget, "layers": len(layers), "steps": steps}
+        record["float"] = {
+            "budget": budget,
+            "layers": len(layers),
+            "steps": steps,
+            "tried": tried_layers,  # candidates measured, kept or not
+        }
         times["float"] = time.perf_counter() - t
     if chosen:
         plan = _with_float(plan, chosen)
