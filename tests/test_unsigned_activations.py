@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 from quant_planted import INPUT, feeds, make_model, table_for, write_files
@@ -18,8 +20,11 @@ from graphkit.metrics import sqnr_db
 from graphkit.quant.qdq import insert_qdq
 from graphkit.quant.quantize import nonnegative, quantize, recipe_of
 from graphkit.quant.table import QuantPlan
+from graphkit.runtime import int8_kernels
 from graphkit.runtime.int8_kernels import uint8_conv_exact
 from graphkit.runtime.ort import make_session
+
+quantize_module = importlib.import_module("graphkit.quant.quantize")
 
 
 def _plan(unsigned: bool, model: onnx.ModelProto | None = None) -> QuantPlan:
@@ -56,12 +61,13 @@ def test_an_unsigned_activation_is_uint8_over_zero_to_amax_in_the_onnxruntime_qd
     assert zp.dtype == np.int8 and scale == pytest.approx(plan.activations[INPUT].amax / 127)
 
 
-def _relu_chain_sqnr(unsigned: bool, optimize: bool) -> float:
+def _relu_chain_sqnr(unsigned: bool, optimize: bool, as_written: bool = False) -> float:
     """Output SQNR of the planted chain's Q/DQ model; optimize=False runs the Q/DQ nodes
     as written (the grid itself), optimize=True onnxruntime's fused integer kernels."""
     model, samples = make_model(outlier=0.2), feeds(6, seed=9)  # no weight outlier
     ref = make_session(model)
-    sess = make_session(insert_qdq(model, _plan(unsigned, model)), optimize=optimize)
+    qdq = insert_qdq(model, _plan(unsigned, model))
+    sess = make_session(qdq, optimize=optimize, as_written=as_written)
     signal = noise = 0.0
     for f in samples:
         (a,), (b,) = ref.run(None, f), sess.run(None, f)
@@ -84,6 +90,21 @@ def test_the_kernel_probe_predicts_whether_onnxruntime_keeps_the_uint8_gain():
         assert fused > _relu_chain_sqnr(False, optimize=True) + 1
     else:
         assert fused < grid - 3
+
+
+def test_sessions_that_score_candidates_run_the_grid_as_written_on_any_cpu():
+    """What the recipe measures is the grid, on CPUs whose kernels saturate too."""
+    grid = _relu_chain_sqnr(True, optimize=False)
+    assert _relu_chain_sqnr(True, optimize=True, as_written=True) == pytest.approx(grid, abs=0.5)
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_the_scoring_level_is_fused_only_where_the_int8_kernels_are_exact(monkeypatch, exact):
+    monkeypatch.setattr(int8_kernels, "uint8_conv_exact", lambda: exact)
+    sess = make_session(insert_qdq(make_model(), _plan(True)), as_written=True)
+    fused = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    basic = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    assert sess.get_session_options().graph_optimization_level == (fused if exact else basic)
 
 
 @pytest.mark.parametrize("make", [tensorrt_qdq, amct_qdq])
@@ -125,7 +146,14 @@ def test_the_unsigned_flag_survives_save_and_load_and_version_2_plans_load(tmp_p
         QuantPlan.load(tmp_path / "bad.json")
 
 
-def test_the_recipe_measures_unsigned_storage_and_records_it(tmp_path):
+def _kernels_exact(monkeypatch, exact: bool) -> None:
+    """Make this CPU look like one whose onnxruntime runs uint8 exactly, or saturates."""
+    monkeypatch.setattr(int8_kernels, "uint8_conv_exact", lambda: exact)
+    monkeypatch.setattr(quantize_module, "uint8_conv_exact", lambda: exact)
+
+
+def test_the_recipe_measures_unsigned_storage_and_records_it(tmp_path, monkeypatch):
+    _kernels_exact(monkeypatch, True)
     model_path, spec = write_files(tmp_path, n=8)
     small = {"fit_samples": 4, "score_samples": 4, "max_float": 0.0, "round_weights": False}
     plan = quantize(model_path, spec, recipe_of("default", **small))
@@ -135,19 +163,33 @@ def test_the_recipe_measures_unsigned_storage_and_records_it(tmp_path):
     best = {k: max(v["mean_sqnr_db"] for v in r[k].values()) for k in ("signed", "unsigned")}
     kept = best["unsigned"] > best["signed"]
     assert r["kept"] == kept
-    assert r["exact_here"] is uint8_conv_exact()  # which CPU the scores were measured on
+    assert r["exact_here"] is True  # which CPU the scores were measured on
     assert sorted(n for n, e in plan.activations.items() if e.unsigned) == (
         ["r1", "r2"] if kept else []
     )
     assert plan.recipe["methods"][plan.method]["mean_sqnr_db"] == max(best.values())
     off = quantize(model_path, spec, recipe_of("default", unsigned="off", **small))
     assert "unsigned" not in off.recipe and not any(e.unsigned for e in off.activations.values())
-    said: list[str] = []
-    plain = quantize(model_path, spec, recipe_of("plain", unsigned="on"), log=said.append)
-    assert any("saturates" in m for m in said) is not uint8_conv_exact()
-    assert sorted(n for n, e in plain.activations.items() if e.unsigned) == ["r1", "r2"]
     with pytest.raises(GraphkitError, match="unsigned must be auto, on or off"):
         recipe_of("default", unsigned="sometimes")
+
+
+def test_on_a_cpu_that_saturates_uint8_auto_keeps_activations_signed(tmp_path, monkeypatch):
+    """There a uint8 plan would run worse in onnxruntime than measured: auto does not
+    offer it, says why, and `--unsigned on` still gives it (for VNNI / ARM targets)."""
+    _kernels_exact(monkeypatch, False)
+    model_path, spec = write_files(tmp_path, n=8)
+    small = {"fit_samples": 4, "score_samples": 4, "max_float": 0.0, "round_weights": False}
+    said: list[str] = []
+    plan = quantize(model_path, spec, recipe_of("default", **small), log=said.append)
+    r = plan.recipe["unsigned"]
+    assert r["kept"] is False and r["exact_here"] is False and "saturates" in r["skipped"]
+    assert not plan.unsigned_activations()
+    assert any("2 never-negative activations kept signed" in m for m in said)
+    said.clear()
+    plain = quantize(model_path, spec, recipe_of("plain", unsigned="on"), log=said.append)
+    assert any("saturates" in m for m in said)
+    assert sorted(n for n, e in plain.activations.items() if e.unsigned) == ["r1", "r2"]
 
 
 def test_a_target_without_unsigned_int8_calibrates_a_signed_plan(tmp_path, capsys):

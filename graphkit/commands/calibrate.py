@@ -94,8 +94,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="store activations that cannot be negative (by the graph, and never on the "
         "data) as uint8 over [0, amax] (one more bit; onnxruntime's Q/DQ only, ncnn / "
         "TensorRT / Ascend / vacc store int8): "
-        "auto (kept if it helps, the default without --target), on, off (the default "
-        "when --target names a backend without unsigned int8)",
+        "auto (kept if it helps, the default without --target; signed where this CPU's "
+        "onnxruntime saturates uint8 sums: x86 with AVX2 and no VNNI), on, off (the "
+        "default when --target names a backend without unsigned int8)",
     )
     p.add_argument(
         "--fit-samples",

@@ -7,8 +7,9 @@ of their SQNR against FP32 (`criterion`):
 
 1. statistics once; each candidate method's thresholds from them, each with every
    activation signed and with the ones that cannot be negative (by the graph, and never
-   on the calibration data) as uint8 over [0, amax] (one more bit where the backend has unsigned int8; `unsigned`); the
-   pair whose Q/DQ model scores best wins (records the others' scores);
+   on the calibration data) as uint8 over [0, amax] (one more bit where the backend has
+   unsigned int8 and this CPU's onnxruntime runs it exactly; `unsigned`); the pair whose
+   Q/DQ model scores best wins (records the others' scores);
 2. Conv weights rounded against each layer's output (GPTQ-style, `refine`; a layer keeps
    nearest rounding where that has the lower error on its own sampled inputs);
 3. float fallback under a budget: layers ranked by the damage they alone do at the heads,
@@ -16,6 +17,10 @@ of their SQNR against FP32 (`criterion`):
    (mean OKS of the decoded keypoints with FP32's) reaches `target_agreement` or
    `max_float` of the weighted layers are float;
 4. bias correction of the int8 Convs (`bias`), kept only if the held-out score rises.
+
+Every candidate runs in onnxruntime with the integer arithmetic its Q/DQ nodes write
+(`graphkit.runtime.int8_kernels.qdq_level`): on CPUs whose fused int8 kernels saturate,
+unfused, so that the plan depends on the model and the data, not on the calibrating CPU.
 
 The result is one `QuantPlan`: thresholds and how each was chosen, per-channel scales,
 the final integers, corrected biases, float layers with their reasons, and in
@@ -290,6 +295,14 @@ def quantize(
     storages = [False, True] if unsigned else [False]  # as uint8 or not
     if unsigned and recipe.unsigned == "on":
         storages = [True]
+    elif unsigned and not uint8_conv_exact():
+        # auto on a CPU whose onnxruntime saturates uint8 x int8 sums: a uint8 plan would
+        # run worse here than measured, so signed (`--unsigned on` for VNNI / ARM targets)
+        storages = [False]
+        say(
+            f"{len(unsigned)} never-negative activations kept signed: onnxruntime on this "
+            "CPU (AVX2 without VNNI) saturates uint8 x int8 sums"
+        )
     tried: dict[tuple[str, bool], Score] = {}
     plans: dict[str, QuantPlan] = {recipe.methods[0]: plan}
     for m in recipe.methods:
@@ -309,7 +322,15 @@ def quantize(
         m: max((tried[m, u] for u in storages), key=lambda v: _key(v, recipe)) for m in plans
     }
     record["methods"] = {m: _score(v) for m, v in best_of.items()}
-    if unsigned:
+    if unsigned and True not in storages:
+        record["unsigned"] = {
+            "tensors": len(unsigned),
+            "of": len(plan.activations),
+            "kept": False,
+            "exact_here": False,
+            "skipped": "onnxruntime on this CPU saturates uint8 x int8 sums",
+        }
+    elif unsigned:
         record["unsigned"] = {
             "tensors": len(unsigned),
             "of": len(plan.activations),

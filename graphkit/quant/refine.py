@@ -191,7 +191,9 @@ def refine_thresholds(
     run_names = [t for t in exposed if t not in graph_inputs]
     sess = make_session(with_outputs(model, run_names), optimize=False)
     cut = _LayerModels(qdq)
-    sessions = {t: make_session(cut.build(t, nodes)) for t, nodes in consumers.items()}
+    sessions = {
+        t: make_session(cut.build(t, nodes), as_written=True) for t, nodes in consumers.items()
+    }
     trial: dict[str, list[float]] = {}
     for t in consumers:
         base = table.activations[t].amax

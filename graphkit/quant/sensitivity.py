@@ -113,19 +113,18 @@ class OutputScorer:
         self.threads = threads
         self._graph_outputs = [o.name for o in model.graph.output] == self.outputs
         self._infos = {} if self._graph_outputs else output_infos(model, self.outputs)
-        sess = self._session(model)
+        sess = self._session(model, candidate=False)
         self.reference = [sess.run(self.outputs, f) for f in self.samples]
         self.signal = [
             sum(float(np.sum(np.square(r[k], dtype=np.float64))) for r in self.reference)
             for k in range(len(self.outputs))
         ]
 
-    def _session(self, model: onnx.ModelProto):
-        if self._graph_outputs:
-            return make_session(model, threads=self.threads)
-        return make_session(
-            with_outputs(model, self.outputs, infos=self._infos), threads=self.threads
-        )
+    def _session(self, model: onnx.ModelProto, candidate: bool = True):
+        """Candidates (Q/DQ) run as written: the score is the model's, not one CPU's."""
+        if not self._graph_outputs:
+            model = with_outputs(model, self.outputs, infos=self._infos)
+        return make_session(model, threads=self.threads, as_written=candidate)
 
     def subset(self, count: int) -> Self:
         """This scorer on its first `count` samples only (the FP32 outputs reused)."""

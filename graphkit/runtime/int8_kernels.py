@@ -10,7 +10,9 @@ reach the kernel shifted by 128 (values near 128 times 127 fit), and CPUs with V
 
 `uint8_conv_exact()` runs one Conv whose pairs of products are 255 x 127 in
 onnxruntime's optimized session (fused into QLinearConv) and compares it with the
-unfused Q/DQ reference.
+unfused Q/DQ reference. `qdq_level()` is the optimization level that runs a Q/DQ model
+with the arithmetic it writes on this CPU: the recipe measures its candidates there, so
+a plan does not depend on the kernels of the machine that calibrates it.
 """
 
 from __future__ import annotations
@@ -86,7 +88,17 @@ def uint8_conv_exact() -> bool:
     return abs(fused - reference) <= 1e-3 * max(1.0, abs(reference))
 
 
-__all__ = ["probe", "uint8_conv_exact"]
+def qdq_level() -> ort.GraphOptimizationLevel:
+    """Every fusion where the integer kernels are exact; BASIC (constant folding, no
+    QLinear fusion: DequantizeLinear, the float op, QuantizeLinear, as written) where they
+    saturate. The fused kernels are what a user runs, but a plan measured through them
+    would fit one CPU's overflow instead of the model."""
+    if uint8_conv_exact():
+        return ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+
+
+__all__ = ["probe", "qdq_level", "uint8_conv_exact"]
 
 if __name__ == "__main__":  # python -m graphkit.runtime.int8_kernels
     got, want = probe()

@@ -51,12 +51,22 @@ def session_options(threads: int | None = None, spin: bool = True) -> ort.Sessio
 
 
 def make_session(
-    model: onnx.ModelProto, threads: int | None = None, optimize: bool = True, spin: bool = True
+    model: onnx.ModelProto,
+    threads: int | None = None,
+    optimize: bool = True,
+    spin: bool = True,
+    as_written: bool = False,
 ) -> ort.InferenceSession:
-    """An onnxruntime CPU session for an in-memory model (via a temp file when > 2 GB)."""
+    """An onnxruntime CPU session for an in-memory model (via a temp file when > 2 GB).
+    as_written=True: a Q/DQ model runs with the integer arithmetic it writes, also on CPUs
+    whose fused int8 kernels saturate (`graphkit.runtime.int8_kernels.qdq_level`)."""
     opts = session_options(threads, spin)
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    elif as_written:
+        from graphkit.runtime.int8_kernels import qdq_level
+
+        opts.graph_optimization_level = qdq_level()
     try:
         lazy = bool(weights.lazy_tensors(model))
         relative = weights.relative_copy(model) if lazy else None
