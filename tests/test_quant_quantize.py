@@ -45,6 +45,23 @@ def test_a_larger_budget_keeps_the_planted_layer_float_with_its_reason(tmp_path)
     assert plan.recipe["final"]["sqnr_db"] > plan.recipe["methods"][plan.method]["sqnr_db"]
 
 
+def test_per_tensor_thresholds_only_change_what_raises_the_held_out_score(tmp_path):
+    """The opt-in coordinate search (measured not to help on the pose models, docs)."""
+    model_path, spec = write_files(tmp_path, n=8)
+    small = {"fit_samples": 4, "score_samples": 4, "max_float": 0.0, "round_weights": False}
+    small.update(bias_correction="off", unsigned="off", methods=("mse", "kl-ncnn"))
+    plan = quantize(model_path, spec, recipe_of("default", tensor_methods=True, **small))
+    r = plan.recipe
+    method = r["methods"][plan.method]["mean_sqnr_db"]
+    assert r["tensor_methods"]["after"]["mean_sqnr_db"] >= method
+    assert r["final"] == r["tensor_methods"]["after"]
+    for name, entry in plan.activations.items():
+        changed = name in r["tensor_methods"]["changed"]
+        assert ("per tensor" in entry.method) == changed
+    assert r["tensor_methods"]["changed"]  # kl-ncnn's threshold wins on one tensor here
+    assert r["tensor_methods"]["after"]["mean_sqnr_db"] > method
+
+
 @pytest.mark.parametrize(
     "kw, message",
     [

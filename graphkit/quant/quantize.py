@@ -81,6 +81,9 @@ class Recipe:
     score_samples: int = 8  # choices are measured on these (held out from the fit)
     # the sensitivity ranking runs on the first of the scored crops (None: all of them)
     rank_samples: int | None = None
+    # after the method: each activation tries the other methods' thresholds on its own,
+    # kept where the held-out score rises (coordinate search; off: measured, docs)
+    tensor_methods: bool = False
 
     @property
     def measures(self) -> bool:
@@ -342,6 +345,12 @@ def quantize(
             "exact_here": uint8_conv_exact(),
         }
     times["method"] = time.perf_counter() - t
+    if recipe.tensor_methods and len(plans) > 1:
+        t = time.perf_counter()
+        current, changed = _tensor_methods(model, plan, plans, scorer, current, recipe)
+        record["tensor_methods"] = {"changed": changed, "after": _score(current)}
+        say(f"per-tensor thresholds: {len(changed)} changed, {_show(current)}")
+        times["tensor_methods"] = time.perf_counter() - t
 
     # 2. weight rounding against the layer outputs
     rounded = None
@@ -459,6 +468,26 @@ def quantize(
     record["seconds"] = _round(times)
     plan.recipe = record
     return plan
+
+
+def _tensor_methods(model, plan, plans, scorer, current, recipe):
+    """Coordinate search: each activation in turn takes the threshold of another method
+    where that alone raises the held-out score; returns the new score and the changes."""
+    changed: dict[str, str] = {}
+    for name, entry in plan.activations.items():
+        for m, other in plans.items():
+            amax = other.activations[name].amax if name in other.activations else None
+            if amax is None or abs(amax - entry.amax) <= 1e-6 * entry.amax:
+                continue
+            before = entry.amax
+            entry.amax = amax
+            got = scorer.measure(insert_qdq(model, plan))
+            if _key(got, recipe) > _key(current, recipe):
+                current, changed[name] = got, m
+                entry.method = f"{m} (per tensor, held-out)"
+            else:
+                entry.amax = before
+    return current, changed
 
 
 def _sensitivity_group(layers, plan, heads, rank_by, model_bytes, base_bytes, samples):

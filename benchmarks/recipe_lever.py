@@ -1,0 +1,85 @@
+"""One recipe option against the default, on val2017: does a lever help the pose models?
+
+    python benchmarks/recipe_lever.py tensor_methods=true [--models posenet ...]
+
+Per shared model, in one run: `graphkit.quantize(model, spec, recipe)` with the default
+recipe and with the default plus the given options (`recipe_of("default", **options)`),
+each Q/DQ model evaluated on the val2017 crops like benchmarks/pose_int8.py (COCO AP and
+agreement with FP32), with its held-out score and calibration time. The held-out score is
+what the recipe optimizes; val2017 says whether that generalizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from heldout import MODELS, ROOT, assets
+
+
+def parse_option(text: str) -> tuple[str, object]:
+    """name=value, the value a Python literal (true/false accepted)."""
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise SystemExit(f"options are name=value, got {text!r}")
+    value = {"true": "True", "false": "False", "none": "None"}.get(value.lower(), value)
+    try:
+        return name, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return name, value
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("options", nargs="+", help="recipe options, name=value")
+    ap.add_argument("--models", nargs="+", choices=MODELS, default=MODELS)
+    args = ap.parse_args()
+    options = dict(parse_option(o) for o in args.options)
+
+    from graphkit.data import load_input_spec
+    from graphkit.errors import GraphkitError
+    from graphkit.evaluators.evaluate import agreement_of, evaluate
+    from graphkit.model import load_model, save_model
+    from graphkit.quant.qdq import insert_qdq
+    from graphkit.quant.quantize import quantize, recipe_of
+
+    try:
+        recipes = {"default": recipe_of("default"), str(options): recipe_of("default", **options)}
+    except (GraphkitError, TypeError) as exc:
+        print(f"recipe_lever: {exc}", file=sys.stderr)
+        return 2
+    a = assets()
+    val = {
+        "ann": str(a / "coco-mini/annotations/person_keypoints_val2017.json"),
+        "images": str(a / "coco-mini/val2017"),
+    }
+    print("| model | recipe | held-out mean head SQNR dB | AP | agreement | seconds |")
+    print("|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            path = a / "models" / f"{name}.onnx"
+            model = load_model(path)
+            spec = load_input_spec(ROOT / "examples" / "models" / f"{name}.yaml")
+            fp = evaluate(str(path), spec, **val)
+            for label, recipe in recipes.items():
+                start = time.perf_counter()
+                plan = quantize(model, spec, recipe)
+                seconds = time.perf_counter() - start
+                qdq = Path(tmp) / f"{name}.onnx"
+                save_model(insert_qdq(plan.deploy_model(model), plan), qdq)
+                r = evaluate(str(qdq), spec, **val)
+                final = plan.recipe.get("final") or {}
+                print(
+                    f"| {name} | {label} | {final.get('mean_sqnr_db')} | "
+                    f"{r['stats']['AP']:.4f} | {agreement_of(fp, r):.3f} | {seconds:.1f} |",
+                    flush=True,
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
