@@ -113,18 +113,19 @@ class OutputScorer:
         self.threads = threads
         self._graph_outputs = [o.name for o in model.graph.output] == self.outputs
         self._infos = {} if self._graph_outputs else output_infos(model, self.outputs)
-        sess = self._session(model, candidate=False)
+        sess = self._session(model)
         self.reference = [sess.run(self.outputs, f) for f in self.samples]
         self.signal = [
             sum(float(np.sum(np.square(r[k], dtype=np.float64))) for r in self.reference)
             for k in range(len(self.outputs))
         ]
 
-    def _session(self, model: onnx.ModelProto, candidate: bool = True):
-        """Candidates (Q/DQ) run as written: the score is the model's, not one CPU's."""
+    def _session(self, model: onnx.ModelProto):
+        """Candidates (Q/DQ) run as written: the score is the model's, not one CPU's; the
+        float reference at the same level, so a float candidate scores inf."""
         if not self._graph_outputs:
             model = with_outputs(model, self.outputs, infos=self._infos)
-        return make_session(model, threads=self.threads, as_written=candidate)
+        return make_session(model, threads=self.threads, as_written=True)
 
     def subset(self, count: int) -> Self:
         """This scorer on its first `count` samples only (the FP32 outputs reused)."""
