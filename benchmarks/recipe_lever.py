@@ -1,12 +1,15 @@
 """One recipe option against the default, on val2017: does a lever help the pose models?
 
     python benchmarks/recipe_lever.py tensor_methods=true [--models posenet ...]
+    GRAPHKIT_INT8_KERNELS=saturating python benchmarks/recipe_lever.py   # default only
+
 
 Per shared model, in one run: `graphkit.quantize(model, spec, recipe)` with the default
 recipe and with the default plus the given options (`recipe_of("default", **options)`),
 each Q/DQ model evaluated on the val2017 crops like benchmarks/pose_int8.py (COCO AP and
 agreement with FP32), with its held-out score and calibration time. The held-out score is
-what the recipe optimizes; val2017 says whether that generalizes.
+what the recipe optimizes; val2017 says whether that generalizes. Without options, the
+default alone (e.g. under GRAPHKIT_INT8_KERNELS, to see the plan another kind of CPU makes).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ def parse_option(text: str) -> tuple[str, object]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("options", nargs="+", help="recipe options, name=value")
+    ap.add_argument("options", nargs="*", help="recipe options, name=value")
     ap.add_argument("--models", nargs="+", choices=MODELS, default=MODELS)
     args = ap.parse_args()
     options = dict(parse_option(o) for o in args.options)
@@ -48,7 +51,9 @@ def main() -> int:
     from graphkit.quant.quantize import quantize, recipe_of
 
     try:
-        recipes = {"default": recipe_of("default"), str(options): recipe_of("default", **options)}
+        recipes = {"default": recipe_of("default")}
+        if options:
+            recipes[str(options)] = recipe_of("default", **options)
     except (GraphkitError, TypeError) as exc:
         print(f"recipe_lever: {exc}", file=sys.stderr)
         return 2

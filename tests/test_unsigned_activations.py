@@ -21,7 +21,6 @@ from graphkit.quant.qdq import insert_qdq
 from graphkit.quant.quantize import nonnegative, quantize, recipe_of
 from graphkit.quant.table import QuantPlan
 from graphkit.runtime import int8_kernels
-from graphkit.runtime.int8_kernels import uint8_conv_exact
 from graphkit.runtime.ort import make_session
 
 quantize_module = importlib.import_module("graphkit.quant.quantize")
@@ -85,7 +84,8 @@ def test_the_kernel_probe_predicts_whether_onnxruntime_keeps_the_uint8_gain():
     the grid's gain; where it saturates (AVX2 without VNNI), the fused model loses to it."""
 
     grid, fused = _relu_chain_sqnr(True, optimize=False), _relu_chain_sqnr(True, optimize=True)
-    if uint8_conv_exact():
+    got, want = int8_kernels.probe()  # the kernels themselves, whatever the environment says
+    if got == pytest.approx(want, abs=1e-3):
         assert fused == pytest.approx(grid, abs=0.5)
         assert fused > _relu_chain_sqnr(False, optimize=True) + 1
     else:
@@ -105,6 +105,27 @@ def test_the_scoring_level_is_fused_only_where_the_int8_kernels_are_exact(monkey
     fused = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     basic = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     assert sess.get_session_options().graph_optimization_level == (fused if exact else basic)
+
+
+@pytest.fixture
+def fresh_probe():
+    """uint8_conv_exact() is cached per process: cleared before and after the test."""
+    int8_kernels.uint8_conv_exact.cache_clear()
+    yield
+    int8_kernels.uint8_conv_exact.cache_clear()
+
+
+def test_the_environment_can_name_the_kind_of_cpu_to_calibrate_for(monkeypatch, fresh_probe):
+    monkeypatch.setenv(int8_kernels.OVERRIDE, "saturating")
+    assert int8_kernels.uint8_conv_exact() is False
+    assert int8_kernels.qdq_level() == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    int8_kernels.uint8_conv_exact.cache_clear()
+    monkeypatch.setenv(int8_kernels.OVERRIDE, "Exact")
+    assert int8_kernels.uint8_conv_exact() is True
+    int8_kernels.uint8_conv_exact.cache_clear()
+    monkeypatch.setenv(int8_kernels.OVERRIDE, "avx2")
+    with pytest.raises(GraphkitError, match="must be exact or saturating, got 'avx2'"):
+        int8_kernels.uint8_conv_exact()
 
 
 @pytest.mark.parametrize("make", [tensorrt_qdq, amct_qdq])

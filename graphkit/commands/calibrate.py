@@ -95,7 +95,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "data) as uint8 over [0, amax] (one more bit; onnxruntime's Q/DQ only, ncnn / "
         "TensorRT / Ascend / vacc store int8): "
         "auto (kept if it helps, the default without --target; signed where this CPU's "
-        "onnxruntime saturates uint8 sums: x86 with AVX2 and no VNNI), on, off (the "
+        "onnxruntime saturates uint8 sums: x86 with AVX2 and no VNNI; "
+        "GRAPHKIT_INT8_KERNELS=exact|saturating overrides the probe), on, off (the "
         "default when --target names a backend without unsigned int8)",
     )
     p.add_argument(
