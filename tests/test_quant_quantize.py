@@ -62,6 +62,18 @@ def test_per_tensor_thresholds_only_change_what_raises_the_held_out_score(tmp_pa
     assert r["tensor_methods"]["after"]["mean_sqnr_db"] > method
 
 
+def test_bias_correction_before_the_float_search_leaves_no_bias_on_a_float_layer(tmp_path):
+    """The opt-in bias_first (measured not to help, docs): corrected, searched, corrected."""
+    model_path, spec = write_files(tmp_path, n=8)
+    small = {"fit_samples": 4, "score_samples": 4, "max_float": 0.34}
+    plan = quantize(model_path, spec, recipe_of("default", bias_first=True, **small))
+    r = plan.recipe["bias_first"]
+    assert r["after"]["mean_sqnr_db"] > r["before"]["mean_sqnr_db"]
+    assert plan.keep_float == ["conv2"] and "conv2" not in plan.biases
+    assert set(plan.biases) == {"conv1", "conv3"}
+    assert plan.recipe["final"]["mean_sqnr_db"] > r["after"]["mean_sqnr_db"]
+
+
 @pytest.mark.parametrize(
     "kw, message",
     [

@@ -39,9 +39,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 
 from graphkit.errors import GraphkitError
-from graphkit.irgraph import to_ir
+from graphkit.irgraph import to_ir, to_proto
 from graphkit.logs import step
 from graphkit.metrics import sqnr_db
 from graphkit.quant.calibrators import canonical_method
@@ -84,6 +85,9 @@ class Recipe:
     # after the method: each activation tries the other methods' thresholds on its own,
     # kept where the held-out score rises (coordinate search; off: measured, docs)
     tensor_methods: bool = False
+    # bias correction also before the float search, so the search ranks the layers by
+    # what correction leaves (then corrected again with the final float layers)
+    bias_first: bool = False
 
     @property
     def measures(self) -> bool:
@@ -378,6 +382,27 @@ def quantize(
         current = got
         times["rounding"] += time.perf_counter() - t
 
+    if recipe.bias_first and recipe.bias_correction != "off":
+        from graphkit.quant.bias import correct_bias
+
+        t = time.perf_counter()
+        try:
+            corrected, done = correct_bias(
+                model, variant(list(plan.keep_float)), [s.feeds for s in fit]
+            )
+        except GraphkitError:
+            corrected = None
+        if corrected is not None:
+            got = scorer.measure(corrected)
+            record["bias_first"] = {"before": _score(current), "after": _score(got)}
+            say(f"bias correction first: {_show(current)} -> {_show(got)}")
+            if _key(got, recipe) > _key(current, recipe):
+                plan.biases = _conv_biases(corrected, done.nodes)
+                rounded = _with_biases(rounded if rounded is not None else model, plan.biases)
+                variant = qdq_variants(model, plan, rounded)
+                current = got
+        times["bias_first"] = time.perf_counter() - t
+
     # 3. float fallback under the budget
     layers = quantized_layers(model, plan, plan.keep_float)
     budget = math.floor(recipe.max_float * len(layers) + 1e-9)
@@ -460,6 +485,8 @@ def quantize(
                 current = got
         times["bias"] = time.perf_counter() - t
 
+    # a bias corrected before the float search does not belong to a layer it made float
+    plan.biases = {n: b for n, b in plan.biases.items() if n not in plan.keep_float}
     fill_integers(plan, model, rounded)
     record["final"] = _score(current)
     # None: no decode section (or no person areas), so the agreement was not measured
@@ -581,6 +608,22 @@ def _with_float(plan: QuantPlan, nodes: Sequence[str]) -> QuantPlan:
     gone = set(nodes)
     plan.weights = {k: w for k, w in plan.weights.items() if w.node not in gone}
     return plan
+
+
+def _with_biases(model: onnx.ModelProto, biases: dict[str, list[float]]) -> onnx.ModelProto:
+    """A copy of `model` whose Convs named in `biases` have those biases (own initializers)."""
+    m = to_ir(model)
+    for node in m.graph:
+        if node.name not in biases:
+            continue
+        name = f"{node.name}.corrected_bias"
+        value = ir.Value(name=name)
+        value.const_value = ir.tensor(np.asarray(biases[node.name], np.float32), name=name)
+        m.graph.register_initializer(value)
+        if len(node.inputs) < 3:
+            node.resize_inputs(3)
+        node.replace_input_with(2, value)
+    return to_proto(m)
 
 
 def _conv_biases(qdq: onnx.ModelProto, nodes: Sequence[str]) -> dict[str, list[float]]:
