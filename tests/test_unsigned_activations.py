@@ -195,7 +195,7 @@ def test_the_recipe_measures_unsigned_storage_and_records_it(tmp_path, monkeypat
         recipe_of("default", unsigned="sometimes")
 
 
-def test_on_a_cpu_that_saturates_uint8_auto_keeps_activations_signed(tmp_path, monkeypatch):
+def test_on_a_cpu_that_saturates_uint8_auto_keeps_activations_signed(tmp_path, monkeypatch, capsys):
     """There a uint8 plan would run worse in onnxruntime than measured: auto does not
     offer it, says why, and `--unsigned on` still gives it (for VNNI / ARM targets)."""
     _kernels_exact(monkeypatch, False)
@@ -208,6 +208,14 @@ def test_on_a_cpu_that_saturates_uint8_auto_keeps_activations_signed(tmp_path, m
     assert not plan.unsigned_activations()
     assert any("2 never-negative activations kept signed" in m for m in said)
     said.clear()
+    calibrate_module = importlib.import_module("graphkit.commands.calibrate")
+    monkeypatch.setattr(calibrate_module, "uint8_conv_exact", lambda: False)
+    argv = ["calibrate", str(model_path), "--data", str(spec), "--fit-samples", "4"]
+    argv += ["--score-samples", "4", "--max-float", "0", "--no-round-weights"]
+    assert main([*argv, "-o", str(tmp_path / "p.json")]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "2 never-negative activations kept signed: onnxruntime on this CPU" in printed
+    assert "--unsigned on" in printed
     plain = quantize(model_path, spec, recipe_of("plain", unsigned="on"), log=said.append)
     assert any("saturates" in m for m in said)
     assert sorted(n for n, e in plain.activations.items() if e.unsigned) == ["r1", "r2"]

@@ -387,6 +387,12 @@ def summary(plan, args: argparse.Namespace) -> str:
             + ("" if uint8_conv_exact() else ", as on this CPU")
             + "): deploying there, calibrate with --unsigned off"
         )
+    skipped = r.get("unsigned", {}).get("skipped")
+    if skipped:
+        lines.append(
+            f"{r['unsigned']['tensors']} never-negative activations kept signed: {skipped} "
+            "(the candidates were measured unfused); for a VNNI or ARM target, --unsigned on"
+        )
     if held_out := held_out_summary(plan):
         lines.append(held_out)
     fl = r.get("float_layers")
