@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from quant_planted import make_model, write_files
+from quant_synthetic import write_data
 from tiny import model_of
 
 from graphkit.cli import main
@@ -60,6 +61,21 @@ def test_per_tensor_thresholds_only_change_what_raises_the_held_out_score(tmp_pa
         assert ("per tensor" in entry.method) == changed
     assert r["tensor_methods"]["changed"]  # kl-ncnn's threshold wins on one tensor here
     assert r["tensor_methods"]["after"]["mean_sqnr_db"] > method
+
+
+def test_screening_on_few_crops_ranks_the_shortlist_on_all_and_keeps_the_same_layers(
+    tmp_path,
+):
+    model_path, spec = write_data(tmp_path, n=12)
+    small = {"fit_samples": 4, "score_samples": 8, "max_float": 0.17, "target_agreement": None}
+    screened = quantize(model_path, spec, recipe_of("default", **small))
+    full = quantize(model_path, spec, recipe_of("default", screen_samples=0, **small))
+    assert screened.recipe["screened"] == {"samples": 2, "shortlist": 3}
+    assert "screened" not in full.recipe
+    assert screened.keep_float == full.keep_float and len(full.keep_float) == 1
+    assert screened.float_reasons == full.float_reasons
+    with pytest.raises(GraphkitError, match="screen samples must be 0"):
+        recipe_of("default", screen_samples=-1)
 
 
 def test_bias_correction_before_the_float_search_leaves_no_bias_on_a_float_layer(tmp_path):

@@ -11,6 +11,7 @@ from graphkit.commands._common import (
     add_json_argument,
     check_output_files,
     console,
+    non_negative_int,
     positive_int,
     progress_bar,
     spec_inputs,
@@ -119,6 +120,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="K",
         help="of the scored samples, the first K rank the layers for float fallback "
         "(default: all; fewer is faster, and may miss a layer)",
+    )
+    p.add_argument(
+        "--screen-samples",
+        type=non_negative_int,
+        metavar="K",
+        help="rank every layer on K scored samples first, then the 3 x budget most "
+        "sensitive on all of them (default 2; 0: every layer on all samples)",
     )
     p.add_argument(
         "--workers",
@@ -238,6 +246,7 @@ def run(args: argparse.Namespace) -> int:
         fit_samples=args.fit_samples,
         score_samples=args.score_samples,
         rank_samples=args.rank_samples,
+        screen_samples=args.screen_samples,
     )
     check_outputs(args)
     model = load_model(args.model)
@@ -309,6 +318,7 @@ def run_ncnn(args: argparse.Namespace) -> int:
         "--fit-samples": args.fit_samples,
         "--score-samples": args.score_samples,
         "--rank-samples": args.rank_samples,
+        "--screen-samples": args.screen_samples,
         "--workers": args.workers != 1,
         "--executor ray": args.executor == "ray",
         "--tensors": args.tensors,
