@@ -416,36 +416,38 @@ def quantize(
     chosen: list[str] = []
     if budget and not reached:
         t = time.perf_counter()
-        if calibrate_options.get("executor", "local") == "ray":
-            ranking = _ray_sensitivity(
-                model,
-                rounded,
-                plan,
-                score[: recipe.rank_samples],
-                heads,
-                scorer.rank_by,
-                calibrate_options,
-            )
-        else:
-            ranker = scorer.subset(recipe.rank_samples or len(score))
-            shortlist = 3 * budget
-            if 0 < recipe.screen_samples < len(ranker.samples) and shortlist < len(layers):
-                # a cheap pass on a few crops, then the shortlist on all of them: a layer
-                # far from the top on 2 crops is not among the budget's few on 8
-                screen = scorer.subset(recipe.screen_samples)
-                rough = sensitivity(model, screen, plan, keep_float=plan.keep_float, base=rounded)
-                fine = sensitivity(
+        on_ray = calibrate_options.get("executor", "local") == "ray"
+
+        def rank(count: int, names: list[str] | None = None) -> list[tuple[str, float]]:
+            if on_ray:
+                return _ray_sensitivity(
                     model,
-                    ranker,
+                    rounded,
                     plan,
-                    layers=[n for n, _ in rough[:shortlist]],
-                    keep_float=plan.keep_float,
-                    base=rounded,
+                    score[:count],
+                    heads,
+                    scorer.rank_by,
+                    calibrate_options,
+                    names,
                 )
-                ranking = fine + rough[shortlist:]
-                record["screened"] = {"samples": recipe.screen_samples, "shortlist": shortlist}
-            else:
-                ranking = sensitivity(model, ranker, plan, keep_float=plan.keep_float, base=rounded)
+            return sensitivity(
+                model,
+                scorer.subset(count),
+                plan,
+                layers=names,
+                keep_float=plan.keep_float,
+                base=rounded,
+            )
+
+        count, shortlist = recipe.rank_samples or len(score), 3 * budget
+        if 0 < recipe.screen_samples < count and shortlist < len(layers):
+            # a cheap pass on a few crops, then the shortlist on all of them: a layer far
+            # from the top on 2 crops is not among the budget's few on 8
+            rough = rank(recipe.screen_samples)
+            ranking = rank(count, [n for n, _ in rough[:shortlist]]) + rough[shortlist:]
+            record["screened"] = {"samples": recipe.screen_samples, "shortlist": shortlist}
+        else:
+            ranking = rank(count)
         alone = dict(ranking)
         pool = [name for name, _ in ranking]
         steps, tried_layers = [], 0
@@ -548,12 +550,13 @@ def _sensitivity_group(layers, plan, heads, rank_by, model_bytes, base_bytes, sa
     return sensitivity(model, scorer, plan, layers=layers, keep_float=plan.keep_float, base=base)
 
 
-def _ray_sensitivity(model, rounded, plan, samples, heads, rank_by, options):
-    """`sensitivity` with the layers split over Ray tasks; the same ranking."""
+def _ray_sensitivity(model, rounded, plan, samples, heads, rank_by, options, names=None):
+    """`sensitivity` with the layers (`names`, default all) split over Ray tasks; the same
+    ranking."""
     from graphkit.runtime.ray_tasks import connect, run_tasks
 
     address = options.get("ray_address")
-    layers = quantized_layers(model, plan, plan.keep_float)
+    layers = names or quantized_layers(model, plan, plan.keep_float)
     count = max(1, min(len(layers), connect(address)))
     # every layer costs one run of the whole model: equal shares, interleaved
     groups = [layers[i::count] for i in range(count)]
