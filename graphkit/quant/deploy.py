@@ -119,6 +119,13 @@ def deploy_model(plan: QuantPlan, model: onnx.ModelProto) -> onnx.ModelProto:
     return to_proto(out)
 
 
+def with_biases(model: onnx.ModelProto, biases: dict[str, list[float]]) -> onnx.ModelProto:
+    """A copy of `model` with these Conv biases in place (as `deploy_model` sets them)."""
+    out = to_ir(model)
+    _set_biases(out.graph, biases)
+    return to_proto(out)
+
+
 def _set_biases(graph: ir.Graph, biases: dict[str, list[float]]) -> None:
     """Give each named Conv the plan's bias: in place when its bias initializer is its own,
     as a new initializer when it is shared (tf2onnx shares them) or absent."""
@@ -151,4 +158,11 @@ def _set_biases(graph: ir.Graph, biases: dict[str, list[float]]) -> None:
         node.replace_input_with(2, value)
 
 
-__all__ = ["channel_scales", "deploy_model", "fill_integers", "nearest_integers", "pin_extremes"]
+__all__ = [
+    "channel_scales",
+    "deploy_model",
+    "fill_integers",
+    "nearest_integers",
+    "pin_extremes",
+    "with_biases",
+]

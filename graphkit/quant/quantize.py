@@ -39,14 +39,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import onnx
-import onnx_ir as ir
 
 from graphkit.errors import GraphkitError
-from graphkit.irgraph import to_ir, to_proto
+from graphkit.irgraph import to_ir
 from graphkit.logs import step
 from graphkit.metrics import sqnr_db
 from graphkit.quant.calibrators import canonical_method
-from graphkit.quant.deploy import fill_integers
+from graphkit.quant.deploy import fill_integers, with_biases
 from graphkit.quant.qdq import insert_qdq
 from graphkit.quant.sensitivity import (
     OutputScorer,
@@ -60,6 +59,8 @@ from graphkit.quant.variants import qdq_variants
 from graphkit.runtime.int8_kernels import uint8_conv_exact
 
 Log = Callable[[str], None]
+# why `unsigned="auto"` does not try uint8 on this CPU (graphkit.runtime.int8_kernels)
+SATURATES = "onnxruntime on this CPU (AVX2 without VNNI) saturates uint8 x int8 sums"
 
 
 @dataclass(frozen=True)
@@ -312,10 +313,7 @@ def quantize(
         # auto on a CPU whose onnxruntime saturates uint8 x int8 sums: a uint8 plan would
         # run worse here than measured, so signed (`--unsigned on` for VNNI / ARM targets)
         storages = [False]
-        say(
-            f"{len(unsigned)} never-negative activations kept signed: onnxruntime on this "
-            "CPU (AVX2 without VNNI) saturates uint8 x int8 sums"
-        )
+        say(f"{len(unsigned)} never-negative activations kept signed: {SATURATES}")
     tried: dict[tuple[str, bool], Score] = {}
     plans: dict[str, QuantPlan] = {recipe.methods[0]: plan}
     for m in recipe.methods:
@@ -335,25 +333,18 @@ def quantize(
         m: max((tried[m, u] for u in storages), key=lambda v: _key(v, recipe)) for m in plans
     }
     record["methods"] = {m: _score(v) for m, v in best_of.items()}
-    if unsigned and True not in storages:
-        record["unsigned"] = {
-            "tensors": len(unsigned),
-            "of": len(plan.activations),
-            "kept": False,
-            "exact_here": False,
-            "skipped": "onnxruntime on this CPU saturates uint8 x int8 sums",
-        }
-    elif unsigned:
-        record["unsigned"] = {
-            "tensors": len(unsigned),
-            "of": len(plan.activations),
-            "signed": {m: _score(v) for (m, u), v in tried.items() if not u},
-            "unsigned": {m: _score(v) for (m, u), v in tried.items() if u},
-            "kept": as_uint8,
-            # onnxruntime's uint8 x int8 kernels saturate on AVX2 CPUs without VNNI:
-            # there uint8 measures worse than it is elsewhere (graphkit.runtime.int8_kernels)
-            "exact_here": uint8_conv_exact(),
-        }
+    if unsigned:
+        record["unsigned"] = {"tensors": len(unsigned), "of": len(plan.activations)}
+        if True in storages:
+            record["unsigned"] |= {
+                "signed": {m: _score(v) for (m, u), v in tried.items() if not u},
+                "unsigned": {m: _score(v) for (m, u), v in tried.items() if u},
+            }
+        else:
+            record["unsigned"]["skipped"] = SATURATES
+        # onnxruntime's uint8 x int8 kernels saturate on AVX2 CPUs without VNNI:
+        # there uint8 measures worse than it is elsewhere (graphkit.runtime.int8_kernels)
+        record["unsigned"] |= {"kept": as_uint8, "exact_here": uint8_conv_exact()}
     times["method"] = time.perf_counter() - t
     if recipe.tensor_methods and len(plans) > 1:
         t = time.perf_counter()
@@ -404,7 +395,7 @@ def quantize(
             say(f"bias correction first: {_show(current)} -> {_show(got)}")
             if _key(got, recipe) > _key(current, recipe):
                 plan.biases = _conv_biases(corrected, done.nodes)
-                rounded = _with_biases(rounded if rounded is not None else model, plan.biases)
+                rounded = with_biases(rounded if rounded is not None else model, plan.biases)
                 variant = qdq_variants(model, plan, rounded)
                 current = got
         times["bias_first"] = time.perf_counter() - t
@@ -634,22 +625,6 @@ def _with_float(plan: QuantPlan, nodes: Sequence[str]) -> QuantPlan:
     gone = set(nodes)
     plan.weights = {k: w for k, w in plan.weights.items() if w.node not in gone}
     return plan
-
-
-def _with_biases(model: onnx.ModelProto, biases: dict[str, list[float]]) -> onnx.ModelProto:
-    """A copy of `model` whose Convs named in `biases` have those biases (own initializers)."""
-    m = to_ir(model)
-    for node in m.graph:
-        if node.name not in biases:
-            continue
-        name = f"{node.name}.corrected_bias"
-        value = ir.Value(name=name)
-        value.const_value = ir.tensor(np.asarray(biases[node.name], np.float32), name=name)
-        m.graph.register_initializer(value)
-        if len(node.inputs) < 3:
-            node.resize_inputs(3)
-        node.replace_input_with(2, value)
-    return to_proto(m)
 
 
 def _conv_biases(qdq: onnx.ModelProto, nodes: Sequence[str]) -> dict[str, list[float]]:

@@ -83,6 +83,10 @@ def probe() -> tuple[float, float]:
     return float(fused.max()), float(reference.max())
 
 
+def _agrees(fused: float, reference: float) -> bool:
+    return abs(fused - reference) <= 1e-3 * max(1.0, abs(reference))
+
+
 # "exact" or "saturating" replaces the probe's answer: to make on one machine the plan
 # that `graphkit calibrate` makes on the other kind of CPU
 OVERRIDE = "GRAPHKIT_INT8_KERNELS"
@@ -97,8 +101,7 @@ def uint8_conv_exact() -> bool:
         return forced == "exact"
     if forced:
         raise InputError(f"{OVERRIDE} must be exact or saturating, got {forced!r}")
-    fused, reference = probe()
-    return abs(fused - reference) <= 1e-3 * max(1.0, abs(reference))
+    return _agrees(*probe())
 
 
 def qdq_level() -> ort.GraphOptimizationLevel:
@@ -115,7 +118,7 @@ __all__ = ["OVERRIDE", "probe", "qdq_level", "uint8_conv_exact"]
 
 if __name__ == "__main__":  # python -m graphkit.runtime.int8_kernels
     got, want = probe()
-    verdict = "exact" if abs(got - want) <= 1e-3 * max(1.0, abs(want)) else "saturating"
+    verdict = "exact" if _agrees(got, want) else "saturating"
     print(
         f"onnxruntime {ort.__version__} uint8 x int8 Conv: {got:g} (reference {want:g}): {verdict}"
     )

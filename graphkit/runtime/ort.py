@@ -21,6 +21,7 @@ from onnx import TensorProto, helper
 from graphkit import weights
 from graphkit.errors import GraphkitError, ModelError
 from graphkit.model import EXTERNAL_DATA_THRESHOLD, model_size_bytes, save_model
+from graphkit.runtime.int8_kernels import qdq_level
 from graphkit.scratch import prefix as scratch_prefix
 from graphkit.scratch import sweep
 
@@ -64,8 +65,6 @@ def make_session(
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     elif as_written:
-        from graphkit.runtime.int8_kernels import qdq_level
-
         opts.graph_optimization_level = qdq_level()
     try:
         lazy = bool(weights.lazy_tensors(model))
