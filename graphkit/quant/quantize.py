@@ -93,11 +93,6 @@ class Recipe:
     # again on all of them (0: every layer on all crops; same plans on the shared models,
     # efficientpose's 1.4x faster, docs/accuracy.md)
     screen_samples: int = 2
-    # per-channel weight scales searched (clipping) on the layer's output error
-    weight_clipping: bool = False
-    own_input: bool = False
-    # after the float search: int8 Convs re-rounded against their int8 inputs (refit)
-    refit: bool = False
 
     @property
     def measures(self) -> bool:
@@ -365,13 +360,7 @@ def quantize(
 
         t = time.perf_counter()
         try:
-            candidate, _ = optimize_weights(
-                model,
-                [s.feeds for s in fit],
-                plan,
-                clip=recipe.weight_clipping,
-                own_input=recipe.own_input,
-            )
+            candidate, _ = optimize_weights(model, [s.feeds for s in fit], plan)
         except GraphkitError:
             candidate = None  # no Conv to round (Gemm/MatMul only)
         if candidate is not None:
@@ -511,32 +500,6 @@ def quantize(
                 plan.biases = _conv_biases(corrected, done.nodes)
                 current = got
         times["bias"] = time.perf_counter() - t
-
-    if recipe.refit and rounded is not None:
-        # int8 Convs re-rounded against their int8 inputs, then bias-corrected: kept if
-        # that beats the plan so far
-        from graphkit.quant.bias import correct_bias
-        from graphkit.quant.refit import refit_weights, with_integers
-
-        t = time.perf_counter()
-        integers, _ = refit_weights(model, variant(list(plan.keep_float)), [s.feeds for s in fit])
-        if integers:
-            refitted = with_integers(rounded, plan, integers)
-            again = qdq_variants(model, plan, refitted)
-            cand, done = correct_bias(model, again(list(plan.keep_float)), [s.feeds for s in fit])
-            got = scorer.measure(cand)
-            kept = _key(got, recipe) > _key(current, recipe)
-            record["refit"] = {
-                "before": _score(current),
-                "after": _score(got),
-                "kept": kept,
-                "layers": len(integers),
-            }
-            say(f"refit: {_show(current)} -> {_show(got)}" + ("" if kept else "; not kept"))
-            if kept:
-                rounded, current = refitted, got
-                plan.biases = _conv_biases(cand, done.nodes)
-        times["refit"] = time.perf_counter() - t
 
     # a bias corrected before the float search does not belong to a layer it made float
     plan.biases = {n: b for n, b in plan.biases.items() if n not in plan.keep_float}

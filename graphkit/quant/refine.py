@@ -304,52 +304,6 @@ def _rounding_error(q: np.ndarray, scale: np.ndarray, w: np.ndarray, h: np.ndarr
     return np.sum((d @ h) * d, axis=(1, 2))
 
 
-def _fake_quant(x: np.ndarray, entry) -> np.ndarray:
-    """x as the Q/DQ pair of its activation entry computes it."""
-    if entry.unsigned:
-        s = max(entry.amax, 1e-12) / 255.0
-        return np.clip(np.round(x / s), 0, 255) * s
-    s = max(entry.amax, 1e-12) / QMAX
-    return (np.clip(np.round(x / s), -128, 127) * s).astype(np.float32)
-
-
-def _least_squares(w: np.ndarray, h: np.ndarray, c: np.ndarray, damp: float) -> np.ndarray:
-    """The float weights W* minimizing sum ||W x - W* xq||^2 (x float input patches, xq
-    the same patches as the layer's input Q/DQ gives them): W* = W C H^-1, C = sum x xq^T,
-    H = sum xq xq^T (damped as in `_gptq`)."""
-    h = h.copy()
-    diag = np.arange(h.shape[-1])
-    mean = np.maximum(h[:, diag, diag].mean(axis=1), 1e-12)
-    h[:, diag, diag] += damp * mean[:, None]
-    # ridge towards W, not towards 0: W* (H + l I) = W (C + l I)
-    c = c.copy()
-    c[:, diag, diag] += damp * mean[:, None]
-    try:
-        return np.linalg.solve(h, np.matmul(c.transpose(0, 2, 1), w.transpose(0, 2, 1))).transpose(
-            0, 2, 1
-        )
-    except np.linalg.LinAlgError:
-        return w
-
-
-def _clipped_scales(
-    w: np.ndarray, h: np.ndarray, scale: np.ndarray, factors=np.linspace(1.0, 0.5, 26)
-) -> np.ndarray:
-    """Per row, the scale (absmax scale times one of `factors`) whose nearest rounding has
-    the lowest output error on the sampled patches: clipping an outlier weight buys the
-    rest of the row a finer grid."""
-    best = np.full(scale.shape, np.inf)
-    out = scale.copy()
-    for f in factors:
-        s = scale * f
-        d = w - np.clip(np.round(w / s[..., None]), -QMAX, QMAX) * s[..., None]
-        err = np.sum((d @ h) * d, axis=2)
-        better = err < best
-        best = np.where(better, err, best)
-        out = np.where(better, s, out)
-    return out
-
-
 def _gptq(
     w: np.ndarray, h: np.ndarray, scale: np.ndarray, damp: float, block: int = 128
 ) -> np.ndarray:
@@ -399,8 +353,6 @@ def optimize_weights(
     patches_per_sample: int = 1024,
     nodes: Sequence[str] | None = None,
     seed: int = 0,
-    clip: bool = False,
-    own_input: bool = False,
     on_node: Callable[[WeightRefinement], None] | None = None,
 ) -> tuple[onnx.ModelProto, list[WeightRefinement]]:
     """A copy of `model` whose Conv weights are replaced by int8 values (times the table's
@@ -438,7 +390,6 @@ def optimize_weights(
     names = list(dict.fromkeys(x for _, x, _ in picked if x not in graph_inputs))
     sess = make_session(with_outputs(model, names), optimize=False) if names else None
     hess: dict[str, np.ndarray] = {}  # sum of x x^T over the sampled input patches
-    cross: dict[str, np.ndarray] = {}
     for feeds in samples:
         got = dict(zip(names, sess.run(names, feeds))) if sess is not None else {}
         got.update(feeds)
@@ -448,15 +399,8 @@ def optimize_weights(
                 continue
             index = _patch_index(x.shape, geo, patches_per_sample, rng)
             p = _patches(x, geo, index)  # (g, P, cols)
-            key = node.name or ""
-            if own_input and source in table.activations:
-                pq = _patches(_fake_quant(x, table.activations[source]), geo, index)
-                h = np.matmul(pq.transpose(0, 2, 1), pq).astype(np.float64)
-                c = np.matmul(p.transpose(0, 2, 1), pq).astype(np.float64)
-                cross[key] = cross.get(key, 0) + c
-            else:
-                h = np.matmul(p.transpose(0, 2, 1), p).astype(np.float64)  # float32 BLAS
-            hess[key] = hess.get(key, 0) + h
+            h = np.matmul(p.transpose(0, 2, 1), p).astype(np.float64)  # float32 BLAS
+            hess[node.name or ""] = hess.get(node.name or "", 0) + h
         del got
     report = []
     rounded: dict[ir.Value, np.ndarray] = {}  # stored once every layer read the originals
@@ -472,12 +416,7 @@ def optimize_weights(
         rows = w.reshape(g, cout // g, -1)
         srows = scale.reshape(g, cout // g)
         h = hess[node.name or ""]
-        if clip:
-            srows = _clipped_scales(rows, h, srows)
-            table.weights[name_of(weight)].amax = [float(a) for a in (srows * QMAX).ravel()]
         q0 = np.clip(np.round(rows / srows[..., None]), -QMAX, QMAX)
-        if node.name in cross:
-            rows = _least_squares(rows, h, cross[node.name or ""], damp)
         q1 = _gptq(rows, h, srows, damp)
         e0 = _rounding_error(q0, srows, rows, h)
         e1 = _rounding_error(q1, srows, rows, h)
