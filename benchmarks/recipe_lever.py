@@ -62,8 +62,11 @@ def main() -> int:
         "ann": str(a / "coco-mini/annotations/person_keypoints_val2017.json"),
         "images": str(a / "coco-mini/val2017"),
     }
-    print("| model | recipe | held-out mean head SQNR dB | AP | agreement | seconds |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| model | recipe | held-out mean head SQNR dB | AP | agreement | seconds "
+        "| float search s | float layers |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             path = a / "models" / f"{name}.onnx"
@@ -80,7 +83,9 @@ def main() -> int:
                 final = plan.recipe.get("final") or {}
                 print(
                     f"| {name} | {label} | {final.get('mean_sqnr_db')} | "
-                    f"{r['stats']['AP']:.4f} | {agreement_of(fp, r):.3f} | {seconds:.1f} |",
+                    f"{r['stats']['AP']:.4f} | {agreement_of(fp, r):.3f} | {seconds:.1f} | "
+                    f"{plan.recipe['seconds'].get('float', 0.0):.1f} | "
+                    f"{', '.join(sorted(plan.keep_float))} |",
                     flush=True,
                 )
     return 0

@@ -215,15 +215,22 @@ class HeldOutScorer(OutputScorer):
             agree = agreement(
                 np.array(self.reference_points), np.array(points), areas, self.decoder.predicted
             )
-        finite = [h for h in per_head if math.isfinite(h)]
-        worst = min(per_head)
-        return Score(worst, agree, sum(finite) / len(finite) if finite else worst)
+        worst, mean = _worst_and_mean(per_head)
+        return Score(worst, agree, mean)
 
     def __call__(self, candidate: onnx.ModelProto) -> float:
         """The number `sensitivity` ranks layers by: the mean head SQNR (`rank_by="mean"`)
         or the worst head's; no decoding, which the ranking does not use."""
-        got = self.measure(candidate, decode=False)
-        return got.mean if self.rank_by == "mean" else got.worst
+        noise = self.errors(candidate, len(self.heads))  # from the float tensors if it can
+        worst, mean = _worst_and_mean([sqnr_db(s, n) for s, n in zip(self.signal, noise)])
+        return mean if self.rank_by == "mean" else worst
+
+
+def _worst_and_mean(per_head: list[float]) -> tuple[float, float]:
+    """The worst head SQNR and the mean of the finite ones (the worst if none is)."""
+    finite = [h for h in per_head if math.isfinite(h)]
+    worst = min(per_head)
+    return worst, sum(finite) / len(finite) if finite else worst
 
 
 def _has_areas(samples: Sequence[Any]) -> bool:

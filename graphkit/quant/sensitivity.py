@@ -27,11 +27,14 @@ from graphkit.errors import GraphkitError
 from graphkit.irgraph import name_of, reads, to_ir
 from graphkit.metrics import sqnr_db
 from graphkit.quant.collect import quantized_layers, spec_samples
+from graphkit.quant.suffix import boundaries, chunks, suffix_model
 from graphkit.quant.table import CalibrationTable
 from graphkit.quant.variants import qdq_variants
 from graphkit.runtime.ort import make_session, output_infos, with_outputs
 
 Feeds = dict[str, np.ndarray]
+# the float tensors a scorer keeps for suffix runs, at most (all samples)
+SUFFIX_CACHE_BYTES = 1 << 30
 
 
 def _check_outputs(model: onnx.ModelProto, outputs: Sequence[str] | None) -> list[str]:
@@ -119,6 +122,54 @@ class OutputScorer:
             sum(float(np.sum(np.square(r[k], dtype=np.float64))) for r in self.reference)
             for k in range(len(self.outputs))
         ]
+        self._float: list[Feeds] | None = None  # float tensors candidates may start from
+
+    def float_tensors(
+        self, model: onnx.ModelProto, tensors: Sequence[str], count: int | None = None
+    ) -> list[Feeds]:
+        """The float `tensors` of `model` (and the feeds) on the first `count` samples."""
+        inputs = {i.name for i in model.graph.input}
+        names = [t for t in tensors if t not in inputs]
+        if not names:
+            return [dict(feeds) for feeds in self.samples[:count]]
+        sess = make_session(with_outputs(model, names), self.threads, as_written=True)
+        return [
+            {**feeds, **dict(zip(names, sess.run(names, feeds)))} for feeds in self.samples[:count]
+        ]
+
+    def with_float(self, model: onnx.ModelProto, tensors: Sequence[str]) -> Self:
+        """This scorer keeping the float `tensors` of `model` for every sample, so that a
+        candidate differing from the float model only downstream of them runs from there
+        (`graphkit.quant.suffix`)."""
+        out = copy.copy(self)
+        out._float = self.float_tensors(model, tensors)
+        return out
+
+    def errors(self, candidate: onnx.ModelProto, count: int | None = None) -> list[float]:
+        """Squared error of the first `count` scored outputs (default all), each summed
+        over the samples: from the kept float tensors where the candidate can start there."""
+        scored = self.outputs[: count or len(self.outputs)]
+        noise = [0.0] * len(scored)
+        kept, part = self._float, None
+        if kept is not None:
+            dtypes = {o: self.reference[0][k].dtype for k, o in enumerate(scored)}
+            part = suffix_model(candidate, scored, kept[0], dtypes)
+        if kept is not None and part is not None:
+            model, inputs, computed = part
+            if model is None:  # changes none of the scored outputs
+                return noise
+            at = [scored.index(o) for o in computed]
+            sess = make_session(model, threads=self.threads, as_written=True)
+            runs = (sess.run(computed, {t: f[t] for t in inputs}) for f in kept)
+        else:
+            at = list(range(len(scored)))
+            sess = self._session(candidate)
+            runs = (sess.run(scored, feeds) for feeds in self.samples)
+        for got, ref in zip(runs, self.reference):
+            for k, b in zip(at, got):
+                d = ref[k].astype(np.float64) - b.astype(np.float64)
+                noise[k] += float(np.sum(d * d))
+        return noise
 
     def _session(self, model: onnx.ModelProto):
         """Candidates (Q/DQ) run as written: the score is the model's, not one CPU's; the
@@ -131,6 +182,7 @@ class OutputScorer:
         """This scorer on its first `count` samples only (the FP32 outputs reused)."""
         out = copy.copy(self)
         out.samples, out.reference = self.samples[:count], self.reference[:count]
+        out._float = None if self._float is None else self._float[:count]
         out.signal = [
             sum(float(np.sum(np.square(r[k], dtype=np.float64))) for r in out.reference)
             for k in range(len(self.signal))
@@ -138,14 +190,7 @@ class OutputScorer:
         return out
 
     def __call__(self, candidate: onnx.ModelProto) -> float:
-        sess = self._session(candidate)
-        noise = [0.0] * len(self.outputs)
-        for feeds, ref in zip(self.samples, self.reference):
-            got = sess.run(self.outputs, feeds)
-            for k, (a, b) in enumerate(zip(ref, got)):
-                d = a.astype(np.float64) - b.astype(np.float64)
-                noise[k] += float(np.sum(d * d))
-        return min(sqnr_db(s, n) for s, n in zip(self.signal, noise))
+        return min(sqnr_db(s, n) for s, n in zip(self.signal, self.errors(candidate)))
 
 
 def sensitivity(
@@ -172,13 +217,32 @@ def sensitivity(
         raise GraphkitError("the table quantizes no layer of this model to rank")
     candidate = qdq_variants(model, table, base)
     rows = []
-    for name in picked:
-        others = [n for n in all_layers if n != name]
-        score = scorer(candidate([*keep_float, *others]))
-        rows.append((name, score))
-        if on_layer is not None:
-            on_layer(name, score)
+    for group, scored in _from_float(model, scorer, picked):
+        for name in group:
+            others = [n for n in all_layers if n != name]
+            score = scored(candidate([*keep_float, *others]))
+            rows.append((name, score))
+            if on_layer is not None:
+                on_layer(name, score)
     return sorted(rows, key=lambda r: (r[1], r[0]))
+
+
+def _from_float(model: onnx.ModelProto, scorer: OutputScorer, layers: Sequence[str]):
+    """(layers, a scorer for them): a candidate with one layer int8 equals the float model
+    upstream of it, so it runs from the float tensors there (`graphkit.quant.suffix`),
+    kept for a group of neighbouring layers at a time (SUFFIX_CACHE_BYTES over the
+    samples). Layers the graph does not name come last, run whole."""
+    bounds = boundaries(model, layers)
+    if bounds:
+        wanted = sorted({t for reads in bounds.values() for t in reads})
+        first = scorer.float_tensors(model, wanted, 1)[0]
+        sizes = {t: a.nbytes for t, a in first.items()}
+        budget = SUFFIX_CACHE_BYTES // len(scorer.samples)
+        for group, tensors in chunks(bounds, sizes, budget):
+            yield group, scorer.with_float(model, tensors)
+    rest = [n for n in layers if n not in bounds]
+    if rest:
+        yield rest, scorer
 
 
 @dataclass
