@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rich.progress import TaskID
+
 from graphkit.commands._common import (
     add_command,
     add_executor_arguments,
@@ -250,8 +252,15 @@ def run(args: argparse.Namespace) -> int:
     )
     check_outputs(args)
     model = load_model(args.model)
-    with progress_bar("calibrating", "samples") as progress:
-        task = progress.add_task("calibrate", total=None)
+    with progress_bar() as progress:
+        task = progress.add_task("calibrating: samples", total=None)
+        stages: dict[str, TaskID] = {}
+
+        def stage(what: str, done: int, total: int) -> None:
+            if what not in stages:
+                stages[what] = progress.add_task(what, total=total)
+            progress.update(stages[what], completed=done, total=total)
+
         plan = quantize(
             model,
             args.data,
@@ -259,6 +268,7 @@ def run(args: argparse.Namespace) -> int:
             settings=settings,
             keep_float=args.keep_float,
             log=lambda msg: progress.console.print(f"  {msg}"),
+            on_stage=stage,
             workers=args.workers,
             executor=args.executor,
             ray_address=args.ray_address,

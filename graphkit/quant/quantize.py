@@ -59,6 +59,7 @@ from graphkit.quant.variants import qdq_variants
 from graphkit.runtime.int8_kernels import uint8_conv_exact
 
 Log = Callable[[str], None]
+Stage = Callable[[str, int, int], None]  # (what, done, total)
 # why `unsigned="auto"` does not try uint8 on this CPU (graphkit.runtime.int8_kernels)
 SATURATES = "onnxruntime on this CPU (AVX2 without VNNI) saturates uint8 x int8 sums"
 
@@ -258,12 +259,14 @@ def quantize(
     settings: dict[str, Any] | None = None,
     keep_float: Sequence[str] = (),
     log: Log | None = None,
+    on_stage: Stage | None = None,
     **calibrate_options: Any,
 ) -> QuantPlan:
     """Calibrate `model` on the samples of `data` (input spec path or InputSpec) and make
-    every int8 decision the recipe allows (module doc). `calibrate_options` go to
-    `graphkit.quant.calibrate.calibrate` (workers, limit, tensors, per_channel, bins,
-    max_outputs_per_run, on_sample, on_total)."""
+    every int8 decision the recipe allows (module doc). `on_stage(what, done, total)`
+    follows the recipe's longest step, the sensitivity ranking, layer by layer.
+    `calibrate_options` go to `graphkit.quant.calibrate.calibrate` (workers, limit,
+    tensors, per_channel, bins, max_outputs_per_run, on_sample, on_total)."""
     from graphkit.quant.calibrate import _load, _load_spec, calibrate_statistics
 
     say = step(__name__, log)
@@ -417,8 +420,19 @@ def quantize(
         on_ray = calibrate_options.get("executor", "local") == "ray"
 
         def rank(count: int, names: list[str] | None = None) -> list[tuple[str, float]]:
+            what = f"ranking layers on {count} crops"
+            total, done = len(names or layers), 0
+
+            def ranked(name: str, score: float) -> None:
+                nonlocal done
+                done += 1
+                if on_stage is not None:
+                    on_stage(what, done, total)
+
+            if on_stage is not None:
+                on_stage(what, 0, total)
             if on_ray:
-                return _ray_sensitivity(
+                rows = _ray_sensitivity(
                     model,
                     rounded,
                     plan,
@@ -428,6 +442,9 @@ def quantize(
                     calibrate_options,
                     names,
                 )
+                if on_stage is not None:
+                    on_stage(what, total, total)
+                return rows
             return sensitivity(
                 model,
                 scorer.subset(count),
@@ -435,6 +452,7 @@ def quantize(
                 layers=names,
                 keep_float=plan.keep_float,
                 base=rounded,
+                on_layer=ranked,
             )
 
         count, shortlist = recipe.rank_samples or len(score), 3 * budget
