@@ -94,7 +94,6 @@ class Recipe:
     # again on all of them (0: every layer on all crops; same plans on the shared models,
     # efficientpose's 1.4x faster, docs/accuracy.md)
     screen_samples: int = 2
-    round_first: bool = False
 
     @property
     def measures(self) -> bool:
@@ -312,14 +311,6 @@ def quantize(
     )
     record["held_out"] = {"fit": len(fit), "scored": len(score), "heads": heads}
 
-    early = None
-    if recipe.round_first and recipe.round_weights:
-        from graphkit.quant.refine import optimize_weights
-
-        try:
-            early, _ = optimize_weights(model, [s.feeds for s in fit], plan)
-        except GraphkitError:
-            early = None
     # 1. method and storage: each method's thresholds (all from the same statistics), with
     # every activation signed and with the never-negative ones as uint8 (twice the
     # resolution on [0, amax]); the best pair on the held-out crops wins
@@ -341,9 +332,7 @@ def quantize(
             plans[m].float_reasons, plans[m].model_path = plan.float_reasons, model_path
         for as_uint8 in storages:
             plans[m].set_unsigned(unsigned if as_uint8 else [])
-            tried[m, as_uint8] = scorer.measure(
-                insert_qdq(early if early is not None else model, plans[m])
-            )
+            tried[m, as_uint8] = scorer.measure(insert_qdq(model, plans[m]))
             how = f", {len(unsigned)} activations uint8" if as_uint8 else ""
             say(f"method {m}{how}: {_show(tried[m, as_uint8])}")
     (best, as_uint8), current = max(tried.items(), key=lambda kv: _key(kv[1], recipe))
@@ -381,10 +370,7 @@ def quantize(
 
         t = time.perf_counter()
         try:
-            if early is not None:
-                candidate = early
-            else:
-                candidate, _ = optimize_weights(model, [s.feeds for s in fit], plan)
+            candidate, _ = optimize_weights(model, [s.feeds for s in fit], plan)
         except GraphkitError:
             candidate = None  # no Conv to round (Gemm/MatMul only)
         if candidate is not None:
