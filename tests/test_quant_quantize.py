@@ -49,7 +49,7 @@ def test_the_ranking_reports_its_progress_layer_by_layer(tmp_path):
         steps = [(done, total) for w, done, total in calls if w == what]
         total = steps[0][1]
         assert [d for d, _ in steps] == list(range(total + 1))
-    assert [c[2] for c in calls if c[0] == stages[1]][0] == 3  # the 3 x budget shortlist
+    assert next(c[2] for c in calls if c[0] == stages[1]) == 3  # the 3 x budget shortlist
 
 
 def test_a_larger_budget_keeps_the_planted_layer_float_with_its_reason(tmp_path):
