@@ -207,3 +207,14 @@ def test_exports_use_the_samples_the_plan_was_calibrated_on(tmp_path):
     assert len(list((tmp_path / "b" / "vacc" / "calib").glob("*.npz"))) == 6
     assert main([*base, "--export-limit", "2", "--out-dir", str(tmp_path / "c")]) == 0
     assert len(list((tmp_path / "c" / "vacc" / "calib").glob("*.npz"))) == 2
+
+
+def test_the_summary_says_where_the_time_went(tmp_path, data, capsys):
+    model, spec = data
+    out = tmp_path / "t.json"
+    assert main(["calibrate", str(model), "--data", str(spec), "-o", str(out)]) == 0
+    said = capsys.readouterr().out
+    line = next(x for x in said.splitlines() if x.startswith("took "))
+    seconds = CalibrationTable.load(out).recipe["seconds"]
+    assert "statistics" in line and "weight rounding" in line and "bias correction" in line
+    assert line.count(",") == len(seconds) - 1

@@ -385,6 +385,16 @@ def run_ncnn(args: argparse.Namespace) -> int:
     return 0
 
 
+# the recipe's steps as `plan.recipe["seconds"]` names them
+STAGES = {
+    "tensor_methods": "per-tensor thresholds",
+    "rounding": "weight rounding",
+    "bias_first": "bias correction first",
+    "float": "float search",
+    "bias": "bias correction",
+}
+
+
 def summary(plan, args: argparse.Namespace) -> str:
     """What was decided, in a few lines."""
     r = plan.recipe
@@ -415,6 +425,9 @@ def summary(plan, args: argparse.Namespace) -> str:
         )
     if held_out := held_out_summary(plan):
         lines.append(held_out)
+    if seconds := r.get("seconds"):
+        parts = ", ".join(f"{STAGES.get(k, k)} {v:.1f}" for k, v in seconds.items())
+        lines.append(f"took {sum(seconds.values()):.0f} s: {parts}")
     fl = r.get("float_layers")
     if fl:
         lines.append(f"float layers: {fl['count']} of {fl['of']}")
