@@ -125,24 +125,25 @@ class OutputScorer:
         self._float: list[Feeds] | None = None  # float tensors candidates may start from
 
     def float_tensors(
-        self, model: onnx.ModelProto, tensors: Sequence[str], count: int | None = None
+        self, model: onnx.ModelProto, tensors: Sequence[str], samples: Sequence[Feeds]
     ) -> list[Feeds]:
-        """The float `tensors` of `model` (and the feeds) on the first `count` samples."""
+        """The float `tensors` of `model` (and the feeds) on each of `samples`."""
         inputs = {i.name for i in model.graph.input}
         names = [t for t in tensors if t not in inputs]
         if not names:
-            return [dict(feeds) for feeds in self.samples[:count]]
+            return [dict(feeds) for feeds in samples]
         sess = make_session(with_outputs(model, names), self.threads, as_written=True)
-        return [
-            {**feeds, **dict(zip(names, sess.run(names, feeds)))} for feeds in self.samples[:count]
-        ]
+        return [{**feeds, **dict(zip(names, sess.run(names, feeds)))} for feeds in samples]
 
-    def with_float(self, model: onnx.ModelProto, tensors: Sequence[str]) -> Self:
+    def with_float(
+        self, model: onnx.ModelProto, tensors: Sequence[str], known: Sequence[Feeds] = ()
+    ) -> Self:
         """This scorer keeping the float `tensors` of `model` for every sample, so that a
         candidate differing from the float model only downstream of them runs from there
-        (`graphkit.quant.suffix`)."""
+        (`graphkit.quant.suffix`); `known`: those of the first samples, already computed."""
         out = copy.copy(self)
-        out._float = self.float_tensors(model, tensors)
+        rest = self.float_tensors(model, tensors, self.samples[len(known) :])
+        out._float = [*known, *rest]
         return out
 
     def errors(self, candidate: onnx.ModelProto, count: int | None = None) -> list[float]:
@@ -235,11 +236,13 @@ def _from_float(model: onnx.ModelProto, scorer: OutputScorer, layers: Sequence[s
     bounds = boundaries(model, layers)
     if bounds:
         wanted = sorted({t for reads in bounds.values() for t in reads})
-        first = scorer.float_tensors(model, wanted, 1)[0]
-        sizes = {t: a.nbytes for t, a in first.items()}
-        budget = SUFFIX_CACHE_BYTES // len(scorer.samples)
-        for group, tensors in chunks(bounds, sizes, budget):
-            yield group, scorer.with_float(model, tensors)
+        first = scorer.float_tensors(model, wanted, scorer.samples[:1])
+        sizes = {t: a.nbytes for t, a in first[0].items()}
+        groups = chunks(bounds, sizes, SUFFIX_CACHE_BYTES // len(scorer.samples))
+        for group, tensors in groups:
+            # one group keeps every tensor: the first sample's are those just computed
+            known = first if len(groups) == 1 else []
+            yield group, scorer.with_float(model, tensors, known)
     rest = [n for n in layers if n not in bounds]
     if rest:
         yield rest, scorer
