@@ -130,6 +130,12 @@ def _dots(r: np.ndarray, x: np.ndarray, e: np.ndarray) -> tuple[float, float, fl
     return rr, qq, rq, ee
 
 
+def squared_error(reference: np.ndarray, got: np.ndarray) -> float:
+    """sum((reference - got)^2) in float64: one cast pass (no float64 copies of both)."""
+    d = np.subtract(reference, got, dtype=np.float64)
+    return float(np.sum(d * d))
+
+
 def sqnr_db(signal: float, noise: float) -> float:
     """10 log10(signal power / noise power), the one SQNR of graphkit: +inf when there is
     no noise (identical), -inf when the reference is all zeros but the other is not."""

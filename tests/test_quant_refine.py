@@ -289,3 +289,23 @@ def test_rounding_all_groups_at_once_equals_rounding_each_group_alone():
     assert np.abs(together).max() <= 127 and not np.array_equal(
         together, np.clip(np.round(w / scale[..., None]), -127, 127)
     )
+
+
+def test_rounding_is_the_same_when_the_hessians_take_one_pass_per_conv(setup, monkeypatch):
+    """A byte budget splits the Convs into passes over the samples (bounded memory on
+    models with hundreds of wide Convs); each Conv's patches have their own seed, so the
+    integers do not depend on the split."""
+    from graphkit.quant import refine
+
+    model, samples, table = setup
+    together, report = optimize_weights(model, samples, table)
+    passes = []
+    real = refine._hessians
+    monkeypatch.setattr(refine, "HESSIAN_BUDGET_BYTES", 1)
+    monkeypatch.setattr(refine, "_hessians", lambda *a, **k: passes.append(1) or real(*a, **k))
+    apart, report_apart = optimize_weights(model, samples, table)
+    assert len(passes) == len(report) == 3
+    inits = {i.name: numpy_helper.to_array(i) for i in together.graph.initializer}
+    for i in apart.graph.initializer:
+        assert np.array_equal(numpy_helper.to_array(i), inits[i.name]), i.name
+    assert [r.error_after for r in report_apart] == [r.error_after for r in report]

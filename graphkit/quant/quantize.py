@@ -43,7 +43,7 @@ import onnx
 from graphkit.errors import GraphkitError
 from graphkit.irgraph import to_ir
 from graphkit.logs import step
-from graphkit.metrics import sqnr_db
+from graphkit.metrics import sqnr_db, squared_error
 from graphkit.quant.calibrators import canonical_method
 from graphkit.quant.deploy import fill_integers, with_biases
 from graphkit.quant.qdq import insert_qdq
@@ -205,8 +205,7 @@ class HeldOutScorer(OutputScorer):
         for feeds, ref, meta in zip(self.samples, self.reference, self.metas):
             got = sess.run(self.outputs, feeds)
             for k in range(len(self.heads)):
-                d = ref[k].astype(np.float64) - got[k].astype(np.float64)
-                noise[k] += float(np.sum(d * d))
+                noise[k] += squared_error(ref[k], got[k])
             if decode and self.decoder is not None:
                 points.append(self._points(got, meta))
         per_head = [sqnr_db(s, n) for s, n in zip(self.signal, noise)]

@@ -25,7 +25,7 @@ import onnx_ir as ir
 
 from graphkit.errors import GraphkitError
 from graphkit.irgraph import name_of, reads, to_ir
-from graphkit.metrics import sqnr_db
+from graphkit.metrics import sqnr_db, squared_error
 from graphkit.quant.collect import quantized_layers, spec_samples
 from graphkit.quant.suffix import boundaries, chunks, suffix_model
 from graphkit.quant.table import CalibrationTable
@@ -168,8 +168,7 @@ class OutputScorer:
             runs = (sess.run(scored, feeds) for feeds in self.samples)
         for got, ref in zip(runs, self.reference):
             for k, b in zip(at, got):
-                d = ref[k].astype(np.float64) - b.astype(np.float64)
-                noise[k] += float(np.sum(d * d))
+                noise[k] += squared_error(ref[k], b)
         return noise
 
     def _session(self, model: onnx.ModelProto):
