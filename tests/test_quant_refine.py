@@ -309,3 +309,19 @@ def test_rounding_is_the_same_when_the_hessians_take_one_pass_per_conv(setup, mo
     for i in apart.graph.initializer:
         assert np.array_equal(numpy_helper.to_array(i), inits[i.name]), i.name
     assert [r.error_after for r in report_apart] == [r.error_after for r in report]
+
+
+def test_upper_cholesky_of_the_inverse_hessian_matches_the_direct_one():
+    """GPTQ's factor of H^-1 from one Cholesky and a triangular inverse equals
+    cholesky(inv(H)) (upper), for one wide Conv and for a depthwise batch."""
+    from graphkit.quant.refine import _upper_cholesky_of_inverse
+
+    rng = np.random.default_rng(0)
+    for groups, cols in [(1, 300), (40, 9)]:
+        x = rng.standard_normal((groups, 2 * cols, cols))
+        x[..., : cols // 3] *= 10.0
+        h = x.transpose(0, 2, 1) @ x + np.eye(cols)
+        u = _upper_cholesky_of_inverse(h)
+        assert np.allclose(np.tril(u, -1), 0.0)
+        direct = np.linalg.cholesky(np.linalg.inv(h)).transpose(0, 2, 1)
+        assert np.allclose(u, direct, rtol=1e-9, atol=1e-12 * np.abs(direct).max())
