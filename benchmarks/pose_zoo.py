@@ -1,0 +1,417 @@
+"""Three full-size top-down pose architectures with seeded random weights, as ONNX + spec.
+
+For measuring how calibration scales to the models users bring (benchmarks/large_pose.py),
+not accuracy: HRNet-W32 (mmpose td-hm_hrnet-w32 256x192, 293 Convs), SimpleBaseline
+ResNet-50 (3 deconvs, 57 weighted layers) and a 2-stack hourglass (256 features, depth 4,
+102 Convs). Weights are kaiming-initialized, BatchNorm statistics gathered on N(0,1)
+batches, then every BatchNorm folded into its Conv / ConvTranspose before export, as
+mmpose's exports of trained checkpoints look. Needs torch (`pip install torch`).
+
+    python benchmarks/pose_zoo.py OUT_DIR [--only hrnet_w32 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+NUM_JOINTS = 17
+SEED = 0
+
+
+class ConvBN(nn.Module):
+    """Conv (or ConvTranspose) + BatchNorm (+ ReLU); `fuse()` folds the BN into the conv."""
+
+    def __init__(
+        self,
+        cin,
+        cout,
+        k,
+        stride=1,
+        padding=None,
+        relu=True,
+        bias=False,
+        transpose=False,
+        output_padding=0,
+    ):
+        super().__init__()
+        if padding is None:
+            padding = k // 2
+        self.transpose = transpose
+        if transpose:
+            self.conv = nn.ConvTranspose2d(
+                cin, cout, k, stride, padding, output_padding=output_padding, bias=bias
+            )
+        else:
+            self.conv = nn.Conv2d(cin, cout, k, stride, padding, bias=bias)
+        self.bn = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True) if relu else nn.Identity()
+
+    def fuse(self):
+        if isinstance(self.bn, nn.BatchNorm2d):
+            self.conv = fuse_conv_bn_eval(
+                self.conv.eval(), self.bn.eval(), transpose=self.transpose
+            )
+            self.bn = nn.Identity()
+
+    def forward(self, x):
+        return self.relu(self.bn(self.conv(x)))
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin, planes, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = ConvBN(cin, planes, 3, stride)
+        self.conv2 = ConvBN(planes, planes, 3, relu=False)
+        self.downsample = downsample
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        idt = x if self.downsample is None else self.downsample(x)
+        return self.relu(self.conv2(self.conv1(x)) + idt)
+
+
+class Bottleneck(nn.Module):
+    """ResNet v1.5 / mmpose 'pytorch' style bottleneck (stride on the 3x3 conv)."""
+
+    expansion = 4
+
+    def __init__(self, cin, planes, stride=1, downsample=None, expansion=None):
+        super().__init__()
+        exp = expansion or self.expansion
+        self.conv1 = ConvBN(cin, planes, 1)
+        self.conv2 = ConvBN(planes, planes, 3, stride)
+        self.conv3 = ConvBN(planes, planes * exp, 1, relu=False)
+        self.downsample = downsample
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        idt = x if self.downsample is None else self.downsample(x)
+        return self.relu(self.conv3(self.conv2(self.conv1(x))) + idt)
+
+
+def make_layer(block, cin, planes, blocks, stride=1, expansion=None):
+    exp = expansion or block.expansion
+    down = None
+    if stride != 1 or cin != planes * exp:
+        down = ConvBN(cin, planes * exp, 1, stride, relu=False)
+    kw = {} if expansion is None else {"expansion": expansion}
+    layers = [block(cin, planes, stride, down, **kw)]
+    layers += [block(planes * exp, planes, **kw) for _ in range(1, blocks)]
+    return nn.Sequential(*layers)
+
+
+# ----------------------------------------------------------------------------- HRNet-W32
+
+
+class HRModule(nn.Module):
+    """mmpose HRModule: parallel branches of BasicBlocks, then the fuse layers."""
+
+    def __init__(self, channels, num_blocks, multiscale_output=True):
+        super().__init__()
+        n = len(channels)
+        self.branches = nn.ModuleList(
+            make_layer(BasicBlock, c, c, b) for c, b in zip(channels, num_blocks)
+        )
+        self.fuse_layers = nn.ModuleList()
+        if n == 1:
+            return
+        for i in range(n if multiscale_output else 1):
+            row = nn.ModuleList()
+            for j in range(n):
+                if j > i:  # 1x1 conv + BN, nearest upsample
+                    row.append(
+                        nn.Sequential(
+                            ConvBN(channels[j], channels[i], 1, relu=False),
+                            nn.Upsample(scale_factor=2 ** (j - i), mode="nearest"),
+                        )
+                    )
+                elif j == i:
+                    row.append(nn.Identity())
+                else:  # (i-j) strided 3x3 convs
+                    convs = []
+                    for k in range(i - j):
+                        last = k == i - j - 1
+                        convs.append(
+                            ConvBN(
+                                channels[j],
+                                channels[i] if last else channels[j],
+                                3,
+                                2,
+                                relu=not last,
+                            )
+                        )
+                    row.append(nn.Sequential(*convs))
+            self.fuse_layers.append(row)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, xs):
+        xs = [b(x) for b, x in zip(self.branches, xs)]
+        if len(xs) == 1:
+            return xs
+        out = []
+        for row in self.fuse_layers:
+            y = row[0](xs[0])
+            for j in range(1, len(xs)):
+                y = y + row[j](xs[j])
+            out.append(self.relu(y))
+        return out
+
+
+def make_transition(pre, cur):
+    layers = nn.ModuleList()
+    for i, c in enumerate(cur):
+        if i < len(pre):
+            layers.append(ConvBN(pre[i], c, 3) if pre[i] != c else None)
+        else:
+            convs = []
+            for k in range(i + 1 - len(pre)):
+                cin = pre[-1]
+                cout = c if k == i - len(pre) else cin
+                convs.append(ConvBN(cin, cout, 3, 2))
+            layers.append(nn.Sequential(*convs))
+    return layers
+
+
+class HRNetW32(nn.Module):
+    def __init__(self, width=32, joints=NUM_JOINTS):
+        super().__init__()
+        self.stem = nn.Sequential(ConvBN(3, 64, 3, 2), ConvBN(64, 64, 3, 2))
+        self.layer1 = make_layer(Bottleneck, 64, 64, 4)  # 64 -> 256
+        c2 = [width, width * 2]
+        c3 = c2 + [width * 4]
+        c4 = c3 + [width * 8]
+        self.transition1 = make_transition([256], c2)
+        self.stage2 = nn.ModuleList([HRModule(c2, [4] * 2)])
+        self.transition2 = make_transition(c2, c3)
+        self.stage3 = nn.ModuleList(HRModule(c3, [4] * 3) for _ in range(4))
+        self.transition3 = make_transition(c3, c4)
+        # mmpose: stage4 multiscale_output=False -> the last module only fuses into branch 0
+        self.stage4 = nn.ModuleList(
+            HRModule(c4, [4] * 4, multiscale_output=(m < 2)) for m in range(3)
+        )
+        self.final = nn.Conv2d(width, joints, 1)
+
+    @staticmethod
+    def _transit(trans, ys):
+        out = []
+        for i, t in enumerate(trans):
+            if t is None:
+                out.append(ys[i])
+            else:
+                out.append(t(ys[i] if i < len(ys) else ys[-1]))
+        return out
+
+    def forward(self, x):
+        x = self.layer1(self.stem(x))
+        ys = self._transit(self.transition1, [x])
+        for m in self.stage2:
+            ys = m(ys)
+        ys = self._transit(self.transition2, ys)
+        for m in self.stage3:
+            ys = m(ys)
+        ys = self._transit(self.transition3, ys)
+        for m in self.stage4:
+            ys = m(ys)
+        return self.final(ys[0])
+
+
+# ----------------------------------------------------------------------------- SimpleBaseline R50
+
+
+class SimpleBaselineR50(nn.Module):
+    def __init__(self, joints=NUM_JOINTS):
+        super().__init__()
+        self.stem = nn.Sequential(ConvBN(3, 64, 7, 2), nn.MaxPool2d(3, 2, 1))
+        self.layer1 = make_layer(Bottleneck, 64, 64, 3)
+        self.layer2 = make_layer(Bottleneck, 256, 128, 4, 2)
+        self.layer3 = make_layer(Bottleneck, 512, 256, 6, 2)
+        self.layer4 = make_layer(Bottleneck, 1024, 512, 3, 2)
+        self.deconv = nn.Sequential(
+            ConvBN(2048, 256, 4, 2, 1, transpose=True),
+            ConvBN(256, 256, 4, 2, 1, transpose=True),
+            ConvBN(256, 256, 4, 2, 1, transpose=True),
+        )
+        self.final = nn.Conv2d(256, joints, 1)
+
+    def forward(self, x):
+        x = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+        return self.final(self.deconv(x))
+
+
+# ----------------------------------------------------------------------------- Stacked hourglass
+
+
+class HGBottleneck(Bottleneck):
+    """Newell's residual module (expansion 2: 256 -> 128 -> 128 -> 256), post-activation
+    (conv-BN-ReLU) so the BN folds into the conv; the original is pre-activation."""
+
+    expansion = 2
+
+
+class Hourglass(nn.Module):
+    def __init__(self, depth=4, ch=256, num_blocks=1):
+        super().__init__()
+        self.depth = depth
+
+        def res():
+            return make_layer(HGBottleneck, ch, ch // 2, num_blocks)
+
+        # level n (1..depth): [up1, low1, low3] (+ low2 at the innermost level)
+        self.levels = nn.ModuleList(
+            nn.ModuleList([res(), res(), res()] + ([res()] if n == 1 else []))
+            for n in range(1, depth + 1)
+        )
+
+    def _fwd(self, n, x):
+        lv = self.levels[n - 1]
+        up1 = lv[0](x)
+        low1 = lv[1](F.max_pool2d(x, 2, 2))
+        low2 = self._fwd(n - 1, low1) if n > 1 else lv[3](low1)
+        low3 = lv[2](low2)
+        return up1 + F.interpolate(low3, scale_factor=2, mode="nearest")
+
+    def forward(self, x):
+        return self._fwd(self.depth, x)
+
+
+class StackedHourglass(nn.Module):
+    def __init__(self, stacks=2, ch=256, depth=4, joints=NUM_JOINTS, num_blocks=1):
+        super().__init__()
+        self.stacks = stacks
+        self.stem = nn.Sequential(ConvBN(3, 64, 7, 2, bias=True))
+        self.layer1 = make_layer(HGBottleneck, 64, 64, 1)  # 64 -> 128
+        self.pool = nn.MaxPool2d(2, 2)
+        self.layer2 = make_layer(HGBottleneck, 128, 128, 1)  # 128 -> 256
+        self.layer3 = make_layer(HGBottleneck, 256, ch // 2, 1)  # 256 -> 256
+        self.hg = nn.ModuleList(Hourglass(depth, ch, num_blocks) for _ in range(stacks))
+        self.res = nn.ModuleList(
+            make_layer(HGBottleneck, ch, ch // 2, num_blocks) for _ in range(stacks)
+        )
+        self.fc = nn.ModuleList(ConvBN(ch, ch, 1, bias=True) for _ in range(stacks))
+        self.score = nn.ModuleList(nn.Conv2d(ch, joints, 1) for _ in range(stacks))
+        self.fc_ = nn.ModuleList(nn.Conv2d(ch, ch, 1) for _ in range(stacks - 1))
+        self.score_ = nn.ModuleList(nn.Conv2d(joints, ch, 1) for _ in range(stacks - 1))
+
+    def forward(self, x):
+        x = self.layer1(self.stem(x))
+        x = self.layer3(self.layer2(self.pool(x)))
+        score = None
+        for i in range(self.stacks):
+            y = self.fc[i](self.res[i](self.hg[i](x)))
+            score = self.score[i](y)  # intermediate supervision head
+            if i < self.stacks - 1:
+                x = x + self.fc_[i](y) + self.score_[i](score)
+        return score  # only the last stack's heatmaps are exported
+
+
+# ----------------------------------------------------------------------------- init / calibrate / export
+
+MODELS = {
+    # name: (factory, input (H, W), description)
+    "hrnet_w32": (HRNetW32, (256, 192), "HRNet-W32 top-down (mmpose td-hm_hrnet-w32 256x192)"),
+    "simplebaseline_r50": (SimpleBaselineR50, (256, 192), "SimpleBaseline ResNet-50, 3 deconvs"),
+    "hourglass2": (StackedHourglass, (256, 256), "stacked hourglass, 2 stacks, 256 features"),
+}
+
+
+def init_weights(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+@torch.no_grad()
+def gather_bn_statistics(model: nn.Module, hw: tuple[int, int], passes: int = 4) -> None:
+    """BatchNorm running statistics from a few random batches (cumulative average)."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None
+            m.reset_running_stats()
+    model.train()
+    g = torch.Generator().manual_seed(SEED + 1)
+    for _ in range(passes):
+        model(torch.randn(8, 3, *hw, generator=g))
+    model.eval()
+
+
+def fold_batchnorms(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, ConvBN):
+            m.fuse()
+    left = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert left == 0, f"{left} BatchNorm2d left unfolded"
+
+
+SPEC = """\
+# {desc} ({name}.onnx), seeded random weights: for time and memory, not accuracy.
+input:
+  name: "input"
+  size: [{h}, {w}]
+  layout: NCHW
+  dtype: float32
+  color: RGB
+  mean: [123.675, 116.28, 103.53]
+  std: [58.395, 57.12, 57.375]
+  pad_value: 0
+source:
+  type: coco-topdown
+  ann: "${{GRAPHKIT_ASSETS}}/coco-mini/annotations/person_keypoints_train2017.json"
+  images: "${{GRAPHKIT_ASSETS}}/coco-mini/train2017"
+  padding: 1.25
+decode:
+  type: heatmap
+  layout: NCHW
+  output: "heatmaps"
+"""
+
+
+def build(name: str, out_dir: Path) -> tuple[Path, Path]:
+    """(model.onnx, spec.yaml) of one architecture in `out_dir`."""
+    import onnx
+
+    factory, hw, desc = MODELS[name]
+    torch.manual_seed(SEED)
+    model = factory()
+    init_weights(model)
+    gather_bn_statistics(model, hw)
+    fold_batchnorms(model)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.onnx"
+    x = torch.randn(1, 3, *hw, generator=torch.Generator().manual_seed(SEED + 2))
+    options = {"opset_version": 17, "input_names": ["input"], "output_names": ["heatmaps"]}
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+        options["dynamo"] = False
+    torch.onnx.export(model, (x,), str(path), do_constant_folding=True, **options)
+    exported = onnx.load(str(path))
+    exported.ir_version = min(exported.ir_version, 9)
+    onnx.checker.check_model(exported)
+    onnx.save(exported, str(path))
+    spec = out_dir / f"{name}.yaml"
+    spec.write_text(SPEC.format(desc=desc, name=name, h=hw[0], w=hw[1]))
+    return path, spec
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("out_dir", type=Path)
+    ap.add_argument("--only", nargs="*", choices=list(MODELS), help="default: all three")
+    args = ap.parse_args()
+    for name in args.only or list(MODELS):
+        path, spec = build(name, args.out_dir)
+        print(f"{name}: {path}, {spec}")
+
+
+if __name__ == "__main__":
+    main()
