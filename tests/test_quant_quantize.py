@@ -37,19 +37,19 @@ def test_default_recipe_measures_every_choice_and_keeps_within_the_budget(tmp_pa
     assert all(w.integers() is not None for w in plan.weights.values())
 
 
-def test_the_ranking_reports_its_progress_layer_by_layer(tmp_path):
+def test_rounding_and_ranking_report_their_progress_layer_by_layer(tmp_path):
     model_path, spec = write_data(tmp_path, n=12)
     small = {"fit_samples": 4, "score_samples": 8, "max_float": 0.17, "target_agreement": None}
     calls = []
     quantize(model_path, spec, recipe_of("default", **small), on_stage=lambda *a: calls.append(a))
     stages = list(dict.fromkeys(what for what, _, _ in calls))
-    # screening every layer on 2 crops, then the shortlist on all 8
-    assert stages == ["ranking layers on 2 crops", "ranking layers on 8 crops"]
+    # every Conv rounded, then every layer screened on 2 crops, then the shortlist on all 8
+    assert stages == ["rounding weights", "ranking layers on 2 crops", "ranking layers on 8 crops"]
     for what in stages:
         steps = [(done, total) for w, done, total in calls if w == what]
         total = steps[0][1]
         assert [d for d, _ in steps] == list(range(total + 1))
-    assert next(c[2] for c in calls if c[0] == stages[1]) == 3  # the 3 x budget shortlist
+    assert next(c[2] for c in calls if c[0] == stages[2]) == 3  # the 3 x budget shortlist
 
 
 def test_a_larger_budget_keeps_the_planted_layer_float_with_its_reason(tmp_path):

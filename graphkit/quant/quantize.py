@@ -35,6 +35,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -263,7 +264,8 @@ def quantize(
 ) -> QuantPlan:
     """Calibrate `model` on the samples of `data` (input spec path or InputSpec) and make
     every int8 decision the recipe allows (module doc). `on_stage(what, done, total)`
-    follows the recipe's longest step, the sensitivity ranking, layer by layer.
+    follows the recipe's long steps: weight rounding Conv by Conv, the sensitivity
+    ranking layer by layer.
     `calibrate_options` go to `graphkit.quant.calibrate.calibrate` (workers, limit,
     tensors, per_channel, bins, max_outputs_per_run, on_sample, on_total)."""
     from graphkit.quant.calibrate import _load, _load_spec, calibrate_statistics
@@ -369,7 +371,10 @@ def quantize(
 
         t = time.perf_counter()
         try:
-            candidate, _ = optimize_weights(model, [s.feeds for s in fit], plan)
+            progress = None if on_stage is None else partial(on_stage, "rounding weights")
+            candidate, _ = optimize_weights(
+                model, [s.feeds for s in fit], plan, on_progress=progress
+            )
         except GraphkitError:
             candidate = None  # no Conv to round (Gemm/MatMul only)
         if candidate is not None:

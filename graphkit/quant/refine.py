@@ -455,6 +455,7 @@ def optimize_weights(
     nodes: Sequence[str] | None = None,
     seed: int = 0,
     on_node: Callable[[WeightRefinement], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> tuple[onnx.ModelProto, list[WeightRefinement]]:
     """A copy of `model` whose Conv weights are replaced by int8 values (times the table's
     per-channel scales) rounded to minimize the layer's output error on `samples`.
@@ -462,7 +463,7 @@ def optimize_weights(
     The weights are already on the int8 grid of the table's scales, so `insert_qdq` with
     the same table reproduces exactly these integers. Per output-channel scales are not
     changed; only the rounding is. A layer whose optimized rounding is not better on the
-    sampled patches keeps plain rounding."""
+    sampled patches keeps plain rounding. `on_progress(done, total)`: Convs rounded so far."""
     if not samples:
         raise GraphkitError("weight optimization needs at least one sample")
     out = to_ir(model)
@@ -490,9 +491,15 @@ def optimize_weights(
     graph_inputs = {i.name for i in model.graph.input}
     report = []
     rounded: dict[ir.Value, np.ndarray] = {}  # stored once every layer read the originals
+    done = 0
+    if on_progress is not None:
+        on_progress(done, len(picked))
     for group in _hessian_groups(picked, HESSIAN_BUDGET_BYTES):
         hess = _hessians(model, samples, group, graph_inputs, patches_per_sample, seed)
         for node, _, geo, _, _ in group:
+            done += 1
+            if on_progress is not None:
+                on_progress(done, len(picked))
             if node.name not in hess:
                 continue
             weight = node.inputs[1]
