@@ -81,3 +81,49 @@ def test_without_a_base_the_int8_layers_quantize_the_float_weights(setup):
     direct = insert_qdq(model, table, keep_float=["conv2"])
     for a, b in zip(outputs(plain, samples), outputs(direct, samples)):
         assert np.array_equal(a, b)
+
+
+def test_stub_candidates_run_the_same_with_their_weights_in_memory(setup, monkeypatch):
+    """Scoring candidates carry weight headers only and onnxruntime takes the bytes from
+    OrtValues made once: every float subset computes what the full candidate computes,
+    and a stub model without its weights is refused in one sentence."""
+    from graphkit.errors import GraphkitError
+    from graphkit.quant import variants as module
+    from graphkit.quant.variants import scoring_candidates
+    from graphkit.runtime.ort import IN_MEMORY
+
+    model, samples, table, rounded = setup
+    # the planted model's weights are small: every tensor a stub here
+    monkeypatch.setattr(module, "STUB_MIN_ELEMENTS", 1)
+    variants = QdqVariants(model, table, rounded)
+    build, memory = scoring_candidates(variants)
+    assert memory is not None
+    for k in range(len(LAYERS) + 1):
+        for keep in itertools.combinations(LAYERS, k):
+            stubbed = build(keep)
+            assert all(t.external_data[0].value == IN_MEMORY for t in stubbed.graph.initializer)
+            assert not any(
+                t.raw_data or t.float_data or t.int32_data or t.int64_data
+                for t in stubbed.graph.initializer
+            )
+            sess = make_session(stubbed, memory=memory)
+            got = [sess.run(None, s)[0] for s in samples]
+            for a, b in zip(outputs(variants(keep), samples), got):
+                assert np.array_equal(a, b), keep
+    with pytest.raises(GraphkitError, match="weights they stand for"):
+        make_session(build(()))
+
+
+def test_small_tensors_stay_in_stub_candidates(setup):
+    """Shapes, scales and zero points stay real (onnxruntime's shape inference reads
+    Resize scales and Reshape shapes), so a candidate of small tensors has no stub."""
+    from graphkit.quant.variants import scoring_candidates
+
+    model, samples, table, rounded = setup
+    build, memory = scoring_candidates(QdqVariants(model, table, rounded))
+    stubbed = build(["conv2"])
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in stubbed.graph.initializer)
+    assert memory == {}
+    sess = make_session(stubbed, memory=memory)
+    for a, s in zip(outputs(QdqVariants(model, table, rounded)(["conv2"]), samples), samples):
+        assert np.array_equal(a, sess.run(None, s)[0])

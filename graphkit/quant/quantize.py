@@ -56,7 +56,7 @@ from graphkit.quant.sensitivity import (
 )
 from graphkit.quant.signs import never_negative
 from graphkit.quant.table import QuantPlan, held_out_summary
-from graphkit.quant.variants import qdq_variants
+from graphkit.quant.variants import qdq_variants, scoring_candidates
 from graphkit.runtime.int8_kernels import uint8_conv_exact
 
 Log = Callable[[str], None]
@@ -471,13 +471,15 @@ def quantize(
         alone = dict(ranking)
         pool = [name for name, _ in ranking]
         steps, tried_layers = [], 0
+        trial, memory = scoring_candidates(variant)  # run, never kept: weight stubs
+        trials_scorer = scorer.with_memory(memory)
         while pool and len(chosen) < budget and not _reached(current, recipe):
             # the next `lookahead` most sensitive layers, each tried with those chosen;
             # the one that raises the held-out SQNR most is kept, the others stay in the pool
             trials: list[tuple[Score, str]] = []
             for name in pool[: recipe.lookahead]:
-                cand = variant([*plan.keep_float, *chosen, name])
-                trials.append((scorer.measure(cand), name))
+                cand = trial([*plan.keep_float, *chosen, name])
+                trials.append((trials_scorer.measure(cand), name))
                 tried_layers += 1
             got, name = max(trials, key=lambda t: _key(t[0], recipe))
             worse = {t[1] for t in trials if _key(t[0], recipe) <= _key(current, recipe)}

@@ -22,6 +22,7 @@ from typing import Self
 import numpy as np
 import onnx
 import onnx_ir as ir
+import onnxruntime as ort
 
 from graphkit.errors import GraphkitError
 from graphkit.irgraph import name_of, reads, to_ir
@@ -29,7 +30,7 @@ from graphkit.metrics import sqnr_db, squared_error
 from graphkit.quant.collect import quantized_layers, spec_samples
 from graphkit.quant.suffix import boundaries, chunks, suffix_model
 from graphkit.quant.table import CalibrationTable
-from graphkit.quant.variants import qdq_variants
+from graphkit.quant.variants import qdq_variants, scoring_candidates
 from graphkit.runtime.ort import make_session, output_infos, with_outputs
 
 Feeds = dict[str, np.ndarray]
@@ -116,6 +117,7 @@ class OutputScorer:
         self.threads = threads
         self._graph_outputs = [o.name for o in model.graph.output] == self.outputs
         self._infos = {} if self._graph_outputs else output_infos(model, self.outputs)
+        self.memory: dict[str, ort.OrtValue] | None = None  # the bytes of weight stubs
         sess = self._session(model)
         self.reference = [sess.run(self.outputs, f) for f in self.samples]
         self.signal = [
@@ -146,6 +148,13 @@ class OutputScorer:
         out._float = [*known, *rest]
         return out
 
+    def with_memory(self, memory: dict[str, ort.OrtValue] | None) -> Self:
+        """This scorer running candidates whose initializers are `memory_stub`s
+        (`graphkit.quant.variants.scoring_candidates`) with these bytes."""
+        out = copy.copy(self)
+        out.memory = memory
+        return out
+
     def errors(self, candidate: onnx.ModelProto, count: int | None = None) -> list[float]:
         """Squared error of the first `count` scored outputs (default all), each summed
         over the samples: from the kept float tensors where the candidate can start there."""
@@ -160,7 +169,7 @@ class OutputScorer:
             if model is None:  # changes none of the scored outputs
                 return noise
             at = [scored.index(o) for o in computed]
-            sess = make_session(model, threads=self.threads, as_written=True)
+            sess = make_session(model, threads=self.threads, as_written=True, memory=self.memory)
             runs = (sess.run(computed, {t: f[t] for t in inputs}) for f in kept)
         else:
             at = list(range(len(scored)))
@@ -176,7 +185,7 @@ class OutputScorer:
         float reference at the same level, so a float candidate scores inf."""
         if not self._graph_outputs:
             model = with_outputs(model, self.outputs, infos=self._infos)
-        return make_session(model, threads=self.threads, as_written=True)
+        return make_session(model, threads=self.threads, as_written=True, memory=self.memory)
 
     def subset(self, count: int) -> Self:
         """This scorer on its first `count` samples only (the FP32 outputs reused)."""
@@ -215,7 +224,8 @@ def sensitivity(
     picked = all_layers if layers is None else [n for n in all_layers if n in set(layers)]
     if not picked:
         raise GraphkitError("the table quantizes no layer of this model to rank")
-    candidate = qdq_variants(model, table, base)
+    candidate, memory = scoring_candidates(qdq_variants(model, table, base))
+    scorer = scorer.with_memory(memory)
     rows = []
     for group, scored in _from_float(model, scorer, picked):
         for name in group:

@@ -17,18 +17,24 @@ computes (tested: the same outputs); only the names of the Q/DQ nodes may differ
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import numpy_helper
 
 from graphkit.quant.qdq import ensure_opset, insert_qdq
 from graphkit.quant.table import CalibrationTable
 from graphkit.quant.weights import QUANTIZED_OPS
+from graphkit.runtime.ort import memory_stub
 from graphkit.weights import lazy_tensors
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+# tensors of fewer elements stay in the candidates (shapes, scales, zero points)
+STUB_MIN_ELEMENTS = 1024
 
 
 class QdqVariants:
@@ -70,8 +76,24 @@ class QdqVariants:
                 names.append(fresh)
                 extra.append(copy)
             self.float_inputs[node.name] = (names, extra)
+        self._memory: dict[str, ort.OrtValue] | None = None
+        self._stubs: dict[str, onnx.TensorProto] = {}
 
-    def __call__(self, keep: Iterable[str] = ()) -> onnx.ModelProto:
+    def memory(self) -> dict[str, ort.OrtValue]:
+        """Every tensor a candidate may hold, as OrtValues (built once): what
+        `make_session(candidate, memory=...)` needs for `__call__(keep, stubs=True)`."""
+        if self._memory is None:
+            tensors = [*self.initializers.values()]
+            tensors += [t for _, extra in self.float_inputs.values() for t in extra]
+            tensors = [t for t in tensors if math.prod(t.dims) >= STUB_MIN_ELEMENTS]
+            self._memory = {
+                t.name: ort.OrtValue.ortvalue_from_numpy(numpy_helper.to_array(t)) for t in tensors
+            }
+        return self._memory
+
+    def __call__(self, keep: Iterable[str] = (), stubs: bool = False) -> onnx.ModelProto:
+        """stubs=True: the initializers are `memory_stub`s (no bytes), for scoring
+        sessions made with `memory()`: nothing to copy or serialize per candidate."""
         restore = (set(keep) | self.always) & set(self.float_inputs)
         out = onnx.ModelProto()
         out.CopyFrom(self.skeleton)
@@ -94,13 +116,33 @@ class QdqVariants:
             used.update(node.input)
         for i in dead:  # descending: earlier indices stay valid
             del graph.node[i]
-        graph.initializer.extend(t for n, t in self.initializers.items() if n in used)
-        graph.initializer.extend(t for n, t in extra.items() if n in used)
+        tensors = [t for n, t in self.initializers.items() if n in used]
+        tensors += [t for n, t in extra.items() if n in used]
+        graph.initializer.extend([self._stub(t) for t in tensors] if stubs else tensors)
         values = used | {o for n in graph.node for o in n.output}
         kept_info = [v for v in graph.value_info if v.name in values]
         del graph.value_info[:]
         graph.value_info.extend(kept_info)
         return out
+
+    def _stub(self, tensor: onnx.TensorProto) -> onnx.TensorProto:
+        """Weights become stubs; small tensors stay (onnxruntime's shape inference reads
+        Resize scales and Reshape shapes, which cannot be external)."""
+        if tensor.name not in self._stubs:
+            small = math.prod(tensor.dims) < STUB_MIN_ELEMENTS
+            self._stubs[tensor.name] = tensor if small else memory_stub(tensor)
+        return self._stubs[tensor.name]
+
+
+def scoring_candidates(
+    variants: Callable[[Sequence[str]], onnx.ModelProto],
+) -> tuple[Callable[[Sequence[str]], onnx.ModelProto], dict[str, ort.OrtValue] | None]:
+    """(keep -> candidate, memory): candidates only to be run, with weight stubs and the
+    weights once as OrtValues where `variants` is a `QdqVariants` (a 293-Conv HRNet's
+    candidates otherwise copy and serialize 114 MB each); else `variants` and None."""
+    if isinstance(variants, QdqVariants):
+        return partial(variants, stubs=True), variants.memory()
+    return variants, None
 
 
 def qdq_variants(
@@ -135,4 +177,4 @@ def _fresh(base: str, taken: set[str]) -> str:
     return name
 
 
-__all__ = ["QdqVariants", "qdq_variants"]
+__all__ = ["QdqVariants", "qdq_variants", "scoring_candidates"]

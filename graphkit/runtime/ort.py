@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -51,21 +51,54 @@ def session_options(threads: int | None = None, spin: bool = True) -> ort.Sessio
     return opts
 
 
+# where a `memory_stub` initializer's bytes are: in the OrtValues make_session is given
+IN_MEMORY = "graphkit-in-memory"
+
+
+def memory_stub(tensor: onnx.TensorProto) -> onnx.TensorProto:
+    """The header of `tensor` (name, type, dims) without its bytes, which `make_session`
+    takes from the `memory` it is given: a model of stubs serializes in microseconds
+    where one holding its weights copies them twice (HRNet-W32: 172 ms, and onnxruntime
+    builds the session 100 ms faster from OrtValues)."""
+    stub = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
+    stub.data_location = onnx.TensorProto.EXTERNAL
+    size = int(np.prod(tensor.dims)) * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    for key, value in (("location", IN_MEMORY), ("offset", "0"), ("length", str(size))):
+        stub.external_data.add(key=key, value=value)
+    return stub
+
+
+def _stub_names(model: onnx.ModelProto) -> list[str]:
+    return [
+        t.name
+        for t in model.graph.initializer
+        if t.data_location == onnx.TensorProto.EXTERNAL
+        and any(e.key == "location" and e.value == IN_MEMORY for e in t.external_data)
+    ]
+
+
 def make_session(
     model: onnx.ModelProto,
     threads: int | None = None,
     optimize: bool = True,
     spin: bool = True,
     as_written: bool = False,
+    memory: Mapping[str, ort.OrtValue] | None = None,
 ) -> ort.InferenceSession:
     """An onnxruntime CPU session for an in-memory model (via a temp file when > 2 GB).
     as_written=True: a Q/DQ model runs with the integer arithmetic it writes, also on CPUs
-    whose fused int8 kernels saturate (`graphkit.runtime.int8_kernels.qdq_level`)."""
+    whose fused int8 kernels saturate (`graphkit.runtime.int8_kernels.qdq_level`).
+    `memory`: the bytes of the model's `memory_stub` initializers, by name."""
     opts = session_options(threads, spin)
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     elif as_written:
         opts.graph_optimization_level = qdq_level()
+    stubs = _stub_names(model)
+    if stubs:
+        if memory is None or any(n not in memory for n in stubs):
+            raise GraphkitError("a model of weight stubs needs the weights they stand for")
+        opts.add_external_initializers(stubs, [memory[n] for n in stubs])
     try:
         lazy = bool(weights.lazy_tensors(model))
         relative = weights.relative_copy(model) if lazy else None
