@@ -457,6 +457,7 @@ def quantize(
                 keep_float=plan.keep_float,
                 base=rounded,
                 on_layer=ranked,
+                variants=variant,  # the plan's, built once: its weights reach onnxruntime once
             )
 
         count, shortlist = recipe.rank_samples or len(score), 3 * budget

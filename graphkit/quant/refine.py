@@ -379,8 +379,8 @@ def _gptq(
 
 
 # Hessians of the Convs whose patches are summed in one pass over the samples: at most this
-# many bytes together (float32), so a model with hundreds of wide Convs (HRNet-W48: 4.5 GB
-# of float64 Hessians) takes several passes instead of all the memory
+# many bytes together (float32), so a model with hundreds of wide Convs takes several passes
+# instead of all the memory (HRNet-W32 held 2 GB of float64 Hessians at once before)
 HESSIAN_BUDGET_BYTES = 1 << 30
 
 
@@ -445,6 +445,32 @@ def _hessians(
     return hess
 
 
+def _round_conv(
+    conv: _Conv, hess: np.ndarray, table: CalibrationTable, damp: float
+) -> tuple[ir.Value, np.ndarray, WeightRefinement]:
+    """(weight, its rounded values, errors) of one Conv: GPTQ or nearest rounding, per
+    group the one with the lower error on the sampled patches."""
+    weight = conv.node.inputs[1]
+    assert weight is not None and weight.const_value is not None
+    w = weight.const_value.numpy().astype(np.float64)
+    cout, g = w.shape[0], conv.geo["group"]
+    amax = table.weights[name_of(weight)].amax
+    scale = np.maximum(np.asarray(amax, np.float64), 1e-12) / QMAX
+    rows = w.reshape(g, cout // g, -1)
+    srows = scale.reshape(g, cout // g)
+    h = hess.astype(np.float64)
+    q0 = np.clip(np.round(rows / srows[..., None]), -QMAX, QMAX)
+    q1 = _gptq(rows, h, srows, damp)
+    e0 = _rounding_error(q0, srows, rows, h)
+    e1 = _rounding_error(q1, srows, rows, h)
+    q_new = np.where((e1 < e0)[:, None, None], q1, q0)
+    array = (q_new * srows[:, :, None]).reshape(w.shape).astype(np.float32)
+    report = WeightRefinement(
+        conv.node.name or "", float(e0.sum()), float(np.minimum(e0, e1).sum())
+    )
+    return weight, array, report
+
+
 def optimize_weights(
     model: onnx.ModelProto,
     samples: Sequence[Feeds],
@@ -496,34 +522,16 @@ def optimize_weights(
         on_progress(done, len(picked))
     for group in _hessian_groups(picked, HESSIAN_BUDGET_BYTES):
         hess = _hessians(model, samples, group, graph_inputs, patches_per_sample, seed)
-        for node, _, geo, _, _ in group:
+        for conv in group:
+            if conv.node.name in hess:
+                weight, array, r = _round_conv(conv, hess.pop(conv.node.name or ""), table, damp)
+                rounded[weight] = array
+                report.append(r)
+                if on_node is not None:
+                    on_node(r)
             done += 1
             if on_progress is not None:
                 on_progress(done, len(picked))
-            if node.name not in hess:
-                continue
-            weight = node.inputs[1]
-            assert weight is not None and weight.const_value is not None
-            w = weight.const_value.numpy().astype(np.float64)
-            cout, g = w.shape[0], geo["group"]
-            amax = table.weights[name_of(weight)].amax
-            scale = np.maximum(np.asarray(amax, np.float64), 1e-12) / QMAX
-            rows = w.reshape(g, cout // g, -1)
-            srows = scale.reshape(g, cout // g)
-            h = hess.pop(node.name or "").astype(np.float64)
-            q0 = np.clip(np.round(rows / srows[..., None]), -QMAX, QMAX)
-            q1 = _gptq(rows, h, srows, damp)
-            e0 = _rounding_error(q0, srows, rows, h)
-            e1 = _rounding_error(q1, srows, rows, h)
-            # per group, the rounding with the lower error on the sampled patches
-            q_new = np.where((e1 < e0)[:, None, None], q1, q0)
-            before = float(e0.sum())
-            after = float(np.minimum(e0, e1).sum())
-            rounded[weight] = (q_new * srows[:, :, None]).reshape(w.shape).astype(np.float32)
-            r = WeightRefinement(node.name or "", before, after)
-            report.append(r)
-            if on_node is not None:
-                on_node(r)
     for weight, array in rounded.items():
         set_initializer(weight, as_tensor(array, name_of(weight)))
     return to_proto(out), report

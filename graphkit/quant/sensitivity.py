@@ -212,19 +212,23 @@ def sensitivity(
     keep_float: Sequence[str] = (),
     base: onnx.ModelProto | None = None,
     on_layer: Callable[[str, float], None] | None = None,
+    variants: Callable[[Sequence[str]], onnx.ModelProto] | None = None,
 ) -> list[tuple[str, float]]:
     """(node, output SQNR dB with only that node quantized), most sensitive (lowest) first.
 
     `layers` restricts the analysis (default: every layer the table quantizes). `base` is
     the model Q/DQ is inserted into when it differs from the float reference `model`
-    (weights already rounded by `graphkit.quant.refine.optimize_weights`)."""
+    (weights already rounded by `graphkit.quant.refine.optimize_weights`). `variants`:
+    `qdq_variants(model, table, base)` when the caller has it already."""
 
     scorer = samples if isinstance(samples, OutputScorer) else OutputScorer(model, samples, outputs)
     all_layers = quantized_layers(model, table, keep_float)
     picked = all_layers if layers is None else [n for n in all_layers if n in set(layers)]
     if not picked:
         raise GraphkitError("the table quantizes no layer of this model to rank")
-    candidate, memory = scoring_candidates(qdq_variants(model, table, base))
+    if variants is None:
+        variants = qdq_variants(model, table, base)
+    candidate, memory = scoring_candidates(variants)
     scorer = scorer.with_memory(memory)
     rows = []
     for group, scored in _from_float(model, scorer, picked):
