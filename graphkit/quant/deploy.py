@@ -51,18 +51,27 @@ def pin_extremes(
     """q with, in every channel where nearest rounding reaches +-qmax, its largest |w|
     element at +-qmax: the channel's absmax then stays amax after snapping (an optimized
     rounding may have pulled that element in by one step)."""
+    pins = extreme_pins(w, entry, near)
+    return np.where(np.isnan(pins), np.asarray(q, np.float64), pins)
+
+
+def extreme_pins(w: np.ndarray, entry: WeightEntry, near: np.ndarray | None = None) -> np.ndarray:
+    """NaN like `w`, except, in every channel where nearest rounding reaches +-qmax, its
+    largest |w| element, which holds that +-qmax. Backends that snap float weights and
+    take the scale from their absmax (TensorRT from a cache, AMCT, vamc) find the plan's
+    scale only if these integers stay; `refine` rounds the other elements around them."""
     if w.ndim == 0:
-        return np.asarray(q, np.float64)
+        return np.full(w.shape, np.nan)
     axis = entry.axis % w.ndim if entry.axis >= 0 and len(entry.amax) > 1 else None
-    qm = _rows(np.asarray(q, np.float64), axis).copy()
     near = _rows(nearest_integers(w, entry) if near is None else near, axis)
     idx = np.argmax(np.abs(_rows(w, axis)), axis=1)
     rows = np.arange(idx.size)
     hit = np.abs(near[rows, idx]) == entry.qmax
-    qm[rows[hit], idx[hit]] = near[rows[hit], idx[hit]]
+    pins = np.full(near.shape, np.nan)
+    pins[rows[hit], idx[hit]] = near[rows[hit], idx[hit]]
     if axis is None:
-        return qm.reshape(w.shape)
-    return np.moveaxis(qm.reshape(np.moveaxis(w, axis, 0).shape), 0, axis)
+        return pins.reshape(w.shape)
+    return np.moveaxis(pins.reshape(np.moveaxis(w, axis, 0).shape), 0, axis)
 
 
 def fill_integers(

@@ -32,6 +32,7 @@ from onnx import helper
 from graphkit.errors import GraphkitError
 from graphkit.irgraph import as_tensor, copy_node, name_of, set_initializer, to_ir, to_proto
 from graphkit.quant.collect import layer_activations, quantizable, quantized_names, spec_samples
+from graphkit.quant.deploy import extreme_pins
 from graphkit.quant.qdq import MIN_OPSET, add_qdq, ensure_opset, insert_qdq
 from graphkit.quant.table import QMAX, ActivationEntry, CalibrationTable
 from graphkit.runtime.ort import make_session, with_outputs
@@ -339,13 +340,19 @@ def _lower_inverse(lower: np.ndarray) -> np.ndarray:
 
 
 def _gptq(
-    w: np.ndarray, h: np.ndarray, scale: np.ndarray, damp: float, block: int = 128
+    w: np.ndarray,
+    h: np.ndarray,
+    scale: np.ndarray,
+    damp: float,
+    pins: np.ndarray | None = None,
+    block: int = 128,
 ) -> np.ndarray:
     """Integer weights for `w` (groups, rows, cols) with per-row `scale` (groups, rows)
     that keep (w - q*s) H (w - q*s)^T small in every group: quantize column by column,
     pushing each column's rounding error onto the columns not yet quantized (GPTQ /
     optimal brain quantization). All groups at once: a depthwise Conv is hundreds of
-    one-row groups."""
+    one-row groups. `pins` (like w, NaN where free) fixes some integers: the others
+    absorb their error (`deploy.extreme_pins`: what the shipped weights must hold)."""
     groups, _, cols = w.shape
     h = h.copy()
     diag = np.arange(cols)
@@ -357,9 +364,20 @@ def _gptq(
         hinv = _upper_cholesky_of_inverse(h)
     except np.linalg.LinAlgError:
         if groups == 1:
-            return np.clip(np.round(w / scale[..., None]), -QMAX, QMAX)
+            q = np.clip(np.round(w / scale[..., None]), -QMAX, QMAX)
+            return q if pins is None else np.where(np.isnan(pins), q, pins)
         return np.concatenate(
-            [_gptq(w[g : g + 1], h[g : g + 1], scale[g : g + 1], 0.0, block) for g in range(groups)]
+            [
+                _gptq(
+                    w[g : g + 1],
+                    h[g : g + 1],
+                    scale[g : g + 1],
+                    0.0,
+                    None if pins is None else pins[g : g + 1],
+                    block,
+                )
+                for g in range(groups)
+            ]
         )
     w = w.copy()
     q = np.zeros_like(w)
@@ -370,6 +388,9 @@ def _gptq(
         hb = hinv[:, b0:b1, b0:b1]
         for i in range(b1 - b0):
             qi = np.clip(np.round(wb[:, :, i] / scale), -QMAX, QMAX)
+            if pins is not None:
+                fixed = pins[:, :, b0 + i]
+                qi = np.where(np.isnan(fixed), qi, fixed)
             q[:, :, b0 + i] = qi
             err = (wb[:, :, i] - qi * scale) / hb[:, i, i, None]
             wb[:, :, i + 1 :] -= err[:, :, None] * hb[:, None, i, i + 1 :]
@@ -460,7 +481,9 @@ def _round_conv(
     srows = scale.reshape(g, cout // g)
     h = hess.astype(np.float64)
     q0 = np.clip(np.round(rows / srows[..., None]), -QMAX, QMAX)
-    q1 = _gptq(rows, h, srows, damp)
+    # the integers the shipped weights keep (each channel's extreme): rounded around
+    pins = extreme_pins(w, table.weights[name_of(weight)]).reshape(rows.shape)
+    q1 = _gptq(rows, h, srows, damp, pins)
     e0 = _rounding_error(q0, srows, rows, h)
     e1 = _rounding_error(q1, srows, rows, h)
     q_new = np.where((e1 < e0)[:, None, None], q1, q0)
