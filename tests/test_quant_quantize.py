@@ -61,6 +61,16 @@ def test_a_larger_budget_keeps_the_planted_layer_float_with_its_reason(tmp_path)
     assert plan.recipe["final"]["sqnr_db"] > plan.recipe["methods"][plan.method]["sqnr_db"]
 
 
+def test_a_float_layer_must_gain_more_than_the_least_gain_to_take_a_budget_slot(tmp_path):
+    """The planted layer float lifts the held-out SQNR by a few dB: with a least gain above
+    that it is tried, refused, and the slot stays free."""
+    model_path, spec = write_files(tmp_path, n=8)
+    small = {"max_float": 0.34, "fit_samples": 4, "score_samples": 4}
+    plan = quantize(model_path, spec, recipe_of("default", min_float_gain_db=1000.0, **small))
+    assert plan.keep_float == [] and plan.recipe["float"]["tried"] >= 1
+    assert plan.recipe["recipe"]["min_float_gain_db"] == 1000.0
+
+
 def test_per_tensor_thresholds_only_change_what_raises_the_held_out_score(tmp_path):
     """The opt-in coordinate search (measured not to help on the pose models, docs)."""
     model_path, spec = write_files(tmp_path, n=8)
@@ -111,6 +121,7 @@ def test_bias_correction_before_the_float_search_leaves_no_bias_on_a_float_layer
         ({"max_float": 1.5}, "--max-float must be between"),
         ({"target_agreement": 0.0}, "--target-agreement must be in"),
         ({"lookahead": 0}, "lookahead must be at least 1"),
+        ({"min_float_gain_db": -1.0}, "least float gain must be >= 0 dB"),
         ({"criterion": "vibes"}, "criterion must be sqnr, mean or agreement"),
         ({"bias_correction": "maybe"}, "bias correction must be auto, on or off"),
     ],

@@ -74,6 +74,10 @@ class Recipe:
     max_float: float = 0.10  # at most this fraction of the weighted layers kept float
     target_agreement: float | None = 0.98  # stop adding float layers once reached
     lookahead: int = 1  # float candidates tried per step (most sensitive first)
+    # a layer is kept float only if it raises the criterion by more than this (dB; not
+    # for criterion="agreement"): a smaller gain is noise on the held-out crops, and a
+    # budget slot spent on it is not there for a later layer that matters
+    min_float_gain_db: float = 0.1
     # what every choice must raise on the held-out crops: mean (the mean over the heads of
     # their SQNR), sqnr (the worst head's) or agreement (decoded keypoints; noisy)
     criterion: str = "mean"
@@ -136,6 +140,8 @@ def recipe_of(recipe: Recipe | str, method: str | None = None, **overrides: Any)
             raise GraphkitError(f"{what} must be auto, on or off, not {value}")
     if recipe.criterion not in ("sqnr", "mean", "agreement"):
         raise GraphkitError(f"criterion must be sqnr, mean or agreement, not {recipe.criterion}")
+    if recipe.min_float_gain_db < 0:
+        raise GraphkitError(f"the least float gain must be >= 0 dB, got {recipe.min_float_gain_db}")
     if recipe.lookahead < 1:
         raise GraphkitError(f"lookahead must be at least 1, got {recipe.lookahead}")
     if min(recipe.fit_samples, recipe.score_samples, recipe.rank_samples or 1) < 1:
@@ -483,9 +489,9 @@ def quantize(
                 trials.append((trials_scorer.measure(cand), name))
                 tried_layers += 1
             got, name = max(trials, key=lambda t: _key(t[0], recipe))
-            worse = {t[1] for t in trials if _key(t[0], recipe) <= _key(current, recipe)}
+            worse = {t[1] for t in trials if not _gains(t[0], current, recipe)}
             pool = [n for n in pool if n not in worse]
-            if _key(got, recipe) <= _key(current, recipe):
+            if not _gains(got, current, recipe):
                 continue
             pool.remove(name)
             chosen.append(name)
@@ -604,6 +610,14 @@ def _key(score: Score, recipe: Recipe) -> tuple[float, float]:
     if recipe.criterion == "mean":
         return (score.mean, score.worst)
     return (score.worst, 0.0)
+
+
+def _gains(new: Score, old: Score, recipe: Recipe) -> bool:
+    """Whether a float layer earns its budget slot: `new` beats `old` by more than
+    `recipe.min_float_gain_db` on a dB criterion (by anything on the agreement)."""
+    margin = 0.0 if recipe.criterion == "agreement" else recipe.min_float_gain_db
+    first, second = _key(old, recipe)
+    return _key(new, recipe) > (first + margin, second)
 
 
 def _reached(score: Score, recipe: Recipe) -> bool:
