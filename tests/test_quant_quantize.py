@@ -220,8 +220,9 @@ def test_quantize_on_a_planted_model_runs_in_onnxruntime(tmp_path):
 
 @pytest.mark.slow
 def test_default_on_posenet_measures_agreement_and_beats_plain(assets, monkeypatch):
-    """Real model, few crops: the held-out agreement is measured from decoded keypoints
-    and the default plan agrees with FP32 better than plain calibration."""
+    """Real model, few crops: the held-out agreement is measured from decoded keypoints,
+    the default plan agrees with FP32 better than plain calibration, and the model it
+    ships scores on the held-out crops exactly what the recipe recorded."""
     monkeypatch.setenv("GRAPHKIT_ASSETS", str(assets))
     from graphkit.data import load_input_spec
     from graphkit.model import load_model
@@ -239,10 +240,16 @@ def test_default_on_posenet_measures_agreement_and_beats_plain(assets, monkeypat
     from graphkit.pose.decoders import build_decoder
 
     _, score = held_out(spec, recipe)
-    scorer = HeldOutScorer(model, score, head_tensors(model), build_decoder(spec.decode))
+    decoder = build_decoder(spec.decode)
+    scorer = HeldOutScorer(model, score, head_tensors(model, decoder.outputs), decoder)
     plain_sqnr, *_ = scorer.measure(insert_qdq(plain.deploy_model(model), plain))
-    default_sqnr, *_ = scorer.measure(insert_qdq(plan.deploy_model(model), plan))
-    assert default_sqnr > plain_sqnr + 3
+    shipped = scorer.measure(insert_qdq(plan.deploy_model(model), plan))
+    assert shipped.worst > plain_sqnr + 3
+    # what ships (the plan's integers) is what the recipe measured, not a neighbour of it
+    final = plan.recipe["final"]
+    assert shipped.worst == pytest.approx(final["sqnr_db"], abs=1e-3)
+    assert shipped.mean == pytest.approx(final["mean_sqnr_db"], abs=1e-3)
+    assert shipped.agreement == pytest.approx(final["agreement"], abs=1e-4)
 
 
 def test_eval_and_diff_check_their_outputs_before_any_work(tmp_path, capsys):
