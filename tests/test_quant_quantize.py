@@ -37,6 +37,31 @@ def test_default_recipe_measures_every_choice_and_keeps_within_the_budget(tmp_pa
     assert all(w.integers() is not None for w in plan.weights.values())
 
 
+def test_methods_with_the_same_thresholds_are_measured_once(tmp_path, monkeypatch):
+    """A method whose thresholds equal an earlier method's makes the same Q/DQ model (on
+    posenet percentile 99.99 % is every maximum; here an alias of minmax): its score is
+    copied, not measured again."""
+    from graphkit.quant import quantize as q
+
+    model_path, spec = write_files(tmp_path, n=8)
+    measured = []
+    real = q.HeldOutScorer.measure
+
+    def counted(self, candidate, *a, **k):
+        measured.append(candidate)
+        return real(self, candidate, *a, **k)
+
+    monkeypatch.setattr(q.HeldOutScorer, "measure", counted)
+    small = {"fit_samples": 4, "score_samples": 4, "round_weights": False, "max_float": 0.0}
+    recipe = recipe_of(
+        "default", methods=("mse", "minmax", "max"), bias_correction="off", unsigned="off", **small
+    )
+    plan = quantize(model_path, spec, recipe)
+    methods = plan.recipe["methods"]
+    assert methods["max"] == methods["minmax"] != methods["mse"]
+    assert len(measured) == 2  # mse and minmax; max copied
+
+
 def test_rounding_and_ranking_report_their_progress_layer_by_layer(tmp_path):
     model_path, spec = write_data(tmp_path, n=12)
     small = {"fit_samples": 4, "score_samples": 8, "max_float": 0.17, "target_agreement": None}
@@ -67,8 +92,13 @@ def test_a_float_layer_must_gain_more_than_the_least_gain_to_take_a_budget_slot(
     model_path, spec = write_files(tmp_path, n=8)
     small = {"max_float": 0.34, "fit_samples": 4, "score_samples": 4}
     plan = quantize(model_path, spec, recipe_of("default", min_float_gain_db=1000.0, **small))
-    assert plan.keep_float == [] and plan.recipe["float"]["tried"] >= 1
+    assert plan.keep_float == [] and plan.recipe["float"]["tried"] == 3  # every layer tried
     assert plan.recipe["recipe"]["min_float_gain_db"] == 1000.0
+    # patience: the search gives up after this many layers in a row fail to earn a slot
+    recipe = recipe_of("default", min_float_gain_db=1000.0, patience=1, **small)
+    plan = quantize(model_path, spec, recipe)
+    assert plan.keep_float == [] and plan.recipe["float"]["tried"] == 1
+    assert plan.recipe["float"]["stopped"] == "1 ranked layer(s) in a row gained 1000.0 dB or less"
 
 
 def test_per_tensor_thresholds_only_change_what_raises_the_held_out_score(tmp_path):
@@ -122,6 +152,7 @@ def test_bias_correction_before_the_float_search_leaves_no_bias_on_a_float_layer
         ({"target_agreement": 0.0}, "--target-agreement must be in"),
         ({"lookahead": 0}, "lookahead must be at least 1"),
         ({"min_float_gain_db": -1.0}, "least float gain must be >= 0 dB"),
+        ({"patience": 0}, "patience must be at least 1"),
         ({"criterion": "vibes"}, "criterion must be sqnr, mean or agreement"),
         ({"bias_correction": "maybe"}, "bias correction must be auto, on or off"),
     ],
