@@ -307,3 +307,32 @@ def test_a_tensorrt_target_calibrates_every_tensor_and_names_the_algorithm(tmp_p
     assert set(only_inputs.activations) < set(plan.activations)
     cache = (out / "tensorrt" / "CalibrationTable").read_text().splitlines()
     assert cache[0].endswith("-EntropyCalibration") and len(cache) - 1 == len(plan.activations)
+
+
+@pytest.mark.parametrize(
+    "stopped, says",
+    [
+        ("budget spent", "within the float budget (10%); raise --max-float"),
+        (
+            "5 ranked layer(s) in a row gained 0.1 dB or less",
+            "stopped before the budget: 5 ranked layer(s) in a row gained 0.1 dB or less",
+        ),
+    ],
+)
+def test_a_missed_target_says_whether_a_larger_budget_could_help(stopped, says):
+    """Raising --max-float is advice only when the budget was what stopped the search."""
+    import argparse
+
+    from graphkit.commands.calibrate import summary
+
+    plan = QuantPlan(method="mse")
+    plan.recipe = {
+        "recipe": {"target_agreement": 0.98, "max_float": 0.10},
+        "final": {"sqnr_db": 20.0, "agreement": 0.93, "mean_sqnr_db": 20.0},
+        "target_reached": False,
+        "float": {"budget": 7, "layers": 74, "steps": [], "tried": 9, "stopped": stopped},
+    }
+    args = argparse.Namespace(output="plan.json", qdq=None, out_dir=None)
+    text = summary(plan, args)
+    assert "target agreement 0.98 not reached" in text and says in text
+    assert ("raise --max-float" in text) == (stopped == "budget spent")

@@ -439,8 +439,13 @@ def summary(plan, args: argparse.Namespace) -> str:
             "float layers chosen by head SQNR within the budget"
         )
     if target is not None and r.get("target_reached") is False:
-        lines.append(
-            f"[yellow]target agreement {target} not reached within the float budget "
-            f"({r['recipe']['max_float']:.0%}); raise --max-float or see docs/accuracy.md[/]"
-        )
+        stopped = r.get("float", {}).get("stopped", "budget spent")
+        if stopped == "budget spent" or not r.get("float"):
+            why = (
+                f"within the float budget ({r['recipe']['max_float']:.0%}); "
+                "raise --max-float or see docs/accuracy.md"
+            )
+        else:  # the budget was not the limit: a larger one would not help
+            why = f"and the float search stopped before the budget: {stopped}; see docs/accuracy.md"
+        lines.append(f"[yellow]target agreement {target} not reached {why}[/]")
     return "\n".join(lines)
