@@ -194,23 +194,30 @@ def test_patches_reproduce_the_convolution(group, stride, dilation):
     assert np.allclose(got, y[:, ys, xs], atol=1e-4)
 
 
-def test_depthwise_rounding_beats_plain_rounding():
+def depthwise(w: np.ndarray, rng: np.random.Generator) -> tuple[onnx.ModelProto, list]:
+    """A 3x3 depthwise Conv with weights `w` and 8 samples of correlated, non-centred
+    inputs: where rounding errors add up instead of averaging out."""
     from onnx import TensorProto, helper
 
-    rng = np.random.default_rng(1)
-    w = rng.normal(0, 1, (6, 1, 3, 3)).astype(np.float32)
+    c = w.shape[0]
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["y"], name="dw", group=6, pads=[1, 1, 1, 1])],
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="dw", group=c, pads=[1, 1, 1, 1])],
         "dw",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 10, 10])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 10, 10])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 10, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 10, 10])],
         [numpy_helper.from_array(w, "w")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
-    # correlated, non-centred inputs: where rounding errors add up instead of averaging out
-    base = rng.uniform(0.5, 1.5, (8, 1, 6, 1, 1)).astype(np.float32)
-    samples = [{"x": b + 0.1 * rng.normal(0, 1, (1, 6, 10, 10)).astype(np.float32)} for b in base]
+    base = rng.uniform(0.5, 1.5, (8, 1, c, 1, 1)).astype(np.float32)
+    samples = [{"x": b + 0.1 * rng.normal(0, 1, (1, c, 10, 10)).astype(np.float32)} for b in base]
+    return model, samples
+
+
+def test_depthwise_rounding_beats_plain_rounding():
+    rng = np.random.default_rng(1)
+    w = rng.normal(0, 1, (6, 1, 3, 3)).astype(np.float32)
+    model, samples = depthwise(w, rng)
     table = table_for(model, samples)
     optimized, report = optimize_weights(model, samples, table)
     assert report[0].error_after < 0.5 * report[0].error_before
@@ -333,25 +340,13 @@ def test_rounded_weights_are_the_shipped_weights_each_channel_keeping_its_extrem
     that take the scale from the snapped weights' absmax. GPTQ rounds around those pins, so
     the two are the same weights (before, pinning after rounding moved one integer per
     channel and the shipped movenet scored 0.45 dB below the measured one)."""
-    from onnx import TensorProto, helper
-
     from graphkit.quant.deploy import deploy_model, fill_integers
 
     rng = np.random.default_rng(4)
     w = rng.normal(0, 1, (16, 1, 3, 3)).astype(np.float32)
     # each channel's extreme is its last column: it takes the error of all the others
     w[:, 0, 2, 2] = 3.0 * np.sign(rng.normal(size=16))
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["y"], name="dw", group=16, pads=[1, 1, 1, 1])],
-        "dw",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 10, 10])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 10, 10])],
-        [numpy_helper.from_array(w, "w")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    base = rng.uniform(0.5, 1.5, (8, 1, 16, 1, 1)).astype(np.float32)
-    samples = [{"x": b + 0.1 * rng.normal(0, 1, (1, 16, 10, 10)).astype(np.float32)} for b in base]
+    model, samples = depthwise(w, rng)
     table = table_for(model, samples)
     optimized, report = optimize_weights(model, samples, table)
     assert report[0].error_after < report[0].error_before  # GPTQ kept somewhere
