@@ -74,7 +74,7 @@ def test_rounding_and_ranking_report_their_progress_layer_by_layer(tmp_path):
         steps = [(done, total) for w, done, total in calls if w == what]
         total = steps[0][1]
         assert [d for d, _ in steps] == list(range(total + 1))
-    assert next(c[2] for c in calls if c[0] == stages[2]) == 3  # the 3 x budget shortlist
+    assert next(c[2] for c in calls if c[0] == stages[2]) == 2  # the 2 x budget shortlist
 
 
 def test_a_larger_budget_keeps_the_planted_layer_float_with_its_reason(tmp_path):
@@ -125,12 +125,14 @@ def test_screening_on_few_crops_ranks_the_shortlist_on_all_and_keeps_the_same_la
     small = {"fit_samples": 4, "score_samples": 8, "max_float": 0.17, "target_agreement": None}
     screened = quantize(model_path, spec, recipe_of("default", **small))
     full = quantize(model_path, spec, recipe_of("default", screen_samples=0, **small))
-    assert screened.recipe["screened"] == {"samples": 2, "shortlist": 3}
+    assert screened.recipe["screened"] == {"samples": 2, "shortlist": 2}  # 2 x the budget of 1
     assert "screened" not in full.recipe
     assert screened.keep_float == full.keep_float and len(full.keep_float) == 1
     assert screened.float_reasons == full.float_reasons
     with pytest.raises(GraphkitError, match="screen samples must be 0"):
         recipe_of("default", screen_samples=-1)
+    with pytest.raises(GraphkitError, match="shortlist must be at least 1 x the budget"):
+        recipe_of("default", shortlist=0)
 
 
 def test_bias_correction_before_the_float_search_leaves_no_bias_on_a_float_layer(tmp_path):

@@ -127,7 +127,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--screen-samples",
         type=non_negative_int,
         metavar="K",
-        help="rank every layer on K scored samples first, then the 3 x budget most "
+        help="rank every layer on K scored samples first, then the 2 x budget most "
         "sensitive on all of them (default 2; 0: every layer on all samples)",
     )
     p.add_argument(
