@@ -408,3 +408,35 @@ def test_eval_refuses_a_decode_stride_of_zero_in_one_sentence(tmp_path, capsys, 
     assert "Traceback" not in out + err and err.strip().count("\n") == 0, err
     assert "decode.stride: input should be greater than 0" in err, err
     assert digest(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "record, line",
+    [
+        (
+            {"budget": 7, "tried": 9, "steps": [{"layer": "a"}] * 2, "stopped": "[/]budget spent"},
+            "float search: kept 2 of at most 7 layers, tried 9; stopped: [/]budget spent",
+        ),
+        (
+            {"budget": 7, "tried": 3, "steps": []},
+            "float search: kept 0 of at most 7 layers, tried 3",
+        ),
+        ({"budget": "seven", "tried": 3}, None),  # not what quantize() writes: no line
+    ],
+    ids=["stopped", "older-plan", "malformed"],
+)
+def test_table_show_says_how_the_float_search_ended(
+    good,  # noqa: F811
+    tmp_path,
+    capsys,
+    monkeypatch,
+    record,
+    line,
+):
+    ws = tmp_path / "ws"
+    shutil.copytree(good, ws)
+    edit_plan(lambda d: d.update(recipe={"float": record}))(ws)
+    code, out, err = run_in(ws, SHOW, capsys, monkeypatch)
+    assert code == 0, err
+    shown = [x for x in out.splitlines() if x.startswith("float search")]
+    assert shown == ([line] if line else [])

@@ -20,7 +20,7 @@ from graphkit.commands._common import (
     short_name,
     write_json,
 )
-from graphkit.quant.table import CalibrationTable, held_out_summary, recipe_record
+from graphkit.quant.table import CalibrationTable, float_search, held_out_summary, recipe_record
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -54,6 +54,12 @@ def run(args: argparse.Namespace) -> int:
         f"model {escape(table.model_path or '?')} hash {escape(table.model_hash)}; "
         f"data {escape(table.data_source or '?')}, {table.num_samples} samples"
     )
+    if search := float_search(table):
+        console.print(
+            f"float search: kept {len(search.steps)} of at most {search.budget} layers, "
+            f"tried {search.tried}"
+            + (f"; stopped: {escape(search.stopped)}" if search.stopped else "")
+        )
     if table.keep_float:
         console.print(f"kept float ({len(table.keep_float)}):")
         for name in table.keep_float:

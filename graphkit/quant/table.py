@@ -253,6 +253,25 @@ class HeldOutCrops:
 
 
 @dataclass
+class FloatSearch:
+    """`recipe.float`: the float search's budget, what it tried and why it stopped."""
+
+    __pydantic_config__ = ConfigDict(extra="ignore", strict=True)
+
+    budget: Annotated[int, Field(ge=0)] = 0
+    tried: Annotated[int, Field(ge=0)] = 0
+    steps: list[dict[str, Any]] = field(default_factory=list)  # one per layer kept float
+    stopped: str = ""  # empty in plans written before the search said why it stopped
+
+
+def float_search(plan: QuantPlan) -> FloatSearch | None:
+    """The plan's float search record, or None (none ran, or it is not what quantize()
+    writes)."""
+    recipe = plan.recipe if isinstance(plan.recipe, dict) else {}
+    return _part(FloatSearch, recipe.get("float"))
+
+
+@dataclass
 class RecipeRecord:
     """The parts of a plan's `recipe` that reports read (the other keys are free-form)."""
 
