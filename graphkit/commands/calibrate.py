@@ -24,7 +24,8 @@ from graphkit.errors import GraphkitError
 from graphkit.model import load_model, save_model
 from graphkit.quant.calibrators import ALIASES, CALIBRATORS, canonical_method
 from graphkit.quant.qdq import insert_qdq
-from graphkit.quant.quantize import RECIPES, held_out_summary, quantize, recipe_of
+from graphkit.quant.quantize import BUDGET_SPENT, RECIPES, held_out_summary, quantize, recipe_of
+from graphkit.quant.table import float_search
 from graphkit.runtime.int8_kernels import uint8_conv_exact
 from graphkit.runtime.ort import make_session
 
@@ -439,8 +440,9 @@ def summary(plan, args: argparse.Namespace) -> str:
             "float layers chosen by head SQNR within the budget"
         )
     if target is not None and r.get("target_reached") is False:
-        stopped = r.get("float", {}).get("stopped", "budget spent")
-        if stopped == "budget spent" or not r.get("float"):
+        search = float_search(plan)
+        stopped = search.stopped if search is not None else ""
+        if stopped in ("", BUDGET_SPENT):  # "": no search, or a plan from before the reason
             why = (
                 f"within the float budget ({r['recipe']['max_float']:.0%}); "
                 "raise --max-float or see docs/accuracy.md"

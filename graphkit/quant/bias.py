@@ -23,7 +23,15 @@ import onnx_ir as ir
 from onnx import helper, numpy_helper
 
 from graphkit.errors import GraphkitError
-from graphkit.irgraph import as_tensor, drop_unused_initializers, name_of, reads, to_ir, to_proto
+from graphkit.irgraph import (
+    Names,
+    as_tensor,
+    drop_unused_initializers,
+    name_of,
+    reads,
+    to_ir,
+    to_proto,
+)
 from graphkit.runtime.ort import make_session, with_outputs
 from graphkit.runtime.segments import Segments
 
@@ -81,15 +89,10 @@ def _with_channel_means(
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     opset = next((o.version for o in copy.opset_import if o.domain in ("", "ai.onnx")), 0)
-    taken = {t for n in copy.graph.node for t in n.output} | {i.name for i in copy.graph.input}
-    taken |= {t.name for t in copy.graph.initializer}
-
-    def fresh(base: str) -> str:
-        name, k = base, 1
-        while name in taken:
-            name, k = f"{base}_{k}", k + 1
-        taken.add(name)
-        return name
+    names = Names()
+    names.taken = {t for n in copy.graph.node for t in n.output}
+    names.taken |= {t.name for t in (*copy.graph.input, *copy.graph.initializer)}
+    fresh = names.fresh
 
     def constant(base: str, values: list[int]) -> str:
         name = fresh(base)

@@ -536,15 +536,7 @@ def quantize(
             "layers": len(layers),
             "steps": steps,
             "tried": tried_layers,  # candidates measured, kept or not
-            "stopped": (
-                "target reached"
-                if _reached(current, recipe)
-                else "budget spent"
-                if len(chosen) >= budget
-                else f"{misses} ranked layer(s) in a row gained {recipe.min_float_gain_db} dB or less"
-                if misses >= recipe.patience
-                else "ranking exhausted"
-            ),
+            "stopped": _stop_reason(current, recipe, len(chosen) >= budget, misses),
         }
         times["float"] = time.perf_counter() - t
     if chosen:
@@ -648,6 +640,21 @@ def _key(score: Score, recipe: Recipe) -> tuple[float, float]:
     if recipe.criterion == "mean":
         return (score.mean, score.worst)
     return (score.worst, 0.0)
+
+
+# why the float search stopped (plan.recipe["float"]["stopped"]) when the budget did it
+BUDGET_SPENT = "budget spent"
+
+
+def _stop_reason(current: Score, recipe: Recipe, spent: bool, misses: int) -> str:
+    """Which of the float search's stop rules ended it."""
+    if _reached(current, recipe):
+        return "target reached"
+    if spent:
+        return BUDGET_SPENT
+    if misses >= recipe.patience:
+        return f"{misses} ranked layer(s) in a row gained {recipe.min_float_gain_db} dB or less"
+    return "ranking exhausted"
 
 
 def _same_thresholds(a: QuantPlan, b: QuantPlan) -> bool:

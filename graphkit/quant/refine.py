@@ -32,7 +32,7 @@ from onnx import helper
 from graphkit.errors import GraphkitError
 from graphkit.irgraph import as_tensor, copy_node, name_of, set_initializer, to_ir, to_proto
 from graphkit.quant.collect import layer_activations, quantizable, quantized_names, spec_samples
-from graphkit.quant.deploy import extreme_pins
+from graphkit.quant.deploy import channel_scales, extreme_pins
 from graphkit.quant.qdq import MIN_OPSET, add_qdq, ensure_opset, insert_qdq
 from graphkit.quant.table import QMAX, ActivationEntry, CalibrationTable
 from graphkit.runtime.ort import make_session, with_outputs
@@ -475,14 +475,15 @@ def _round_conv(
     assert weight is not None and weight.const_value is not None
     w = weight.const_value.numpy().astype(np.float64)
     cout, g = w.shape[0], conv.geo["group"]
-    amax = table.weights[name_of(weight)].amax
-    scale = np.maximum(np.asarray(amax, np.float64), 1e-12) / QMAX
+    entry = table.weights[name_of(weight)]
+    # the grid the plan's integers are stored on (`deploy`), so the shipped weights are these
+    scale = np.broadcast_to(channel_scales(entry, 1), (cout,))
     rows = w.reshape(g, cout // g, -1)
     srows = scale.reshape(g, cout // g)
     h = hess.astype(np.float64)
     q0 = np.clip(np.round(rows / srows[..., None]), -QMAX, QMAX)
     # the integers the shipped weights keep (each channel's extreme): rounded around
-    pins = extreme_pins(w, table.weights[name_of(weight)]).reshape(rows.shape)
+    pins = extreme_pins(w, entry).reshape(rows.shape)
     q1 = _gptq(rows, h, srows, damp, pins)
     e0 = _rounding_error(q0, srows, rows, h)
     e1 = _rounding_error(q1, srows, rows, h)
@@ -546,8 +547,9 @@ def optimize_weights(
     for group in _hessian_groups(picked, HESSIAN_BUDGET_BYTES):
         hess = _hessians(model, samples, group, graph_inputs, patches_per_sample, seed)
         for conv in group:
-            if conv.node.name in hess:
-                weight, array, r = _round_conv(conv, hess.pop(conv.node.name or ""), table, damp)
+            h = hess.pop(conv.node.name or "", None)  # none: its input is not 4-D
+            if h is not None:
+                weight, array, r = _round_conv(conv, h, table, damp)
                 rounded[weight] = array
                 report.append(r)
                 if on_node is not None:

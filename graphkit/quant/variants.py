@@ -88,7 +88,7 @@ class QdqVariants:
         if self._memory is None:
             tensors = [*self.initializers.values()]
             tensors += [t for _, extra in self.float_inputs.values() for t in extra]
-            tensors = [t for t in tensors if math.prod(t.dims) >= STUB_MIN_ELEMENTS]
+            tensors = [t for t in tensors if _stubbed(t)]
             self._memory = {
                 t.name: ort.OrtValue.ortvalue_from_numpy(numpy_helper.to_array(t)) for t in tensors
             }
@@ -132,9 +132,13 @@ class QdqVariants:
         """Weights become stubs; small tensors stay (onnxruntime's shape inference reads
         Resize scales and Reshape shapes, which cannot be external)."""
         if tensor.name not in self._stubs:
-            small = math.prod(tensor.dims) < STUB_MIN_ELEMENTS
-            self._stubs[tensor.name] = tensor if small else memory_stub(tensor)
+            self._stubs[tensor.name] = memory_stub(tensor) if _stubbed(tensor) else tensor
         return self._stubs[tensor.name]
+
+
+def _stubbed(tensor: onnx.TensorProto) -> bool:
+    """Whether scoring candidates hold `tensor` as a stub (its bytes in `memory()`)."""
+    return math.prod(tensor.dims) >= STUB_MIN_ELEMENTS
 
 
 def scoring_candidates(
