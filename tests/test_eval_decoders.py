@@ -142,6 +142,32 @@ def test_associative_embedding_splits_a_person_when_tags_are_far_apart():
     assert counts == [8, 9]
 
 
+def test_simcc_takes_each_axis_argmax_over_the_split_ratio():
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 0.1, (1, 17, 384))
+    y = rng.normal(0, 0.1, (1, 17, 512))
+    x[0, :, 101], y[0, :, 300] = 0.9, 0.5  # joint positions (50.5, 150) in input pixels
+    y[0, 3, :] -= 2.0  # joint 3: mean of the maxima below 0 -> no position, as mmpose
+    (inst,) = build_decoder({"type": "simcc", "x": "sx", "y": "sy"})({"sx": x, "sy": y}, (256, 192))
+    kp = inst.keypoints
+    assert np.allclose(kp[0], [50.5, 150.0, 0.7])
+    assert np.allclose(kp[3, :2], -1.0) and kp[3, 2] < 0
+    (inst,) = build_decoder({"type": "simcc", "x": "sx", "y": "sy", "split_ratio": 1.0})(
+        {"sx": x, "sy": y}, (256, 192)
+    )
+    assert np.allclose(inst.keypoints[0, :2], [101, 300])
+
+
+def test_simcc_needs_both_outputs_and_a_positive_ratio():
+    with pytest.raises(GraphkitError, match="'y'"):
+        build_decoder({"type": "simcc", "x": "sx"})
+    with pytest.raises(GraphkitError, match="split_ratio"):
+        build_decoder({"type": "simcc", "x": "a", "y": "b", "split_ratio": 0})
+    d = build_decoder({"type": "simcc", "x": "a", "y": "b"})
+    with pytest.raises(GraphkitError, match="disagree on the joints"):
+        d({"a": np.zeros((1, 17, 8)), "b": np.zeros((1, 16, 8))}, (4, 4))
+
+
 def test_ae_decoder_from_config_scales_to_input_and_maps_to_coco():
     k = 17
     pos = np.array([[2 + j, 3 + j] for j in range(k)], dtype=float)

@@ -114,7 +114,7 @@ def test_errors_are_one_sentence(setup):
         refine_thresholds(model, samples, table, tensors=["nope"])
     with pytest.raises(GraphkitError, match="at least one sample"):
         optimize_weights(model, [], table)
-    with pytest.raises(GraphkitError, match="no Conv whose weights"):
+    with pytest.raises(GraphkitError, match="no layer whose weights"):
         optimize_weights(model, samples, table, nodes=["relu1"])
 
 
@@ -164,34 +164,79 @@ def test_cli_rounded_integers_reach_the_plan_without_a_qdq_output(tmp_path):
 @pytest.mark.parametrize("group, stride, dilation", [(1, 1, 1), (2, 2, 1), (4, 1, 2)])
 def test_patches_reproduce_the_convolution(group, stride, dilation):
     """The im2col behind the weight rounding is the convolution ONNX computes."""
-    from onnx import TensorProto, helper
-
-    from graphkit.quant.refine import _conv_geometry, _patch_index, _patches
-
     rng = np.random.default_rng(0)
     w = rng.normal(0, 1, (8, 4 // group, 3, 3)).astype(np.float32)
-    node = helper.make_node(
-        "Conv", ["x", "w"], ["y"], group=group, strides=[stride, stride],
-        dilations=[dilation, dilation], pads=[1, 2, 2, 1],
-    )  # fmt: skip
+    attrs = {"group": group, "strides": [stride, stride], "dilations": [dilation, dilation]}
+    assert_rows_times_patches_are_the_output("Conv", w, (1, 4, 11, 10), pads=[1, 2, 2, 1], **attrs)
+
+
+@pytest.mark.parametrize(
+    "group, stride, dilation, pads, extra",
+    [
+        (1, 2, 1, [0, 0, 0, 0], [0, 0]),
+        (2, 2, 1, [1, 1, 1, 1], [1, 1]),
+        (1, 3, 2, [2, 1, 0, 3], [0, 1]),
+    ],
+)
+def test_transposed_convolution_is_a_convolution_of_the_zero_inserted_input(
+    group, stride, dilation, pads, extra
+):
+    """A ConvTranspose's rows (flipped kernel, channel axes swapped) times the patches of
+    its zero-inserted input are the output ONNX computes."""
+    rng = np.random.default_rng(1)
+    w = rng.normal(0, 1, (4, 6 // group, 4, 3)).astype(np.float32)
+    attrs = {"group": group, "strides": [stride, stride], "dilations": [dilation, dilation]}
+    assert_rows_times_patches_are_the_output(
+        "ConvTranspose", w, (1, 4, 5, 6), pads=pads, output_padding=extra, **attrs
+    )
+
+
+@pytest.mark.parametrize("op, shape, attrs", [
+    ("MatMul", (1, 7, 5), {}),
+    ("Gemm", (7, 5), {"transB": 1}),
+    ("Gemm", (5, 7), {"transA": 1}),
+])  # fmt: skip
+def test_linear_rows_times_input_rows_are_the_output(op, shape, attrs):
+    rng = np.random.default_rng(2)
+    w = rng.normal(0, 1, (6, 5) if attrs.get("transB") else (5, 6)).astype(np.float32)
+    assert_rows_times_patches_are_the_output(op, w, shape, **attrs)
+
+
+def assert_rows_times_patches_are_the_output(op, w, x_shape, **attrs):
+    from onnx import TensorProto, helper
+
+    from graphkit.quant.layer_view import view_of
+
+    node = helper.make_node(op, ["x", "w"], ["y"], **attrs)
     graph = helper.make_graph(
         [node],
-        "conv",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 11, 10])],
+        op,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         [numpy_helper.from_array(w, "w")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
-    x = rng.normal(0, 1, (1, 4, 11, 10)).astype(np.float32)
-    y = make_session(model).run(None, {"x": x})[0][0]
-    geo = _conv_geometry(node, w.shape)
-    ys, xs = _patch_index(x.shape, geo, 10_000, rng)
-    assert len(ys) == y.shape[1] * y.shape[2]  # every output position
-    p = _patches(x, geo, (ys, xs))  # (g, P, cols)
-    rows = w.reshape(group, 8 // group, -1)
-    got = np.einsum("gpc,grc->grp", p, rows).reshape(8, -1)
-    assert np.allclose(got, y[:, ys, xs], atol=1e-4)
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 1, x_shape).astype(np.float32)
+    y = make_session(model).run(None, {"x": x})[0]
+    view = view_of(node, w.shape)
+    assert np.array_equal(view.weight(view.rows(w)), w)  # rows and back
+    p = view.patches(x, 100_000, np.random.default_rng(4))  # every input vector, shuffled
+    got = np.einsum("gpc,grc->grp", p, view.rows(w))  # (g, rows, P)
+    got = got.reshape(-1, got.shape[2])  # (output channels, P)
+    if view.kind == "linear":  # one output row per input row, in the order drawn
+        want = y.reshape(-1, y.shape[-1])
+        order = np.random.default_rng(4).permutation(len(want))
+        assert np.allclose(got, want[order].T, atol=1e-4)
+        return
+    sh, sw = view.upsample
+    shape = (1, x_shape[1], (x_shape[2] - 1) * sh + 1, (x_shape[3] - 1) * sw + 1)
+    from graphkit.quant.layer_view import patch_index
+
+    ys, xs = patch_index(shape, view.geo, 100_000, np.random.default_rng(4))
+    assert len(ys) == y.shape[2] * y.shape[3]  # every output position
+    assert np.allclose(got, y[0][:, ys, xs], atol=1e-4)
 
 
 def depthwise(w: np.ndarray, rng: np.random.Generator) -> tuple[onnx.ModelProto, list]:

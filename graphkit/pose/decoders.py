@@ -13,6 +13,7 @@ The `decode:` section of a model config picks a decoder:
     {type: heatmap-offset, heatmap: NAME, offset: NAME, stride: 16, layout: NHWC}
     {type: regression-yx, output: NAME}                        # movenet (y, x, score)
     {type: associative-embedding, output: NAME, layout: NCHW}  # HRNet AE, bottom-up
+    {type: simcc, x: NAME, y: NAME, split_ratio: 2.0}          # RTMPose / SimCC
 
 Common keys: `joint_map` (model joint index -> COCO-17 index; default identity for 17
 joints), `score_threshold` (keypoint scores counted in the instance score, 0.2).
@@ -226,6 +227,24 @@ def decode_regression_yx(out: np.ndarray, input_size: tuple[int, int]) -> np.nda
     return np.stack([a[:, 1] * w - 0.5, a[:, 0] * h - 0.5, a[:, 2]], axis=1)
 
 
+def decode_simcc(simcc_x: np.ndarray, simcc_y: np.ndarray, split_ratio: float) -> np.ndarray:
+    """SimCC / RTMPose: one 1-D classification per joint and axis, (1, K, W * ratio) and
+    (1, K, H * ratio). As mmpose's `get_simcc_maximum`: position = argmax / ratio, score =
+    the mean of the two maxima, position -1 where that score is not positive."""
+    x = np.asarray(simcc_x, np.float64)
+    y = np.asarray(simcc_y, np.float64)
+    x, y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
+    if x.shape[0] != y.shape[0]:
+        raise GraphkitError(
+            f"the simcc outputs disagree on the joints: x has shape {simcc_x.shape}, "
+            f"y {simcc_y.shape}"
+        )
+    locs = np.stack([x.argmax(axis=1), y.argmax(axis=1)], axis=1) / split_ratio
+    scores = 0.5 * (x.max(axis=1) + y.max(axis=1))
+    locs[scores <= 0] = -1.0
+    return np.concatenate([locs, scores[:, None]], axis=1)
+
+
 def heatmap_nms(hm: np.ndarray, kernel: int = 5) -> np.ndarray:
     """Keep only local maxima of an (H, W, K) map (max-pool equality), zero elsewhere."""
     pad = kernel // 2
@@ -319,7 +338,14 @@ DEFAULT_LAYOUT = {
     "heatmap-offset": "NHWC",
     "associative-embedding": "NCHW",
 }
-TYPES = ("heatmap", "heatmap-fullres", "heatmap-offset", "regression-yx", "associative-embedding")
+TYPES = (
+    "heatmap",
+    "heatmap-fullres",
+    "heatmap-offset",
+    "regression-yx",
+    "associative-embedding",
+    "simcc",
+)
 
 
 def _layout(value: str) -> str:
@@ -367,6 +393,13 @@ class _Regression(_Common):
 
 
 @dataclass
+class _SimCC(_Common):
+    x: str = ""
+    y: str = ""
+    split_ratio: Positive = 2.0
+
+
+@dataclass
 class _AssociativeEmbedding(_Common):
     output: str = ""
     max_people: Annotated[int, Field(ge=1)] = 30
@@ -384,9 +417,10 @@ _SECTIONS = {
         ("heatmap-offset", _HeatmapOffset),
         ("regression-yx", _Regression),
         ("associative-embedding", _AssociativeEmbedding),
+        ("simcc", _SimCC),
     )
 }
-_REQUIRED = {"heatmap-offset": ("heatmap", "offset", "stride")}
+_REQUIRED = {"heatmap-offset": ("heatmap", "offset", "stride"), "simcc": ("x", "y")}
 
 
 def check_decode_section(cfg: dict[str, Any], where: str = "the model config") -> None:
@@ -496,6 +530,14 @@ def build_decoder(cfg: dict[str, Any] | None, where: str = "the model config") -
             return [decode_regression_yx(outs[name], size)]
 
         names = [name]
+    elif kind == "simcc":
+        xname, yname = _require(cfg, "x", kind), _require(cfg, "y", kind)
+        ratio = float(cfg.get("split_ratio", 2.0))
+
+        def fn(outs, size):
+            return [decode_simcc(outs[xname], outs[yname], ratio)]
+
+        names = [xname, yname]
     else:
         name = _require(cfg, "output", kind)
         opts = {

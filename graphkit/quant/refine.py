@@ -27,12 +27,12 @@ from typing import NamedTuple
 import numpy as np
 import onnx
 import onnx_ir as ir
-from onnx import helper
 
 from graphkit.errors import GraphkitError
 from graphkit.irgraph import as_tensor, copy_node, name_of, set_initializer, to_ir, to_proto
 from graphkit.quant.collect import layer_activations, quantizable, quantized_names, spec_samples
 from graphkit.quant.deploy import channel_scales, extreme_pins
+from graphkit.quant.layer_view import LayerView, view_of
 from graphkit.quant.qdq import MIN_OPSET, add_qdq, ensure_opset, insert_qdq
 from graphkit.quant.table import QMAX, ActivationEntry, CalibrationTable
 from graphkit.runtime.ort import make_session, with_outputs
@@ -248,62 +248,11 @@ def refine_thresholds(
 
 @dataclass
 class WeightRefinement:
-    """One Conv's weights: output squared error (on the sampled patches) before and after."""
+    """One layer's weights: output squared error (on the sampled inputs) before and after."""
 
     node: str
     error_before: float
     error_after: float
-
-
-def _conv_geometry(node: onnx.NodeProto, w_shape: tuple[int, ...]) -> dict | None:
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    if len(w_shape) != 4:
-        return None
-    auto_pad = attrs.get("auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    if auto_pad not in ("NOTSET", "VALID"):
-        return None
-    kh, kw = w_shape[2], w_shape[3]
-    return {
-        "group": int(attrs.get("group", 1)),
-        "strides": list(attrs.get("strides", [1, 1])),
-        "pads": list(attrs.get("pads", [0, 0, 0, 0])) if auto_pad == "NOTSET" else [0, 0, 0, 0],
-        "dilations": list(attrs.get("dilations", [1, 1])),
-        "kernel": (kh, kw),
-    }
-
-
-def _patch_index(shape: tuple[int, ...], geo: dict, limit: int, rng: np.random.Generator):
-    """Output positions (ys, xs) of at most `limit` random patches of a (1, C, H, W) input."""
-    t, left, b, r = geo["pads"]
-    (kh, kw), (sh, sw), (dh, dw) = geo["kernel"], geo["strides"], geo["dilations"]
-    h, w = shape[2] + t + b, shape[3] + left + r
-    oh = (h - dh * (kh - 1) - 1) // sh + 1
-    ow = (w - dw * (kw - 1) - 1) // sw + 1
-    return np.divmod(rng.permutation(oh * ow)[:limit], ow)
-
-
-def _patches(x: np.ndarray, geo: dict, index) -> np.ndarray:
-    """im2col of a (1, C, H, W) input at the output positions `index`:
-    (groups, patches, C/g * kh * kw), C-contiguous.
-
-    One np.take over the flattened padded image: fancy indexing x[:, iy, ix] would give
-    the same values with the channels innermost in memory, and the Hessian's batched
-    matmul over such a view of a depthwise Conv's hundreds of groups is 3x slower."""
-    t, left, b, r = geo["pads"]
-    x = np.pad(x[0], ((0, 0), (t, b), (left, r)))
-    (kh, kw), (sh, sw), (dh, dw) = geo["kernel"], geo["strides"], geo["dilations"]
-    c, height, width = x.shape
-    ys, xs = index
-    iy = ys[:, None] * sh + np.arange(kh)[None, :] * dh  # (P, kh)
-    ix = xs[:, None] * sw + np.arange(kw)[None, :] * dw  # (P, kw)
-    flat = (iy[:, :, None] * width + ix[:, None, :]).reshape(-1)  # (P * kh * kw)
-    p = np.take(x.reshape(c, height * width), flat, axis=1)  # (C, P * kh * kw)
-    g = geo["group"]
-    p = p.reshape(g, c // g, len(ys), kh * kw)
-    if c // g > 1:
-        p = np.ascontiguousarray(p.transpose(0, 2, 1, 3))
-    return p.reshape(g, len(ys), (c // g) * kh * kw)
 
 
 def _rounding_error(q: np.ndarray, scale: np.ndarray, w: np.ndarray, h: np.ndarray) -> np.ndarray:
@@ -405,24 +354,23 @@ def _gptq(
 HESSIAN_BUDGET_BYTES = 1 << 30
 
 
-class _Conv(NamedTuple):
-    """A Conv whose weights are rounded: its input tensor, geometry, place among them
-    (seeds its patches) and the columns of its per-group weight matrix."""
+class _Layer(NamedTuple):
+    """A layer whose weights are rounded: its input tensor, its rows-times-inputs view
+    and its place among them (seeds its input samples)."""
 
     node: ir.Node
     source: str
-    geo: dict
+    view: LayerView
     order: int
-    cols: int
 
 
-def _hessian_groups(picked: list[_Conv], budget: int) -> list[list[_Conv]]:
+def _hessian_groups(picked: list[_Layer], budget: int) -> list[list[_Layer]]:
     """`picked` split in graph order into groups whose Hessians (groups x cols^2
-    float32 each) stay under `budget` bytes (one Conv may be over it alone)."""
-    out: list[list[_Conv]] = [[]]
+    float32 each) stay under `budget` bytes (one layer may be over it alone)."""
+    out: list[list[_Layer]] = [[]]
     used = 0
     for item in picked:
-        size = item.geo["group"] * item.cols * item.cols * 4
+        size = item.view.group * item.view.cols**2 * 4
         if out[-1] and used + size > budget:
             out.append([])
             used = 0
@@ -434,14 +382,14 @@ def _hessian_groups(picked: list[_Conv], budget: int) -> list[list[_Conv]]:
 def _hessians(
     model: onnx.ModelProto,
     samples: Sequence[Feeds],
-    group: list[_Conv],
+    group: list[_Layer],
     graph_inputs: set[str],
     patches_per_sample: int,
     seed: int,
 ) -> dict[str, np.ndarray]:
-    """sum x x^T over random input patches of each Conv of `group`, per Conv group
-    (float32), from one pass over `samples`. The patches of Conv i on sample j are drawn
-    from their own seed, so the result does not depend on how the Convs are grouped."""
+    """sum x x^T over random input vectors of each layer of `group`, per weight group
+    (float32), from one pass over `samples`. The vectors of layer i on sample j are drawn
+    from their own seed, so the result does not depend on how the layers are grouped."""
     names = list(dict.fromkeys(c.source for c in group if c.source not in graph_inputs))
     # unoptimized: exposing dozens of tensors from an optimized session costs more than
     # it saves (efficientpose 151 ms against 354 ms per sample)
@@ -450,12 +398,11 @@ def _hessians(
     for j, feeds in enumerate(samples):
         got = dict(zip(names, sess.run(names, feeds))) if sess is not None else {}
         got.update(feeds)
-        for node, source, geo, i, _ in group:
-            x = np.asarray(got[source], np.float32)
-            if x.ndim != 4:
-                continue
+        for node, source, view, i in group:
             rng = np.random.default_rng([seed, i, j])
-            p = _patches(x, geo, _patch_index(x.shape, geo, patches_per_sample, rng))
+            p = view.patches(np.asarray(got[source], np.float32), patches_per_sample, rng)
+            if p is None:
+                continue
             h = np.matmul(p.transpose(0, 2, 1), p)  # (g, cols, cols), float32 BLAS
             name = node.name or ""
             if name in hess:
@@ -466,33 +413,40 @@ def _hessians(
     return hess
 
 
-def _round_conv(
-    conv: _Conv, hess: np.ndarray, table: CalibrationTable, damp: float
+def _round_layer(
+    layer: _Layer, hess: np.ndarray, table: CalibrationTable, damp: float
 ) -> tuple[ir.Value, np.ndarray, WeightRefinement]:
-    """(weight, its rounded values, errors) of one Conv: GPTQ or nearest rounding, per
-    group the one with the lower error on the sampled patches."""
-    weight = conv.node.inputs[1]
+    """(weight, its rounded values, errors) of one layer: GPTQ or nearest rounding, per
+    weight group the one with the lower error on the sampled inputs."""
+    weight, view = layer.node.inputs[1], layer.view
     assert weight is not None and weight.const_value is not None
     w = weight.const_value.numpy().astype(np.float64)
-    cout, g = w.shape[0], conv.geo["group"]
+    rows = view.rows(w)
+    g, per_group = rows.shape[:2]
     entry = table.weights[name_of(weight)]
     # the grid the plan's integers are stored on (`deploy`), so the shipped weights are these
-    scale = np.broadcast_to(channel_scales(entry, 1), (cout,))
-    rows = w.reshape(g, cout // g, -1)
-    srows = scale.reshape(g, cout // g)
+    scale = np.broadcast_to(channel_scales(entry, 1), (g * per_group,))
+    srows = scale.reshape(g, per_group)
     h = hess.astype(np.float64)
     q0 = np.clip(np.round(rows / srows[..., None]), -QMAX, QMAX)
     # the integers the shipped weights keep (each channel's extreme): rounded around
-    pins = extreme_pins(w, entry).reshape(rows.shape)
+    pins = view.rows(extreme_pins(w, entry))
     q1 = _gptq(rows, h, srows, damp, pins)
     e0 = _rounding_error(q0, srows, rows, h)
     e1 = _rounding_error(q1, srows, rows, h)
     q_new = np.where((e1 < e0)[:, None, None], q1, q0)
-    array = (q_new * srows[:, :, None]).reshape(w.shape).astype(np.float32)
+    array = view.weight(q_new * srows[:, :, None]).astype(np.float32)
     report = WeightRefinement(
-        conv.node.name or "", float(e0.sum()), float(np.minimum(e0, e1).sum())
+        layer.node.name or "", float(e0.sum()), float(np.minimum(e0, e1).sum())
     )
     return weight, array, report
+
+
+def _channel_axis(view: LayerView) -> int:
+    """The weight entry's channel axis whose channels are the view's rows."""
+    if view.kind == "linear":
+        return 1 if view.transposed else 0
+    return 1 if view.kind == "deconv" else 0
 
 
 def optimize_weights(
@@ -507,37 +461,34 @@ def optimize_weights(
     on_node: Callable[[WeightRefinement], None] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> tuple[onnx.ModelProto, list[WeightRefinement]]:
-    """A copy of `model` whose Conv weights are replaced by int8 values (times the table's
-    per-channel scales) rounded to minimize the layer's output error on `samples`.
+    """A copy of `model` whose constant Conv, ConvTranspose, Gemm and MatMul weights
+    (`layer_view`) are replaced by int8 values (times the table's per-channel scales)
+    rounded to minimize the layer's output error on `samples`.
 
     The weights are already on the int8 grid of the table's scales, so `insert_qdq` with
     the same table reproduces exactly these integers. Per output-channel scales are not
     changed; only the rounding is. A layer whose optimized rounding is not better on the
-    sampled patches keeps plain rounding. `on_progress(done, total)`: Convs rounded so far."""
+    sampled inputs keeps plain rounding. `on_progress(done, total)`: layers rounded so far."""
     if not samples:
         raise GraphkitError("weight optimization needs at least one sample")
     out = to_ir(model)
     quantized = set(quantized_names(out.graph, table))
     wanted = None if nodes is None else set(nodes)
-    picked: list[_Conv] = []
+    picked: list[_Layer] = []
     for node in out.graph:
-        if node.op_type != "Conv" or node.name not in quantized:
-            continue
-        if wanted is not None and node.name not in wanted:
+        if node.name not in quantized or (wanted is not None and node.name not in wanted):
             continue
         act, weight = node.inputs[0], node.inputs[1] if len(node.inputs) > 1 else None
         if act is None or weight is None or not weight.is_initializer():
             continue
         entry = table.weights.get(name_of(weight))
-        if entry is None or entry.axis != 0 or weight.const_value is None:
+        if entry is None or weight.const_value is None:
             continue
-        w_shape = tuple(weight.const_value.shape.numpy())
-        geo = _conv_geometry(ir.serde.serialize_node(node), w_shape)
-        if geo is not None:
-            cols = int(np.prod(w_shape[1:]))
-            picked.append(_Conv(node, name_of(act), geo, len(picked), cols))
+        view = view_of(ir.serde.serialize_node(node), tuple(weight.const_value.shape.numpy()))
+        if view is not None and (len(entry.amax) == 1 or entry.axis == _channel_axis(view)):
+            picked.append(_Layer(node, name_of(act), view, len(picked)))
     if not picked:
-        raise GraphkitError("the table quantizes no Conv whose weights can be optimized")
+        raise GraphkitError("the table quantizes no layer whose weights can be optimized")
     graph_inputs = {i.name for i in model.graph.input}
     report = []
     rounded: dict[ir.Value, np.ndarray] = {}  # stored once every layer read the originals
@@ -546,10 +497,10 @@ def optimize_weights(
         on_progress(done, len(picked))
     for group in _hessian_groups(picked, HESSIAN_BUDGET_BYTES):
         hess = _hessians(model, samples, group, graph_inputs, patches_per_sample, seed)
-        for conv in group:
-            h = hess.pop(conv.node.name or "", None)  # none: its input is not 4-D
+        for layer in group:
+            h = hess.pop(layer.node.name or "", None)  # none: an input it cannot read
             if h is not None:
-                weight, array, r = _round_conv(conv, h, table, damp)
+                weight, array, r = _round_layer(layer, h, table, damp)
                 rounded[weight] = array
                 report.append(r)
                 if on_node is not None:
