@@ -1,7 +1,7 @@
 """Calibration time and peak memory on full-size pose architectures, against NNCF.
 
 The shared models are small (31-85 weighted layers); users bring HRNets, ResNets and
-hourglasses with hundreds. Per architecture of benchmarks/pose_zoo.py (seeded random
+hourglasses with hundreds, and transformers (ViTPose, RTMPose). Per architecture of benchmarks/pose_zoo.py (seeded random
 weights, exported with torch), in one run on the same train2017 crops:
 
 - FP32 inference over the crops (one onnxruntime session, data loading included);
@@ -90,7 +90,7 @@ def main() -> int:
     from pose_zoo import MODELS, build
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--models", nargs="*", choices=list(MODELS), help="default: all three")
+    ap.add_argument("--models", nargs="*", choices=list(MODELS), help="default: all")
     ap.add_argument("--limit", type=int, default=0, help="calibration crops (default: all 86)")
     ap.add_argument("--dir", type=Path, help="where the models are built (default: a temp dir)")
     args = ap.parse_args()
@@ -105,7 +105,11 @@ def main() -> int:
         import onnx
 
         graph = onnx.load(str(model), load_external_data=False).graph
-        layers = sum(n.op_type in ("Conv", "ConvTranspose") for n in graph.node)
+        weights = {i.name for i in graph.initializer}
+        layers = sum(
+            n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and n.input[1] in weights
+            for n in graph.node
+        )
         base, crops = fp32_seconds(model, spec, args.limit)
         plan = work / f"{name}.plan.json"
         calibrate = ["graphkit", "calibrate", str(model), "--data", str(spec), "-o", str(plan)]

@@ -1,11 +1,14 @@
-"""Three full-size top-down pose architectures with seeded random weights, as ONNX + spec.
+"""Full-size top-down pose architectures with seeded random weights, as ONNX + spec.
 
 For measuring how calibration scales to the models users bring (benchmarks/large_pose.py),
 not accuracy: HRNet-W32 (mmpose td-hm_hrnet-w32 256x192, 293 Convs), SimpleBaseline
-ResNet-50 (3 deconvs, 57 weighted layers) and a 2-stack hourglass (256 features, depth 4,
-102 Convs). Weights are kaiming-initialized, BatchNorm statistics gathered on N(0,1)
-batches, then every BatchNorm folded into its Conv / ConvTranspose before export, as
-mmpose's exports of trained checkpoints look. Needs torch (`pip install torch`).
+ResNet-50 (3 deconvs, 57 weighted layers), a 2-stack hourglass (256 features, depth 4,
+102 Convs), ViTPose-S (12 transformer blocks: MatMul, LayerNormalization, Softmax, two
+deconvs) and RTMPose-S (CSPNeXt with depthwise 5x5 convs and SiLU, a gated attention unit,
+two SimCC Linear classifiers; decoded with `type: simcc`). Weights are kaiming-initialized
+(Linear: truncated normal 0.02), BatchNorm statistics gathered on N(0,1) batches, then
+every BatchNorm folded into its Conv / ConvTranspose before export, as mmpose's exports of
+trained checkpoints look. Needs torch (`pip install torch`).
 
     python benchmarks/pose_zoo.py OUT_DIR [--only hrnet_w32 ...]
 """
@@ -313,6 +316,150 @@ class StackedHourglass(nn.Module):
         return score  # only the last stack's heatmaps are exported
 
 
+# ----------------------------------------------------------------------------- ViTPose-S
+
+
+class ViTBlock(nn.Module):
+    """Pre-norm transformer block (timm / mmpretrain ViT): LN, multi-head attention, LN, MLP."""
+
+    def __init__(self, dim, heads, mlp_ratio=4):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.fc1, self.fc2 = nn.Linear(dim, mlp_ratio * dim), nn.Linear(mlp_ratio * dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        qkv = self.qkv(self.norm1(x)).reshape(b, n, 3, self.heads, c // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        attn = (q @ k.transpose(-2, -1)) * (c // self.heads) ** -0.5
+        y = (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, n, c)
+        x = x + self.proj(y)
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+class ViTPoseS(nn.Module):
+    """ViTPose-S (mmpose td-hm_ViTPose-small 256x192): 16x16 patches, 12 blocks of 384,
+    the classic decoder (two 4x4 stride-2 deconvs of 256, then a 1x1 conv)."""
+
+    def __init__(self, dim=384, depth=12, heads=6, joints=NUM_JOINTS, hw=(256, 192)):
+        super().__init__()
+        self.grid = (hw[0] // 16, hw[1] // 16)
+        self.patch = nn.Conv2d(3, dim, 16, 16)
+        self.pos = nn.Parameter(torch.randn(1, self.grid[0] * self.grid[1], dim) * 0.02)
+        self.blocks = nn.Sequential(*(ViTBlock(dim, heads) for _ in range(depth)))
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.deconv = nn.Sequential(
+            ConvBN(dim, 256, 4, 2, 1, transpose=True), ConvBN(256, 256, 4, 2, 1, transpose=True)
+        )
+        self.final = nn.Conv2d(256, joints, 1)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2) + self.pos
+        x = self.norm(self.blocks(x))
+        x = x.transpose(1, 2).reshape(x.shape[0], -1, *self.grid)
+        return self.final(self.deconv(x))
+
+
+# ----------------------------------------------------------------------------- RTMPose-S
+
+
+class ConvBNSiLU(ConvBN):
+    def __init__(self, cin, cout, k, stride=1, groups=1):
+        super().__init__(cin, cout, k, stride)
+        self.conv = nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False)
+        self.relu = nn.SiLU()
+
+
+class CSPNeXtBlock(nn.Module):
+    """3x3 conv, then a 5x5 depthwise-separable conv, plus the input."""
+
+    def __init__(self, ch):
+        super().__init__()
+        self.conv1 = ConvBNSiLU(ch, ch, 3)
+        self.dw = ConvBNSiLU(ch, ch, 5, groups=ch)
+        self.pw = ConvBNSiLU(ch, ch, 1)
+
+    def forward(self, x):
+        return x + self.pw(self.dw(self.conv1(x)))
+
+
+class CSPLayer(nn.Module):
+    """mmdet CSPLayer as in CSPNeXt: two 1x1 branches, blocks on one, concatenated,
+    channel attention (global pool, 1x1 conv, hard sigmoid), a final 1x1."""
+
+    def __init__(self, cin, cout, blocks):
+        super().__init__()
+        mid = cout // 2
+        self.main, self.short = ConvBNSiLU(cin, mid, 1), ConvBNSiLU(cin, mid, 1)
+        self.blocks = nn.Sequential(*(CSPNeXtBlock(mid) for _ in range(blocks)))
+        self.attention = nn.Conv2d(2 * mid, 2 * mid, 1)
+        self.final = ConvBNSiLU(2 * mid, cout, 1)
+
+    def forward(self, x):
+        y = torch.cat([self.blocks(self.main(x)), self.short(x)], dim=1)
+        y = y * F.hardsigmoid(self.attention(y.mean(dim=(2, 3), keepdim=True)))
+        return self.final(y)
+
+
+class ScaleNorm(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.scale, self.g = dim**-0.5, nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        norm = torch.linalg.norm(x, dim=-1, keepdim=True) * self.scale
+        return x / norm.clamp(min=1e-5) * self.g
+
+
+class GAU(nn.Module):
+    """RTMCCBlock (gated attention unit): one Linear to u, v and a shared base for q and
+    k, a squared-ReLU kernel over the joints, gated output, residual."""
+
+    def __init__(self, dim, s=128, expansion=2):
+        super().__init__()
+        self.e, self.s = dim * expansion, s
+        self.norm = ScaleNorm(dim)
+        self.uv = nn.Linear(dim, 2 * self.e + s, bias=False)
+        self.gamma = nn.Parameter(torch.randn(2, s) * 0.02 + 1)
+        self.beta = nn.Parameter(torch.zeros(2, s))
+        self.o = nn.Linear(self.e, dim, bias=False)
+
+    def forward(self, x):
+        u, v, base = torch.split(F.silu(self.uv(self.norm(x))), [self.e, self.e, self.s], -1)
+        q, k = (base.unsqueeze(-2) * self.gamma + self.beta).unbind(-2)
+        kernel = F.relu(q @ k.transpose(-2, -1) / self.s**0.5) ** 2
+        return x + self.o(u * (kernel @ v))
+
+
+class RTMPoseS(nn.Module):
+    """RTMPose-S (mmpose rtmpose-s 256x192): a CSPNeXt backbone (widen 0.5, deepen 0.33),
+    the RTMCC head (7x7 conv to joints, flattened, Linear to 256, GAU) and two SimCC
+    classifiers of 2x the input width and height."""
+
+    def __init__(self, joints=NUM_JOINTS, hw=(256, 192), ratio=2):
+        super().__init__()
+        self.stem = nn.Sequential(
+            ConvBNSiLU(3, 16, 3, 2), ConvBNSiLU(16, 16, 3), ConvBNSiLU(16, 32, 3)
+        )
+        stages = []
+        for cin, cout, n in ((32, 64, 1), (64, 128, 1), (128, 256, 1), (256, 512, 1)):
+            stages += [ConvBNSiLU(cin, cout, 3, 2), CSPLayer(cout, cout, n)]
+        self.stages = nn.Sequential(*stages)
+        self.final = nn.Conv2d(512, joints, 7, padding=3)
+        cells = (hw[0] // 32) * (hw[1] // 32)
+        self.mlp = nn.Sequential(ScaleNorm(cells), nn.Linear(cells, 256, bias=False))
+        self.gau = GAU(256)
+        self.cls_x = nn.Linear(256, hw[1] * ratio, bias=False)
+        self.cls_y = nn.Linear(256, hw[0] * ratio, bias=False)
+
+    def forward(self, x):
+        x = self.final(self.stages(self.stem(x))).flatten(2)
+        x = self.gau(self.mlp(x))
+        return self.cls_x(x), self.cls_y(x)
+
+
 # ----------------------------------------------------------------------------- init / calibrate / export
 
 MODELS = {
@@ -320,13 +467,22 @@ MODELS = {
     "hrnet_w32": (HRNetW32, (256, 192), "HRNet-W32 top-down (mmpose td-hm_hrnet-w32 256x192)"),
     "simplebaseline_r50": (SimpleBaselineR50, (256, 192), "SimpleBaseline ResNet-50, 3 deconvs"),
     "hourglass2": (StackedHourglass, (256, 256), "stacked hourglass, 2 stacks, 256 features"),
+    "vitpose_s": (ViTPoseS, (256, 192), "ViTPose-S top-down (mmpose td-hm_ViTPose-small 256x192)"),
+    "rtmpose_s": (RTMPoseS, (256, 192), "RTMPose-S top-down, SimCC head (mmpose rtmpose-s 256x192)"),
 }
+# the decode section of each architecture's spec, and its ONNX output names
+HEATMAP = ("  type: heatmap\n  layout: NCHW\n  output: \"heatmaps\"\n", ["heatmaps"])
+DECODE = {"rtmpose_s": ("  type: simcc\n  x: \"simcc_x\"\n  y: \"simcc_y\"\n", ["simcc_x", "simcc_y"])}
 
 
 def init_weights(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
@@ -371,10 +527,7 @@ source:
   images: "${{GRAPHKIT_ASSETS}}/coco-mini/train2017"
   padding: 1.25
 decode:
-  type: heatmap
-  layout: NCHW
-  output: "heatmaps"
-"""
+{decode}"""
 
 
 def build(name: str, out_dir: Path) -> tuple[Path, Path]:
@@ -390,7 +543,8 @@ def build(name: str, out_dir: Path) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.onnx"
     x = torch.randn(1, 3, *hw, generator=torch.Generator().manual_seed(SEED + 2))
-    options = {"opset_version": 17, "input_names": ["input"], "output_names": ["heatmaps"]}
+    decode, outputs = DECODE.get(name, HEATMAP)
+    options = {"opset_version": 17, "input_names": ["input"], "output_names": outputs}
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
         options["dynamo"] = False
     torch.onnx.export(model, (x,), str(path), do_constant_folding=True, **options)
@@ -399,14 +553,14 @@ def build(name: str, out_dir: Path) -> tuple[Path, Path]:
     onnx.checker.check_model(exported)
     onnx.save(exported, str(path))
     spec = out_dir / f"{name}.yaml"
-    spec.write_text(SPEC.format(desc=desc, name=name, h=hw[0], w=hw[1]))
+    spec.write_text(SPEC.format(desc=desc, name=name, h=hw[0], w=hw[1], decode=decode))
     return path, spec
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("out_dir", type=Path)
-    ap.add_argument("--only", nargs="*", choices=list(MODELS), help="default: all three")
+    ap.add_argument("--only", nargs="*", choices=list(MODELS), help="default: all")
     args = ap.parse_args()
     for name in args.only or list(MODELS):
         path, spec = build(name, args.out_dir)

@@ -191,6 +191,74 @@ def test_transposed_convolution_is_a_convolution_of_the_zero_inserted_input(
     )
 
 
+@pytest.mark.parametrize("stride, dilation, pads", [(2, 1, [1, 1, 1, 1]), (3, 2, [2, 1, 0, 3])])
+def test_transposed_convolution_hessian_is_block_diagonal_over_output_phases(
+    stride, dilation, pads
+):
+    """Each output phase of a strided ConvTranspose reads its own taps: the per-phase
+    blocks are the whole Hessian, every entry outside them is zero."""
+    from onnx import helper
+
+    from graphkit.quant.layer_view import view_of
+
+    w_shape = (6, 2, 4, 3)
+    node = helper.make_node(
+        "ConvTranspose", ["x", "w"], ["y"], strides=[stride, stride],
+        dilations=[dilation, dilation], pads=pads, group=2,
+    )  # fmt: skip
+    view = view_of(node, w_shape)
+    x = np.random.default_rng(0).normal(0, 1, (1, 6, 5, 4)).astype(np.float32)
+    p = view.patches(x, 100_000, np.random.default_rng(1))
+    full = np.matmul(p.transpose(0, 2, 1), p)
+    blocks = view.hessians(x, 100_000, np.random.default_rng(1))
+    assembled = np.zeros_like(full)
+    covered = np.concatenate([cols for _, cols in view.blocks()])
+    assert sorted(covered) == list(range(view.cols))  # every column in exactly one block
+    for (_, cols), h in zip(view.blocks(), blocks):
+        assembled[:, cols[:, None], cols[None, :]] = h
+    assert len(blocks) > 1 and view.widest < view.cols
+    assert np.allclose(assembled, full, atol=1e-4)
+
+
+def test_transposed_convolution_rounding_beats_plain_rounding():
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(5)
+    w = rng.normal(0, 1, (8, 6, 4, 4)).astype(np.float32)
+    node = helper.make_node(
+        "ConvTranspose", ["x", "w"], ["y"], name="up", strides=[2, 2], pads=[1, 1, 1, 1]
+    )
+    graph = helper.make_graph(
+        [node],
+        "up",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    base = rng.uniform(0.5, 1.5, (8, 1, 8, 1, 1)).astype(np.float32)
+    samples = [{"x": b + 0.2 * rng.normal(0, 1, (1, 8, 6, 6)).astype(np.float32)} for b in base]
+    table = table_for(model, samples)
+    optimized, report = optimize_weights(model, samples, table)
+    assert [r.node for r in report] == ["up"]
+    assert report[0].error_after < 0.7 * report[0].error_before
+    scale = np.asarray(table.weights["w"].amax).reshape(1, -1, 1, 1) / 127.0  # axis 1
+    plain = np.clip(np.round(w / scale), -127, 127) * scale
+    w_opt = numpy_helper.to_array(optimized.graph.initializer[0])
+    assert np.allclose(w_opt / scale, np.round(w_opt / scale), atol=1e-3)  # on the grid
+    f = make_session(model)
+
+    def err(weights):
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        m.graph.initializer[0].CopyFrom(numpy_helper.from_array(weights.astype(np.float32), "w"))
+        s = make_session(m)
+        return sum(float(np.sum((s.run(None, d)[0] - f.run(None, d)[0]) ** 2)) for d in samples)
+
+    assert err(w_opt) < 0.8 * err(plain)
+
+
 @pytest.mark.parametrize("op, shape, attrs", [
     ("MatMul", (1, 7, 5), {}),
     ("Gemm", (7, 5), {"transB": 1}),

@@ -66,9 +66,62 @@ class LayerView:
             return np.ascontiguousarray(w[..., ::-1, ::-1]).reshape(s)
         return rows[0].T if self.transposed else rows[0]
 
+    def blocks(self) -> list[tuple[tuple[int, int] | None, np.ndarray]]:
+        """Column sets no input vector spans two of, each with the output phase (y, x)
+        that reads it (None: every position): the Hessian is block diagonal over them.
+        A stride-s ConvTranspose's output positions of one phase (position mod s) read
+        only the taps a with (phase + a * d - pad) = 0 mod s, the other taps meet the
+        inserted zeros: s^2 independent Convs of cols / s^2 columns each."""
+        if self.kind != "deconv" or self.upsample == (1, 1):
+            return [(None, np.arange(self.cols))]
+        (kh, kw), (dh, dw) = self.geo["kernel"], self.geo["dilations"]
+        (sh, sw), (top, left) = self.upsample, self.geo["pads"][:2]
+        taps = np.arange(kh * kw).reshape(kh, kw)
+        per_channel = kh * kw
+        channels = np.arange(self.weight_shape[0] // self.group)[:, None] * per_channel
+        out = []
+        for ry in range(sh):
+            for rx in range(sw):
+                rows_on = (ry + np.arange(kh) * dh - top) % sh == 0
+                cols_on = (rx + np.arange(kw) * dw - left) % sw == 0
+                active = taps[np.ix_(rows_on, cols_on)].reshape(-1)
+                if active.size:
+                    out.append(((ry, rx), (channels + active[None, :]).reshape(-1)))
+        return out
+
+    @property
+    def widest(self) -> int:
+        """Columns of the largest block (GPTQ's cost is cubic in it)."""
+        return max(len(cols) for _, cols in self.blocks())
+
+    def hessians(self, x: np.ndarray, limit: int, rng: np.random.Generator):
+        """sum p p^T over at most `limit` random input vectors of one sample, per block of
+        `blocks()`: a list of (groups, c, c) float32, or None when `x` is not an input this
+        layer reads."""
+        drawn = self._draw(x, limit, rng)
+        if drawn is None:
+            return None
+        p, index = drawn
+        out = []
+        for phase, cols in self.blocks():
+            if phase is None:
+                sub = p
+            else:
+                on = (index[0] % self.upsample[0] == phase[0]) & (
+                    index[1] % self.upsample[1] == phase[1]
+                )
+                sub = np.ascontiguousarray(p[:, on][:, :, cols])
+            out.append(np.matmul(sub.transpose(0, 2, 1), sub))  # float32 BLAS
+        return out
+
     def patches(self, x: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray | None:
         """At most `limit` random input vectors of one sample (groups, P, cols), float32;
         None when `x` is not the input this layer can read (batch 1, its rank)."""
+        drawn = self._draw(x, limit, rng)
+        return None if drawn is None else drawn[0]
+
+    def _draw(self, x: np.ndarray, limit: int, rng: np.random.Generator):
+        """(vectors (groups, P, cols), their output positions (ys, xs) or None)."""
         if self.kind == "linear":
             if self.trans_a:
                 if x.ndim != 2:
@@ -77,12 +130,13 @@ class LayerView:
             flat = x.reshape(-1, x.shape[-1])
             if flat.shape[1] != self.cols:
                 return None
-            return np.ascontiguousarray(flat[rng.permutation(len(flat))[:limit]])[None]
+            return np.ascontiguousarray(flat[rng.permutation(len(flat))[:limit]])[None], None
         if x.ndim != 4 or x.shape[0] != 1:
             return None
         if self.upsample != (1, 1):
             x = _zero_inserted(x, self.upsample)
-        return conv_patches(x, self.geo, patch_index(x.shape, self.geo, limit, rng))
+        index = patch_index(x.shape, self.geo, limit, rng)
+        return conv_patches(x, self.geo, index), index
 
 
 def _zero_inserted(x: np.ndarray, strides: tuple[int, int]) -> np.ndarray:

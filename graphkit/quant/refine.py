@@ -352,6 +352,11 @@ def _gptq(
 # many bytes together (float32), so a model with hundreds of wide Convs takes several passes
 # instead of all the memory (HRNet-W32 held 2 GB of float64 Hessians at once before)
 HESSIAN_BUDGET_BYTES = 1 << 30
+# layers whose rows (a ConvTranspose's: per phase block) are longer keep nearest rounding:
+# GPTQ's Cholesky costs cols^3 and the Hessian cols^2 (RTMPose's 7x7 head conv over 512
+# channels: 25088 columns, 2.5 GB and minutes; a ResNet-50's widest 3x3 conv, 4608
+# columns, takes 2 s)
+MAX_COLUMNS = 8192
 
 
 class _Layer(NamedTuple):
@@ -370,7 +375,7 @@ def _hessian_groups(picked: list[_Layer], budget: int) -> list[list[_Layer]]:
     out: list[list[_Layer]] = [[]]
     used = 0
     for item in picked:
-        size = item.view.group * item.view.cols**2 * 4
+        size = item.view.group * sum(len(c) ** 2 for _, c in item.view.blocks()) * 4
         if out[-1] and used + size > budget:
             out.append([])
             used = 0
@@ -386,27 +391,28 @@ def _hessians(
     graph_inputs: set[str],
     patches_per_sample: int,
     seed: int,
-) -> dict[str, np.ndarray]:
-    """sum x x^T over random input vectors of each layer of `group`, per weight group
-    (float32), from one pass over `samples`. The vectors of layer i on sample j are drawn
-    from their own seed, so the result does not depend on how the layers are grouped."""
+) -> dict[str, list[np.ndarray]]:
+    """sum x x^T over random input vectors of each layer of `group`, per weight group and
+    column block (`LayerView.hessians`, float32), from one pass over `samples`. The vectors
+    of layer i on sample j are drawn from their own seed, so the result does not depend on
+    how the layers are grouped."""
     names = list(dict.fromkeys(c.source for c in group if c.source not in graph_inputs))
     # unoptimized: exposing dozens of tensors from an optimized session costs more than
     # it saves (efficientpose 151 ms against 354 ms per sample)
     sess = make_session(with_outputs(model, names), optimize=False) if names else None
-    hess: dict[str, np.ndarray] = {}
+    hess: dict[str, list[np.ndarray]] = {}
     for j, feeds in enumerate(samples):
         got = dict(zip(names, sess.run(names, feeds))) if sess is not None else {}
         got.update(feeds)
         for node, source, view, i in group:
             rng = np.random.default_rng([seed, i, j])
-            p = view.patches(np.asarray(got[source], np.float32), patches_per_sample, rng)
-            if p is None:
+            h = view.hessians(np.asarray(got[source], np.float32), patches_per_sample, rng)
+            if h is None:
                 continue
-            h = np.matmul(p.transpose(0, 2, 1), p)  # (g, cols, cols), float32 BLAS
             name = node.name or ""
             if name in hess:
-                hess[name] += h
+                for total, part in zip(hess[name], h):
+                    total += part
             else:
                 hess[name] = h
         del got
@@ -414,10 +420,11 @@ def _hessians(
 
 
 def _round_layer(
-    layer: _Layer, hess: np.ndarray, table: CalibrationTable, damp: float
+    layer: _Layer, hess: list[np.ndarray], table: CalibrationTable, damp: float
 ) -> tuple[ir.Value, np.ndarray, WeightRefinement]:
     """(weight, its rounded values, errors) of one layer: GPTQ or nearest rounding, per
-    weight group the one with the lower error on the sampled inputs."""
+    weight group the one with the lower error on the sampled inputs (each column block
+    of the view rounded on its own Hessian)."""
     weight, view = layer.node.inputs[1], layer.view
     assert weight is not None and weight.const_value is not None
     w = weight.const_value.numpy().astype(np.float64)
@@ -427,13 +434,17 @@ def _round_layer(
     # the grid the plan's integers are stored on (`deploy`), so the shipped weights are these
     scale = np.broadcast_to(channel_scales(entry, 1), (g * per_group,))
     srows = scale.reshape(g, per_group)
-    h = hess.astype(np.float64)
     q0 = np.clip(np.round(rows / srows[..., None]), -QMAX, QMAX)
+    q1 = q0.copy()
     # the integers the shipped weights keep (each channel's extreme): rounded around
     pins = view.rows(extreme_pins(w, entry))
-    q1 = _gptq(rows, h, srows, damp, pins)
-    e0 = _rounding_error(q0, srows, rows, h)
-    e1 = _rounding_error(q1, srows, rows, h)
+    e0, e1 = np.zeros(g), np.zeros(g)
+    for (_, cols), h32 in zip(view.blocks(), hess):
+        h = h32.astype(np.float64)
+        part = rows[:, :, cols]
+        q1[:, :, cols] = _gptq(part, h, srows, damp, pins[:, :, cols])
+        e0 += _rounding_error(q0[:, :, cols], srows, part, h)
+        e1 += _rounding_error(q1[:, :, cols], srows, part, h)
     q_new = np.where((e1 < e0)[:, None, None], q1, q0)
     array = view.weight(q_new * srows[:, :, None]).astype(np.float32)
     report = WeightRefinement(
@@ -485,7 +496,9 @@ def optimize_weights(
         if entry is None or weight.const_value is None:
             continue
         view = view_of(ir.serde.serialize_node(node), tuple(weight.const_value.shape.numpy()))
-        if view is not None and (len(entry.amax) == 1 or entry.axis == _channel_axis(view)):
+        if view is None or view.widest > MAX_COLUMNS:
+            continue
+        if len(entry.amax) == 1 or entry.axis == _channel_axis(view):
             picked.append(_Layer(node, name_of(act), view, len(picked)))
     if not picked:
         raise GraphkitError("the table quantizes no layer whose weights can be optimized")
