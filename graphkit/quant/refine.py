@@ -353,10 +353,10 @@ def _gptq(
 # instead of all the memory (HRNet-W32 held 2 GB of float64 Hessians at once before)
 HESSIAN_BUDGET_BYTES = 1 << 30
 # layers whose rows (a ConvTranspose's: per phase block) are longer keep nearest rounding:
-# GPTQ's Cholesky costs cols^3 and the Hessian cols^2 (RTMPose's 7x7 head conv over 512
-# channels: 25088 columns, 2.5 GB and minutes; a ResNet-50's widest 3x3 conv, 4608
-# columns, takes 2 s)
-MAX_COLUMNS = 8192
+# GPTQ's Cholesky costs cols^3 and the Hessian cols^2. A ResNet-50's widest 3x3 conv (4608
+# columns) takes 2 s; SimpleBaseline's first deconv (4 blocks of 8192) added 60 s and 3 GB
+# to the whole plan's 75 s, RTMPose's 7x7 head conv over 512 channels (25088) minutes
+MAX_COLUMNS = 4608
 
 
 class _Layer(NamedTuple):
