@@ -47,6 +47,34 @@ def test_param_and_bin_round_trip_byte_for_byte(converted):
     assert nc.write_bin(param, blobs) == nm.bin.read_bytes()
 
 
+def test_gemm_weights_of_a_token_linear_are_read_and_written(tmp_path, pnnx_installed):
+    """pnnx turns a MatMul of tokens by a constant (a transformer's Linear, RTMPose's
+    SimCC classifiers) into an ncnn Gemm holding B and C in the .bin."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 1, (8, 5)).astype(np.float32)
+    b = rng.normal(0, 1, (5,)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["t"]), helper.make_node("Add", ["t", "b"], ["y"])],
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 5])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    nm = convert(model, tmp_path)
+    param = nc.read_param(nm.param)
+    assert "Gemm" in {lay.type for lay in param.layers}
+    blobs = nc.read_bin(param, nm.bin.read_bytes())
+    (gemm,) = [blobs[lay.name] for lay in param.layers if lay.type == "Gemm"]
+    assert sorted(np.abs(gemm[0].data)) == sorted(np.abs(w.reshape(-1)))  # B, all of it
+    assert nc.write_bin(param, blobs) == nm.bin.read_bytes()
+    x = rng.normal(0, 1, (1, 6, 8)).astype(np.float32)
+    assert check_conversion(model, nm, {"x": x})["y"] < 1e-4
+
+
 def test_fp16_weights_are_read_and_written_with_their_tag(converted):
     _, _, param, blobs = converted
     half = {

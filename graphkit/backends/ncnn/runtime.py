@@ -146,6 +146,21 @@ def blob_layout(layer: Layer) -> list[tuple[str, str, int]]:
             out.append(("bias", "raw", n(0)))
         if g(8):
             out += [("weight_scales", "raw", n(0)), ("bottom_scales", "raw", 1)]
+    elif t == "Gemm":  # ncnn src/layer/gemm.cpp load_model; 7, 8, 9 = M, N, K
+        m_, n_, k_ = n(7), n(8), n(9)
+        if g(4):
+            out.append(("A", "tagged", m_ * k_))
+        if g(5):
+            out.append(("B", "tagged", n_ * k_))
+        broadcast = g(10)
+        if g(6) and broadcast != -1:
+            sizes = {0: 1, 1: m_, 2: m_, 3: n_ * m_, 4: n_}
+            out.append(("C", "tagged", sizes.get(broadcast, 0)))
+        if g(18) and g(18) < 400:  # per-tensor int8 scales (block quantization not read)
+            if g(4):
+                out.append(("A_scales", "raw", m_))
+            if g(5):
+                out.append(("B_scale", "raw", 1))
     elif t == "MemoryData":
         dims = [g(0), g(1), g(11), g(2)]
         out.append(("data", "raw", int(np.prod([d for d in dims if d]) or 0)))
