@@ -52,8 +52,30 @@ def test_calibrate_mode_follows_our_method(method, mode):
 def test_skip_conv_layers_counts_conv_nodes_and_refuses_others():
     model = two_conv()
     assert vacc.conv_indices(model, ["conv2", "conv1"]) == [0, 1]
-    with pytest.raises(GraphkitError, match="not a Conv"):
+    with pytest.raises(GraphkitError, match="neither a Conv nor a MatMul"):
         vacc.conv_indices(model, ["relu1"])
+
+
+def test_float_matmuls_are_skipped_by_their_index_among_matmuls():
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], [f"t{i}"], name=f"mm{i}") for i in range(1)]
+        + [helper.make_node("Relu", ["t0"], ["r"], name="relu")]
+        + [helper.make_node("MatMul", ["r", "w"], ["y"], name="mm1")],
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    assert vacc.skipped_layers(model, ["mm1"]) == ([], [1])
+    table = golden_table()
+    table.keep_float = []
+    config = vacc.build_config(table, model, checkpoint="m.onnx", keep_float=["mm1"])
+    assert config["backend"]["quantize"]["skip_matmul_layers"] == [1]
+    assert config["backend"]["quantize"]["skip_conv_layers"] == []
 
 
 def test_variable_input_size_is_refused_with_a_reason(tmp_path):

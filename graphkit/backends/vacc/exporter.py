@@ -3,8 +3,10 @@
 vamc calibrates by itself (TVM-derived); no documented way of handing it external
 thresholds exists, so graphkit gives it what it can use: the model, the calibration mode
 closest to ours, per-channel weights, the keep-float convs as `skip_conv_layers` (indices
-among the graph's Conv nodes, in graph order) and the calibration inputs already
-preprocessed as `.npz` (sampler suffix npz: vamc then needs no preprocessing config).
+among the graph's Conv nodes, in graph order), keep-float MatMuls (a transformer's
+Linear layers) as `skip_matmul_layers` (indices among its MatMul nodes, by analogy: the
+key is seen in vamc configs, its counting is not documented) and the calibration inputs
+already preprocessed as `.npz` (sampler suffix npz: vamc then needs no preprocessing config).
 """
 
 from __future__ import annotations
@@ -46,16 +48,29 @@ def calibrate_mode(method: str) -> str:
 
 def conv_indices(model: onnx.ModelProto, names: Iterable[str]) -> list[int]:
     """Indices (among Conv/ConvTranspose nodes, graph order) of the named nodes."""
-    convs = [n.name for n in to_ir(model).graph if n.op_type in CONV_OPS]
-    out = []
+    convs, _ = skipped_layers(model, names)
+    return convs
+
+
+def skipped_layers(model: onnx.ModelProto, names: Iterable[str]) -> tuple[list[int], list[int]]:
+    """(skip_conv_layers, skip_matmul_layers): the named nodes' indices among the graph's
+    Conv/ConvTranspose nodes and among its MatMul nodes, graph order; any other node is
+    refused in one sentence."""
+    graph = to_ir(model).graph
+    convs = [n.name for n in graph if n.op_type in CONV_OPS]
+    matmuls = [n.name for n in graph if n.op_type == "MatMul"]
+    conv_out, matmul_out = [], []
     for name in names:
-        if name not in convs:
+        if name in convs:
+            conv_out.append(convs.index(name))
+        elif name in matmuls:
+            matmul_out.append(matmuls.index(name))
+        else:
             raise GraphkitError(
-                f"--keep-float layer '{name}' is not a Conv node, so vamc cannot skip it "
-                "(skip_conv_layers counts Conv nodes only)"
+                f"--keep-float layer '{name}' is neither a Conv nor a MatMul node, so vamc "
+                "cannot skip it (skip_conv_layers and skip_matmul_layers count those only)"
             )
-        out.append(convs.index(name))
-    return sorted(out)
+    return sorted(conv_out), sorted(matmul_out)
 
 
 def build_config(
@@ -82,18 +97,20 @@ def build_config(
         shape[vi.name] = dims
     mode = calibrate_mode(table.method)
     per_channel = any(len(w.amax) > 1 for w in table.weights.values()) or not table.weights
+    convs, matmuls = skipped_layers(model, sorted(set(keep_float) | set(table.keep_float)))
+    quantize = {
+        "calibrate_mode": mode,
+        "quantize_per_channel": bool(per_channel),
+        "skip_conv_layers": convs,
+    }
+    if matmuls:
+        quantize["skip_matmul_layers"] = matmuls
     return {
         "frontend": {"shape": shape, "checkpoint": checkpoint},
         "backend": {
             "type": "tvm_vacc",
             "dtype": "int8",
-            "quantize": {
-                "calibrate_mode": mode,
-                "quantize_per_channel": bool(per_channel),
-                "skip_conv_layers": conv_indices(
-                    model, sorted(set(keep_float) | set(table.keep_float))
-                ),
-            },
+            "quantize": quantize,
         },
         "dataset": {
             "path": calib_dir,
