@@ -79,7 +79,7 @@ class LayerView:
         taps = np.arange(kh * kw).reshape(kh, kw)
         per_channel = kh * kw
         channels = np.arange(self.weight_shape[0] // self.group)[:, None] * per_channel
-        out = []
+        out: list[tuple[tuple[int, int] | None, np.ndarray]] = []
         for ry in range(sh):
             for rx in range(sw):
                 rows_on = (ry + np.arange(kh) * dh - top) % sh == 0

@@ -152,7 +152,7 @@ def blob_layout(layer: Layer) -> list[tuple[str, str, int]]:
             out.append(("A", "tagged", m_ * k_))
         if g(5):
             out.append(("B", "tagged", n_ * k_))
-        broadcast = g(10)
+        broadcast = int(g(10))
         if g(6) and broadcast != -1:
             sizes = {0: 1, 1: m_, 2: m_, 3: n_ * m_, 4: n_}
             out.append(("C", "tagged", sizes.get(broadcast, 0)))
