@@ -31,3 +31,24 @@ def test_calibrate_with_out_dir_but_no_target_writes_nothing(tmp_path, capsys):
     assert main([*argv, "--out-dir", str(tmp_path / "out")]) == 2
     assert "--target" in capsys.readouterr().err
     assert not table_path.exists() and not (tmp_path / "out").exists()
+
+
+def test_a_failing_backend_keeps_the_plan_and_says_how_to_export_again(
+    tmp_path, capsys, monkeypatch
+):
+    from graphkit import backends
+    from graphkit.errors import BackendError
+
+    def fail(*args, **kwargs):
+        raise BackendError("pnnx could not convert the model to ncnn")
+
+    monkeypatch.setattr(backends, "export_all", fail)
+    model, spec = write_data(tmp_path, n=2)
+    table_path, out_dir = tmp_path / "t.json", tmp_path / "out"
+    argv = ["calibrate", str(model), "--data", str(spec), "--method", "minmax"]
+    argv += ["-o", str(table_path), "--target", "ncnn", "--out-dir", str(out_dir)]
+    assert main(argv) != 0
+    err = capsys.readouterr().err
+    assert "pnnx could not convert" in err and f"plan is saved in {table_path}" in err
+    assert CalibrationTable.load(table_path).activations  # whole and loadable
+    assert not out_dir.exists()

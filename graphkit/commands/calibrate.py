@@ -222,6 +222,8 @@ def check_outputs(args: argparse.Namespace) -> None:
     check_output_files(
         [args.model, *spec_inputs(args.data)], output=args.output, qdq=args.qdq, json=args.json
     )
+    if bool(getattr(args, "target", None)) != bool(args.out_dir):
+        raise GraphkitError("exporting needs both --target and --out-dir")
     if args.out_dir:
         from graphkit.backends import check_out_dir
 
@@ -286,12 +288,19 @@ def run(args: argparse.Namespace) -> int:
     if args.qdq:
         qdq = insert_qdq(plan.deploy_model(model), plan)
         make_session(qdq)  # refuse to write a model onnxruntime cannot load
-    if getattr(args, "target", None) or getattr(args, "out_dir", None):
-        export_from_args(args, plan, model, Path(args.model).stem)
+    # the plan first: minutes of calibration must survive a backend that fails to export
     if args.output:
         plan.save(args.output)
     if qdq is not None:
         save_model(qdq, args.qdq)
+    if getattr(args, "target", None) or getattr(args, "out_dir", None):
+        try:
+            export_from_args(args, plan, model, Path(args.model).stem)
+        except GraphkitError as exc:
+            if not args.output:
+                raise
+            again = f"graphkit export {args.output} {args.model} --target TARGETS --out-dir DIR"
+            raise type(exc)(f"{exc} (the plan is saved in {args.output}: `{again}`)") from None
     console.print(summary(plan, args))
     write_json(
         args.json,
