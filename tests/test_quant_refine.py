@@ -470,3 +470,16 @@ def test_rounded_weights_are_the_shipped_weights_each_channel_keeping_its_extrem
     q = table.weights["w"].integers().reshape(16, -1)
     extreme = np.argmax(np.abs(w.reshape(16, -1)), axis=1)
     assert np.all(np.abs(q[np.arange(16), extreme]) == 127)
+
+
+def test_every_layer_kind_with_a_constant_weight_is_rounded():
+    """Conv, depthwise Conv, ConvTranspose, Gemm (transB) and MatMul alike, each never
+    worse than nearest rounding on its own inputs."""
+    from quant_synthetic import make_model, sample_feeds
+
+    model, samples = make_model(), sample_feeds(6)
+    table = table_for(model, samples)
+    _, report = optimize_weights(model, samples, table)
+    assert {r.node for r in report} == {"conv1", "dwconv", "pwconv", "deconv", "fc", "matmul"}
+    assert all(r.error_after <= r.error_before for r in report)
+    assert sum(r.error_after for r in report) < sum(r.error_before for r in report)
