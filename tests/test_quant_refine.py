@@ -247,16 +247,7 @@ def test_transposed_convolution_rounding_beats_plain_rounding():
     plain = np.clip(np.round(w / scale), -127, 127) * scale
     w_opt = numpy_helper.to_array(optimized.graph.initializer[0])
     assert np.allclose(w_opt / scale, np.round(w_opt / scale), atol=1e-3)  # on the grid
-    f = make_session(model)
-
-    def err(weights):
-        m = onnx.ModelProto()
-        m.CopyFrom(model)
-        m.graph.initializer[0].CopyFrom(numpy_helper.from_array(weights.astype(np.float32), "w"))
-        s = make_session(m)
-        return sum(float(np.sum((s.run(None, d)[0] - f.run(None, d)[0]) ** 2)) for d in samples)
-
-    assert err(w_opt) < 0.8 * err(plain)
+    assert output_error(model, w_opt, samples) < 0.8 * output_error(model, plain, samples)
 
 
 @pytest.mark.parametrize("op, shape, attrs", [
@@ -307,6 +298,15 @@ def assert_rows_times_patches_are_the_output(op, w, x_shape, **attrs):
     assert np.allclose(got, y[0][:, ys, xs], atol=1e-4)
 
 
+def output_error(model, weights, samples) -> float:
+    """Squared output error, over `samples`, of `model` with its weight "w" replaced."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    m.graph.initializer[0].CopyFrom(numpy_helper.from_array(weights.astype(np.float32), "w"))
+    f, s = make_session(model), make_session(m)
+    return sum(float(np.sum((s.run(None, d)[0] - f.run(None, d)[0]) ** 2)) for d in samples)
+
+
 def depthwise(w: np.ndarray, rng: np.random.Generator) -> tuple[onnx.ModelProto, list]:
     """A 3x3 depthwise Conv with weights `w` and 8 samples of correlated, non-centred
     inputs: where rounding errors add up instead of averaging out."""
@@ -337,16 +337,7 @@ def test_depthwise_rounding_beats_plain_rounding():
     w_opt = numpy_helper.to_array(optimized.graph.initializer[0])
     scale = np.asarray(table.weights["w"].amax).reshape(-1, 1, 1, 1) / 127.0
     plain = np.clip(np.round(w / scale), -127, 127) * scale
-    f = make_session(model)
-
-    def err(weights):
-        m = onnx.ModelProto()
-        m.CopyFrom(model)
-        m.graph.initializer[0].CopyFrom(numpy_helper.from_array(weights.astype(np.float32), "w"))
-        s = make_session(m)
-        return sum(float(np.sum((s.run(None, d)[0] - f.run(None, d)[0]) ** 2)) for d in samples)
-
-    assert err(w_opt) < err(plain)
+    assert output_error(model, w_opt, samples) < output_error(model, plain, samples)
 
 
 def test_cli_round_weights_with_auto_keep_float(tmp_path):
