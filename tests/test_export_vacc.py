@@ -82,3 +82,14 @@ def test_variable_input_size_is_refused_with_a_reason(tmp_path):
     with pytest.raises(GraphkitError, match="variable size"):
         vacc.export(golden_table(), two_conv(dynamic=True), tmp_path)
     assert not (tmp_path / "vacc" / "build.yaml").exists()
+
+
+def test_variable_input_size_takes_the_shape_of_the_calibration_samples(tmp_path):
+    model = two_conv(dynamic=True)
+    x = model.graph.input[0]
+    dims = [d.dim_value or 8 for d in x.type.tensor_type.shape.dim]  # H, W symbolic
+    feeds = {x.name: np.zeros(dims, np.float32)}
+    vacc.export(golden_table(), model, tmp_path, samples=lambda: iter([feeds, feeds]))
+    config = yaml.safe_load((tmp_path / "vacc" / "build.yaml").read_text())
+    assert config["frontend"]["shape"] == {x.name: dims}
+    assert config["dataset"]["sampler"]["get_data_num"] == 2

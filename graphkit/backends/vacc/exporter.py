@@ -81,8 +81,11 @@ def build_config(
     keep_float=(),
     calib_dir: str = "./calib",
     num_samples: int = 0,
+    sample_shapes: dict[str, list[int]] | None = None,
 ) -> dict:
-    """The vamc build YAML as a dict (frontend, backend tvm_vacc int8, dataset)."""
+    """The vamc build YAML as a dict (frontend, backend tvm_vacc int8, dataset). An input
+    of variable size (a symbolic batch, as mmpose exports have) takes the shape of the
+    calibration samples (`sample_shapes`), which are what vamc is given."""
     inits = {i.name for i in model.graph.initializer}
     shape = {}
     for vi in model.graph.input:
@@ -90,10 +93,13 @@ def build_config(
             continue
         dims = [d.dim_value for d in vi.type.tensor_type.shape.dim]
         if any(d <= 0 for d in dims):
-            raise GraphkitError(
-                f"input '{vi.name}' has a variable size; vamc needs a fixed frontend shape "
-                "(fix it first, e.g. with a shape-fixing pass)"
-            )
+            known = (sample_shapes or {}).get(vi.name)
+            if known is None or len(known) != len(dims):
+                raise GraphkitError(
+                    f"input '{vi.name}' has a variable size; vamc needs a fixed frontend "
+                    "shape (pass --data, whose samples fix it, or fix it with a pass)"
+                )
+            dims = [d if d > 0 else int(k) for d, k in zip(dims, known)]
         shape[vi.name] = dims
     mode = calibrate_mode(table.method)
     per_channel = any(len(w.amax) > 1 for w in table.weights.values()) or not table.weights
@@ -143,13 +149,20 @@ def export(
     d = Path(out_dir) / "vacc"
     files: dict[Path, bytes | str] = {}
     n = 0
+    shapes: dict[str, list[int]] = {}
     for feeds in samples() if samples else ():
         if n >= max_samples:
             break
         files[d / "calib" / f"{n:05d}.npz"] = npz_bytes(feeds)
+        shapes = shapes or {k: list(np.shape(v)) for k, v in feeds.items()}
         n += 1
     cfg = build_config(
-        table, model, checkpoint="./model.onnx", keep_float=keep_float, num_samples=n
+        table,
+        model,
+        checkpoint="./model.onnx",
+        keep_float=keep_float,
+        num_samples=n,
+        sample_shapes=shapes,
     )
     files[d / "build.yaml"] = yaml.safe_dump(cfg, sort_keys=False)
     d.mkdir(parents=True, exist_ok=True)
