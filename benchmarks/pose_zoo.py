@@ -3,7 +3,7 @@
 For measuring how calibration scales to the models users bring (benchmarks/large_pose.py),
 not accuracy: HRNet-W32 (mmpose td-hm_hrnet-w32 256x192, 293 Convs), SimpleBaseline
 ResNet-50 (3 deconvs, 57 weighted layers), a 2-stack hourglass (256 features, depth 4,
-102 Convs), ViTPose-S (12 transformer blocks: MatMul, LayerNormalization, Softmax, two
+102 Convs), AlphaPose's FastPose (ResNet-50, PixelShuffle and two DUC heads), ViTPose-S (12 transformer blocks: MatMul, LayerNormalization, Softmax, two
 deconvs) and RTMPose-S (CSPNeXt with depthwise 5x5 convs and SiLU, a gated attention unit,
 two SimCC Linear classifiers; decoded with `type: simcc`). Weights are kaiming-initialized
 (Linear: truncated normal 0.02), BatchNorm statistics gathered on N(0,1) batches, then
@@ -316,6 +316,43 @@ class StackedHourglass(nn.Module):
         return score  # only the last stack's heatmaps are exported
 
 
+# ----------------------------------------------------------------------------- AlphaPose FastPose
+
+
+class DUC(nn.Module):
+    """AlphaPose's dense upsampling convolution: 3x3 conv + BN + ReLU, then PixelShuffle."""
+
+    def __init__(self, cin, cout, factor=2):
+        super().__init__()
+        self.conv = ConvBN(cin, cout, 3)
+        self.shuffle = nn.PixelShuffle(factor)
+
+    def forward(self, x):
+        return self.shuffle(self.conv(x))
+
+
+class FastPoseR50(nn.Module):
+    """AlphaPose FastPose (ResNet-50, 256x192): the backbone's 2048 channels pixel-shuffled
+    to 512, two DUCs (512 -> 1024 -> 256, 256 -> 512 -> 128), a 3x3 conv to the joints."""
+
+    def __init__(self, joints=NUM_JOINTS):
+        super().__init__()
+        self.backbone = nn.Sequential(
+            ConvBN(3, 64, 7, 2),
+            nn.MaxPool2d(3, 2, 1),
+            make_layer(Bottleneck, 64, 64, 3),
+            make_layer(Bottleneck, 256, 128, 4, 2),
+            make_layer(Bottleneck, 512, 256, 6, 2),
+            make_layer(Bottleneck, 1024, 512, 3, 2),
+        )
+        self.shuffle = nn.PixelShuffle(2)
+        self.duc1, self.duc2 = DUC(512, 1024), DUC(256, 512)
+        self.conv_out = nn.Conv2d(128, joints, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv_out(self.duc2(self.duc1(self.shuffle(self.backbone(x)))))
+
+
 # ----------------------------------------------------------------------------- ViTPose-S
 
 
@@ -467,6 +504,7 @@ MODELS = {
     "hrnet_w32": (HRNetW32, (256, 192), "HRNet-W32 top-down (mmpose td-hm_hrnet-w32 256x192)"),
     "simplebaseline_r50": (SimpleBaselineR50, (256, 192), "SimpleBaseline ResNet-50, 3 deconvs"),
     "hourglass2": (StackedHourglass, (256, 256), "stacked hourglass, 2 stacks, 256 features"),
+    "fastpose_r50": (FastPoseR50, (256, 192), "AlphaPose FastPose ResNet-50 with DUC heads"),
     "vitpose_s": (ViTPoseS, (256, 192), "ViTPose-S top-down (mmpose td-hm_ViTPose-small 256x192)"),
     "rtmpose_s": (RTMPoseS, (256, 192), "RTMPose-S top-down, SimCC head (mmpose rtmpose-s 256x192)"),
 }

@@ -214,8 +214,9 @@ def test_transposed_convolution_hessian_is_block_diagonal_over_output_phases(
     assembled = np.zeros_like(full)
     covered = np.concatenate([cols for _, cols in view.blocks()])
     assert sorted(covered) == list(range(view.cols))  # every column in exactly one block
-    for (_, cols), h in zip(view.blocks(), blocks):
+    for (_, cols), (h, vectors) in zip(view.blocks(), blocks):
         assembled[:, cols[:, None], cols[None, :]] = h
+        assert 0 < vectors < p.shape[1]  # the block's phase, not every vector
     assert len(blocks) > 1 and view.widest < view.cols
     assert np.allclose(assembled, full, atol=1e-4)
 
@@ -474,3 +475,30 @@ def test_every_layer_kind_with_a_constant_weight_is_rounded():
     assert {r.node for r in report} == {"conv1", "dwconv", "pwconv", "deconv", "fc", "matmul"}
     assert all(r.error_after <= r.error_before for r in report)
     assert sum(r.error_after for r in report) < sum(r.error_before for r in report)
+
+
+def test_a_layer_with_fewer_input_vectors_than_columns_can_keep_nearest_rounding():
+    """6 token rows for 16 columns: GPTQ fits them exactly (in-sample error far below
+    nearest's); with min_vectors=1 the layer keeps nearest rounding instead."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(7)
+    w = rng.normal(0, 1, (16, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")],
+        "fc",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    samples = [{"x": rng.normal(0, 1, (1, 3, 16)).astype(np.float32)} for _ in range(2)]
+    table = table_for(model, samples)
+    _, (fitted,) = optimize_weights(model, samples, table)
+    assert fitted.error_after < 0.5 * fitted.error_before
+    kept, (plain,) = optimize_weights(model, samples, table, min_vectors=1.0)
+    assert plain.error_after == plain.error_before
+    scale = np.asarray(table.weights["w"].amax).reshape(1, -1) / 127.0  # per output column
+    nearest = np.clip(np.round(w / scale), -127, 127) * scale
+    assert np.allclose(numpy_helper.to_array(kept.graph.initializer[0]), nearest, atol=1e-7)

@@ -96,8 +96,8 @@ class LayerView:
 
     def hessians(self, x: np.ndarray, limit: int, rng: np.random.Generator):
         """sum p p^T over at most `limit` random input vectors of one sample, per block of
-        `blocks()`: a list of (groups, c, c) float32, or None when `x` is not an input this
-        layer reads."""
+        `blocks()`: a list of ((groups, c, c) float32, vectors summed), or None when `x` is
+        not an input this layer reads."""
         drawn = self._draw(x, limit, rng)
         if drawn is None:
             return None
@@ -111,7 +111,7 @@ class LayerView:
                     index[1] % self.upsample[1] == phase[1]
                 )
                 sub = np.ascontiguousarray(p[:, on][:, :, cols])
-            out.append(np.matmul(sub.transpose(0, 2, 1), sub))  # float32 BLAS
+            out.append((np.matmul(sub.transpose(0, 2, 1), sub), sub.shape[1]))  # float32 BLAS
         return out
 
     def patches(self, x: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray | None:

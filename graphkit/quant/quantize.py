@@ -71,6 +71,9 @@ class Recipe:
 
     methods: tuple[str, ...] = ("mse", "percentile", "minmax")
     round_weights: bool = True
+    # a layer whose fit crops give fewer input vectors than this many per weight column
+    # keeps nearest rounding (GPTQ would fit the few it has)
+    rounding_min_vectors: float = 0.0
     max_float: float = 0.10  # at most this fraction of the weighted layers kept float
     target_agreement: float | None = 0.98  # stop adding float layers once reached
     lookahead: int = 1  # float candidates tried per step (most sensitive first)
@@ -400,7 +403,11 @@ def quantize(
         try:
             progress = None if on_stage is None else partial(on_stage, "rounding weights")
             candidate, _ = optimize_weights(
-                model, [s.feeds for s in fit], plan, on_progress=progress
+                model,
+                [s.feeds for s in fit],
+                plan,
+                min_vectors=recipe.rounding_min_vectors,
+                on_progress=progress,
             )
         except GraphkitError:
             candidate = None  # no Conv to round (Gemm/MatMul only)

@@ -391,16 +391,17 @@ def _hessians(
     graph_inputs: set[str],
     patches_per_sample: int,
     seed: int,
-) -> dict[str, list[np.ndarray]]:
+) -> dict[str, list[tuple[np.ndarray, int]]]:
     """sum x x^T over random input vectors of each layer of `group`, per weight group and
-    column block (`LayerView.hessians`, float32), from one pass over `samples`. The vectors
+    column block (`LayerView.hessians`, float32), and how many vectors each sums, from one
+    pass over `samples`. The vectors
     of layer i on sample j are drawn from their own seed, so the result does not depend on
     how the layers are grouped."""
     names = list(dict.fromkeys(c.source for c in group if c.source not in graph_inputs))
     # unoptimized: exposing dozens of tensors from an optimized session costs more than
     # it saves (efficientpose 151 ms against 354 ms per sample)
     sess = make_session(with_outputs(model, names), optimize=False) if names else None
-    hess: dict[str, list[np.ndarray]] = {}
+    hess: dict[str, list[tuple[np.ndarray, int]]] = {}
     for j, feeds in enumerate(samples):
         got = dict(zip(names, sess.run(names, feeds))) if sess is not None else {}
         got.update(feeds)
@@ -411,8 +412,9 @@ def _hessians(
                 continue
             name = node.name or ""
             if name in hess:
-                for total, part in zip(hess[name], h):
+                for b, ((total, n), (part, m)) in enumerate(zip(hess[name], h)):
                     total += part
+                    hess[name][b] = (total, n + m)
             else:
                 hess[name] = h
         del got
@@ -420,11 +422,16 @@ def _hessians(
 
 
 def _round_layer(
-    layer: _Layer, hess: list[np.ndarray], table: CalibrationTable, damp: float
+    layer: _Layer,
+    hess: list[tuple[np.ndarray, int]],
+    table: CalibrationTable,
+    damp: float,
+    min_vectors: float = 0.0,
 ) -> tuple[ir.Value, np.ndarray, WeightRefinement]:
     """(weight, its rounded values, errors) of one layer: GPTQ or nearest rounding, per
     weight group the one with the lower error on the sampled inputs (each column block
-    of the view rounded on its own Hessian)."""
+    of the view rounded on its own Hessian). A block summed over fewer than `min_vectors`
+    x its columns input vectors keeps nearest rounding: GPTQ would fit those few."""
     weight, view = layer.node.inputs[1], layer.view
     assert weight is not None and weight.const_value is not None
     w = weight.const_value.numpy().astype(np.float64)
@@ -439,10 +446,11 @@ def _round_layer(
     # the integers the shipped weights keep (each channel's extreme): rounded around
     pins = view.rows(extreme_pins(w, entry))
     e0, e1 = np.zeros(g), np.zeros(g)
-    for (_, cols), h32 in zip(view.blocks(), hess):
+    for (_, cols), (h32, vectors) in zip(view.blocks(), hess):
         h = h32.astype(np.float64)
         part = rows[:, :, cols]
-        q1[:, :, cols] = _gptq(part, h, srows, damp, pins[:, :, cols])
+        if vectors >= min_vectors * len(cols):
+            q1[:, :, cols] = _gptq(part, h, srows, damp, pins[:, :, cols])
         e0 += _rounding_error(q0[:, :, cols], srows, part, h)
         e1 += _rounding_error(q1[:, :, cols], srows, part, h)
     q_new = np.where((e1 < e0)[:, None, None], q1, q0)
@@ -467,6 +475,7 @@ def optimize_weights(
     *,
     damp: float = 0.01,
     patches_per_sample: int = 1024,
+    min_vectors: float = 0.0,
     nodes: Sequence[str] | None = None,
     seed: int = 0,
     on_node: Callable[[WeightRefinement], None] | None = None,
@@ -479,7 +488,8 @@ def optimize_weights(
     The weights are already on the int8 grid of the table's scales, so `insert_qdq` with
     the same table reproduces exactly these integers. Per output-channel scales are not
     changed; only the rounding is. A layer whose optimized rounding is not better on the
-    sampled inputs keeps plain rounding. `on_progress(done, total)`: layers rounded so far."""
+    sampled inputs keeps plain rounding, and so does one with fewer sampled input vectors
+    than `min_vectors` x its columns. `on_progress(done, total)`: layers rounded so far."""
     if not samples:
         raise GraphkitError("weight optimization needs at least one sample")
     out = to_ir(model)
@@ -513,7 +523,7 @@ def optimize_weights(
         for layer in group:
             h = hess.pop(layer.node.name or "", None)  # none: an input it cannot read
             if h is not None:
-                weight, array, r = _round_layer(layer, h, table, damp)
+                weight, array, r = _round_layer(layer, h, table, damp, min_vectors)
                 rounded[weight] = array
                 report.append(r)
                 if on_node is not None:
