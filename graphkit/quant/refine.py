@@ -281,7 +281,8 @@ def _lower_inverse(lower: np.ndarray) -> np.ndarray:
     k = n // 2
     a = _lower_inverse(lower[..., :k, :k])
     c = _lower_inverse(lower[..., k:, k:])
-    out = np.zeros_like(lower)
+    out = np.empty_like(lower)
+    out[..., :k, k:] = 0.0
     out[..., :k, :k] = a
     out[..., k:, k:] = c
     out[..., k:, :k] = -c @ (lower[..., k:, :k] @ a)
