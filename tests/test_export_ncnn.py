@@ -7,6 +7,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -47,16 +48,17 @@ def test_param_and_bin_round_trip_byte_for_byte(converted):
     assert nc.write_bin(param, blobs) == nm.bin.read_bytes()
 
 
-def test_gemm_weights_of_a_token_linear_are_read_and_written(tmp_path, pnnx_installed):
-    """pnnx turns a MatMul of tokens by a constant (a transformer's Linear, RTMPose's
-    SimCC classifiers) into an ncnn Gemm holding B and C in the .bin."""
+def token_linear(rng: np.random.Generator) -> onnx.ModelProto:
+    """x (1, 6, 8) -> MatMul by a constant (8, 5) "mm" -> Add bias -> y."""
     from onnx import TensorProto, helper, numpy_helper
 
-    rng = np.random.default_rng(0)
     w = rng.normal(0, 1, (8, 5)).astype(np.float32)
     b = rng.normal(0, 1, (5,)).astype(np.float32)
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["t"]), helper.make_node("Add", ["t", "b"], ["y"])],
+        [
+            helper.make_node("MatMul", ["x", "w"], ["t"], name="mm"),
+            helper.make_node("Add", ["t", "b"], ["y"], name="bias"),
+        ],
         "linear",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 5])],
@@ -64,6 +66,15 @@ def test_gemm_weights_of_a_token_linear_are_read_and_written(tmp_path, pnnx_inst
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
+    return model
+
+
+def test_gemm_weights_of_a_token_linear_are_read_and_written(tmp_path, pnnx_installed):
+    """pnnx turns a MatMul of tokens by a constant (a transformer's Linear, RTMPose's
+    SimCC classifiers) into an ncnn Gemm holding B and C in the .bin."""
+    rng = np.random.default_rng(0)
+    model = token_linear(rng)
+    w = onnx.numpy_helper.to_array(model.graph.initializer[0])
     nm = convert(model, tmp_path)
     param = nc.read_param(nm.param)
     assert "Gemm" in {lay.type for lay in param.layers}
@@ -73,6 +84,41 @@ def test_gemm_weights_of_a_token_linear_are_read_and_written(tmp_path, pnnx_inst
     assert nc.write_bin(param, blobs) == nm.bin.read_bytes()
     x = rng.normal(0, 1, (1, 6, 8)).astype(np.float32)
     assert check_conversion(model, nm, {"x": x})["y"] < 1e-4
+
+
+def test_a_float_matmul_that_ncnn_runs_as_gemm_exports(tmp_path, pnnx_installed):
+    """A plan keeping a token Linear float: ncnn's Gemm has no int8 form here, so it is
+    float there as asked (no twin to skip, nothing to refuse)."""
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    model = token_linear(rng)  # then flattened into a Gemm ncnn runs as InnerProduct, int8
+    w2 = numpy_helper.from_array(rng.normal(0, 1, (4, 30)).astype(np.float32), "w2")
+    shape = numpy_helper.from_array(np.array([1, 30], np.int64), "flat")
+    model.graph.initializer.extend([w2, shape])
+    model.graph.node.extend(
+        [
+            helper.make_node("Reshape", ["y", "flat"], ["f"], name="flatten"),
+            helper.make_node("Gemm", ["f", "w2"], ["z"], name="fc", transB=1),
+        ]
+    )
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("z", 1, [1, 4]))
+    data = [{"x": rng.normal(0, 1, (1, 6, 8)).astype(np.float32)} for _ in range(4)]
+    table = calibrated_table(model, data)
+    ex.export(table, model, tmp_path, samples=lambda: iter(data), keep_float=("mm",))
+    param = nc.read_param(tmp_path / "ncnn" / "model.ncnn.param")
+    assert {"Gemm", "InnerProduct"} <= {lay.type for lay in param.layers}
+    lines = (tmp_path / "ncnn" / "model.table").read_text().splitlines()
+    assert len([x for x in lines if "_param_0" in x]) == 1  # only the InnerProduct is int8
+
+
+def test_quoted_string_params_keep_their_key():
+    """pnnx writes Reshape shapes as strings with commas (6="0w,-1"): not an array, so the
+    key stays 6 when the param file is written again (ncnn cannot load -23306="...")."""
+    text = '7767517\n2 2\nInput in0 0 1 in0\nReshape r 1 1 in0 out 6="0w,-1" -23300=2,3,4\n'
+    layer = nc.parse_param(text).layers[1]
+    assert layer.params == {6: '"0w,-1"', 0: "2,3,4"}
+    assert layer.line().split()[-2:] == ['6="0w,-1"', "-23300=2,3,4"]
 
 
 def test_fp16_weights_are_read_and_written_with_their_tag(converted):

@@ -355,7 +355,7 @@ def _gptq(
 HESSIAN_BUDGET_BYTES = 1 << 30
 # layers whose rows (a ConvTranspose's: per phase block) are longer keep nearest rounding:
 # GPTQ's Cholesky costs cols^3 and the Hessian cols^2. A ResNet-50's widest 3x3 conv (4608
-# columns) takes 2 s; SimpleBaseline's first deconv (4 blocks of 8192) added 60 s and 3 GB
+# columns) takes 2 s; SimpleBaseline's first deconv (4 blocks of 8192) added 65 s and 2.9 GB
 # to the whole plan's 75 s, RTMPose's 7x7 head conv over 512 channels (25088) minutes
 MAX_COLUMNS = 4608
 

@@ -358,8 +358,10 @@ def build_table(
             skip.add(onnx_to_ncnn[name])
         elif any(lay.name == name for lay in param.layers):
             skip.add(name)
-        elif ops.get(name) not in ("Conv", "Gemm", "MatMul"):
-            continue  # e.g. a ConvTranspose: ncnn's Deconvolution has no int8 form, stays float
+        elif ops.get(name) != "Conv":
+            # a ConvTranspose (Deconvolution), or a Gemm / MatMul that pnnx wrote as an ncnn
+            # Gemm rather than an InnerProduct (which would be its twin): no int8 form, float
+            continue
         else:
             raise GraphkitError(
                 f"--keep-float layer '{name}' has no ncnn Convolution/InnerProduct twin after conversion"

@@ -37,8 +37,8 @@ class Layer:
         v = self.params.get(key)
         if v is None:
             return default
-        if "," in v:
-            raise GraphkitError(f"layer {self.name}: param {key} is an array, not a number")
+        if "," in v or v.startswith('"'):
+            raise GraphkitError(f"layer {self.name}: param {key} is {v}, not a number")
         return float(v) if any(c in v for c in ".eE") else int(v)
 
     def count(self, key: int, default: int = 0) -> int:
@@ -49,9 +49,19 @@ class Layer:
         return v
 
     def line(self) -> str:
-        kv = " ".join(f"{-23300 - k if ',' in v else k}={v}" for k, v in self.params.items())
+        kv = " ".join(f"{_array_key(k) if _is_array(v) else k}={v}" for k, v in self.params.items())
         head = f"{self.type:<24} {self.name:<24} {len(self.bottoms)} {len(self.tops)}"
         return " ".join(x for x in [head, *self.bottoms, *self.tops, kv] if x)
+
+
+def _is_array(value: str) -> bool:
+    """An array param ("n,a,b"), not a number or a quoted string (pnnx writes Reshape
+    shapes as 6="0w,-1", which keeps its key)."""
+    return "," in value and not value.startswith('"')
+
+
+def _array_key(key: int) -> int:
+    return -23300 - key
 
 
 @dataclass
