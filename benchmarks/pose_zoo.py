@@ -506,11 +506,15 @@ MODELS = {
     "hourglass2": (StackedHourglass, (256, 256), "stacked hourglass, 2 stacks, 256 features"),
     "fastpose_r50": (FastPoseR50, (256, 192), "AlphaPose FastPose ResNet-50 with DUC heads"),
     "vitpose_s": (ViTPoseS, (256, 192), "ViTPose-S top-down (mmpose td-hm_ViTPose-small 256x192)"),
-    "rtmpose_s": (RTMPoseS, (256, 192), "RTMPose-S top-down, SimCC head (mmpose rtmpose-s 256x192)"),
+    "rtmpose_s": (
+        RTMPoseS,
+        (256, 192),
+        "RTMPose-S top-down, SimCC head (mmpose rtmpose-s 256x192)",
+    ),
 }
 # the decode section of each architecture's spec, and its ONNX output names
-HEATMAP = ("  type: heatmap\n  layout: NCHW\n  output: \"heatmaps\"\n", ["heatmaps"])
-DECODE = {"rtmpose_s": ("  type: simcc\n  x: \"simcc_x\"\n  y: \"simcc_y\"\n", ["simcc_x", "simcc_y"])}
+HEATMAP = ('  type: heatmap\n  layout: NCHW\n  output: "heatmaps"\n', ["heatmaps"])
+DECODE = {"rtmpose_s": ('  type: simcc\n  x: "simcc_x"\n  y: "simcc_y"\n', ["simcc_x", "simcc_y"])}
 
 
 def init_weights(model: nn.Module) -> None:
