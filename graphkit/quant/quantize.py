@@ -72,7 +72,8 @@ class Recipe:
     methods: tuple[str, ...] = ("mse", "percentile", "minmax")
     round_weights: bool = True
     # a layer whose fit crops give fewer input vectors than this many per weight column
-    # keeps nearest rounding (GPTQ would fit the few it has)
+    # keeps nearest rounding (GPTQ would fit the few it has); 0: every layer is rounded
+    # (1.0 measured: no gain, docs/accuracy.md)
     rounding_min_vectors: float = 0.0
     max_float: float = 0.10  # at most this fraction of the weighted layers kept float
     target_agreement: float | None = 0.98  # stop adding float layers once reached
