@@ -6,7 +6,8 @@ model with onnxsim at the fixed input shape, save it with IR <= 13 into a scratc
 directory, run pnnx there (fp32 weights, `fp16=0`, so weights are exact for calibration),
 and keep only the .param/.bin. pnnx names blobs itself: graph inputs become in0, in1, ...
 and graph outputs out0, out1, ... in ONNX order, which is how results are mapped back.
-NHWC inputs (tf2onnx exports) work: pnnx inserts a Permute after the input.
+NHWC inputs (tf2onnx exports) work: pnnx inserts a Permute after the input. ViT
+attention works after graphkit's split-qkv pass (its 5-D q/k/v reshape made 4-D, exact).
 """
 
 from __future__ import annotations
@@ -136,6 +137,16 @@ def without_nops(model: onnx.ModelProto) -> onnx.ModelProto:
     return eliminate_nops(work).model
 
 
+def with_4d_attention(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model after graphkit's split-qkv: a ViT's 5-D q/k/v head reshape, which pnnx
+    leaves as `Tensor.reshape` (ncnn has at most 4 dimensions), as three 4-D ones."""
+    from graphkit.passes.attention import split_qkv
+
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    return split_qkv(work).model
+
+
 def simplify(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> onnx.ModelProto:
     """Constant-fold shape arithmetic at the fixed input shape (what lets ncnn run it)."""
     if not any(n.op_type in ("Shape", "Size") for n in model.graph.node):
@@ -162,7 +173,7 @@ def convert(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     shapes = fixed_inputs(model, shapes)
-    model = simplify(without_nops(float_inputs(model)), shapes)
+    model = simplify(with_4d_attention(without_nops(float_inputs(model))), shapes)
     inits = {i.name for i in model.graph.initializer}
     vis = [vi for vi in model.graph.input if vi.name not in inits]
     specs = []
