@@ -121,6 +121,17 @@ def test_quoted_string_params_keep_their_key():
     assert layer.line().split()[-2:] == ['6="0w,-1"', "-23300=2,3,4"]
 
 
+def test_vit_attention_converts_after_split_qkv(tmp_path, pnnx_installed):
+    """A fused q/k/v head reshape of 5 dimensions (ViTPose, timm) is made 4-D before pnnx,
+    which otherwise leaves it as Tensor.reshape, a layer ncnn lacks."""
+    from test_passes_attention import attention
+
+    model = attention("gather")
+    nm = convert(model, tmp_path)
+    x = np.random.default_rng(0).normal(0, 1, (1, 5, 8)).astype(np.float32)
+    assert check_conversion(model, nm, {"x": x})["y"] < 1e-4
+
+
 def test_fp16_weights_are_read_and_written_with_their_tag(converted):
     _, _, param, blobs = converted
     half = {

@@ -53,5 +53,5 @@ def test_qkv_heads_become_4d_with_the_same_values(slices):
 
 
 def test_other_head_layouts_are_left_alone():
-    model, result, diff = run_pass("split-qkv", attention("split", perm=(2, 0, 1, 3, 4)))
+    _, result, diff = run_pass("split-qkv", attention("split", perm=(2, 0, 1, 3, 4)))
     assert not result.changed and diff == 0.0

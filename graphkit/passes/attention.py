@@ -109,8 +109,8 @@ def split_qkv(model: ir.Model) -> PassResult:
     opset = model.opset_imports.get("", 13)
     done = []
     for node in list(graph):
-        if node.op_type == "Reshape" and node.domain == "" and node.graph is graph:
-            if (what := _split_one(graph, names, node, opset)) is not None:
-                done.append(what)
+        is_reshape = node.op_type == "Reshape" and node.domain == "" and node.graph is graph
+        if is_reshape and (what := _split_one(graph, names, node, opset)) is not None:
+            done.append(what)
     notes = [f"split the q/k/v heads of {len(done)} attention layer(s) into 4-D tensors"]
     return PassResult(model, bool(done), notes if done else [])
