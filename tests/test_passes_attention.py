@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from tests.passhelpers import make, ops, run_pass, w
 
@@ -54,4 +54,28 @@ def test_qkv_heads_become_4d_with_the_same_values(slices):
 
 def test_other_head_layouts_are_left_alone():
     _, result, diff = run_pass("split-qkv", attention("split", perm=(2, 0, 1, 3, 4)))
+    assert not result.changed and diff == 0.0
+
+
+def test_a_reshape_that_does_not_split_the_last_axis_alone_is_left_alone():
+    """x [1, 120] reshaped to [1, 5, 3, 2, 4]: splitting x's last axis in three would not
+    give the same q, k, v, so nothing changes."""
+    model = attention("gather")
+    flat = make(
+        [helper.make_node("Reshape", ["x", "flat"], ["x3"]), *model.graph.node],
+        [("x", [1, 40])],
+        [("y", ["b", "h", "n", "d"])],
+        {
+            "flat": np.array([1, 5, 8], np.int64),
+            **{i.name: numpy_helper.to_array(i) for i in model.graph.initializer},
+        },
+    )
+    flat.graph.node[1].input[0] = "x3"
+    _, result, diff = run_pass("split-qkv", flat)
+    assert result.changed and diff < 1e-6  # [1, 5, 24] after the first reshape: rewritten
+    model = attention("gather")
+    model.graph.node[0].output[0] = "qkv_flat"  # MatMul -> [1, 5, 24] -> reshape [1, 120]
+    model.graph.node.insert(1, helper.make_node("Reshape", ["qkv_flat", "to2d"], ["qkv"]))
+    model.graph.initializer.append(numpy_helper.from_array(np.array([1, 120], np.int64), "to2d"))
+    _, result, diff = run_pass("split-qkv", model)
     assert not result.changed and diff == 0.0

@@ -5,7 +5,16 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from graphkit.irgraph import Names, add_initializer, bypass, const_array, name_of, remove_nodes
+from graphkit.irgraph import (
+    Names,
+    Shape,
+    add_initializer,
+    bypass,
+    const_array,
+    name_of,
+    remove_nodes,
+    value_shapes,
+)
 from graphkit.passes.base import PassResult, register
 
 QKV_PERM = [2, 0, 3, 1, 4]
@@ -41,18 +50,26 @@ def _pieces(transpose: ir.Node, parts: int) -> list[tuple[int, ir.Value, list[ir
     return out if sorted(i for i, _, _ in out) == list(range(parts)) else None
 
 
-def _split_one(graph: ir.Graph, names: Names, reshape: ir.Node, opset: int) -> str | None:
+def _split_one(
+    graph: ir.Graph, names: Names, reshape: ir.Node, opset: int, shapes: dict[str, Shape]
+) -> str | None:
     """Rewrite one Reshape(x, [b, n, k, h, d]) -> Transpose(2, 0, 3, 1, 4) -> k slices."""
     shape = const_array(reshape.inputs[1]) if len(reshape.inputs) > 1 else None
     if shape is None or shape.shape != (5,) or min(shape[2:]) <= 0:
         return None
     if reshape.attributes.get_int("allowzero", 0):
         return None
+    # the reshape must split x's last axis only, into (k, h, d): x is [b, n, k*h*d]
+    x_shape = shapes.get(name_of(reshape.inputs[0])) if reshape.inputs[0] is not None else None
+    if x_shape is None or len(x_shape) != 3 or x_shape[2] != int(np.prod(shape[2:])):
+        return None
     readers = [u.node for u in reshape.outputs[0].uses()]
     if len(readers) != 1 or readers[0].op_type != "Transpose":
         return None
     transpose = readers[0]
     if list(transpose.attributes.get_ints("perm", [])) != QKV_PERM:
+        return None
+    if transpose.outputs[0].is_graph_output():
         return None
     b, n, parts, heads, dim = (int(v) for v in shape)
     pieces = _pieces(transpose, parts)
@@ -103,14 +120,15 @@ def split_qkv(model: ir.Model) -> PassResult:
     that reshape as `Tensor.reshape` and the model does not convert. The same values come
     from Split(qkv, 3 x heads*dim, last axis), then per part Reshape([B, N, heads, dim])
     and Transpose(0, 2, 1, 3). Needs the reshape's shape constant with positive heads and
-    dim.
+    dim, and an input known (shape inference) to be [B, N, 3 * heads * dim].
     """
     graph, names = model.graph, Names(model.graph)
     opset = model.opset_imports.get("", 13)
+    reshapes = [n for n in graph if n.op_type == "Reshape" and n.domain == ""]
+    shapes = value_shapes(model) if reshapes else {}
     done = []
-    for node in list(graph):
-        is_reshape = node.op_type == "Reshape" and node.domain == "" and node.graph is graph
-        if is_reshape and (what := _split_one(graph, names, node, opset)) is not None:
+    for node in reshapes:
+        if (what := _split_one(graph, names, node, opset, shapes)) is not None:
             done.append(what)
     notes = [f"split the q/k/v heads of {len(done)} attention layer(s) into 4-D tensors"]
     return PassResult(model, bool(done), notes if done else [])
