@@ -110,6 +110,11 @@ def test_a_float_matmul_that_ncnn_runs_as_gemm_exports(tmp_path, pnnx_installed)
     assert {"Gemm", "InnerProduct"} <= {lay.type for lay in param.layers}
     lines = (tmp_path / "ncnn" / "model.table").read_text().splitlines()
     assert len([x for x in lines if "_param_0" in x]) == 1  # only the InnerProduct is int8
+    # a Gemm's param 8 is its N, not an int8 flag: the evaluator's executor opens and runs it
+    from graphkit.evaluators.executors import open_executor
+
+    executor = open_executor(str(tmp_path / "ncnn" / "model.int8.param"), "ncnn", 1)
+    assert [i.quantized for i in executor.tensor_info().values() if i.op_type == "Gemm"] == [False]
 
 
 def test_quoted_string_params_keep_their_key():

@@ -94,7 +94,7 @@ class NcnnExecutor:
 
         self.path = str(param)
         self.param = ncnn_rt.read_param(param)
-        int8 = any(lay.get(8) for lay in self.param.layers)
+        int8 = any(lay.int8_term for lay in self.param.layers)
         self.net = ncnn_rt.NcnnNet(
             param, Path(param).with_suffix(".bin"), int8=int8, threads=threads or 1
         )
@@ -108,10 +108,10 @@ class NcnnExecutor:
         # layers fused with their reader's requantize (8=101/102) write int8 codes: read
         # back in float by dividing by their top scale
         self.requantized: dict[str, float] = {}
-        if any(int(lay.get(8) or 0) > 100 for lay in self.param.layers):
+        if any(lay.int8_term > 100 for lay in self.param.layers):
             blobs = ncnn_rt.read_bin(self.param, Path(param).with_suffix(".bin").read_bytes())
             for lay in self.param.layers:
-                if int(lay.get(8) or 0) > 100:
+                if lay.int8_term > 100:
                     top = next(b for b in blobs[lay.name] if b.role == "top_scales")
                     self.requantized[lay.tops[0]] = float(top.data[0])
 
@@ -125,7 +125,7 @@ class NcnnExecutor:
             if lay.type in ("Input", "MemoryData"):
                 continue
             for top in lay.tops:
-                info[top] = TensorInfo(top, lay.name, lay.type, i, bool(lay.get(8)))
+                info[top] = TensorInfo(top, lay.name, lay.type, i, bool(lay.int8_term))
         return info
 
     def outputs(self) -> list[str]:

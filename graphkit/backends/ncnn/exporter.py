@@ -56,7 +56,7 @@ from graphkit.metrics import sqnr_db
 from graphkit.model import save_model
 from graphkit.quant.table import CalibrationTable
 
-QUANT_TYPES = ("Convolution", "ConvolutionDepthWise", "InnerProduct")
+QUANT_TYPES = nc.INT8_TERM_TYPES  # the layer types ncnn2int8 quantizes
 Samples = Callable[[], Iterable[dict[str, np.ndarray]]]
 
 

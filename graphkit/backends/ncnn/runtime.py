@@ -20,6 +20,8 @@ import numpy as np
 from graphkit.errors import GraphkitError
 
 MAGIC = "7767517"
+# the layer types whose param 8 is int8_scale_term
+INT8_TERM_TYPES = ("Convolution", "ConvolutionDepthWise", "InnerProduct")
 TAG_FP32 = 0
 TAG_FP16 = 0x01306B47
 TAG_INT8 = 0x000D4B38
@@ -40,6 +42,13 @@ class Layer:
         if "," in v or v.startswith('"'):
             raise GraphkitError(f"layer {self.name}: param {key} is {v}, not a number")
         return float(v) if any(c in v for c in ".eE") else int(v)
+
+    @property
+    def int8_term(self) -> int:
+        """int8_scale_term (param 8) of the layer types that have one (0: float, 1/2: int8,
+        101/102: int8 whose output is requantized); 0 for others, whose param 8 is
+        something else (a Gemm's constantN)."""
+        return int(self.get(8) or 0) if self.type in INT8_TERM_TYPES else 0
 
     def count(self, key: int, default: int = 0) -> int:
         """An integer param (an element count), or one sentence if the file has a float."""
