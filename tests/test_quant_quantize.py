@@ -86,6 +86,21 @@ def test_a_larger_budget_keeps_the_planted_layer_float_with_its_reason(tmp_path)
     assert plan.recipe["final"]["sqnr_db"] > plan.recipe["methods"][plan.method]["sqnr_db"]
 
 
+def test_the_float_search_chooses_only_layer_types_every_target_can_keep_float(tmp_path):
+    """vamc skips Conv and MatMul nodes only: a plan for vacc never keeps a Gemm float.
+    Here the planted Conv is the layer to keep float; with Convs not allowed, none is."""
+    from graphkit.backends import float_op_types
+
+    assert float_op_types(["ncnn", "tensorrt"]) is None
+    assert float_op_types(["vacc", "ncnn"]) == ("Conv", "ConvTranspose", "MatMul")
+    model_path, spec = write_files(tmp_path, n=8)
+    small = {"max_float": 0.34, "fit_samples": 4, "score_samples": 4}
+    plan = quantize(model_path, spec, recipe_of("default", **small, float_op_types=("Conv",)))
+    assert plan.keep_float == ["conv2"]
+    plan = quantize(model_path, spec, recipe_of("default", **small, float_op_types=("MatMul",)))
+    assert plan.keep_float == [] and "float" not in plan.recipe
+
+
 def test_a_float_layer_must_gain_more_than_the_least_gain_to_take_a_budget_slot(tmp_path):
     """The planted layer float lifts the held-out SQNR by a few dB: with a least gain above
     that it is tried, refused, and the slot stays free."""

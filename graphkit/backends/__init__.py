@@ -43,6 +43,19 @@ TARGETS = {
 }
 # targets that store a plan's unsigned activations as uint8; the others store them int8
 UNSIGNED_TARGETS = ("onnx",)
+# the layer types a target can keep float, where it cannot keep any (vamc's config skips
+# Conv and MatMul nodes by index: skip_conv_layers, skip_matmul_layers)
+FLOAT_OP_TYPES = {"vacc": ("Conv", "ConvTranspose", "MatMul")}
+
+
+def float_op_types(targets: Sequence[str]) -> tuple[str, ...] | None:
+    """The layer types every one of `targets` can keep float (None: any)."""
+    allowed: set[str] | None = None
+    for target in targets:
+        if target in FLOAT_OP_TYPES:
+            types = set(FLOAT_OP_TYPES[target])
+            allowed = types if allowed is None else allowed & types
+    return None if allowed is None else tuple(sorted(allowed))
 
 
 class Backend(Protocol):
@@ -243,6 +256,7 @@ __all__ = [
     "UNSIGNED_TARGETS",
     "ExportedFile",
     "export_all",
+    "float_op_types",
     "load_table",
     "parse_targets",
 ]

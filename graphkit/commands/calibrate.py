@@ -193,6 +193,16 @@ def signed_only(args: argparse.Namespace) -> str | None:
     return None
 
 
+def float_types(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """The layer types every --target can keep float (None: any), so the float search
+    chooses only layers each backend can skip."""
+    if not getattr(args, "target", None):
+        return None
+    from graphkit.backends import float_op_types, parse_targets
+
+    return float_op_types(parse_targets(args.target))
+
+
 def parse_share(text: str | None) -> float | None:
     """'10%' or '10' -> 0.10 (a share of the weighted layers)."""
     if text is None:
@@ -248,6 +258,7 @@ def run(args: argparse.Namespace) -> int:
         round_weights=args.round_weights,
         bias_correction=args.bias_correction,
         unsigned=args.unsigned or signed_only(args),
+        float_op_types=float_types(args),
         fit_samples=args.fit_samples,
         score_samples=args.score_samples,
         rank_samples=args.rank_samples,

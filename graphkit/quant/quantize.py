@@ -76,6 +76,9 @@ class Recipe:
     # (1.0 measured: no gain, docs/accuracy.md)
     rounding_min_vectors: float = 0.0
     max_float: float = 0.10  # at most this fraction of the weighted layers kept float
+    # the layer types the float search may choose (None: any); a target that can keep only
+    # some float (vacc: Conv, ConvTranspose, MatMul) narrows it (`backends.float_op_types`)
+    float_op_types: tuple[str, ...] | None = None
     target_agreement: float | None = 0.98  # stop adding float layers once reached
     lookahead: int = 1  # float candidates tried per step (most sensitive first)
     # a layer is kept float only if it raises the criterion by more than this (dB; not
@@ -452,9 +455,14 @@ def quantize(
     # 3. float fallback under the budget
     layers = quantized_layers(model, plan, plan.keep_float)
     budget = math.floor(recipe.max_float * len(layers) + 1e-9)
+    if recipe.float_op_types is not None:  # the others cannot be float in some target
+        op_of = {n.name: n.op_type for n in model.graph.node}
+        candidates = [n for n in layers if op_of.get(n) in recipe.float_op_types]
+    else:
+        candidates = layers
     reached = _reached(current, recipe)
     chosen: list[str] = []
-    if budget and not reached:
+    if budget and not reached and candidates:
         t = time.perf_counter()
         on_ray = calibrate_options.get("executor", "local") == "ray"
 
@@ -496,14 +504,14 @@ def quantize(
             )
 
         count, shortlist = recipe.rank_samples or len(score), recipe.shortlist * budget
-        if 0 < recipe.screen_samples < count and shortlist < len(layers):
+        if 0 < recipe.screen_samples < count and shortlist < len(candidates):
             # a cheap pass on a few crops, then the shortlist on all of them: a layer far
             # from the top on 2 crops is not among the budget's few on 8
-            rough = rank(recipe.screen_samples)
+            rough = rank(recipe.screen_samples, candidates)
             ranking = rank(count, [n for n, _ in rough[:shortlist]]) + rough[shortlist:]
             record["screened"] = {"samples": recipe.screen_samples, "shortlist": shortlist}
         else:
-            ranking = rank(count)
+            ranking = rank(count, candidates)
         alone = dict(ranking)
         pool = [name for name, _ in ranking]
         steps, tried_layers = [], 0
