@@ -321,6 +321,27 @@ def test_without_data_scales_come_from_the_table_through_weight_twins(exported, 
         )
 
 
+def test_output_names_are_written_beside_the_params_for_eval(exported):
+    """pnnx renames outputs out0, out1, ...; the export says which ONNX output each is, and
+    the evaluator's ncnn executor reads it, so decoders of several outputs need no
+    decode.ncnn_outputs."""
+    import json
+
+    from graphkit.evaluators.evaluate import output_blobs
+    from graphkit.evaluators.executors import open_executor
+    from graphkit.pose.decoders import build_decoder
+
+    _, _, ncnn_dir, _ = exported
+    assert json.loads((ncnn_dir / "model.outputs.json").read_text()) == {"outputs": {"y": "out0"}}
+    executor = open_executor(str(ncnn_dir / "model.int8.param"), "ncnn", 1)
+    assert executor.onnx_outputs == {"y": "out0"}
+    decoder = build_decoder({"type": "simcc", "x": "y", "y": "y"})
+    assert output_blobs(executor, decoder) == {"y": "out0"}
+    given = build_decoder({"type": "simcc", "x": "y", "y": "y", "ncnn_outputs": {"y": "bad"}})
+    with pytest.raises(GraphkitError, match="names blob 'bad'"):  # the spec's map comes first
+        output_blobs(executor, given)
+
+
 def test_keep_float_name_without_twin_is_refused(exported, tmp_path):
     model, table, _, _ = exported
     with pytest.raises(GraphkitError):

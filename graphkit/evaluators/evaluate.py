@@ -104,13 +104,14 @@ def check_model_matches(executor, spec: InputSpec, decoder: Decoder) -> None:
 def output_blobs(executor, decoder: Decoder) -> dict[str, str]:
     """Decoder output name -> the executor's tensor name (ncnn renames outputs out0, ...).
 
-    ncnn models use the decode section's `ncnn_outputs: {ONNX name: ncnn blob}`, or the
-    only output when the decoder reads one.
+    ncnn models use the decode section's `ncnn_outputs: {ONNX name: ncnn blob}`, else the
+    model.outputs.json graphkit's export wrote beside them, or the only output when the
+    decoder reads one.
     """
     if executor.kind == "onnx":
         return {n: n for n in decoder.outputs}
     outs = executor.outputs()
-    mapping = decoder.options.get("ncnn_outputs") or {}
+    mapping = decoder.options.get("ncnn_outputs") or getattr(executor, "onnx_outputs", {})
     result = {}
     for n in decoder.outputs:
         if n in mapping:

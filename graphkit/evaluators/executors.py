@@ -99,6 +99,7 @@ class NcnnExecutor:
             param, Path(param).with_suffix(".bin"), int8=int8, threads=threads or 1
         )
         self.tail, self.tail_blobs = _tail_beside(Path(param))
+        self.onnx_outputs = _outputs_beside(Path(param))
         self.tail_outputs = self.tail.outputs() if self.tail is not None else []
         self.tail_shapes = (
             {i: ort_rt.input_shape(vi, dynamic=0) for i, vi in _inputs(self.tail.model).items()}
@@ -172,6 +173,23 @@ def _shaped(blob: np.ndarray, shape: list[int] | None) -> np.ndarray:
     if shape and 0 not in shape and int(np.prod(shape)) == blob.size:
         return blob.reshape(shape)
     return blob[None] if blob.ndim + 1 == len(shape or []) else blob
+
+
+def _outputs_beside(param: Path) -> dict[str, str]:
+    """{ONNX output name: ncnn blob} from the model.outputs.json graphkit's ncnn export
+    writes beside its params ({} without one, or when it is not that file)."""
+    import json
+
+    from graphkit.backends.ncnn.exporter import OUTPUTS_FILE
+
+    path = param.with_name(OUTPUTS_FILE)
+    try:
+        found = json.loads(path.read_text())["outputs"] if path.is_file() else {}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    if not isinstance(found, dict):
+        return {}
+    return {str(k): str(v) for k, v in found.items()}
 
 
 def _tail_beside(param: Path) -> tuple[OnnxExecutor | None, dict[str, str]]:

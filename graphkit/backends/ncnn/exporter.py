@@ -57,6 +57,7 @@ from graphkit.model import save_model
 from graphkit.quant.table import CalibrationTable
 
 QUANT_TYPES = nc.INT8_TERM_TYPES  # the layer types ncnn2int8 quantizes
+OUTPUTS_FILE = "model.outputs.json"  # beside the params: {"outputs": {ONNX name: blob}}
 Samples = Callable[[], Iterable[dict[str, np.ndarray]]]
 
 
@@ -518,6 +519,16 @@ def export(
         ]
     else:
         extra = []
+    outputs_file = d / OUTPUTS_FILE  # pnnx names outputs out0, out1, ...: which is which
+    write_all({outputs_file: json.dumps({"outputs": nm.outputs}, indent=1)})
+    extra.append(
+        ExportedFile(
+            outputs_file,
+            "ONNX output name -> ncnn blob (pnnx renames outputs out0, out1, ...); "
+            "`graphkit eval`/`diff` read it, so a decoder of several outputs needs no "
+            "decode.ncnn_outputs",
+        )
+    )
     if tail is not None:
         extra.append(
             ExportedFile(
