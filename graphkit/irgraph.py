@@ -375,6 +375,22 @@ def value_shapes(model: ir.Model) -> dict[str, Shape]:
     return shapes
 
 
+class LazyShapes:
+    """Tensor shapes by name, from `value_shapes` on first use: most passes find nothing
+    to rewrite and never ask, so they never pay for shape inference."""
+
+    def __init__(self, model: ir.Model):
+        self.model = model
+        self._shapes: dict[str, Shape] | None = None
+
+    def get(self, value: ir.Value | None) -> Shape | None:
+        if value is None:
+            return None
+        if self._shapes is None:
+            self._shapes = value_shapes(self.model)
+        return self._shapes.get(name_of(value))
+
+
 def tensor_digest(tensor: ir.TensorProtocol) -> str:
     """sha1 of a tensor's bytes, streamed from disk for external tensors (big weights are
     compared without being loaded)."""

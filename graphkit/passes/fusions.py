@@ -16,6 +16,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphkit.irgraph import (
+    LazyShapes,
     Names,
     add_initializer,
     bypass,
@@ -26,7 +27,6 @@ from graphkit.irgraph import (
     plural,
     remove_nodes,
     set_const_input,
-    value_shapes,
 )
 from graphkit.passes.base import PassResult, register
 
@@ -70,22 +70,6 @@ def _const_fp(value: ir.Value | None) -> np.ndarray | None:
 def _label(node: ir.Node) -> str:
     """How notes name a node: its name, else its first output's."""
     return node.name or name_of(node.outputs[0])
-
-
-class _Shapes:
-    """Tensor shapes by name, from onnx shape inference on first use (most runs find
-    nothing to fuse and never ask)."""
-
-    def __init__(self, model: ir.Model):
-        self.model = model
-        self._shapes: dict[str, Shape] | None = None
-
-    def get(self, value: ir.Value | None) -> Shape | None:
-        if value is None:
-            return None
-        if self._shapes is None:
-            self._shapes = value_shapes(self.model)
-        return self._shapes.get(name_of(value))
 
 
 # --- BatchNormalization into Conv / ConvTranspose / Gemm --------------------------------------
@@ -291,7 +275,7 @@ def _merged_pads(user: ir.Node, pads: list[int]) -> list[int] | None:
     return new
 
 
-def _fold_pad(graph: ir.Graph, pad: ir.Node, op_version: int, shapes: _Shapes) -> str | None:
+def _fold_pad(graph: ir.Graph, pad: ir.Node, op_version: int, shapes: LazyShapes) -> str | None:
     """Fold one Pad into the Conv or AveragePool reading it; what was fused, or None."""
     user = _op(_sole_reader(pad.outputs[0]), "Conv", "AveragePool")
     if user is None or user.inputs[0] is not pad.outputs[0]:
@@ -326,7 +310,7 @@ def fuse_pad(model: ir.Model) -> PassResult:
     or uses ceil_mode (windows over the padding would be dropped differently), and pools
     only take pads smaller than their window.
     """
-    graph, shapes, version = model.graph, _Shapes(model), _opset(model)
+    graph, shapes, version = model.graph, LazyShapes(model), _opset(model)
     fused = []
     for pad in list(graph):
         if _op(pad, "Pad") and (done := _fold_pad(graph, pad, version, shapes)):
@@ -370,7 +354,7 @@ def _affine(op_type: str, vec: np.ndarray) -> tuple[np.ndarray, np.ndarray] | No
     return ones, (vec if op_type == "Add" else -vec)
 
 
-def _fold_affine(graph: ir.Graph, names: Names, op: ir.Node, shapes: _Shapes) -> str | None:
+def _fold_affine(graph: ir.Graph, names: Names, op: ir.Node, shapes: LazyShapes) -> str | None:
     """Fold one constant Mul/Add/Sub/Div into the Conv or BN before it; what, or None."""
     if len(op.inputs) != 2 or None in op.inputs:
         return None
@@ -434,7 +418,7 @@ def fuse_conv_affine(model: ir.Model) -> PassResult:
     [1,C,1,1], [1] or scalars) are fused; anything that varies along other axes is left
     alone, as are c - x and c / x. Repeats until chains (Conv -> Mul -> Add) are gone.
     """
-    graph, names, shapes = model.graph, Names(model.graph), _Shapes(model)
+    graph, names, shapes = model.graph, Names(model.graph), LazyShapes(model)
     fused: list[str] = []
     while True:
         step = [
@@ -457,7 +441,7 @@ def _is_2d(shape: Shape | None) -> bool:
     return shape is not None and len(shape) == 2
 
 
-def _gemm_bias(mm: ir.Node, shapes: _Shapes) -> tuple[ir.Node, ir.Value] | None:
+def _gemm_bias(mm: ir.Node, shapes: LazyShapes) -> tuple[ir.Node, ir.Value] | None:
     """(Add, C): the Add reading a 2-D MatMul alone whose other input is a Gemm bias."""
     a_shape, b_shape = shapes.get(mm.inputs[0]), shapes.get(mm.inputs[1])
     if not _is_2d(a_shape) or not _is_2d(b_shape):
@@ -508,7 +492,7 @@ def matmul_to_gemm(model: ir.Model) -> PassResult:
     Gemm), the MatMul must feed only the Add, and the added tensor must broadcast one way
     to the [M, N] result (Gemm's C cannot grow the output).
     """
-    graph, shapes = model.graph, _Shapes(model)
+    graph, shapes = model.graph, LazyShapes(model)
     fused = []
     for mm in list(graph):
         if not _op(mm, "MatMul") or len(mm.inputs) != 2:
@@ -529,7 +513,7 @@ def _perm(node: ir.Node, rank: int | None) -> list[int] | None:
     return list(range(rank))[::-1] if rank is not None else None
 
 
-def _transpose_pair(t2: ir.Node, shapes: _Shapes) -> tuple[ir.Node, list[int]] | None:
+def _transpose_pair(t2: ir.Node, shapes: LazyShapes) -> tuple[ir.Node, list[int]] | None:
     """(t1, q): the Transpose t2 reads and the one permutation both make."""
     t1 = _op(_producer(t2.inputs[0]), "Transpose")
     if t1 is None:
@@ -542,7 +526,7 @@ def _transpose_pair(t2: ir.Node, shapes: _Shapes) -> tuple[ir.Node, list[int]] |
     return t1, [p1[i] for i in p2]
 
 
-def _cancel_or_merge(graph: ir.Graph, t2: ir.Node, shapes: _Shapes) -> str | None:
+def _cancel_or_merge(graph: ir.Graph, t2: ir.Node, shapes: LazyShapes) -> str | None:
     """ "cancelled" or "merged" when t2 and the Transpose before it were simplified."""
     pair = _transpose_pair(t2, shapes)
     if pair is None:
@@ -574,7 +558,7 @@ def cancel_transposes(model: ir.Model) -> PassResult:
     reads it), otherwise the second is replaced by one Transpose(q) reading the first's
     input.
     """
-    graph, shapes = model.graph, _Shapes(model)
+    graph, shapes = model.graph, LazyShapes(model)
     done: dict[str, list[str]] = {"cancelled": [], "merged": []}
     changed = True
     while changed:

@@ -70,6 +70,7 @@ def _is_array(value: str) -> bool:
 
 
 def _array_key(key: int) -> int:
+    """ncnn writes array param k under -23300 - k (its own inverse)."""
     return -23300 - key
 
 
@@ -111,7 +112,7 @@ def parse_param(text: str, source: str = "param") -> Param:
             for kv in tok[4 + nb + nt :]:
                 k, v = kv.split("=", 1)
                 key = int(k)
-                params[-23300 - key if key <= -23300 else key] = v
+                params[_array_key(key) if key <= _array_key(0) else key] = v
             layers.append(Layer(tok[0], tok[1], bottoms, tops, params))
     except (ValueError, IndexError):
         raise GraphkitError(f"{source} line {n} is not a valid ncnn layer line") from None
