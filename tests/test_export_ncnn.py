@@ -86,13 +86,11 @@ def test_gemm_weights_of_a_token_linear_are_read_and_written(tmp_path, pnnx_inst
     assert check_conversion(model, nm, {"x": x})["y"] < 1e-4
 
 
-def test_a_float_matmul_that_ncnn_runs_as_gemm_exports(tmp_path, pnnx_installed):
-    """A plan keeping a token Linear float: ncnn's Gemm has no int8 form here, so it is
-    float there as asked (no twin to skip, nothing to refuse)."""
+def linear_then_fc(rng: np.random.Generator) -> onnx.ModelProto:
+    """`token_linear`, then flattened into a Gemm (which pnnx writes as an InnerProduct)."""
     from onnx import helper, numpy_helper
 
-    rng = np.random.default_rng(1)
-    model = token_linear(rng)  # then flattened into a Gemm ncnn runs as InnerProduct, int8
+    model = token_linear(rng)
     w2 = numpy_helper.from_array(rng.normal(0, 1, (4, 30)).astype(np.float32), "w2")
     shape = numpy_helper.from_array(np.array([1, 30], np.int64), "flat")
     model.graph.initializer.extend([w2, shape])
@@ -103,18 +101,105 @@ def test_a_float_matmul_that_ncnn_runs_as_gemm_exports(tmp_path, pnnx_installed)
         ]
     )
     model.graph.output[0].CopyFrom(helper.make_tensor_value_info("z", 1, [1, 4]))
+    return model
+
+
+def test_a_token_linear_runs_int8_in_ncnn_as_the_plan_says(tmp_path, pnnx_installed):
+    """pnnx's Gemm for a token Linear becomes an InnerProduct with the plan's per-channel
+    scales and input threshold: ncnn int8 gives onnxruntime's Q/DQ result, and the fp32
+    files hold the InnerProduct too (ncnn2int8 with model.table makes the same model)."""
+    from graphkit.quant.qdq import insert_qdq
+    from graphkit.runtime.ort import run
+
+    rng = np.random.default_rng(1)
+    model = linear_then_fc(rng)
+    data = [{"x": rng.normal(0, 1, (1, 6, 8)).astype(np.float32)} for _ in range(4)]
+    table = calibrated_table(model, data, "minmax")  # nothing clipped: ncnn's int8 range
+    ex.export(table, model, tmp_path, samples=lambda: iter(data))  # is +-127, Q/DQ's -128
+    d = tmp_path / "ncnn"
+    fp32 = nc.read_param(d / "model.ncnn.param")
+    int8 = nc.read_param(d / "model.int8.param")
+    assert "Gemm" not in {lay.type for lay in fp32.layers}
+    assert [lay.int8_term for lay in int8.layers if lay.type == "InnerProduct"] == [2, 2]
+    net = nc.NcnnNet(d / "model.int8.param", d / "model.int8.bin", int8=True)
+    qdq = insert_qdq(model, table)
+    for sample in data:
+        want = run(qdq, sample)["z"]
+        got = net.run({"in0": sample["x"]}, ["out0"])["out0"]
+        assert np.abs(got.reshape(want.shape) - want).max() < 1e-4 * np.abs(want).max()
+    ref = nc.NcnnNet(d / "model.ncnn.param", d / "model.ncnn.bin")  # the rewrite is exact
+    want = run(model, data[0])["z"]
+    got = ref.run({"in0": data[0]["x"]}, ["out0"])["out0"]
+    assert np.abs(got.reshape(want.shape) - want).max() < 1e-4
+
+
+def test_a_token_linear_kept_float_is_a_float_inner_product(tmp_path, pnnx_installed):
+    rng = np.random.default_rng(1)
+    model = linear_then_fc(rng)
     data = [{"x": rng.normal(0, 1, (1, 6, 8)).astype(np.float32)} for _ in range(4)]
     table = calibrated_table(model, data)
     ex.export(table, model, tmp_path, samples=lambda: iter(data), keep_float=("mm",))
+    lines = (tmp_path / "ncnn" / "model.table").read_text().splitlines()
+    assert len([x for x in lines if "_param_0" in x]) == 1  # only fc is int8
+    int8 = nc.read_param(tmp_path / "ncnn" / "model.int8.param")
+    assert sorted(lay.int8_term for lay in int8.layers if lay.type == "InnerProduct") == [0, 2]
+
+
+def test_ncnn_float_gemm_keeps_pnnx_gemm_float(tmp_path, pnnx_installed):
+    """int8_gemm=False (`--ncnn-float-gemm`): pnnx's Gemm stays, float; a Gemm's param 8
+    is its N, not an int8 flag, so the evaluator's executor opens and runs it as float."""
+    rng = np.random.default_rng(1)
+    model = linear_then_fc(rng)
+    data = [{"x": rng.normal(0, 1, (1, 6, 8)).astype(np.float32)} for _ in range(4)]
+    table = calibrated_table(model, data)
+    ex.export(table, model, tmp_path, samples=lambda: iter(data), int8_gemm=False)
     param = nc.read_param(tmp_path / "ncnn" / "model.ncnn.param")
     assert {"Gemm", "InnerProduct"} <= {lay.type for lay in param.layers}
     lines = (tmp_path / "ncnn" / "model.table").read_text().splitlines()
-    assert len([x for x in lines if "_param_0" in x]) == 1  # only the InnerProduct is int8
-    # a Gemm's param 8 is its N, not an int8 flag: the evaluator's executor opens and runs it
+    assert len([x for x in lines if "_param_0" in x]) == 1
     from graphkit.evaluators.executors import open_executor
 
     executor = open_executor(str(tmp_path / "ncnn" / "model.int8.param"), "ncnn", 1)
     assert [i.quantized for i in executor.tensor_info().values() if i.op_type == "Gemm"] == [False]
+
+
+@pytest.mark.parametrize(
+    "change, shape",
+    [
+        ({}, (6, 8)),
+        ({0: "5.000000e-01"}, (6, 8)),  # alpha
+        ({4: "1"}, (6, 8)),  # constant A
+        ({2: "1"}, (6, 8)),  # transposed A
+        ({10: "1"}, (6, 8)),  # a bias per row
+        ({14: "1"}, (6, 8)),  # transposed output
+        ({}, (2, 6, 8)),  # a 3-D blob: InnerProduct would flatten it
+        ({}, (6, 7)),  # rows not of width K
+    ],
+)
+def test_only_a_plain_row_times_constant_gemm_becomes_inner_product(change, shape):
+    from graphkit.backends.ncnn.linear import linear_gemm
+
+    params = {2: "0", 3: "1", 4: "0", 5: "1", 6: "1", 7: "6", 8: "5", 9: "8", 10: "4"}
+    layer = nc.Layer("Gemm", "g", ["a"], ["b"], {**params, **change})
+    assert linear_gemm(layer, shape) == (not change and shape == (6, 8))
+
+
+def test_inner_product_weight_is_gemm_b_as_rows_of_outputs():
+    """transB=1 stores B as N rows of K (the InnerProduct layout), transB=0 as K rows of N."""
+    from graphkit.backends.ncnn.linear import as_inner_product
+
+    w = np.arange(15, dtype=np.float32).reshape(5, 3)  # N=5 outputs, K=3
+    c = np.arange(5, dtype=np.float32)
+    for trans_b, stored in ((1, w), (0, w.T)):
+        params = {2: "0", 3: str(trans_b), 4: "0", 5: "1", 6: "1", 7: "2", 8: "5", 9: "3", 10: "4"}
+        layer = nc.Layer("Gemm", "g", ["a"], ["b"], params)
+        blobs = {"g": [nc.Blob("B", stored.reshape(-1)), nc.Blob("C", c)]}
+        param, out, done = as_inner_product(nc.Param([layer], 2), blobs, {"a": (2, 3)})
+        assert done == ["g"] and param.layers[0].type == "InnerProduct"
+        assert param.layers[0].params == {0: "5", 1: "1", 2: "15"}
+        np.testing.assert_array_equal(out["g"][0].data, w.reshape(-1))
+        np.testing.assert_array_equal(out["g"][1].data, c)
+        assert nc.read_bin(param, nc.write_bin(param, out))["g"][0].data.size == 15
 
 
 def test_quoted_string_params_keep_their_key():

@@ -75,6 +75,13 @@ def add_export_arguments(p: argparse.ArgumentParser, required: bool = False) -> 
         "integers, which ncnn runs exactly)",
     )
     p.add_argument(
+        "--ncnn-float-gemm",
+        action="store_true",
+        help="keep pnnx's Gemm layers (token Linears of transformers, SimCC classifiers) "
+        "as float Gemm instead of int8 InnerProduct (ncnn's x86 int8 InnerProduct on token "
+        "rows is slower than its fp32 Gemm: docs/exporters.md)",
+    )
+    p.add_argument(
         "--ncnn-recalibrate",
         action="store_true",
         help="calibrate every ncnn layer on the converted model with --data instead of "
@@ -123,6 +130,7 @@ def export_from_args(args: argparse.Namespace, table, model, model_name: str = "
         algorithm=args.trt_algorithm,
         winograd_6bit=args.ncnn_winograd_6bit,
         recalibrate=args.ncnn_recalibrate,
+        int8_gemm=not args.ncnn_float_gemm,
         gear_count=args.gears,
         gear_short_side=args.gear_short_side,
         threads=max(1, os.cpu_count() or 1),

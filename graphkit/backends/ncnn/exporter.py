@@ -9,7 +9,8 @@ ONNX twin from the table; twins are found by their weights (pnnx copies them unc
 With a plan (the usual case) every ncnn layer with an ONNX twin takes the plan's
 decisions: its input threshold, and weight scales qmax / amax that turn the deploy
 model's snapped weights back into the plan's integers; ncnn's own calibration runs only
-for layers without a twin (or for all with `recalibrate=True`).
+for layers without a twin (or for all with `recalibrate=True`). pnnx's Gemm layers for
+token Linears are first rewritten as InnerProducts (`linear`), so they are int8 too.
 
 Table lines (ncnn2table): first `<layer>_param_0 s0 s1 ...` per output channel (per group
 for depthwise) with s = 127 / absmax (ncnn2table uses 31 / absmax for a 3x3 stride-1
@@ -424,6 +425,20 @@ def convert_or_split(
     return nm, save_model(parts.tail, d / "model.tail.onnx")
 
 
+def int8_linears(
+    nm: NcnnModel, param: nc.Param, blobs: dict[str, list[nc.Blob]], net: nc.NcnnNet | None
+) -> tuple[nc.Param, dict[str, list[nc.Blob]], list[str]]:
+    """`linear.as_inner_product` on the converted model: pnnx's token Linears (Gemm)
+    become InnerProducts, which ncnn runs in int8 with the plan's per-channel scales."""
+    from graphkit.backends.ncnn.linear import as_inner_product, gemm_input_shapes
+
+    if not any(lay.type == "Gemm" for lay in param.layers):
+        return param, blobs, []
+    probe = net if net is not None else nc.NcnnNet(nm.param, nm.bin)
+    shapes = {nm.inputs[k]: s for k, s in nm.input_shapes.items() if k in nm.inputs}
+    return as_inner_product(param, blobs, gemm_input_shapes(probe, param, shapes))
+
+
 def export(
     table: CalibrationTable,
     model: onnx.ModelProto,
@@ -434,11 +449,13 @@ def export(
     compare_samples: int = 8,
     winograd_6bit: bool = False,
     recalibrate: bool = False,
+    int8_gemm: bool = True,
     threads: int = 1,
     log: Callable[[str], None] | None = None,
     **_: object,
 ) -> list[ExportedFile]:
-    """Convert with pnnx, calibrate on ncnn (or map the table), write table + int8 model."""
+    """Convert with pnnx, calibrate on ncnn (or map the table), write table + int8 model.
+    int8_gemm=False keeps pnnx's Gemm layers float (`int8_linears`)."""
     say = step(__name__, log)
     ops = {n.name: n.op_type for n in check_table(table, model, keep_float).graph}
     for name in keep_float:  # refuse before the (slow) conversion
@@ -458,6 +475,10 @@ def export(
     param = nc.read_param(nm.param)
     blobs = nc.read_bin(param, nm.bin.read_bytes(), str(nm.bin))
     net = nc.NcnnNet(nm.param, nm.bin, threads=threads) if samples else None
+    param, blobs, linears = int8_linears(nm, param, blobs, net) if int8_gemm else (param, blobs, [])
+    if linears:  # the fp32 files too, so ncnn2int8 with model.table makes the same model
+        say(f"ncnn: {len(linears)} token Linears (pnnx's Gemm) written as InnerProduct")
+        write_all({nm.param: param.text(), nm.bin: nc.write_bin(param, blobs)})
     ntable = build_table(
         table,
         model,
