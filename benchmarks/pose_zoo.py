@@ -4,8 +4,10 @@ For measuring how calibration scales to the models users bring (benchmarks/large
 not accuracy: HRNet-W32 (mmpose td-hm_hrnet-w32 256x192, 293 Convs), SimpleBaseline
 ResNet-50 (3 deconvs, 57 weighted layers), a 2-stack hourglass (256 features, depth 4,
 102 Convs), AlphaPose's FastPose (ResNet-50, PixelShuffle and two DUC heads), ViTPose-S (12 transformer blocks: MatMul, LayerNormalization, Softmax, two
-deconvs) and RTMPose-S (CSPNeXt with depthwise 5x5 convs and SiLU, a gated attention unit,
-two SimCC Linear classifiers; decoded with `type: simcc`). Weights are kaiming-initialized
+deconvs), RTMPose-S (CSPNeXt with depthwise 5x5 convs and SiLU, a gated attention unit,
+two SimCC Linear classifiers; decoded with `type: simcc`) and Lite-HRNet-18 (270 Convs,
+most depthwise or 1x1: channel split and shuffle, cross-resolution and spatial sigmoid
+weighting). Weights are kaiming-initialized
 (Linear: truncated normal 0.02), BatchNorm statistics gathered on N(0,1) batches, then
 every BatchNorm folded into its Conv / ConvTranspose before export, as mmpose's exports of
 trained checkpoints look. Needs torch (`pip install torch`).
@@ -42,6 +44,7 @@ class ConvBN(nn.Module):
         bias=False,
         transpose=False,
         output_padding=0,
+        groups=1,
     ):
         super().__init__()
         if padding is None:
@@ -52,7 +55,7 @@ class ConvBN(nn.Module):
                 cin, cout, k, stride, padding, output_padding=output_padding, bias=bias
             )
         else:
-            self.conv = nn.Conv2d(cin, cout, k, stride, padding, bias=bias)
+            self.conv = nn.Conv2d(cin, cout, k, stride, padding, bias=bias, groups=groups)
         self.bn = nn.BatchNorm2d(cout)
         self.relu = nn.ReLU(inplace=True) if relu else nn.Identity()
 
@@ -499,6 +502,156 @@ class RTMPoseS(nn.Module):
 
 # ----------------------------------------------------------------------------- init / calibrate / export
 
+# ----------------------------------------------------------------------------- Lite-HRNet-18
+
+
+def channel_shuffle(x, groups):
+    b, c, h, w = x.shape
+    x = x.view(b, groups, c // groups, h, w).transpose(1, 2).contiguous()
+    return x.view(b, c, h, w)
+
+
+def dw_separable(cin, cout, stride, relu_last=True):
+    """3x3 depthwise conv + BN, then 1x1 conv + BN (+ ReLU): Lite-HRNet's downsampling."""
+    return nn.Sequential(
+        ConvBN(cin, cin, 3, stride, relu=False, groups=cin), ConvBN(cin, cout, 1, relu=relu_last)
+    )
+
+
+class LiteStem(nn.Module):
+    """mmpose LiteHRNet Stem: 3x3 s2 conv, then a shuffle block that halves the size again."""
+
+    def __init__(self, cin=3, cout=32):
+        super().__init__()
+        self.conv1 = ConvBN(cin, cout, 3, 2)
+        half = cout // 2
+        self.branch1 = dw_separable(half, half, 2)
+        self.expand = ConvBN(half, cout, 1)
+        self.depthwise = ConvBN(cout, cout, 3, 2, relu=False, groups=cout)
+        self.linear = ConvBN(cout, half, 1)
+
+    def forward(self, x):
+        x = self.conv1(x)
+        x1, x2 = x.chunk(2, dim=1)
+        x2 = self.linear(self.depthwise(self.expand(x2)))
+        return channel_shuffle(torch.cat([self.branch1(x1), x2], dim=1), 2)
+
+
+class ConditionalChannelWeighting(nn.Module):
+    """Half of each branch's channels: cross-resolution weights (every branch pooled to the
+    smallest, 1x1 convs, sigmoid, nearest upsampling back), a 3x3 depthwise conv, spatial
+    weights (global pool, 1x1 convs, sigmoid); concatenated with the other half, shuffled."""
+
+    def __init__(self, channels, reduce_ratio=8):
+        super().__init__()
+        half = [c // 2 for c in channels]
+        total = sum(half)
+        self.crw1 = nn.Conv2d(total, total // reduce_ratio, 1)
+        self.crw2 = nn.Conv2d(total // reduce_ratio, total, 1)
+        self.dw = nn.ModuleList(ConvBN(c, c, 3, relu=False, groups=c) for c in half)
+        self.sw = nn.ModuleList(
+            nn.Sequential(
+                nn.AdaptiveAvgPool2d(1),
+                nn.Conv2d(c, c // 4, 1),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(c // 4, c, 1),
+                nn.Sigmoid(),
+            )
+            for c in half
+        )
+        self.half = half
+
+    def forward(self, xs):
+        parts = [x.chunk(2, dim=1) for x in xs]
+        x1, x2 = [p[0] for p in parts], [p[1] for p in parts]
+        mini = x2[-1].shape[-2:]
+        pooled = [F.adaptive_avg_pool2d(s, mini) for s in x2[:-1]] + [x2[-1]]
+        w = torch.sigmoid(self.crw2(F.relu(self.crw1(torch.cat(pooled, dim=1)))))
+        weights = torch.split(w, self.half, dim=1)
+        x2 = [s * F.interpolate(a, size=s.shape[-2:], mode="nearest") for s, a in zip(x2, weights)]
+        x2 = [dw(s) for dw, s in zip(self.dw, x2)]
+        x2 = [s * sw(s) for sw, s in zip(self.sw, x2)]
+        return [channel_shuffle(torch.cat([a, b], dim=1), 2) for a, b in zip(x1, x2)]
+
+
+class LiteHRModule(nn.Module):
+    """Two conditional channel weighting blocks, then HRNet's fuse layers (depthwise-
+    separable strided convs down, 1x1 conv + nearest upsampling up)."""
+
+    def __init__(self, channels, blocks=2, multiscale_output=True):
+        super().__init__()
+        self.blocks = nn.Sequential(*(ConditionalChannelWeighting(channels) for _ in range(blocks)))
+        n = len(channels)
+        self.fuse_layers = nn.ModuleList()
+        for i in range(n if multiscale_output else 1):
+            row = nn.ModuleList()
+            for j in range(n):
+                if j > i:
+                    row.append(
+                        nn.Sequential(
+                            ConvBN(channels[j], channels[i], 1, relu=False),
+                            nn.Upsample(scale_factor=2 ** (j - i), mode="nearest"),
+                        )
+                    )
+                elif j == i:
+                    row.append(nn.Identity())
+                else:
+                    convs = []
+                    for k in range(i - j):
+                        last = k == i - j - 1
+                        cout = channels[i] if last else channels[j]
+                        convs.append(dw_separable(channels[j], cout, 2, relu_last=not last))
+                    row.append(nn.Sequential(*convs))
+            self.fuse_layers.append(row)
+
+    def forward(self, xs):
+        xs = self.blocks(xs)
+        out = []
+        for row in self.fuse_layers:
+            y = row[0](xs[0])
+            for j in range(1, len(xs)):
+                y = y + row[j](xs[j])
+            out.append(F.relu(y))
+        return out
+
+
+class LiteHRNet18(nn.Module):
+    """Lite-HRNet-18 (mmpose td-hm_litehrnet-18 256x192): stem, 3 stages of 2 / 4 / 2
+    modules over 2 / 3 / 4 branches of (40, 80, 160, 320) channels, the heatmaps from the
+    highest-resolution branch by a 1x1 conv."""
+
+    def __init__(self, joints=NUM_JOINTS):
+        super().__init__()
+        self.stem = LiteStem(3, 32)
+        widths = [40, 80, 160, 320]
+        pre, stages = [32], []
+        for n, modules in ((2, 2), (3, 4), (4, 2)):
+            cur = widths[:n]
+            trans = nn.ModuleList()
+            for i, c in enumerate(cur):
+                if i < len(pre):
+                    trans.append(dw_separable(pre[i], c, 1) if pre[i] != c else nn.Identity())
+                else:
+                    trans.append(dw_separable(pre[-1], c, 2))
+            last = n == 4
+            mods = [
+                LiteHRModule(cur, multiscale_output=not (last and m == modules - 1))
+                for m in range(modules)
+            ]
+            stages.append(nn.ModuleList([trans, nn.ModuleList(mods)]))
+            pre = cur
+        self.stages = nn.ModuleList(stages)
+        self.final = nn.Conv2d(widths[0], joints, 1)
+
+    def forward(self, x):
+        ys = [self.stem(x)]
+        for trans, mods in self.stages:
+            ys = [t(ys[i] if i < len(ys) else ys[-1]) for i, t in enumerate(trans)]
+            for m in mods:
+                ys = m(ys)
+        return self.final(ys[0])
+
+
 MODELS = {
     # name: (factory, input (H, W), description)
     "hrnet_w32": (HRNetW32, (256, 192), "HRNet-W32 top-down (mmpose td-hm_hrnet-w32 256x192)"),
@@ -506,6 +659,11 @@ MODELS = {
     "hourglass2": (StackedHourglass, (256, 256), "stacked hourglass, 2 stacks, 256 features"),
     "fastpose_r50": (FastPoseR50, (256, 192), "AlphaPose FastPose ResNet-50 with DUC heads"),
     "vitpose_s": (ViTPoseS, (256, 192), "ViTPose-S top-down (mmpose td-hm_ViTPose-small 256x192)"),
+    "litehrnet_18": (
+        LiteHRNet18,
+        (256, 192),
+        "Lite-HRNet-18 top-down (mmpose td-hm_litehrnet-18 256x192)",
+    ),
     "rtmpose_s": (
         RTMPoseS,
         (256, 192),
