@@ -5,7 +5,8 @@ not accuracy: HRNet-W32 (mmpose td-hm_hrnet-w32 256x192, 293 Convs), SimpleBasel
 ResNet-50 (3 deconvs, 57 weighted layers), a 2-stack hourglass (256 features, depth 4,
 102 Convs), AlphaPose's FastPose (ResNet-50, PixelShuffle and two DUC heads), ViTPose-S (12 transformer blocks: MatMul, LayerNormalization, Softmax, two
 deconvs), RTMPose-S (CSPNeXt with depthwise 5x5 convs and SiLU, a gated attention unit,
-two SimCC Linear classifiers; decoded with `type: simcc`) and Lite-HRNet-18 (270 Convs,
+two SimCC Linear classifiers; decoded with `type: simcc`), an RLE regression ResNet-50
+(global pooling and one Linear; `type: regression-xy`) and Lite-HRNet-18 (270 Convs,
 most depthwise or 1x1: channel split and shuffle, cross-resolution and spatial sigmoid
 weighting). Weights are kaiming-initialized
 (Linear: truncated normal 0.02), BatchNorm statistics gathered on N(0,1) batches, then
@@ -251,6 +252,37 @@ class SimpleBaselineR50(nn.Module):
     def forward(self, x):
         x = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
         return self.final(self.deconv(x))
+
+
+class RLEResNet50(SimpleBaselineR50):
+    """mmpose td-reg_res50_rle 256x192: the ResNet-50 backbone, global average pooling and
+    one Linear to (x, y, sigma_x, sigma_y) per joint (RLEHead; sigma raw, as exported);
+    decoded with `type: regression-xy`."""
+
+    def __init__(self, joints=NUM_JOINTS):
+        super().__init__(joints)
+        del self.deconv, self.final
+        self.joints = joints
+        self.fc = nn.Linear(2048, joints * 4)
+
+    def features(self, x):
+        x = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+
+    def forward(self, x):
+        return self.fc(self.features(x)).reshape(-1, self.joints, 4)
+
+    @torch.no_grad()
+    def fit_head(self, hw):
+        """Coordinates inside the crop, as a trained head gives: fc scaled so that on
+                random inputs they spread 0.1 around 0.5 (random weights would put them tens of
+                crop sizes away, where any int8 error is hundreds of pixels). The inputs are smooth
+        noise: features of N(0, 1) pixels are an order of magnitude weaker than of images."""
+        g = torch.Generator().manual_seed(SEED + 3)
+        smooth = torch.randn(8, 3, hw[0] // 16, hw[1] // 16, generator=g)  # image-like:
+        out = self.fc(self.features(F.interpolate(smooth, size=hw, mode="bilinear")))
+        self.fc.weight.mul_(0.1 / out.std())
+        self.fc.bias.copy_(torch.tensor([0.5, 0.5, 0.0, 0.0]).repeat(self.joints))
 
 
 # ----------------------------------------------------------------------------- Stacked hourglass
@@ -656,6 +688,7 @@ MODELS = {
     # name: (factory, input (H, W), description)
     "hrnet_w32": (HRNetW32, (256, 192), "HRNet-W32 top-down (mmpose td-hm_hrnet-w32 256x192)"),
     "simplebaseline_r50": (SimpleBaselineR50, (256, 192), "SimpleBaseline ResNet-50, 3 deconvs"),
+    "rle_r50": (RLEResNet50, (256, 192), "RLE regression, ResNet-50 (mmpose td-reg_res50_rle)"),
     "hourglass2": (StackedHourglass, (256, 256), "stacked hourglass, 2 stacks, 256 features"),
     "fastpose_r50": (FastPoseR50, (256, 192), "AlphaPose FastPose ResNet-50 with DUC heads"),
     "vitpose_s": (ViTPoseS, (256, 192), "ViTPose-S top-down (mmpose td-hm_ViTPose-small 256x192)"),
@@ -672,7 +705,10 @@ MODELS = {
 }
 # the decode section of each architecture's spec, and its ONNX output names
 HEATMAP = ('  type: heatmap\n  layout: NCHW\n  output: "heatmaps"\n', ["heatmaps"])
-DECODE = {"rtmpose_s": ('  type: simcc\n  x: "simcc_x"\n  y: "simcc_y"\n', ["simcc_x", "simcc_y"])}
+DECODE = {
+    "rtmpose_s": ('  type: simcc\n  x: "simcc_x"\n  y: "simcc_y"\n', ["simcc_x", "simcc_y"]),
+    "rle_r50": ('  type: regression-xy\n  output: "coords"\n', ["coords"]),
+}
 
 
 def init_weights(model: nn.Module) -> None:
@@ -740,6 +776,8 @@ def build(name: str, out_dir: Path) -> tuple[Path, Path]:
     init_weights(model)
     gather_bn_statistics(model, hw)
     fold_batchnorms(model)
+    if hasattr(model, "fit_head"):
+        model.fit_head(hw)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.onnx"
     x = torch.randn(1, 3, *hw, generator=torch.Generator().manual_seed(SEED + 2))

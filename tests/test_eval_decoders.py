@@ -93,6 +93,25 @@ def test_regression_yx_scales_normalized_coordinates_to_the_input():
     assert kp[0].tolist() == pytest.approx([79.5, 47.5, 0.9])  # pixel-centre indices
 
 
+def test_regression_xy_scales_normalized_coordinates_to_the_input():
+    """mmpose RegressionLabel: x * W, y * H; DeepPose has no score (1), RLE's score is
+    1 - sigmoid(sigma) averaged over the axes."""
+    from graphkit.pose.decoders import decode_regression_xy
+
+    deep = np.zeros((1, 17, 2), np.float32)
+    deep[0, 3] = [0.25, 0.5]
+    kp = decode_regression_xy(deep, (256, 192))
+    assert kp[3].tolist() == pytest.approx([48.0, 128.0, 1.0])
+    rle = np.zeros((1, 17, 4), np.float32)
+    rle[0, 3] = [0.25, 0.5, 0.0, np.log(3.0)]  # sigmoid: 0.5 and 0.75
+    kp = decode_regression_xy(rle, (256, 192))
+    assert kp[3].tolist() == pytest.approx([48.0, 128.0, (0.5 + 0.25) / 2])
+    (inst,) = build_decoder({"type": "regression-xy", "output": "o"})({"o": rle}, (256, 192))
+    assert inst.keypoints[3][:2].tolist() == pytest.approx([48.0, 128.0])
+    with pytest.raises(GraphkitError, match=r"\(x, y\)"):
+        decode_regression_xy(np.zeros((1, 17, 3)), (256, 192))
+
+
 def test_instance_score_is_the_mean_of_keypoint_scores_above_threshold():
     out = np.zeros((1, 1, 17, 3), np.float32)
     out[0, 0, :, 2] = 0.1

@@ -12,6 +12,7 @@ The `decode:` section of a model config picks a decoder:
     {type: heatmap-fullres, output: NAME, layout: NHWC, joint_map: {2: 6, ...}}
     {type: heatmap-offset, heatmap: NAME, offset: NAME, stride: 16, layout: NHWC}
     {type: regression-yx, output: NAME}                        # movenet (y, x, score)
+    {type: regression-xy, output: NAME}                        # DeepPose / RLE (mmpose)
     {type: associative-embedding, output: NAME, layout: NCHW}  # HRNet AE, bottom-up
     {type: simcc, x: NAME, y: NAME, split_ratio: 2.0}          # RTMPose / SimCC
 
@@ -227,6 +228,27 @@ def decode_regression_yx(out: np.ndarray, input_size: tuple[int, int]) -> np.nda
     return np.stack([a[:, 1] * w - 0.5, a[:, 0] * h - 0.5, a[:, 2]], axis=1)
 
 
+def decode_regression_xy(out: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
+    """mmpose's RegressionHead (K, 2: x, y) or RLEHead (K, 4: x, y, sigma_x, sigma_y)
+    output, coordinates normalized to the input: as mmpose's RegressionLabel.decode,
+    position = coordinate x input size, score = 1, or the mean of 1 - sigma over the two
+    axes with sigma = sigmoid of the raw output (RLEHead applies it after `forward`,
+    which is what an export holds)."""
+    a = np.asarray(out, dtype=np.float64)
+    if a.shape[-1] not in (2, 4):
+        raise GraphkitError(
+            f"a regression-xy output must end in (x, y) or (x, y, sigma_x, sigma_y), "
+            f"got shape {a.shape}"
+        )
+    a = a.reshape(-1, a.shape[-1])
+    h, w = input_size
+    if a.shape[1] == 2:
+        score = np.ones(len(a))
+    else:
+        score = (1.0 - np.clip(sigmoid(a[:, 2:4]), 0.0, 1.0)).mean(axis=1)
+    return np.stack([a[:, 0] * w, a[:, 1] * h, score], axis=1)
+
+
 def decode_simcc(simcc_x: np.ndarray, simcc_y: np.ndarray, split_ratio: float) -> np.ndarray:
     """SimCC / RTMPose: one 1-D classification per joint and axis, (1, K, W * ratio) and
     (1, K, H * ratio). As mmpose's `get_simcc_maximum`: position = argmax / ratio, score =
@@ -343,6 +365,7 @@ TYPES = (
     "heatmap-fullres",
     "heatmap-offset",
     "regression-yx",
+    "regression-xy",
     "associative-embedding",
     "simcc",
 )
@@ -416,6 +439,7 @@ _SECTIONS = {
         ("heatmap-fullres", _Heatmap),
         ("heatmap-offset", _HeatmapOffset),
         ("regression-yx", _Regression),
+        ("regression-xy", _Regression),
         ("associative-embedding", _AssociativeEmbedding),
         ("simcc", _SimCC),
     )
@@ -523,11 +547,12 @@ def build_decoder(cfg: dict[str, Any] | None, where: str = "the model config") -
             return [decode_heatmap_offset(outs[hname], outs[oname], stride, layout)]
 
         names = [hname, oname]
-    elif kind == "regression-yx":
+    elif kind in ("regression-yx", "regression-xy"):
         name = _require(cfg, "output", kind)
+        regression = decode_regression_yx if kind == "regression-yx" else decode_regression_xy
 
         def fn(outs, size):
-            return [decode_regression_yx(outs[name], size)]
+            return [regression(outs[name], size)]
 
         names = [name]
     elif kind == "simcc":
