@@ -133,6 +133,40 @@ def test_a_token_linear_runs_int8_in_ncnn_as_the_plan_says(tmp_path, pnnx_instal
     assert np.abs(got.reshape(want.shape) - want).max() < 1e-4
 
 
+def test_a_linear_over_a_3d_blob_keeps_its_values_in_ncnn(tmp_path, pnnx_installed):
+    """Tokens of shape (1, 2, 6, 8): ncnn holds them as a 3-D blob, which an InnerProduct
+    would flatten; whatever pnnx writes, the ncnn int8 model computes the product per row
+    (as the plan's Q/DQ model does if int8, as the float model if left float)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from graphkit.quant.qdq import insert_qdq
+    from graphkit.runtime.ort import run
+
+    rng = np.random.default_rng(2)
+    w = numpy_helper.from_array(rng.normal(0, 1, (8, 5)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+        "linear4d",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 6, 5])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    data = [{"x": rng.normal(0, 1, (1, 2, 6, 8)).astype(np.float32)} for _ in range(3)]
+    table = calibrated_table(model, data, "minmax")
+    ex.export(table, model, tmp_path, samples=lambda: iter(data))
+    d = tmp_path / "ncnn"
+    int8 = nc.read_param(d / "model.int8.param")
+    quantized = any(lay.int8_term for lay in int8.layers)
+    reference = insert_qdq(model, table) if quantized else model
+    net = nc.NcnnNet(d / "model.int8.param", d / "model.int8.bin", int8=True)
+    for sample in data:
+        want = run(reference, sample)["y"]
+        got = net.run({"in0": sample["x"]}, ["out0"])["out0"]
+        assert np.abs(got.reshape(want.shape) - want).max() < 1e-4 * np.abs(want).max()
+
+
 def test_a_token_linear_kept_float_is_a_float_inner_product(tmp_path, pnnx_installed):
     rng = np.random.default_rng(1)
     model = linear_then_fc(rng)
