@@ -167,6 +167,24 @@ def test_a_linear_over_a_3d_blob_keeps_its_values_in_ncnn(tmp_path, pnnx_install
         assert np.abs(got.reshape(want.shape) - want).max() < 1e-4 * np.abs(want).max()
 
 
+def test_a_model_of_variable_input_size_converts_at_the_samples_shape(tmp_path, pnnx_installed):
+    """mmdeploy's dynamic exports leave height and width symbolic: pnnx needs a fixed
+    shape, which the calibration samples give; without samples, one sentence says so."""
+    from test_export_fixtures import two_conv
+
+    model = two_conv(dynamic=True)
+    assert model.graph.input[0].type.tensor_type.shape.dim[2].dim_param
+    rng = np.random.default_rng(3)
+    data = [{"x": rng.normal(0, 1, (1, 3, 8, 8)).astype(np.float32)} for _ in range(3)]
+    table = calibrated_table(model, data, "minmax")
+    with pytest.raises(GraphkitError, match=r"variable size .* \(pass --data"):
+        ex.export(table, model, tmp_path / "none")
+    assert not (tmp_path / "none" / "ncnn" / "model.int8.param").exists()
+    ex.export(table, model, tmp_path, samples=lambda: iter(data))
+    int8 = nc.read_param(tmp_path / "ncnn" / "model.int8.param")
+    assert sum(1 for lay in int8.layers if lay.int8_term) == 2
+
+
 def test_a_token_linear_kept_float_is_a_float_inner_product(tmp_path, pnnx_installed):
     rng = np.random.default_rng(1)
     model = linear_then_fc(rng)

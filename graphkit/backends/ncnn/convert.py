@@ -91,7 +91,8 @@ def fixed_inputs(
             dims[0] = 1
         if any(d <= 0 for d in dims):
             raise GraphkitError(
-                f"input '{vi.name}' has a variable size {dims}; give a fixed shape for the ncnn conversion"
+                f"input '{vi.name}' has a variable size {dims}; the ncnn conversion needs a "
+                "fixed one (pass --data: its samples fix it)"
             )
         out[vi.name] = dims
     return out

@@ -402,16 +402,27 @@ def build_table(
     return out, {k: v.name or "" for k, v in twins.items()}
 
 
+def sample_shapes(samples: Samples | None) -> dict[str, list[int]] | None:
+    """The input shapes of the first calibration sample: what a model of variable input
+    size (mmdeploy's dynamic exports: batch, height and width symbolic) is converted at."""
+    first = next(iter(samples()), None) if samples is not None else None
+    return None if first is None else {k: list(np.shape(v)) for k, v in first.items()}
+
+
 def convert_or_split(
-    model: onnx.ModelProto, d: Path, say: Callable[[str], None]
+    model: onnx.ModelProto,
+    d: Path,
+    say: Callable[[str], None],
+    shapes: dict[str, list[int]] | None = None,
 ) -> tuple[NcnnModel, Path | None]:
-    """pnnx conversion of the whole model; when it leaves ops ncnn cannot run, of the
-    network without its float post-processing (written as model.tail.onnx)."""
+    """pnnx conversion of the whole model (at `shapes` where its inputs are variable);
+    when it leaves ops ncnn cannot run, of the network without its float
+    post-processing (written as model.tail.onnx)."""
     from graphkit.backends.ncnn.convert import convert
     from graphkit.backends.ncnn.split import mark_blobs, split_tail
 
     try:
-        return convert(model, d, "model"), None
+        return convert(model, d, "model", shapes), None
     except BackendError as whole:
         parts = split_tail(model)
         if parts is None:
@@ -420,7 +431,7 @@ def convert_or_split(
             f"ncnn: {str(whole).split(';')[0]}; converting the network without its float "
             f"post-processing ({len(parts.tail.graph.node)} nodes, kept as model.tail.onnx)"
         )
-    nm = convert(parts.head, d, "model")
+    nm = convert(parts.head, d, "model", shapes)
     mark_blobs(parts.tail, {t: nm.outputs.get(t, t) for t in parts.cut})
     return nm, save_model(parts.tail, d / "model.tail.onnx")
 
@@ -466,7 +477,7 @@ def export(
             )
     d = Path(out_dir) / "ncnn"
     say("ncnn: converting with pnnx")
-    nm, tail = convert_or_split(model, d, say)
+    nm, tail = convert_or_split(model, d, say, sample_shapes(samples))
     say(
         "ncnn: calibrating every layer on the converted model"
         if recalibrate
