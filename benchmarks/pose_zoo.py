@@ -13,7 +13,7 @@ weighting). Weights are kaiming-initialized
 every BatchNorm folded into its Conv / ConvTranspose before export, as mmpose's exports of
 trained checkpoints look. Needs torch (`pip install torch`).
 
-    python benchmarks/pose_zoo.py OUT_DIR [--only hrnet_w32 ...]
+    python benchmarks/pose_zoo.py OUT_DIR [--only hrnet_w32 ...] [--dynamic]
 """
 
 from __future__ import annotations
@@ -766,8 +766,9 @@ decode:
 {decode}"""
 
 
-def build(name: str, out_dir: Path) -> tuple[Path, Path]:
-    """(model.onnx, spec.yaml) of one architecture in `out_dir`."""
+def build(name: str, out_dir: Path, dynamic: bool = False) -> tuple[Path, Path]:
+    """(model.onnx, spec.yaml) of one architecture in `out_dir`; dynamic=True exports
+    batch, height and width symbolic (mmdeploy's dynamic configs) as `<name>_dyn`."""
     import onnx
 
     factory, hw, desc = MODELS[name]
@@ -779,10 +780,14 @@ def build(name: str, out_dir: Path) -> tuple[Path, Path]:
     if hasattr(model, "fit_head"):
         model.fit_head(hw)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{name}.onnx"
     x = torch.randn(1, 3, *hw, generator=torch.Generator().manual_seed(SEED + 2))
     decode, outputs = DECODE.get(name, HEATMAP)
     options = {"opset_version": 17, "input_names": ["input"], "output_names": outputs}
+    if dynamic:
+        axes = {"input": {0: "batch", 2: "height", 3: "width"}}
+        options["dynamic_axes"] = axes | {o: {0: "batch"} for o in outputs}
+        name = f"{name}_dyn"
+    path = out_dir / f"{name}.onnx"
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
         options["dynamo"] = False
     torch.onnx.export(model, (x,), str(path), do_constant_folding=True, **options)
@@ -799,9 +804,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("out_dir", type=Path)
     ap.add_argument("--only", nargs="*", choices=list(MODELS), help="default: all")
+    ap.add_argument(
+        "--dynamic", action="store_true", help="batch, height and width symbolic (NAME_dyn)"
+    )
     args = ap.parse_args()
     for name in args.only or list(MODELS):
-        path, spec = build(name, args.out_dir)
+        path, spec = build(name, args.out_dir, args.dynamic)
         print(f"{name}: {path}, {spec}")
 
 
