@@ -119,58 +119,68 @@ def make_layer(block, cin, planes, blocks, stride=1, expansion=None):
 # ----------------------------------------------------------------------------- HRNet-W32
 
 
+def fuse_layers(channels, multiscale_output, down):
+    """HRNet's fuse layers: row i sums every branch j at branch i's resolution, a lower one
+    through a 1x1 conv + BN and nearest upsampling, a higher one through (i - j) strided
+    steps `down(cin, cout, last)`."""
+    n = len(channels)
+    layers = nn.ModuleList()
+    for i in range(n if multiscale_output else 1):
+        row = nn.ModuleList()
+        for j in range(n):
+            if j > i:
+                row.append(
+                    nn.Sequential(
+                        ConvBN(channels[j], channels[i], 1, relu=False),
+                        nn.Upsample(scale_factor=2 ** (j - i), mode="nearest"),
+                    )
+                )
+            elif j == i:
+                row.append(nn.Identity())
+            else:
+                steps = []
+                for k in range(i - j):
+                    last = k == i - j - 1
+                    steps.append(down(channels[j], channels[i] if last else channels[j], last))
+                row.append(nn.Sequential(*steps))
+        layers.append(row)
+    return layers
+
+
+def fuse(layers, xs, relu):
+    out = []
+    for row in layers:
+        y = row[0](xs[0])
+        for j in range(1, len(xs)):
+            y = y + row[j](xs[j])
+        out.append(relu(y))
+    return out
+
+
 class HRModule(nn.Module):
-    """mmpose HRModule: parallel branches of BasicBlocks, then the fuse layers."""
+    """mmpose HRModule: parallel branches of BasicBlocks, then the fuse layers (strided
+    3x3 convs down)."""
 
     def __init__(self, channels, num_blocks, multiscale_output=True):
         super().__init__()
-        n = len(channels)
         self.branches = nn.ModuleList(
             make_layer(BasicBlock, c, c, b) for c, b in zip(channels, num_blocks)
         )
         self.fuse_layers = nn.ModuleList()
-        if n == 1:
+        if len(channels) == 1:
             return
-        for i in range(n if multiscale_output else 1):
-            row = nn.ModuleList()
-            for j in range(n):
-                if j > i:  # 1x1 conv + BN, nearest upsample
-                    row.append(
-                        nn.Sequential(
-                            ConvBN(channels[j], channels[i], 1, relu=False),
-                            nn.Upsample(scale_factor=2 ** (j - i), mode="nearest"),
-                        )
-                    )
-                elif j == i:
-                    row.append(nn.Identity())
-                else:  # (i-j) strided 3x3 convs
-                    convs = []
-                    for k in range(i - j):
-                        last = k == i - j - 1
-                        convs.append(
-                            ConvBN(
-                                channels[j],
-                                channels[i] if last else channels[j],
-                                3,
-                                2,
-                                relu=not last,
-                            )
-                        )
-                    row.append(nn.Sequential(*convs))
-            self.fuse_layers.append(row)
+
+        def down(cin, cout, last):
+            return ConvBN(cin, cout, 3, 2, relu=not last)
+
+        self.fuse_layers = fuse_layers(channels, multiscale_output, down)
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, xs):
         xs = [b(x) for b, x in zip(self.branches, xs)]
         if len(xs) == 1:
             return xs
-        out = []
-        for row in self.fuse_layers:
-            y = row[0](xs[0])
-            for j in range(1, len(xs)):
-                y = y + row[j](xs[j])
-            out.append(self.relu(y))
-        return out
+        return fuse(self.fuse_layers, xs, self.relu)
 
 
 def make_transition(pre, cur):
@@ -608,43 +618,19 @@ class ConditionalChannelWeighting(nn.Module):
 
 class LiteHRModule(nn.Module):
     """Two conditional channel weighting blocks, then HRNet's fuse layers (depthwise-
-    separable strided convs down, 1x1 conv + nearest upsampling up)."""
+    separable strided convs down)."""
 
     def __init__(self, channels, blocks=2, multiscale_output=True):
         super().__init__()
         self.blocks = nn.Sequential(*(ConditionalChannelWeighting(channels) for _ in range(blocks)))
-        n = len(channels)
-        self.fuse_layers = nn.ModuleList()
-        for i in range(n if multiscale_output else 1):
-            row = nn.ModuleList()
-            for j in range(n):
-                if j > i:
-                    row.append(
-                        nn.Sequential(
-                            ConvBN(channels[j], channels[i], 1, relu=False),
-                            nn.Upsample(scale_factor=2 ** (j - i), mode="nearest"),
-                        )
-                    )
-                elif j == i:
-                    row.append(nn.Identity())
-                else:
-                    convs = []
-                    for k in range(i - j):
-                        last = k == i - j - 1
-                        cout = channels[i] if last else channels[j]
-                        convs.append(dw_separable(channels[j], cout, 2, relu_last=not last))
-                    row.append(nn.Sequential(*convs))
-            self.fuse_layers.append(row)
+
+        def down(cin, cout, last):
+            return dw_separable(cin, cout, 2, relu_last=not last)
+
+        self.fuse_layers = fuse_layers(channels, multiscale_output, down)
 
     def forward(self, xs):
-        xs = self.blocks(xs)
-        out = []
-        for row in self.fuse_layers:
-            y = row[0](xs[0])
-            for j in range(1, len(xs)):
-                y = y + row[j](xs[j])
-            out.append(F.relu(y))
-        return out
+        return fuse(self.fuse_layers, self.blocks(xs), F.relu)
 
 
 class LiteHRNet18(nn.Module):
