@@ -502,3 +502,25 @@ def test_a_layer_with_fewer_input_vectors_than_columns_can_keep_nearest_rounding
     scale = np.asarray(table.weights["w"].amax).reshape(1, -1) / 127.0  # per output column
     nearest = np.clip(np.round(w / scale), -127, 127) * scale
     assert np.allclose(numpy_helper.to_array(kept.graph.initializer[0]), nearest, atol=1e-7)
+
+
+def test_wide_blocks_rounded_in_float32_lose_nothing_against_float64():
+    """A block of FLOAT32_FROM_COLUMNS columns or more is rounded in float32: on correlated
+    patches (neighbouring pixels) its output error is within 1 % of float64 GPTQ's and
+    far below nearest rounding's."""
+    from graphkit.quant.refine import FLOAT32_FROM_COLUMNS, _gptq, _rounding_error
+
+    rng = np.random.default_rng(0)
+    cols, rows = FLOAT32_FROM_COLUMNS, 6
+    base = rng.standard_normal((3 * cols, cols // 8))
+    x = np.repeat(base, 8, axis=1) + 0.3 * rng.standard_normal((3 * cols, cols))
+    h = (x.T @ x)[None]
+    w = rng.standard_normal((1, rows, cols)) * 0.05
+    scale = np.abs(w).max(axis=2) / 127.0
+    q64 = _gptq(w, h, scale, 0.01)
+    q32 = _gptq(w.astype(np.float32), h.astype(np.float32), scale.astype(np.float32), 0.01)
+    assert q32.dtype == np.float32
+    nearest = np.clip(np.round(w / scale[..., None]), -127, 127)
+    e64, e32 = (_rounding_error(q, scale, w, h)[0] for q in (q64, q32.astype(np.float64)))
+    e0 = _rounding_error(nearest, scale, w, h)[0]
+    assert e32 <= 1.01 * e64 and e32 < 0.5 * e0
