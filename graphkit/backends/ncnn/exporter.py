@@ -571,7 +571,11 @@ def export(
             )
         )
     return extra + [
-        ExportedFile(nm.param, "ncnn fp32 model converted by pnnx (param)"),
+        ExportedFile(
+            nm.param,
+            "ncnn fp32 model converted by pnnx (param)"
+            + (f"; its {len(linears)} token-Linear Gemms as InnerProduct" if linears else ""),
+        ),
         ExportedFile(nm.bin, "ncnn fp32 weights"),
         ExportedFile(
             d / "model.table",
