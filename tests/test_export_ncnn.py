@@ -215,6 +215,29 @@ def test_ncnn_float_gemm_keeps_pnnx_gemm_float(tmp_path, pnnx_installed):
     assert [i.quantized for i in executor.tensor_info().values() if i.op_type == "Gemm"] == [False]
 
 
+def test_token_linears_stay_float_when_ncnn_cannot_tell_their_shapes(
+    tmp_path, pnnx_installed, monkeypatch
+):
+    """The shapes come from one ncnn run; if that fails the export still succeeds, the
+    Gemm float (as before the rewrite existed), and the log says why."""
+    from graphkit.backends.ncnn import linear
+
+    def fails(*_a, **_k):
+        raise GraphkitError("ncnn could not compute blob '3'")
+
+    monkeypatch.setattr(linear, "gemm_input_shapes", fails)
+    rng = np.random.default_rng(1)
+    model = linear_then_fc(rng)
+    data = [{"x": rng.normal(0, 1, (1, 6, 8)).astype(np.float32)} for _ in range(4)]
+    said: list[str] = []
+    ex.export(
+        calibrated_table(model, data), model, tmp_path, samples=lambda: iter(data), log=said.append
+    )
+    assert any("Gemm layers stay float" in line for line in said)
+    int8 = nc.read_param(tmp_path / "ncnn" / "model.int8.param")
+    assert "Gemm" in {lay.type for lay in int8.layers}
+
+
 @pytest.mark.parametrize(
     "change, shape",
     [

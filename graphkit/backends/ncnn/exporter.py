@@ -437,17 +437,27 @@ def convert_or_split(
 
 
 def int8_linears(
-    nm: NcnnModel, param: nc.Param, blobs: dict[str, list[nc.Blob]], net: nc.NcnnNet | None
+    nm: NcnnModel,
+    param: nc.Param,
+    blobs: dict[str, list[nc.Blob]],
+    net: nc.NcnnNet | None,
+    say: Callable[[str], None],
 ) -> tuple[nc.Param, dict[str, list[nc.Blob]], list[str]]:
     """`linear.as_inner_product` on the converted model: pnnx's token Linears (Gemm)
-    become InnerProducts, which ncnn runs in int8 with the plan's per-channel scales."""
+    become InnerProducts, which ncnn runs in int8 with the plan's per-channel scales.
+    If ncnn cannot run the model to tell their input shapes, they stay float Gemms."""
     from graphkit.backends.ncnn.linear import as_inner_product, gemm_input_shapes
 
     if not any(lay.type == "Gemm" for lay in param.layers):
         return param, blobs, []
-    probe = net if net is not None else nc.NcnnNet(nm.param, nm.bin)
     shapes = {nm.inputs[k]: s for k, s in nm.input_shapes.items() if k in nm.inputs}
-    return as_inner_product(param, blobs, gemm_input_shapes(probe, param, shapes))
+    try:
+        probe = net if net is not None else nc.NcnnNet(nm.param, nm.bin)
+        found = gemm_input_shapes(probe, param, shapes)
+    except GraphkitError as exc:
+        say(f"ncnn: its Gemm layers stay float ({exc})")
+        return param, blobs, []
+    return as_inner_product(param, blobs, found)
 
 
 def export(
@@ -486,7 +496,9 @@ def export(
     param = nc.read_param(nm.param)
     blobs = nc.read_bin(param, nm.bin.read_bytes(), str(nm.bin))
     net = nc.NcnnNet(nm.param, nm.bin, threads=threads) if samples else None
-    param, blobs, linears = int8_linears(nm, param, blobs, net) if int8_gemm else (param, blobs, [])
+    param, blobs, linears = (
+        int8_linears(nm, param, blobs, net, say) if int8_gemm else (param, blobs, [])
+    )
     if linears:  # the fp32 files too, so ncnn2int8 with model.table makes the same model
         say(f"ncnn: {len(linears)} token Linears (pnnx's Gemm) written as InnerProduct")
         write_all({nm.param: param.text(), nm.bin: nc.write_bin(param, blobs)})
