@@ -114,8 +114,11 @@ def test_a_token_linear_runs_int8_in_ncnn_as_the_plan_says(tmp_path, pnnx_instal
     rng = np.random.default_rng(1)
     model = linear_then_fc(rng)
     data = [{"x": rng.normal(0, 1, (1, 6, 8)).astype(np.float32)} for _ in range(4)]
-    table = calibrated_table(model, data, "minmax")  # nothing clipped: ncnn's int8 range
-    ex.export(table, model, tmp_path, samples=lambda: iter(data))  # is +-127, Q/DQ's -128
+    # minmax: nothing clipped (ncnn's int8 range is +-127, Q/DQ's goes down to -128)
+    table = calibrated_table(model, data, "minmax")
+    said: list[str] = []
+    ex.export(table, model, tmp_path, samples=lambda: iter(data), log=said.append)
+    assert not any("run float in ncnn" in line for line in said)  # both Linears int8
     d = tmp_path / "ncnn"
     fp32 = nc.read_param(d / "model.ncnn.param")
     int8 = nc.read_param(d / "model.int8.param")
@@ -204,7 +207,10 @@ def test_ncnn_float_gemm_keeps_pnnx_gemm_float(tmp_path, pnnx_installed):
     model = linear_then_fc(rng)
     data = [{"x": rng.normal(0, 1, (1, 6, 8)).astype(np.float32)} for _ in range(4)]
     table = calibrated_table(model, data)
-    ex.export(table, model, tmp_path, samples=lambda: iter(data), int8_gemm=False)
+    said: list[str] = []
+    ex.export(table, model, tmp_path, samples=lambda: iter(data), int8_gemm=False, log=said.append)
+    # the plan's int8 MatMul is float there, and the log says so
+    assert any("the plan's int8 1 MatMul run float in ncnn" in line for line in said)
     param = nc.read_param(tmp_path / "ncnn" / "model.ncnn.param")
     assert {"Gemm", "InnerProduct"} <= {lay.type for lay in param.layers}
     lines = (tmp_path / "ncnn" / "model.table").read_text().splitlines()

@@ -436,6 +436,21 @@ def convert_or_split(
     return nm, save_model(parts.tail, d / "model.tail.onnx")
 
 
+def float_in_ncnn(
+    table: CalibrationTable, model: onnx.ModelProto, keep_float: Sequence[str], int8: set[str]
+) -> str:
+    """The plan's int8 layers that the ncnn model runs float, counted by ONNX op type
+    ("2 ConvTranspose, 24 MatMul": Deconvolution and MatMuls of two activations have no
+    ncnn int8 form), or "" when every one is int8 there too."""
+    from collections import Counter
+
+    from graphkit.quant.collect import quantized_layers
+
+    ops = {n.name: n.op_type for n in model.graph.node}
+    left = Counter(ops[n] for n in quantized_layers(model, table, keep_float) if n not in int8)
+    return ", ".join(f"{count} {op}" for op, count in sorted(left.items()))
+
+
 def int8_linears(
     nm: NcnnModel,
     param: nc.Param,
@@ -502,7 +517,7 @@ def export(
     if linears:  # the fp32 files too, so ncnn2int8 with model.table makes the same model
         say(f"ncnn: {len(linears)} token Linears (pnnx's Gemm) written as InnerProduct")
         write_all({nm.param: param.text(), nm.bin: nc.write_bin(param, blobs)})
-    ntable = build_table(
+    ntable, twins = build_table(
         table,
         model,
         param,
@@ -513,9 +528,14 @@ def export(
         input_map=nm.inputs,
         winograd_6bit=winograd_6bit,
         recalibrate=recalibrate,
-    )[0]
+    )
     if not ntable.activations:
         raise GraphkitError("no ncnn layer could be given a scale (the table matches none of them)")
+    unmet = float_in_ncnn(
+        table, model, keep_float, {twins[n] for n in ntable.activations if n in twins}
+    )
+    if unmet:
+        say(f"ncnn: the plan's int8 {unmet} run float in ncnn (no int8 form there)")
     ptext, bbytes = to_int8(param, blobs, ntable)
     write_all(
         {
@@ -525,6 +545,8 @@ def export(
         }
     )
     note = f"{len(ntable.activations)} layers int8"
+    if unmet:
+        note += f"; float for want of an ncnn int8 form: {unmet}"
     if samples and compare_samples:
         say(f"ncnn: checking int8 against fp32 on {compare_samples} samples")
         int8 = nc.NcnnNet(d / "model.int8.param", d / "model.int8.bin", int8=True, threads=threads)
