@@ -456,9 +456,14 @@ def _round_layer(
         h = h32.astype(np.float64)
         part = rows[:, :, cols]
         if vectors >= min_vectors * len(cols):
-            kind = np.float32 if len(cols) >= FLOAT32_FROM_COLUMNS else np.float64
+            wide = len(cols) >= FLOAT32_FROM_COLUMNS  # the float32 sums as they are
+            kind = np.float32 if wide else np.float64
             q1[:, :, cols] = _gptq(
-                part.astype(kind), h.astype(kind), srows.astype(kind), damp, pins[:, :, cols]
+                part.astype(kind, copy=False),
+                h32 if wide else h,
+                srows.astype(kind, copy=False),
+                damp,
+                pins[:, :, cols],
             )
         e0 += _rounding_error(q0[:, :, cols], srows, part, h)
         e1 += _rounding_error(q1[:, :, cols], srows, part, h)

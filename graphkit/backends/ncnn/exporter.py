@@ -437,17 +437,17 @@ def convert_or_split(
 
 
 def float_in_ncnn(
-    table: CalibrationTable, model: onnx.ModelProto, keep_float: Sequence[str], int8: set[str]
+    graph: ir.Graph, table: CalibrationTable, keep_float: Sequence[str], int8: set[str]
 ) -> str:
     """The plan's int8 layers that the ncnn model runs float, counted by ONNX op type
     ("2 ConvTranspose, 24 MatMul": Deconvolution and MatMuls of two activations have no
     ncnn int8 form), or "" when every one is int8 there too."""
     from collections import Counter
 
-    from graphkit.quant.collect import quantized_layers
+    from graphkit.quant.collect import quantized_names
 
-    ops = {n.name: n.op_type for n in model.graph.node}
-    left = Counter(ops[n] for n in quantized_layers(model, table, keep_float) if n not in int8)
+    ops = {n.name or "": n.op_type for n in graph}
+    left = Counter(ops[n] for n in quantized_names(graph, table, keep_float) if n not in int8)
     return ", ".join(f"{count} {op}" for op, count in sorted(left.items()))
 
 
@@ -493,7 +493,8 @@ def export(
     """Convert with pnnx, calibrate on ncnn (or map the table), write table + int8 model.
     int8_gemm=False keeps pnnx's Gemm layers float (`int8_linears`)."""
     say = step(__name__, log)
-    ops = {n.name: n.op_type for n in check_table(table, model, keep_float).graph}
+    graph = check_table(table, model, keep_float).graph  # the model's IR, walked again below
+    ops = {n.name: n.op_type for n in graph}
     for name in keep_float:  # refuse before the (slow) conversion
         if ops[name] not in ("Conv", "Gemm", "MatMul"):
             raise GraphkitError(
@@ -532,7 +533,7 @@ def export(
     if not ntable.activations:
         raise GraphkitError("no ncnn layer could be given a scale (the table matches none of them)")
     unmet = float_in_ncnn(
-        table, model, keep_float, {twins[n] for n in ntable.activations if n in twins}
+        graph, table, keep_float, {twins[n] for n in ntable.activations if n in twins}
     )
     if unmet:
         say(f"ncnn: the plan's int8 {unmet} run float in ncnn (no int8 form there)")
