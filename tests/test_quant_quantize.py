@@ -353,3 +353,95 @@ def test_a_missed_target_says_whether_a_larger_budget_could_help(stopped, says):
     text = summary(plan, args)
     assert "target agreement 0.98 not reached" in text and says in text
     assert ("raise --max-float" in text) == (stopped == "budget spent")
+
+
+def _deconv_attention_model() -> onnx.ModelProto:
+    """x -> conv -> relu -> deconv (ConvTranspose) -> tokens (1, 8, 144) -> tokens x
+    tokens^T (a MatMul of two activations) -> proj (MatMul by a constant) -> y."""
+    from onnx import helper
+
+    rng = np.random.default_rng(0)
+    inits = {
+        "wc": rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32),
+        "wd": rng.normal(0, 0.3, (8, 8, 3, 3)).astype(np.float32),
+        "shape": np.array([1, 8, 144], np.int64),
+        "wp": rng.normal(0, 0.3, (8, 4)).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "wc"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("ConvTranspose", ["r", "wd"], ["d"], name="deconv", pads=[1, 1, 1, 1]),
+        helper.make_node("Reshape", ["d", "shape"], ["t"], name="tokens"),
+        helper.make_node("Transpose", ["t"], ["tt"], name="tt", perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["t", "tt"], ["a"], name="attention"),
+        helper.make_node("MatMul", ["a", "wp"], ["y"], name="proj"),
+    ]
+    return model_of(nodes, [("x", [1, 3, 12, 12])], [("y", [1, 8, 4])], inits)
+
+
+def test_a_plan_for_ncnn_keeps_float_what_ncnn_cannot_run_int8_within_the_budget(tmp_path):
+    """ncnn has no int8 Deconvolution nor MatMul of two activations: a plan made for it
+    keeps those float from the start (so it measures what ncnn runs), says why, and counts
+    them against --max-float; other targets quantize them."""
+    from graphkit.backends import NO_INT8, layers_without_int8
+    from graphkit.quant.collect import quantized_layers
+
+    model = _deconv_attention_model()
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    data = np.random.default_rng(1).normal(0, 1, (8, 3, 12, 12)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=data)
+    spec = {
+        "input": {"name": "x", "layout": "NCHW", "size": [12, 12], "dtype": "float32"},
+        "source": {"type": "npz", "path": str(tmp_path / "d.npz")},
+    }
+    rules = NO_INT8["ncnn"]
+    assert layers_without_int8(model, ["tensorrt", "atc"]) == {}
+    assert layers_without_int8(model, ["tensorrt", "ncnn"]) == {
+        "deconv": rules["ConvTranspose"],
+        "attention": rules["MatMul of two activations"],
+    }
+    small = {"fit_samples": 4, "score_samples": 4, "max_float": 0.5}
+    plan = quantize(path, spec, recipe_of("default", **small, targets=("ncnn",)))
+    assert sorted(plan.keep_float) == ["attention", "deconv"]
+    assert plan.float_reasons["deconv"] == rules["ConvTranspose"]
+    # 4 layers at 50 %: both slots spent on the target's float layers, no search
+    assert plan.recipe["float_layers"] == {"count": 2, "of": 4, "for_targets": 2}
+    assert "float" not in plan.recipe
+    assert quantized_layers(model, plan, plan.keep_float) == ["conv", "proj"]
+    # the plain recipe too; without the target every layer is int8
+    plain = quantize(path, spec, recipe_of("plain", targets=("ncnn",)))
+    assert sorted(plain.keep_float) == ["attention", "deconv"]
+    assert plain.recipe["float_layers"] == {"count": 2, "of": 4, "for_targets": 2}
+    plain = quantize(path, spec, recipe_of("plain"))
+    assert plain.keep_float == [] and len(quantized_layers(model, plain)) == 4
+
+
+def test_calibrate_for_ncnn_writes_a_plan_whose_float_layers_ncnn_exports_as_they_are(
+    tmp_path, capsys
+):
+    """`graphkit calibrate --target ncnn`: the plan keeps the deconv and the attention
+    MatMul float, says so, and the ncnn export takes it with nothing left to run float
+    against the plan."""
+    pytest.importorskip("ncnn")
+    from graphkit.quant.table import CalibrationTable
+
+    path = tmp_path / "m.onnx"
+    onnx.save(_deconv_attention_model(), path)
+    data = np.random.default_rng(1).normal(0, 1, (4, 3, 12, 12)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=data)
+    spec = tmp_path / "spec.json"
+    spec.write_text(
+        '{"input": {"name": "x", "layout": "NCHW", "size": [12, 12], "dtype": "float32"},'
+        f' "source": {{"type": "npz", "path": "{tmp_path / "d.npz"}"}}}}'
+    )
+    argv = ["calibrate", str(path), "--data", str(spec), "--recipe", "plain"]
+    argv += ["-o", str(tmp_path / "p.json"), "--target", "ncnn", "--out-dir", str(tmp_path / "o")]
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    plan = CalibrationTable.load(tmp_path / "p.json")
+    assert sorted(plan.keep_float) == ["attention", "deconv"]
+    assert "2 layers float for the targets" in out.out + out.err
+    assert "run float in ncnn" not in out.out + out.err  # the plan already says so
+    int8 = (tmp_path / "o" / "ncnn" / "model.int8.param").read_text()
+    assert "Deconvolution" in int8

@@ -48,6 +48,37 @@ UNSIGNED_TARGETS = ("onnx",)
 FLOAT_OP_TYPES = {"vacc": ("Conv", "ConvTranspose", "MatMul")}
 
 
+# what a target runs float whatever the plan says, for want of an int8 form there: a plan
+# made for it keeps these float from the start, so what the recipe measures is what that
+# backend runs, and they count against the float budget (docs/accuracy.md)
+NO_INT8 = {
+    "ncnn": {
+        "ConvTranspose": "ncnn has no int8 Deconvolution",
+        "MatMul of two activations": "ncnn has no int8 MatMul of two activations",
+    }
+}
+
+
+def layers_without_int8(model: onnx.ModelProto, targets: Sequence[str]) -> dict[str, str]:
+    """{node: why} for the layers that one of `targets` runs float whatever the plan says
+    (NO_INT8), in graph order."""
+    from graphkit.irgraph import to_ir
+    from graphkit.quant.collect import layer_activations
+
+    rules = [NO_INT8[t] for t in targets if t in NO_INT8]
+    if not rules:
+        return {}
+    out = {}
+    for node in to_ir(model).graph:
+        kind = node.op_type
+        if kind == "MatMul" and len(layer_activations(node)) == 2:
+            kind = "MatMul of two activations"
+        why = next((rule[kind] for rule in rules if kind in rule), None)
+        if why is not None and node.name:
+            out[node.name] = why
+    return out
+
+
 def float_op_types(targets: Sequence[str]) -> tuple[str, ...] | None:
     """The layer types every one of `targets` can keep float (None: any)."""
     allowed: set[str] | None = None
@@ -257,6 +288,7 @@ __all__ = [
     "ExportedFile",
     "export_all",
     "float_op_types",
+    "layers_without_int8",
     "load_table",
     "parse_targets",
 ]

@@ -196,11 +196,19 @@ def signed_only(args: argparse.Namespace) -> str | None:
 def float_types(args: argparse.Namespace) -> tuple[str, ...] | None:
     """The layer types every --target can keep float (None: any), so the float search
     chooses only layers each backend can skip."""
+    from graphkit.backends import float_op_types
+
+    targets = targets_of(args)
+    return None if targets is None else float_op_types(targets)
+
+
+def targets_of(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """The --target backends, so the plan keeps float what one of them cannot run int8."""
     if not getattr(args, "target", None):
         return None
-    from graphkit.backends import float_op_types, parse_targets
+    from graphkit.backends import parse_targets
 
-    return float_op_types(parse_targets(args.target))
+    return tuple(parse_targets(args.target))
 
 
 def parse_share(text: str | None) -> float | None:
@@ -259,6 +267,7 @@ def run(args: argparse.Namespace) -> int:
         bias_correction=args.bias_correction,
         unsigned=args.unsigned or signed_only(args),
         float_op_types=float_types(args),
+        targets=targets_of(args),
         fit_samples=args.fit_samples,
         score_samples=args.score_samples,
         rank_samples=args.rank_samples,
@@ -451,7 +460,11 @@ def summary(plan, args: argparse.Namespace) -> str:
         lines.append(f"took {sum(seconds.values()):.0f} s: {parts}")
     fl = r.get("float_layers")
     if fl:
-        lines.append(f"float layers: {fl['count']} of {fl['of']}")
+        forced = fl.get("for_targets")
+        why = f" ({forced} of them because a --target runs them float)" if forced else ""
+        if forced and forced > r["recipe"]["max_float"] * fl["of"]:
+            why += f", more than --max-float {r['recipe']['max_float']:.0%}"
+        lines.append(f"float layers: {fl['count']} of {fl['of']}{why}")
         lines += [f"  {n}: {why}" for n, why in plan.float_reasons.items()]
     target = r.get("recipe", {}).get("target_agreement")
     if target is not None and r.get("target_reached") is None and r.get("final"):

@@ -79,6 +79,10 @@ class Recipe:
     # the layer types the float search may choose (None: any); a target that can keep only
     # some float (vacc: Conv, ConvTranspose, MatMul) narrows it (`backends.float_op_types`)
     float_op_types: tuple[str, ...] | None = None
+    # the backends the plan is for: the layers one of them runs float whatever the plan
+    # says (ncnn: ConvTranspose, MatMuls of two activations) are float from the start,
+    # measured so and counted against max_float (`backends.layers_without_int8`)
+    targets: tuple[str, ...] = ()
     target_agreement: float | None = 0.98  # stop adding float layers once reached
     lookahead: int = 1  # float candidates tried per step (most sensitive first)
     # a layer is kept float only if it raises the criterion by more than this (dB; not
@@ -301,18 +305,22 @@ def quantize(
     recipe = recipe_of(recipe, method)
     model, model_path = _load(model)
     spec = _load_spec(data, calibrate_options.pop("limit", None))
+    # layers a target cannot run int8: float in the plan, so it measures what ships
+    forced = {n: why for n, why in _without_int8(model, recipe).items() if n not in keep_float}
+    if forced:
+        say(f"{len(forced)} layers float for the targets: {_kinds(forced)}")
     t0 = time.perf_counter()
     _, build = calibrate_statistics(
         model,
         spec,
-        keep_float=keep_float,
+        keep_float=[*keep_float, *forced],
         histograms=any(canonical_method(m) != "minmax" for m in recipe.methods),
         **calibrate_options,
     )
     times = {"statistics": time.perf_counter() - t0}
     plan = build(recipe.methods[0], settings)
     plan.model_path = model_path
-    plan.float_reasons = {n: "asked (--keep-float)" for n in keep_float}
+    plan.float_reasons = {n: "asked (--keep-float)" for n in keep_float} | forced
     record: dict[str, Any] = {"recipe": asdict(recipe)}
     if recipe.unsigned == "on" and not uint8_conv_exact():
         say(
@@ -324,6 +332,9 @@ def quantize(
         if recipe.unsigned == "on":
             plan.set_unsigned(nonnegative(plan, model))
         fill_integers(plan, model)
+        if forced:
+            layers = quantized_layers(model, plan, plan.keep_float)
+            record["float_layers"] = _float_count(plan, layers, keep_float, forced)
         plan.recipe = {**record, "seconds": _round(times)}
         return plan
 
@@ -454,7 +465,8 @@ def quantize(
 
     # 3. float fallback under the budget
     layers = quantized_layers(model, plan, plan.keep_float)
-    budget = math.floor(recipe.max_float * len(layers) + 1e-9)
+    # the layers the targets run float spend the budget first (--keep-float ones do not)
+    budget = max(0, math.floor(recipe.max_float * (len(layers) + len(forced)) + 1e-9) - len(forced))
     if recipe.float_op_types is not None:  # the others cannot be float in some target
         op_of = {n.name: n.op_type for n in model.graph.node}
         candidates = [n for n in layers if op_of.get(n) in recipe.float_op_types]
@@ -591,7 +603,7 @@ def quantize(
     record["final"] = _score(current)
     # None: no decode section (or no person areas), so the agreement was not measured
     record["target_reached"] = None if current.agreement is None else _reached(current, recipe)
-    record["float_layers"] = {"count": len(plan.keep_float), "of": len(layers) + len(keep_float)}
+    record["float_layers"] = _float_count(plan, layers, keep_float, forced)
     record["seconds"] = _round(times)
     plan.recipe = record
     return plan
@@ -731,6 +743,29 @@ def nonnegative(plan: QuantPlan, model: onnx.ModelProto | None = None) -> list[s
 def _mark_methods(plan: QuantPlan, how: str) -> None:
     for entry in plan.activations.values():
         entry.method = how
+
+
+def _without_int8(model: onnx.ModelProto, recipe: Recipe) -> dict[str, str]:
+    """`backends.layers_without_int8` for the recipe's targets."""
+    if not recipe.targets:
+        return {}
+    from graphkit.backends import layers_without_int8
+
+    return layers_without_int8(model, recipe.targets)
+
+
+def _float_count(plan, layers, keep_float, forced) -> dict[str, int]:
+    """plan.recipe["float_layers"]: float layers of all the weighted ones, and how many
+    of them a target runs float whatever the plan says."""
+    out = {"count": len(plan.keep_float), "of": len(layers) + len(keep_float) + len(forced)}
+    return out | ({"for_targets": len(forced)} if forced else {})
+
+
+def _kinds(reasons: dict[str, str]) -> str:
+    """'3 x ncnn has no int8 Deconvolution; ...': the reasons counted."""
+    from collections import Counter
+
+    return "; ".join(f"{k} x {why}" for why, k in Counter(reasons.values()).items())
 
 
 def _with_float(plan: QuantPlan, nodes: Sequence[str]) -> QuantPlan:
