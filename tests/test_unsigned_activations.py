@@ -136,17 +136,38 @@ def test_tensorrt_and_amct_store_unsigned_entries_as_symmetric_int8(make):
     assert all(zp.dtype == np.int8 for _, zp in _quantizers(unsigned).values())
 
 
-def test_signed_only_backends_export_the_same_files_and_say_so(tmp_path):
-    model, lines = make_model(), []
+def test_signed_only_backends_get_the_unsigned_activations_shifted_and_say_so(tmp_path):
+    """TensorRT and Ascend store int8 only: a plan's uint8 activations reach them shifted
+    by 127 uint8 steps (graphkit.quant.shift), the same step, so the TensorRT Q/DQ model
+    computes what the onnxruntime uint8 one does; the signed plan's files are unchanged."""
+    lines: list[str] = []
+    plan = _plan(True)
     for unsigned in (False, True):
         export_all(
-            _plan(unsigned), model, ["tensorrt", "atc"], tmp_path / str(unsigned), log=lines.append
+            _plan(unsigned),
+            make_model(),
+            ["tensorrt", "atc", "onnx"],
+            tmp_path / str(unsigned),
+            log=lines.append,
         )
-    for path in sorted((tmp_path / "False").rglob("*")):
-        if path.is_file() and path.name != "README.md":
-            twin = tmp_path / "True" / path.relative_to(tmp_path / "False")
-            assert twin.read_bytes() == path.read_bytes(), path.name
-    assert any("tensorrt: stores the plan's 2 unsigned activations as int8" in x for x in lines)
+    assert any("2 of the plan's 2 unsigned activations shifted onto int8" in x for x in lines)
+    qdq = {
+        u: onnx.load(next((tmp_path / str(u) / "tensorrt").glob("*.onnx"))) for u in (False, True)
+    }
+    for name in ("r1", "r2"):
+        scale, zp = _quantizers(qdq[True])[name]
+        assert zp.dtype == np.int8 and scale == pytest.approx(plan.activations[name].amax / 255)
+    uint8 = make_session(onnx.load(next((tmp_path / "True" / "onnx").glob("*.onnx"))))
+    shifted, signed = make_session(qdq[True]), make_session(qdq[False])
+    error = {"shifted": 0.0, "signed": 0.0}
+    signal = 0.0
+    for f in feeds(4, seed=9):
+        want = uint8.run(None, f)[0].astype(np.float64)
+        signal += float((want**2).sum())
+        error["shifted"] += float(((shifted.run(None, f)[0] - want) ** 2).sum())
+        error["signed"] += float(((signed.run(None, f)[0] - want) ** 2).sum())
+    # rounding ties and the top uint8 level apart, the same model
+    assert sqnr_db(signal, error["shifted"]) > max(50.0, sqnr_db(signal, error["signed"]) + 10)
 
 
 def test_the_unsigned_flag_survives_save_and_load_and_version_2_plans_load(tmp_path):
@@ -221,7 +242,7 @@ def test_on_a_cpu_that_saturates_uint8_auto_keeps_activations_signed(tmp_path, m
     assert sorted(n for n, e in plain.activations.items() if e.unsigned) == ["r1", "r2"]
 
 
-def test_a_target_without_unsigned_int8_calibrates_a_signed_plan(tmp_path, capsys):
+def test_a_target_without_unsigned_int8_measures_the_activations_it_gets_shifted(tmp_path, capsys):
     model_path, spec = write_files(tmp_path, n=8)
     argv = ["calibrate", str(model_path), "--data", str(spec), "--fit-samples", "4"]
     argv += ["--score-samples", "4", "--max-float", "0", "--no-round-weights"]
@@ -244,7 +265,12 @@ def test_a_target_without_unsigned_int8_calibrates_a_signed_plan(tmp_path, capsy
         str(tmp_path / "d"),
     ]
     assert main([*argv, *out]) == 0
-    assert "no unsigned int8 in tensorrt" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    # both Relu outputs are made by a Conv and read by one: measured uint8, shipped shifted
+    assert "2 of 2 never-negative activations can be shifted onto int8 for tensorrt" in printed
+    trt = QuantPlan.load(tmp_path / "trt.json")
+    assert trt.recipe["unsigned"]["tensors"] == 2 and "--unsigned off" not in printed
+    assert main([*argv, "--unsigned", "off", *out[:2], "--target", "tensorrt"] + out[4:]) == 0
     trt = QuantPlan.load(tmp_path / "trt.json")
     assert "unsigned" not in trt.recipe and not any(e.unsigned for e in trt.activations.values())
 

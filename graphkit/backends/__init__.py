@@ -241,19 +241,18 @@ def export_all(
     tmp = Path(tempfile.mkdtemp(prefix=scratch.prefix("export-"), dir=out.parent))
     try:
         files: list[ExportedFile] = []
-        unsigned = len(table.unsigned_activations())
+        signed = None  # (plan, model) with the unsigned activations shifted onto int8
         for name in names:
             say(f"{name}: writing")
-            if unsigned and name not in UNSIGNED_TARGETS:
-                say(
-                    f"{name}: stores the plan's {unsigned} unsigned activations as int8 "
-                    f"(one bit less than measured; calibrate with --target {name} to "
-                    "measure the plan as it runs there)"
-                )
+            plan, deployed = table, model
+            if table.unsigned_activations() and name not in UNSIGNED_TARGETS:
+                if signed is None:
+                    signed = _shifted(table, model, say)
+                plan, deployed = signed
             mod = backend(name)
             files += mod.export(
-                table,
-                model,
+                plan,
+                deployed,
                 tmp,
                 keep_float=tuple(keep_float),
                 samples=samples,
@@ -280,6 +279,28 @@ def export_all(
 
     atomic_write_text(out / "README.md", readme_text(table, files, out, model_name))
     return files
+
+
+def _shifted(
+    table: CalibrationTable, model: onnx.ModelProto, say: Callable[[str], None]
+) -> tuple[CalibrationTable, onnx.ModelProto]:
+    """The plan and deploy model for a backend with signed int8 only: the unsigned
+    activations that can be are shifted onto int8 with their uint8 step
+    (`graphkit.quant.shift`), the others stored signed."""
+    from graphkit.quant.shift import shift_for_signed
+
+    unsigned = len(table.unsigned_activations())
+    plan, shifted_model, shifted = shift_for_signed(table, model)
+    say(
+        f"{len(shifted)} of the plan's {unsigned} unsigned activations shifted onto int8 (same step)"
+    )
+    if len(shifted) < unsigned:
+        say(
+            f"{unsigned - len(shifted)} unsigned activations stored as int8, one bit less than "
+            "measured (not made by Conv -> Relu / Clip or not read by Convs only; calibrate "
+            "with --target to measure the plan as it runs there)"
+        )
+    return plan, shifted_model
 
 
 __all__ = [

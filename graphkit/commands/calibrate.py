@@ -179,20 +179,6 @@ def default_tensors(args: argparse.Namespace) -> str:
     return "quantizable"
 
 
-def signed_only(args: argparse.Namespace) -> str | None:
-    """ "off" when --target names a backend that stores every activation as signed int8, so
-    the plan is measured as that backend runs it; None (the recipe's choice) otherwise."""
-    if not getattr(args, "target", None):
-        return None
-    from graphkit.backends import UNSIGNED_TARGETS, parse_targets
-
-    signed = [t for t in parse_targets(args.target) if t not in UNSIGNED_TARGETS]
-    if signed:
-        console.print(f"  activations stay signed int8: no unsigned int8 in {', '.join(signed)}")
-        return "off"
-    return None
-
-
 def float_types(args: argparse.Namespace) -> tuple[str, ...] | None:
     """The layer types every --target can keep float (None: any), so the float search
     chooses only layers each backend can skip."""
@@ -265,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
         target_agreement=args.target_agreement,
         round_weights=args.round_weights,
         bias_correction=args.bias_correction,
-        unsigned=args.unsigned or signed_only(args),
+        unsigned=args.unsigned,
         float_op_types=float_types(args),
         targets=targets_of(args),
         fit_samples=args.fit_samples,
@@ -436,11 +422,18 @@ def summary(plan, args: argparse.Namespace) -> str:
         )
     ]
     unsigned = len(plan.unsigned_activations())
+    signed_targets = [t for t in r.get("recipe", {}).get("targets", ()) if t != "onnx"]
     if unsigned:
         lines.append(
-            f"{unsigned} never-negative activations uint8 in onnxruntime's Q/DQ "
-            "(--target ncnn, tensorrt, atc or vacc calibrates them signed, as those store them)"
+            f"{unsigned} never-negative activations uint8 in onnxruntime's Q/DQ"
+            + (
+                f", shifted onto int8 with the same step for {', '.join(signed_targets)}"
+                if signed_targets
+                else " (ncnn, TensorRT, Ascend and vacc get them shifted onto int8 where "
+                "a Conv makes them and Convs read them; --target measures the plan so)"
+            )
         )
+    if unsigned and (not signed_targets or "onnx" in r["recipe"]["targets"]):
         lines.append(
             "  onnxruntime runs uint8 x int8 exactly on CPUs with VNNI and on ARM, "
             "not on x86 with AVX2 only (16-bit sums saturate"

@@ -39,7 +39,9 @@ def add_export_arguments(p: argparse.ArgumentParser, required: bool = False) -> 
     p.add_argument(
         "--target",
         required=required,
-        help="comma-separated: ncnn, tensorrt, atc, vacc, onnx (or all)",
+        help="comma-separated: ncnn, tensorrt, atc, vacc, onnx (or all); calibrate measures "
+        "the plan as they run it (signed activations for all but onnx; float the layers "
+        "one of them cannot run int8, e.g. ncnn's ConvTranspose)",
     )
     p.add_argument(
         "--out-dir", required=required, help="directory for the backend files and README.md"

@@ -143,7 +143,12 @@ class _Inserter:
                 f"table has {amax.size} scales for weight '{wname}' but its axis {axis} has "
                 f"{w.shape[axis]} channels (table made for another model?)"
             )
-        scales = (np.maximum(amax, MIN_SCALE * QMAX) / QMAX).astype(np.float32)
+        # a channel of zeros takes the layer's largest scale (its integers are 0 whatever
+        # the scale): a tiny one makes onnxruntime's int32 bias, bias / (input scale x
+        # weight scale), overflow; BatchNorm folding leaves such channels with a bias
+        zero = amax <= MIN_SCALE * QMAX
+        top = float(amax.max()) / QMAX if not zero.all() else 1.0
+        scales = np.where(zero, top, amax / QMAX).astype(np.float32)
         if not per_axis:
             scales = scales.reshape(()) if scales.size == 1 else scales.max().reshape(())
         shape = [1] * w.ndim

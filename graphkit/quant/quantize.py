@@ -41,6 +41,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import onnx
 
+from graphkit.backends import UNSIGNED_TARGETS
 from graphkit.errors import GraphkitError
 from graphkit.irgraph import to_ir
 from graphkit.logs import step
@@ -355,6 +356,18 @@ def quantize(
     # resolution on [0, amax]); the best pair on the held-out crops wins
     t = time.perf_counter()
     unsigned = nonnegative(plan, model) if recipe.unsigned != "off" else []
+    signed_targets = [t for t in recipe.targets if t not in UNSIGNED_TARGETS]
+    if unsigned and signed_targets:
+        # int8-only backends get the uint8 grid by shifting (graphkit.quant.shift); the
+        # tensors that cannot be shifted are measured signed, as they will run
+        from graphkit.quant.shift import shiftable
+
+        every = len(unsigned)
+        unsigned = shiftable(model, unsigned)
+        say(
+            f"{len(unsigned)} of {every} never-negative activations can be shifted onto "
+            f"int8 for {', '.join(signed_targets)}: measured as uint8, exported shifted"
+        )
     storages = [False, True] if unsigned else [False]  # as uint8 or not
     if unsigned and recipe.unsigned == "on":
         storages = [True]

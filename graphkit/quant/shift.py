@@ -1,0 +1,251 @@
+"""Unsigned activations on backends that store only signed int8, by shifting them.
+
+A never-negative tensor x (a Relu / Relu6 output) stored as uint8 over [0, amax] has 255
+steps of s = amax / 255; ncnn, TensorRT, Ascend and vacc store symmetric int8 only, which
+spends half its grid on values x never takes. Stored as x' = x - c with c = 127 s, x'
+spans [-127 s, 128 s]: int8 with scale s holds every uint8 level but the top one. The
+shift is exact in float, so the model keeps its function:
+
+- the producer Conv's bias takes -c and its Relu / Clip bounds move by -c
+  (Relu -> Clip(-c), Clip(0, 6) -> Clip(-c, 6 - c));
+- every consumer Conv computes W * x' and gets back the missing W * c: per output
+  channel c times its kernel summed over the taps that fall inside the input, which is
+  the whole kernel (a bias) except on the border rows and columns zero padding cuts, where
+  a constant map is added after the Conv (the consumer's int8 reads x' padded with 0,
+  which is x = c: the map puts back what the padding should have read).
+
+Only tensors made by Conv -> Relu / Clip and read by Convs alone are shifted (every
+never-negative input of posenet's Convs is one); the others stay signed, one bit less.
+Consumers' weights are not touched: the plan's integers reach the backend unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from graphkit.irgraph import (
+    Names,
+    add_initializer,
+    const_array,
+    set_const_input,
+    to_ir,
+    to_proto,
+    value_shapes,
+)
+from graphkit.quant.deploy import channel_scales, nearest_integers
+from graphkit.quant.signs import _clip_floor
+from graphkit.quant.table import QuantPlan
+
+QMAX = 127  # the shifted tensor's int8 grid: -127..127 steps of the uint8 scale
+
+
+@dataclass
+class Site:
+    """Where one tensor can be shifted: its Relu / Clip, the Conv before it, its readers."""
+
+    act: ir.Node
+    producer: ir.Node
+    consumers: list[ir.Node]
+    size: tuple[int, int] | None  # (H, W) of the tensor, needed when a reader pads
+
+
+def shiftable(model: onnx.ModelProto | ir.Model, names: list[str]) -> list[str]:
+    """Those of `names` (never-negative tensors) that `shift_model` can shift."""
+    ir_model = model if isinstance(model, ir.Model) else to_ir(model)
+    sites = _sites(ir_model, names)
+    return [n for n in names if n in sites]
+
+
+def shift_for_signed(
+    plan: QuantPlan, model: onnx.ModelProto
+) -> tuple[QuantPlan, onnx.ModelProto, list[str]]:
+    """(plan, model, shifted) for a backend with signed int8 only: the plan's unsigned
+    activations that can be shifted become signed entries of the same step on the shifted
+    model; the others become plain signed entries (one bit less). `model` is the plan's
+    deploy model (its weights are what the consumers' corrections sum)."""
+    unsigned = plan.unsigned_activations()
+    out = copy.deepcopy(plan)
+    out.set_unsigned([])
+    if not unsigned:
+        return out, model, []
+    ir_model = to_ir(model)
+    sites = _sites(ir_model, unsigned)
+    shifts = {}
+    for name, site in sites.items():
+        entry = out.activations[name]
+        step = entry.amax / 255
+        shifts[name] = QMAX * step
+        entry.amax = QMAX * step  # signed grid of the uint8 step: scale amax / 127 = step
+    _apply(ir_model, sites, shifts, plan)
+    return out, to_proto(ir_model), list(sites)
+
+
+def _sites(model: ir.Model, names: list[str]) -> dict[str, Site]:
+    graph = model.graph
+    values = {v.name: v for n in graph for v in n.outputs}
+    shapes = None
+    out: dict[str, Site] = {}
+    for name in names:
+        value = values.get(name)
+        act = value.producer() if value is not None else None
+        if value is None or act is None or value.is_graph_output():
+            continue
+        if act.op_type == "Clip":
+            if _clip_floor(act) != 0.0:
+                continue
+        elif act.op_type != "Relu":
+            continue
+        y = act.inputs[0]
+        producer = y.producer() if y is not None else None
+        if producer is None or producer.op_type != "Conv" or y.is_graph_output():
+            continue
+        if len(y.uses()) != 1:  # the Conv's output feeds the Relu / Clip alone
+            continue
+        consumers = [u.node for u in value.uses()]
+        if not consumers or any(
+            c.op_type != "Conv" or c.inputs[0] is not value or _weight(c) is None for c in consumers
+        ):
+            continue
+        size = None
+        if any(_pads(c) for c in consumers):
+            if shapes is None:
+                shapes = value_shapes(model)
+            shape = shapes.get(name)
+            if not shape or len(shape) != 4 or shape[2] is None or shape[3] is None:
+                continue
+            size = (int(shape[2]), int(shape[3]))
+        out[name] = Site(act, producer, consumers, size)
+    return out
+
+
+def _apply(
+    model: ir.Model, sites: dict[str, Site], shifts: dict[str, float], plan: QuantPlan
+) -> None:
+    graph = model.graph
+    names = Names(graph)
+    opset = model.opset_imports.get("", 13)
+    for name, site in sites.items():
+        c = shifts[name]
+        _add_to_bias(graph, site.producer, np.float64(-c), names)
+        _lower_bounds(graph, site.act, c, opset, names)
+        for conv in site.consumers:
+            w = _as_run(conv, plan)
+            _add_to_bias(graph, conv, c * w.sum(axis=(1, 2, 3)), names)
+            if _pads(conv):
+                assert site.size is not None  # _sites checked it
+                border = c * (
+                    _inside_sums(conv, w, site.size) - w.sum(axis=(1, 2, 3))[:, None, None]
+                )
+                if np.abs(border).max() > 0:
+                    _add_after(graph, conv, border[None].astype(np.float32), names)
+
+
+def _as_run(conv: ir.Node, plan: QuantPlan) -> np.ndarray:
+    """The consumer's weights as the backend runs them: on the plan's grid (nearest
+    rounding is exact for a deploy model's q * scale, and what a backend does with a plan
+    that leaves rounding to it), float where the plan keeps the layer float."""
+    w = _weight(conv).astype(np.float64)
+    entry = plan.weights.get(conv.inputs[1].name or "")
+    if entry is None or conv.name in plan.keep_float:
+        return w
+    return nearest_integers(w, entry) * channel_scales(entry, w.ndim)
+
+
+def _weight(conv: ir.Node) -> np.ndarray | None:
+    return const_array(conv.inputs[1]) if len(conv.inputs) > 1 else None
+
+
+def _add_to_bias(graph: ir.Graph, conv: ir.Node, delta: np.ndarray, names: Names) -> None:
+    """The Conv's bias plus `delta` (a scalar or one value per output channel)."""
+    channels = _weight(conv).shape[0]
+    old = const_array(conv.inputs[2]) if len(conv.inputs) > 2 and conv.inputs[2] else None
+    bias = np.zeros(channels) if old is None else old.astype(np.float64)
+    set_const_input(graph, conv, 2, (bias + delta).astype(np.float32), names)
+
+
+def _lower_bounds(graph: ir.Graph, act: ir.Node, c: float, opset: int, names: Names) -> None:
+    """Relu -> Clip(-c); Clip(0, hi) -> Clip(-c, hi - c)."""
+    high = None
+    if act.op_type == "Clip":
+        attr = act.attributes.get("max")
+        if attr is not None:
+            high = float(attr.as_float())
+        elif len(act.inputs) > 2 and act.inputs[2] is not None:
+            high = float(const_array(act.inputs[2]).reshape(-1)[0])
+    act.op_type = "Clip"
+    if opset < 11:
+        act.attributes["min"] = ir.AttrFloat32("min", -c)
+        if high is not None:
+            act.attributes["max"] = ir.AttrFloat32("max", high - c)
+        return
+    act.resize_inputs(3 if high is not None else 2)
+    low = add_initializer(graph, np.array(-c, np.float32), names.fresh(f"{act.name}_shift_min"))
+    act.replace_input_with(1, low)
+    if high is not None:
+        top = np.array(high - c, np.float32)
+        act.replace_input_with(2, add_initializer(graph, top, names.fresh(f"{act.name}_shift_max")))
+
+
+def _pads(conv: ir.Node) -> bool:
+    auto = conv.attributes.get("auto_pad")
+    if auto is not None and auto.as_string() in ("SAME_UPPER", "SAME_LOWER"):
+        return True
+    pads = conv.attributes.get("pads")
+    return pads is not None and any(p != 0 for p in pads.as_ints())
+
+
+def _inside_sums(conv: ir.Node, w: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(C_out, H_out, W_out): each output's kernel summed over the taps inside the input."""
+    k = w.shape[2:]
+    strides = _ints(conv, "strides", [1, 1])
+    dilations = _ints(conv, "dilations", [1, 1])
+    auto = conv.attributes.get("auto_pad")
+    auto = auto.as_string() if auto is not None else "NOTSET"
+    pads = _ints(conv, "pads", [0, 0, 0, 0])
+    inside = []
+    for axis in range(2):
+        n, s, d, span = (
+            size[axis],
+            strides[axis],
+            dilations[axis],
+            (k[axis] - 1) * dilations[axis] + 1,
+        )
+        if auto in ("SAME_UPPER", "SAME_LOWER"):
+            total = max((-(-n // s) - 1) * s + span - n, 0)
+            begin = total // 2 if auto == "SAME_UPPER" else total - total // 2
+            count = -(-n // s)
+        else:
+            begin = 0 if auto == "VALID" else pads[axis]
+            end = 0 if auto == "VALID" else pads[axis + 2]
+            count = (n + begin + end - span) // s + 1
+        index = np.arange(count)[:, None] * s - begin + np.arange(k[axis])[None, :] * d
+        inside.append(((index >= 0) & (index < n)).astype(np.float64))
+    return np.einsum("okl,hk,wl->ohw", w.sum(axis=1), inside[0], inside[1])
+
+
+def _ints(node: ir.Node, key: str, default: list[int]) -> list[int]:
+    attr = node.attributes.get(key)
+    return list(attr.as_ints()) if attr is not None else default
+
+
+def _add_after(graph: ir.Graph, conv: ir.Node, border: np.ndarray, names: Names) -> None:
+    """conv's output + border, under the output's name (its readers read the sum)."""
+    out = conv.outputs[0]
+    name = out.name
+    out.name = names.fresh(f"{name}_before_shift_border")
+    const = add_initializer(graph, border, names.fresh(f"{conv.name}_shift_border"))
+    add = ir.Node("", "Add", inputs=[out, const], name=names.fresh(f"{conv.name}_shift_border"))
+    total = add.outputs[0]
+    for use in list(out.uses()):
+        if use.node is not add:
+            use.node.replace_input_with(use.idx, total)
+    if out.is_graph_output():
+        graph.outputs[graph.outputs.index(out)] = total
+    total.name = name
+    total.shape, total.type = out.shape, out.type
+    graph.insert_after(conv, add)
