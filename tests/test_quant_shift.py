@@ -76,8 +76,8 @@ def _inputs(n: int = 4) -> list[np.ndarray]:
 
 def _plan(model: onnx.ModelProto) -> CalibrationTable:
     """Thresholds from the data; r1, r2, r3 unsigned."""
-    from graphkit.quant.collect import collect, select_tensors
     from graphkit.quant.calibrate import build_table
+    from graphkit.quant.collect import collect, select_tensors
 
     feeds = [{"x": x} for x in _inputs()]
     stats = collect(model, lambda: iter(feeds), select_tensors(model), overlap=False)
@@ -91,7 +91,7 @@ def test_shifted_model_computes_what_the_model_computes(opset):
     model = _model(opset)
     plan = _plan(model)
     plan.weights = {}  # float weights: the corrections sum them as they are
-    shifted_plan, shifted, names = shift_for_signed(plan, model)
+    _, shifted, names = shift_for_signed(plan, model)
     assert names == ["r1", "r2", "r3"] == shiftable(model, ["r1", "r2", "r3", "rx"])
     for x in _inputs():
         for want, got in zip(_run(model, x), _run(shifted, x)):
@@ -104,7 +104,6 @@ def test_shifted_int8_matches_the_uint8_plan_and_beats_storing_it_signed():
     steps), which is what a signed backend got before; only rounding ties and the top
     uint8 level differ."""
     from graphkit.metrics import sqnr_db, squared_error
-
     from graphkit.quant.deploy import fill_integers
 
     plan = _plan(_model())

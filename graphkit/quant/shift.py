@@ -76,7 +76,7 @@ def shift_for_signed(
     ir_model = to_ir(model)
     sites = _sites(ir_model, unsigned)
     shifts = {}
-    for name, site in sites.items():
+    for name in sites:
         entry = out.activations[name]
         step = entry.amax / 255
         shifts[name] = QMAX * step
@@ -96,19 +96,20 @@ def _sites(model: ir.Model, names: list[str]) -> dict[str, Site]:
         if value is None or act is None or value.is_graph_output():
             continue
         if act.op_type == "Clip":
-            if _clip_floor(act) != 0.0:
+            if _clip_floor(act) != 0.0 or _clip_ceiling(act) is False:
                 continue
         elif act.op_type != "Relu":
             continue
         y = act.inputs[0]
         producer = y.producer() if y is not None else None
-        if producer is None or producer.op_type != "Conv" or y.is_graph_output():
+        if y is None or producer is None or producer.op_type != "Conv":
             continue
-        if len(y.uses()) != 1:  # the Conv's output feeds the Relu / Clip alone
+        if y.is_graph_output() or len(y.uses()) != 1:  # the Conv's output feeds the act alone
             continue
         consumers = [u.node for u in value.uses()]
         if not consumers or any(
-            c.op_type != "Conv" or c.inputs[0] is not value or _weight(c) is None for c in consumers
+            c.op_type != "Conv" or c.inputs[0] is not value or _constant(c, 1) is None
+            for c in consumers
         ):
             continue
         size = None
@@ -131,7 +132,7 @@ def _apply(
     opset = model.opset_imports.get("", 13)
     for name, site in sites.items():
         c = shifts[name]
-        _add_to_bias(graph, site.producer, np.float64(-c), names)
+        _add_to_bias(graph, site.producer, -c, names)
         _lower_bounds(graph, site.act, c, opset, names)
         for conv in site.consumers:
             w = _as_run(conv, plan)
@@ -150,33 +151,45 @@ def _as_run(conv: ir.Node, plan: QuantPlan) -> np.ndarray:
     rounding is exact for a deploy model's q * scale, and what a backend does with a plan
     that leaves rounding to it), float where the plan keeps the layer float."""
     w = _weight(conv).astype(np.float64)
-    entry = plan.weights.get(conv.inputs[1].name or "")
+    entry = plan.weights.get(conv.inputs[1].name or "")  # type: ignore[union-attr]
     if entry is None or conv.name in plan.keep_float:
         return w
     return nearest_integers(w, entry) * channel_scales(entry, w.ndim)
 
 
-def _weight(conv: ir.Node) -> np.ndarray | None:
-    return const_array(conv.inputs[1]) if len(conv.inputs) > 1 else None
+def _constant(node: ir.Node, index: int) -> np.ndarray | None:
+    return const_array(node.inputs[index]) if len(node.inputs) > index else None
 
 
-def _add_to_bias(graph: ir.Graph, conv: ir.Node, delta: np.ndarray, names: Names) -> None:
+def _weight(conv: ir.Node) -> np.ndarray:
+    w = _constant(conv, 1)
+    assert w is not None  # `_sites` takes only Convs with a constant weight
+    return w
+
+
+def _clip_ceiling(act: ir.Node) -> float | None | bool:
+    """A Clip's upper bound: a number, None (unbounded) or False (not a constant)."""
+    attr = act.attributes.get("max")
+    if attr is not None:
+        return float(attr.as_float())
+    if len(act.inputs) < 3 or act.inputs[2] is None:
+        return None
+    high = const_array(act.inputs[2])
+    return False if high is None else float(high.reshape(-1)[0])
+
+
+def _add_to_bias(graph: ir.Graph, conv: ir.Node, delta: np.ndarray | float, names: Names) -> None:
     """The Conv's bias plus `delta` (a scalar or one value per output channel)."""
     channels = _weight(conv).shape[0]
-    old = const_array(conv.inputs[2]) if len(conv.inputs) > 2 and conv.inputs[2] else None
+    old = _constant(conv, 2)
     bias = np.zeros(channels) if old is None else old.astype(np.float64)
     set_const_input(graph, conv, 2, (bias + delta).astype(np.float32), names)
 
 
 def _lower_bounds(graph: ir.Graph, act: ir.Node, c: float, opset: int, names: Names) -> None:
     """Relu -> Clip(-c); Clip(0, hi) -> Clip(-c, hi - c)."""
-    high = None
-    if act.op_type == "Clip":
-        attr = act.attributes.get("max")
-        if attr is not None:
-            high = float(attr.as_float())
-        elif len(act.inputs) > 2 and act.inputs[2] is not None:
-            high = float(const_array(act.inputs[2]).reshape(-1)[0])
+    high = _clip_ceiling(act) if act.op_type == "Clip" else None
+    assert high is not False  # `_sites` takes only constant bounds
     act.op_type = "Clip"
     if opset < 11:
         act.attributes["min"] = ir.AttrFloat32("min", -c)
@@ -204,8 +217,8 @@ def _inside_sums(conv: ir.Node, w: np.ndarray, size: tuple[int, int]) -> np.ndar
     k = w.shape[2:]
     strides = _ints(conv, "strides", [1, 1])
     dilations = _ints(conv, "dilations", [1, 1])
-    auto = conv.attributes.get("auto_pad")
-    auto = auto.as_string() if auto is not None else "NOTSET"
+    attr = conv.attributes.get("auto_pad")
+    auto = attr.as_string() if attr is not None else "NOTSET"
     pads = _ints(conv, "pads", [0, 0, 0, 0])
     inside = []
     for axis in range(2):
