@@ -130,3 +130,41 @@ def test_shifted_int8_matches_the_uint8_plan_and_beats_storing_it_signed():
         for k, m in got.items():
             error[k] += sum(squared_error(w, g) for w, g in zip(want, _run(m, x)[:2]))
     assert sqnr_db(signal, error["shifted"]) > sqnr_db(signal, error["signed"]) + 15
+
+
+def test_ncnn_int8_of_a_uint8_plan_runs_what_onnxruntime_measured(tmp_path, pnnx_installed):
+    """ncnn stores int8 only: the export shifts the plan's uint8 activations (clips and
+    border maps converted by pnnx) and ncnn int8 tracks onnxruntime's uint8 Q/DQ model far
+    closer than the same plan stored signed."""
+    from graphkit.backends import export_all
+    from graphkit.backends.ncnn import runtime as nc
+    from graphkit.metrics import sqnr_db, squared_error
+    from graphkit.quant.deploy import fill_integers
+
+    plan = _plan(_model())
+    fill_integers(plan, _model())
+    signed = shift_for_signed(plan, _model())[0]  # every entry signed, same thresholds
+    signed.activations = {
+        k: ActivationEntry(**{**vars(e), "unsigned": False}) for k, e in plan.activations.items()
+    }
+    feeds = [{"x": x} for x in _inputs()]
+    lines: list[str] = []
+    for tag, p in (("uint8", plan), ("signed", signed)):
+        export_all(
+            p, _model(), ["ncnn"], tmp_path / tag, samples=lambda: iter(feeds), log=lines.append
+        )
+    assert any("3 of the plan's 4 unsigned activations shifted onto int8" in x for x in lines)
+    want = make_session(insert_qdq(plan.deploy_model(_model()), plan))
+    error = {"uint8": 0.0, "signed": 0.0}
+    signal = 0.0
+    for f in feeds:
+        ref = want.run(None, f)[:2]
+        signal += sum(float((r.astype(np.float64) ** 2).sum()) for r in ref)
+        for tag in error:
+            d = tmp_path / tag / "ncnn"
+            net = nc.NcnnNet(d / "model.int8.param", d / "model.int8.bin", int8=True)
+            got = net.run({"in0": f["x"]}, ["out0", "out1"])
+            error[tag] += sum(
+                squared_error(r, got[o].reshape(r.shape)) for r, o in zip(ref, ("out0", "out1"))
+            )
+    assert sqnr_db(signal, error["uint8"]) > sqnr_db(signal, error["signed"]) + 6
