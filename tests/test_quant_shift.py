@@ -17,8 +17,9 @@ from graphkit.runtime.ort import make_session
 
 def _model(opset: int = 13) -> onnx.ModelProto:
     """x -> c1 -> Relu (r1) -> c2 3x3 stride 2 pad 1 -> Clip(0, 6) (r2) -> depthwise 3x3
-    SAME_UPPER (d) -> Relu (r3) -> 1x1 (y1) and 3x3 dilated (y2); Relu(x) (rx) -> 1x1 (y3):
-    rx is not made by a Conv, so it cannot be shifted."""
+    SAME_UPPER (d) -> Relu (r3) -> 1x1 (y1), 3x3 dilated (y2) and a max pool (y4);
+    Relu(x) (rx) -> 1x1 (y3) and a MatMul (y5). r1 and r2 fold the shift into the Conv
+    before them, r3 (also read by the pool) takes a Sub, rx (read by a MatMul) stays."""
     rng = np.random.default_rng(0)
     inits = {
         "w1": rng.normal(0, 0.4, (8, 3, 3, 3)),
@@ -29,6 +30,7 @@ def _model(opset: int = 13) -> onnx.ModelProto:
         "w4": rng.normal(0, 0.3, (4, 8, 1, 1)),
         "w5": rng.normal(0, 0.3, (4, 8, 3, 3)),
         "w6": rng.normal(0, 0.3, (2, 3, 1, 1)),
+        "wm": rng.normal(0, 0.3, (11, 2)),
     }
     inits = {k: v.astype(np.float32) for k, v in inits.items()}
     clip = (
@@ -55,11 +57,19 @@ def _model(opset: int = 13) -> onnx.ModelProto:
         ),
         helper.make_node("Relu", ["x"], ["rx"], name="relux"),
         helper.make_node("Conv", ["rx", "w6"], ["y3"], name="cx"),
+        helper.make_node("MaxPool", ["r3"], ["y4"], name="pool", kernel_shape=[2, 2]),
+        helper.make_node("MatMul", ["rx", "wm"], ["y5"], name="mm"),
     ]
     return model_of(
         nodes,
         [("x", [1, 3, 11, 11])],
-        [("y1", [1, 4, 6, 6]), ("y2", [1, 4, 6, 6]), ("y3", [1, 2, 11, 11])],
+        [
+            ("y1", [1, 4, 6, 6]),
+            ("y2", [1, 4, 6, 6]),
+            ("y3", [1, 2, 11, 11]),
+            ("y4", [1, 8, 5, 5]),
+            ("y5", [1, 3, 11, 2]),
+        ],
         inits,
         opset,
     )
@@ -93,6 +103,8 @@ def test_shifted_model_computes_what_the_model_computes(opset):
     plan.weights = {}  # float weights: the corrections sum them as they are
     _, shifted, names = shift_for_signed(plan, model)
     assert names == ["r1", "r2", "r3"] == shiftable(model, ["r1", "r2", "r3", "rx"])
+    subs = [n for n in shifted.graph.node if n.op_type == "Sub"]
+    assert [n.output[0] for n in subs] == ["r3"]  # r1 and r2: folded into c1 and c2
     for x in _inputs():
         for want, got in zip(_run(model, x), _run(shifted, x)):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)

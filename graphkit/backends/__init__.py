@@ -297,8 +297,8 @@ def _shifted(
     if len(shifted) < unsigned:
         say(
             f"{unsigned - len(shifted)} unsigned activations stored as int8, one bit less than "
-            "measured (not made by Conv -> Relu / Clip or not read by Convs only; calibrate "
-            "with --target to measure the plan as it runs there)"
+            "measured (read by an int8 layer other than a Conv; calibrate with --target to "
+            "measure the plan as it runs there)"
         )
     return plan, shifted_model
 

@@ -14,9 +14,11 @@ shift is exact in float, so the model keeps its function:
   a constant map is added after the Conv (the consumer's int8 reads x' padded with 0,
   which is x = c: the map puts back what the padding should have read).
 
-Only tensors made by Conv -> Relu / Clip and read by Convs alone are shifted (every
-never-negative input of posenet's Convs is one); the others stay signed, one bit less.
-Consumers' weights are not touched: the plan's integers reach the backend unchanged.
+When x is not such a Relu / Clip output (a residual Add's Relu, a MaxPool, a Concat) or
+is also read by other ops, a Sub node makes x - c for its Convs and the other readers
+keep x. Tensors read by an int8 layer other than a Conv (Gemm, MatMul, ConvTranspose) stay
+signed, one bit less. Consumers' weights are not touched: the plan's integers reach the
+backend unchanged.
 """
 
 from __future__ import annotations
@@ -40,18 +42,21 @@ from graphkit.irgraph import (
 from graphkit.quant.deploy import channel_scales, nearest_integers
 from graphkit.quant.signs import _clip_floor
 from graphkit.quant.table import QuantPlan
+from graphkit.quant.weights import QUANTIZED_OPS
 
 QMAX = 127  # the shifted tensor's int8 grid: -127..127 steps of the uint8 scale
 
 
 @dataclass
 class Site:
-    """Where one tensor can be shifted: its Relu / Clip, the Conv before it, its readers."""
+    """Where one tensor can be shifted: the node making it, the Convs reading it."""
 
-    act: ir.Node
     producer: ir.Node
     consumers: list[ir.Node]
     size: tuple[int, int] | None  # (H, W) of the tensor, needed when a reader pads
+    # the Conv before a Relu / Clip read by Convs only: its bias and the bounds take the
+    # shift; None: a Sub makes the shifted copy the Convs read
+    before: ir.Node | None
 
 
 def shiftable(model: onnx.ModelProto | ir.Model, names: list[str]) -> list[str]:
@@ -92,36 +97,41 @@ def _sites(model: ir.Model, names: list[str]) -> dict[str, Site]:
     out: dict[str, Site] = {}
     for name in names:
         value = values.get(name)
-        act = value.producer() if value is not None else None
-        if value is None or act is None or value.is_graph_output():
+        node = value.producer() if value is not None else None
+        if value is None or node is None or value.is_graph_output():
             continue
-        if act.op_type == "Clip":
-            if _clip_floor(act) != 0.0 or _clip_ceiling(act) is False:
-                continue
-        elif act.op_type != "Relu":
-            continue
-        y = act.inputs[0]
-        producer = y.producer() if y is not None else None
-        if y is None or producer is None or producer.op_type != "Conv":
-            continue
-        if y.is_graph_output() or len(y.uses()) != 1:  # the Conv's output feeds the act alone
-            continue
-        consumers = [u.node for u in value.uses()]
-        if not consumers or any(
-            c.op_type != "Conv" or c.inputs[0] is not value or _constant(c, 1) is None
-            for c in consumers
-        ):
+        readers = [u.node for u in value.uses()]
+        convs = [c for c in readers if c.op_type == "Conv" and c.inputs[0] is value]
+        if not convs or any(c.op_type in QUANTIZED_OPS and c not in convs for c in readers):
+            continue  # every int8 layer reading it must be a Conv that can take it back
+        if any(_constant(c, 1) is None for c in convs):
             continue
         size = None
-        if any(_pads(c) for c in consumers):
+        if any(_pads(c) for c in convs):
             if shapes is None:
                 shapes = value_shapes(model)
             shape = shapes.get(name)
             if not shape or len(shape) != 4 or shape[2] is None or shape[3] is None:
                 continue
             size = (int(shape[2]), int(shape[3]))
-        out[name] = Site(act, producer, consumers, size)
+        before = _conv_before(node) if len(convs) == len(readers) else None
+        out[name] = Site(node, convs, size, before)
     return out
+
+
+def _conv_before(act: ir.Node) -> ir.Node | None:
+    """The Conv whose bias can take the shift, with the bounds of `act` (a Relu / Clip(0,
+    ..) reading that Conv alone), or None."""
+    if act.op_type == "Clip":
+        if _clip_floor(act) != 0.0 or _clip_ceiling(act) is False:
+            return None
+    elif act.op_type != "Relu":
+        return None
+    y = act.inputs[0]
+    conv = y.producer() if y is not None else None
+    if y is None or conv is None or conv.op_type != "Conv" or _constant(conv, 1) is None:
+        return None
+    return conv if not y.is_graph_output() and len(y.uses()) == 1 else None
 
 
 def _apply(
@@ -132,8 +142,11 @@ def _apply(
     opset = model.opset_imports.get("", 13)
     for name, site in sites.items():
         c = shifts[name]
-        _add_to_bias(graph, site.producer, -c, names)
-        _lower_bounds(graph, site.act, c, opset, names)
+        if site.before is not None:  # the Conv before the Relu / Clip takes the shift
+            _add_to_bias(graph, site.before, -c, names)
+            _lower_bounds(graph, site.producer, c, opset, names)
+        else:
+            _subtract(graph, site, c, names)
         for conv in site.consumers:
             w = _as_run(conv, plan)
             _add_to_bias(graph, conv, c * w.sum(axis=(1, 2, 3)), names)
@@ -244,6 +257,23 @@ def _inside_sums(conv: ir.Node, w: np.ndarray, size: tuple[int, int]) -> np.ndar
 def _ints(node: ir.Node, key: str, default: list[int]) -> list[int]:
     attr = node.attributes.get(key)
     return list(attr.as_ints()) if attr is not None else default
+
+
+def _subtract(graph: ir.Graph, site: Site, c: float, names: Names) -> None:
+    """x - c under x's name, read by the site's Convs; the other readers keep x."""
+    value = site.consumers[0].inputs[0]
+    assert value is not None  # `_sites`: the Convs read it
+    name = value.name
+    value.name = names.fresh(f"{name}_unshifted")
+    const = add_initializer(graph, np.array(c, np.float32), names.fresh(f"{name}_shift"))
+    sub = ir.Node("", "Sub", inputs=[value, const], name=names.fresh(f"{name}_shift"))
+    shifted = sub.outputs[0]
+    for use in list(value.uses()):
+        if use.node in site.consumers:
+            use.node.replace_input_with(use.idx, shifted)
+    shifted.name = name
+    shifted.shape, shifted.type = value.shape, value.type
+    graph.insert_after(site.producer, sub)
 
 
 def _add_after(graph: ir.Graph, conv: ir.Node, border: np.ndarray, names: Names) -> None:
