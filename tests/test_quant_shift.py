@@ -180,3 +180,34 @@ def test_ncnn_int8_of_a_uint8_plan_runs_what_onnxruntime_measured(tmp_path, pnnx
                 squared_error(r, got[o].reshape(r.shape)) for r, o in zip(ref, ("out0", "out1"))
             )
     assert sqnr_db(signal, error["uint8"]) > sqnr_db(signal, error["signed"]) + 6
+
+
+def test_a_plan_of_every_tensor_keeps_covering_every_tensor_after_the_shift():
+    """TensorRT's cache wants a range for each tensor: the shifted model's new tensors (a
+    Sub's unshifted input, a Conv's output before its border Add) get entries, and every
+    entry still bounds its tensor (minmax ranges: nothing may exceed them)."""
+    from graphkit.quant.calibrate import build_table
+    from graphkit.quant.collect import collect, select_tensors
+
+    model = _model()
+    feeds = [{"x": x} for x in _inputs()]
+    stats = collect(model, lambda: iter(feeds), select_tensors(model, "all"), overlap=False)
+    plan = build_table(model, stats, "minmax")
+    plan.weights = {}
+    plan.set_unsigned(["r1", "r2", "r3", "rx"])
+    shifted_plan, shifted, moved = shift_for_signed(plan, model)
+    outputs = [o for n in shifted.graph.node for o in n.output]
+    assert set(outputs) <= set(shifted_plan.activations)  # every tensor has a range
+    assert {"r3_unshifted", "c2_before_shift_border"} <= set(shifted_plan.activations)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(shifted)
+    known = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in outputs if t not in known)
+    names = [o.name for o in probe.graph.output]
+    for x in _inputs():
+        for name, value in zip(names, make_session(probe).run(None, {"x": x})):
+            if name in shifted_plan.activations:
+                # a shifted tensor's top uint8 level is one step above its int8 grid
+                top = 128 / 127 if name in moved else 1.0
+                amax = shifted_plan.activations[name].amax * top
+                assert np.abs(value).max() <= amax * (1 + 1e-5) + 1e-6, name

@@ -24,7 +24,7 @@ backend unchanged.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
@@ -41,7 +41,7 @@ from graphkit.irgraph import (
 )
 from graphkit.quant.deploy import channel_scales, nearest_integers
 from graphkit.quant.signs import _clip_floor
-from graphkit.quant.table import QuantPlan
+from graphkit.quant.table import ActivationEntry, QuantPlan
 from graphkit.quant.weights import QUANTIZED_OPS
 
 QMAX = 127  # the shifted tensor's int8 grid: -127..127 steps of the uint8 scale
@@ -85,8 +85,11 @@ def shift_for_signed(
         entry = out.activations[name]
         step = entry.amax / 255
         shifts[name] = QMAX * step
-        entry.amax = QMAX * step  # signed grid of the uint8 step: scale amax / 127 = step
-    _apply(ir_model, sites, shifts, plan)
+        # signed grid of the uint8 step (scale amax / 127 = step), values x - c
+        entry.amax = QMAX * step
+        entry.min = None if entry.min is None else entry.min - shifts[name]
+        entry.max = None if entry.max is None else entry.max - shifts[name]
+    _apply(ir_model, sites, shifts, plan, out.activations)
     return out, to_proto(ir_model), list(sites)
 
 
@@ -135,18 +138,31 @@ def _conv_before(act: ir.Node) -> ir.Node | None:
 
 
 def _apply(
-    model: ir.Model, sites: dict[str, Site], shifts: dict[str, float], plan: QuantPlan
+    model: ir.Model,
+    sites: dict[str, Site],
+    shifts: dict[str, float],
+    plan: QuantPlan,
+    entries: dict[str, ActivationEntry],
 ) -> None:
+    """Rewrite the model; keep `entries` (the shifted plan's activations) covering the
+    tensors that moved, for a backend that wants every tensor's range (TensorRT's cache)."""
     graph = model.graph
     names = Names(graph)
     opset = model.opset_imports.get("", 13)
-    for name, site in sites.items():
+    for name, site in sites.items():  # the shifted tensors first...
         c = shifts[name]
         if site.before is not None:  # the Conv before the Relu / Clip takes the shift
             _add_to_bias(graph, site.before, -c, names)
             _lower_bounds(graph, site.producer, c, opset, names)
+            y = site.before.outputs[0].name or ""
+            if y in entries:  # the Conv's output moved by -c
+                entries[y] = _moved(entries[y], -c, -c)
         else:
-            _subtract(graph, site, c, names)
+            raw = _subtract(graph, site, c, names)
+            if name in plan.activations:  # the other readers read it as it was
+                entries[raw] = replace(plan.activations[name], unsigned=False, consumers=[])
+    for name, site in sites.items():  # ...then the Convs reading them take the shift back
+        c = shifts[name]
         for conv in site.consumers:
             w = _as_run(conv, plan)
             _add_to_bias(graph, conv, c * w.sum(axis=(1, 2, 3)), names)
@@ -155,8 +171,19 @@ def _apply(
                 border = c * (
                     _inside_sums(conv, w, site.size) - w.sum(axis=(1, 2, 3))[:, None, None]
                 )
-                if np.abs(border).max() > 0:
-                    _add_after(graph, conv, border[None].astype(np.float32), names)
+                edge = float(np.abs(border).max())
+                if edge > 0:
+                    out = conv.outputs[0].name or ""
+                    before = _add_after(graph, conv, border[None].astype(np.float32), names)
+                    if out in entries:  # the Conv's own output: the sum less the border
+                        entries[before] = _moved(entries[out], -edge, edge)
+
+
+def _moved(entry: ActivationEntry, low: float, high: float) -> ActivationEntry:
+    """An entry for values moved by at most [low, high] from the entry's tensor."""
+    lo = None if entry.min is None else entry.min + low
+    hi = None if entry.max is None else entry.max + high
+    return replace(entry, amax=entry.amax + max(-low, high), min=lo, max=hi, consumers=[])
 
 
 def _as_run(conv: ir.Node, plan: QuantPlan) -> np.ndarray:
@@ -259,8 +286,9 @@ def _ints(node: ir.Node, key: str, default: list[int]) -> list[int]:
     return list(attr.as_ints()) if attr is not None else default
 
 
-def _subtract(graph: ir.Graph, site: Site, c: float, names: Names) -> None:
-    """x - c under x's name, read by the site's Convs; the other readers keep x."""
+def _subtract(graph: ir.Graph, site: Site, c: float, names: Names) -> str:
+    """x - c under x's name, read by the site's Convs; the other readers keep x, under the
+    new name returned."""
     value = site.consumers[0].inputs[0]
     assert value is not None  # `_sites`: the Convs read it
     name = value.name
@@ -274,10 +302,12 @@ def _subtract(graph: ir.Graph, site: Site, c: float, names: Names) -> None:
     shifted.name = name
     shifted.shape, shifted.type = value.shape, value.type
     graph.insert_after(site.producer, sub)
+    return value.name or ""
 
 
-def _add_after(graph: ir.Graph, conv: ir.Node, border: np.ndarray, names: Names) -> None:
-    """conv's output + border, under the output's name (its readers read the sum)."""
+def _add_after(graph: ir.Graph, conv: ir.Node, border: np.ndarray, names: Names) -> str:
+    """conv's output + border, under the output's name (its readers read the sum); returns
+    the Conv's output's new name."""
     out = conv.outputs[0]
     name = out.name
     out.name = names.fresh(f"{name}_before_shift_border")
@@ -292,3 +322,4 @@ def _add_after(graph: ir.Graph, conv: ir.Node, border: np.ndarray, names: Names)
     total.name = name
     total.shape, total.type = out.shape, out.type
     graph.insert_after(conv, add)
+    return out.name or ""
