@@ -37,46 +37,14 @@ from graphkit.errors import GraphkitError, InputError
 from graphkit.logs import step
 from graphkit.model import atomic_write_text
 from graphkit.quant.table import CalibrationTable
+from graphkit.quant.targets import NO_INT8, UNSIGNED_TARGETS, layers_without_int8
 
 TARGETS = {
     name: f"graphkit.backends.{name}" for name in ("ncnn", "tensorrt", "atc", "vacc", "onnx")
 }
-# targets that store a plan's unsigned activations as uint8; the others store them int8
-UNSIGNED_TARGETS = ("onnx",)
 # the layer types a target can keep float, where it cannot keep any (vamc's config skips
 # Conv and MatMul nodes by index: skip_conv_layers, skip_matmul_layers)
 FLOAT_OP_TYPES = {"vacc": ("Conv", "ConvTranspose", "MatMul")}
-
-
-# what a target runs float whatever the plan says, for want of an int8 form there: a plan
-# made for it keeps these float from the start, so what the recipe measures is what that
-# backend runs, and they count against the float budget (docs/accuracy.md)
-NO_INT8 = {
-    "ncnn": {
-        "ConvTranspose": "ncnn has no int8 Deconvolution",
-        "MatMul of two activations": "ncnn has no int8 MatMul of two activations",
-    }
-}
-
-
-def layers_without_int8(model: onnx.ModelProto, targets: Sequence[str]) -> dict[str, str]:
-    """{node: why} for the layers that one of `targets` runs float whatever the plan says
-    (NO_INT8), in graph order."""
-    from graphkit.irgraph import to_ir
-    from graphkit.quant.collect import layer_activations
-
-    rules = [NO_INT8[t] for t in targets if t in NO_INT8]
-    if not rules:
-        return {}
-    out = {}
-    for node in to_ir(model).graph:
-        kind = node.op_type
-        if kind == "MatMul" and len(layer_activations(node)) == 2:
-            kind = "MatMul of two activations"
-        why = next((rule[kind] for rule in rules if kind in rule), None)
-        if why is not None and node.name:
-            out[node.name] = why
-    return out
 
 
 def float_op_types(targets: Sequence[str]) -> tuple[str, ...] | None:
@@ -304,6 +272,7 @@ def _shifted(
 
 
 __all__ = [
+    "NO_INT8",
     "TARGETS",
     "UNSIGNED_TARGETS",
     "ExportedFile",

@@ -41,7 +41,6 @@ from typing import Any, NamedTuple
 import numpy as np
 import onnx
 
-from graphkit.backends import UNSIGNED_TARGETS
 from graphkit.errors import GraphkitError
 from graphkit.irgraph import to_ir
 from graphkit.logs import step
@@ -57,6 +56,7 @@ from graphkit.quant.sensitivity import (
 )
 from graphkit.quant.signs import never_negative
 from graphkit.quant.table import QuantPlan, held_out_summary
+from graphkit.quant.targets import UNSIGNED_TARGETS, layers_without_int8
 from graphkit.quant.variants import qdq_variants, scoring_candidates
 from graphkit.runtime.int8_kernels import uint8_conv_exact
 
@@ -760,11 +760,7 @@ def _mark_methods(plan: QuantPlan, how: str) -> None:
 
 def _without_int8(model: onnx.ModelProto, recipe: Recipe) -> dict[str, str]:
     """`backends.layers_without_int8` for the recipe's targets."""
-    if not recipe.targets:
-        return {}
-    from graphkit.backends import layers_without_int8
-
-    return layers_without_int8(model, recipe.targets)
+    return layers_without_int8(model, recipe.targets) if recipe.targets else {}
 
 
 def _float_count(plan, layers, keep_float, forced) -> dict[str, int]:
