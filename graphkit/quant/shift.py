@@ -60,7 +60,7 @@ class Site:
 
 
 def shiftable(model: onnx.ModelProto | ir.Model, names: list[str]) -> list[str]:
-    """Those of `names` (never-negative tensors) that `shift_model` can shift."""
+    """Those of `names` (never-negative tensors) that `shift_for_signed` can shift."""
     ir_model = model if isinstance(model, ir.Model) else to_ir(model)
     sites = _sites(ir_model, names)
     return [n for n in names if n in sites]
