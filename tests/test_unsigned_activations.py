@@ -267,7 +267,7 @@ def test_a_target_without_unsigned_int8_measures_the_activations_it_gets_shifted
     assert main([*argv, *out]) == 0
     printed = capsys.readouterr().out
     # both Relu outputs are made by a Conv and read by one: measured uint8, shipped shifted
-    assert "2 of 2 never-negative activations can be shifted onto int8 for tensorrt" in printed
+    assert "2 of 2 never-negative int8 inputs can be shifted onto int8 for tensorrt" in printed
     trt = QuantPlan.load(tmp_path / "trt.json")
     assert trt.recipe["unsigned"]["tensors"] == 2 and "--unsigned off" not in printed
     assert main([*argv, "--unsigned", "off", *out[:2], "--target", "tensorrt"] + out[4:]) == 0

@@ -362,10 +362,10 @@ def quantize(
         # tensors that cannot be shifted are measured signed, as they will run
         from graphkit.quant.shift import shiftable
 
-        every = len(unsigned)
+        inputs = sum(bool(plan.activations[n].consumers) for n in unsigned)  # of int8 layers
         unsigned = shiftable(model, unsigned)
         say(
-            f"{len(unsigned)} of {every} never-negative activations can be shifted onto "
+            f"{len(unsigned)} of {inputs} never-negative int8 inputs can be shifted onto "
             f"int8 for {', '.join(signed_targets)}: measured as uint8, exported shifted"
         )
     storages = [False, True] if unsigned else [False]  # as uint8 or not
