@@ -211,3 +211,23 @@ def test_a_plan_of_every_tensor_keeps_covering_every_tensor_after_the_shift():
                 top = 128 / 127 if name in moved else 1.0
                 amax = shifted_plan.activations[name].amax * top
                 assert np.abs(value).max() <= amax * (1 + 1e-5) + 1e-6, name
+
+
+def test_a_tensor_read_by_a_1d_conv_is_not_shifted():
+    from graphkit.quant.table import ActivationEntry as Entry
+
+    w = np.ones((2, 3, 3), np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="c1", pads=[1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "w2"], ["y"], name="c2", pads=[1, 1]),
+    ]
+    model = model_of(
+        nodes,
+        [("x", [1, 3, 8])],
+        [("y", [1, 2, 8])],
+        {"w": w, "w2": np.ones((2, 2, 3), np.float32)},
+    )
+    assert shiftable(model, ["r"]) == []
+    plan = CalibrationTable(method="minmax", activations={"r": Entry(amax=1.0, unsigned=True)})
+    assert shift_for_signed(plan, model)[2] == []

@@ -107,8 +107,8 @@ def _sites(model: ir.Model, names: list[str]) -> dict[str, Site]:
         convs = [c for c in readers if c.op_type == "Conv" and c.inputs[0] is value]
         if not convs or any(c.op_type in QUANTIZED_OPS and c not in convs for c in readers):
             continue  # every int8 layer reading it must be a Conv that can take it back
-        if any(_constant(c, 1) is None for c in convs):
-            continue
+        if any((w := _constant(c, 1)) is None or w.ndim != 4 for c in convs):
+            continue  # 2-D Convs with a constant weight only
         size = None
         if any(_pads(c) for c in convs):
             if shapes is None:
