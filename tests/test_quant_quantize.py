@@ -415,6 +415,8 @@ def test_a_plan_for_ncnn_keeps_float_what_ncnn_cannot_run_int8_within_the_budget
     assert plain.recipe["float_layers"] == {"count": 2, "of": 4, "for_targets": 2}
     plain = quantize(path, spec, recipe_of("plain"))
     assert plain.keep_float == [] and len(quantized_layers(model, plain)) == 4
+    with pytest.raises(GraphkitError, match="unknown target 'nccn' in the recipe"):
+        recipe_of("default", targets=("nccn",))
 
 
 def test_calibrate_for_ncnn_writes_a_plan_whose_float_layers_ncnn_exports_as_they_are(

@@ -37,11 +37,9 @@ from graphkit.errors import GraphkitError, InputError
 from graphkit.logs import step
 from graphkit.model import atomic_write_text
 from graphkit.quant.table import CalibrationTable
-from graphkit.quant.targets import NO_INT8, UNSIGNED_TARGETS, layers_without_int8
+from graphkit.quant.targets import NAMES, NO_INT8, UNSIGNED_TARGETS, layers_without_int8
 
-TARGETS = {
-    name: f"graphkit.backends.{name}" for name in ("ncnn", "tensorrt", "atc", "vacc", "onnx")
-}
+TARGETS = {name: f"graphkit.backends.{name}" for name in NAMES}
 # the layer types a target can keep float, where it cannot keep any (vamc's config skips
 # Conv and MatMul nodes by index: skip_conv_layers, skip_matmul_layers)
 FLOAT_OP_TYPES = {"vacc": ("Conv", "ConvTranspose", "MatMul")}

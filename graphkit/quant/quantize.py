@@ -56,6 +56,7 @@ from graphkit.quant.sensitivity import (
 )
 from graphkit.quant.signs import never_negative
 from graphkit.quant.table import QuantPlan, held_out_summary
+from graphkit.quant.targets import NAMES as TARGET_NAMES
 from graphkit.quant.targets import UNSIGNED_TARGETS, layers_without_int8
 from graphkit.quant.variants import qdq_variants, scoring_candidates
 from graphkit.runtime.int8_kernels import uint8_conv_exact
@@ -82,7 +83,7 @@ class Recipe:
     float_op_types: tuple[str, ...] | None = None
     # the backends the plan is for: the layers one of them runs float whatever the plan
     # says (ncnn: ConvTranspose, MatMuls of two activations) are float from the start,
-    # measured so and counted against max_float (`backends.layers_without_int8`)
+    # measured so and counted against max_float (`quant.targets.layers_without_int8`)
     targets: tuple[str, ...] = ()
     target_agreement: float | None = 0.98  # stop adding float layers once reached
     lookahead: int = 1  # float candidates tried per step (most sensitive first)
@@ -176,6 +177,11 @@ def recipe_of(recipe: Recipe | str, method: str | None = None, **overrides: Any)
         raise GraphkitError(f"screen samples must be 0 (off) or more, got {recipe.screen_samples}")
     for m in recipe.methods:
         canonical_method(m)
+    unknown = [name for name in recipe.targets if name not in TARGET_NAMES]
+    if unknown:
+        raise GraphkitError(
+            f"unknown target '{unknown[0]}' in the recipe (known: {', '.join(TARGET_NAMES)})"
+        )
     return recipe
 
 
@@ -356,7 +362,7 @@ def quantize(
     # resolution on [0, amax]); the best pair on the held-out crops wins
     t = time.perf_counter()
     unsigned = nonnegative(plan, model) if recipe.unsigned != "off" else []
-    signed_targets = [t for t in recipe.targets if t not in UNSIGNED_TARGETS]
+    signed_targets = [name for name in recipe.targets if name not in UNSIGNED_TARGETS]
     if unsigned and signed_targets:
         # int8-only backends get the uint8 grid by shifting (graphkit.quant.shift); the
         # tensors that cannot be shifted are measured signed, as they will run

@@ -14,6 +14,8 @@ import onnx
 from graphkit.irgraph import to_ir
 from graphkit.quant.collect import layer_activations
 
+# every deployment target graphkit writes (graphkit.backends has one package each)
+NAMES = ("ncnn", "tensorrt", "atc", "vacc", "onnx")
 # targets that store a plan's unsigned activations as uint8; the others store them int8
 # (shifted onto it where they can be: graphkit.quant.shift)
 UNSIGNED_TARGETS = ("onnx",)
