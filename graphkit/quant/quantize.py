@@ -337,7 +337,7 @@ def quantize(
     if not recipe.measures:
         _mark_methods(plan, plan.method)
         if recipe.unsigned == "on":
-            plan.set_unsigned(nonnegative(plan, model))
+            plan.set_unsigned(_unsigned_candidates(plan, model, recipe, say))
         fill_integers(plan, model)
         if forced:
             layers = quantized_layers(model, plan, plan.keep_float)
@@ -361,19 +361,7 @@ def quantize(
     # every activation signed and with the never-negative ones as uint8 (twice the
     # resolution on [0, amax]); the best pair on the held-out crops wins
     t = time.perf_counter()
-    unsigned = nonnegative(plan, model) if recipe.unsigned != "off" else []
-    signed_targets = [name for name in recipe.targets if name not in UNSIGNED_TARGETS]
-    if unsigned and signed_targets:
-        # int8-only backends get the uint8 grid by shifting (graphkit.quant.shift); the
-        # tensors that cannot be shifted are measured signed, as they will run
-        from graphkit.quant.shift import shiftable
-
-        inputs = sum(bool(plan.activations[n].consumers) for n in unsigned)  # of int8 layers
-        unsigned = shiftable(model, unsigned)
-        say(
-            f"{len(unsigned)} of {inputs} never-negative int8 inputs can be shifted onto "
-            f"int8 for {', '.join(signed_targets)}: measured as uint8, exported shifted"
-        )
+    unsigned = _unsigned_candidates(plan, model, recipe, say) if recipe.unsigned != "off" else []
     storages = [False, True] if unsigned else [False]  # as uint8 or not
     if unsigned and recipe.unsigned == "on":
         storages = [True]
@@ -762,6 +750,26 @@ def nonnegative(plan: QuantPlan, model: onnx.ModelProto | None = None) -> list[s
 def _mark_methods(plan: QuantPlan, how: str) -> None:
     for entry in plan.activations.values():
         entry.method = how
+
+
+def _unsigned_candidates(
+    plan: QuantPlan, model: onnx.ModelProto, recipe: Recipe, say: Log
+) -> list[str]:
+    """The activations that may be stored uint8: never negative, and for a recipe with
+    int8-only targets, only those the export can shift onto their int8
+    (graphkit.quant.shift); the others are measured signed, as they will run."""
+    unsigned = nonnegative(plan, model)
+    signed_targets = [name for name in recipe.targets if name not in UNSIGNED_TARGETS]
+    if unsigned and signed_targets:
+        from graphkit.quant.shift import shiftable
+
+        inputs = sum(bool(plan.activations[n].consumers) for n in unsigned)  # of int8 layers
+        unsigned = shiftable(model, unsigned)
+        say(
+            f"{len(unsigned)} of {inputs} never-negative int8 inputs can be shifted onto "
+            f"int8 for {', '.join(signed_targets)}: measured as uint8, exported shifted"
+        )
+    return unsigned
 
 
 def _without_int8(model: onnx.ModelProto, recipe: Recipe) -> dict[str, str]:
