@@ -231,3 +231,35 @@ def test_a_tensor_read_by_a_1d_conv_is_not_shifted():
     assert shiftable(model, ["r"]) == []
     plan = CalibrationTable(method="minmax", activations={"r": Entry(amax=1.0, unsigned=True)})
     assert shift_for_signed(plan, model)[2] == []
+
+
+def test_a_tensor_whose_shape_inference_cannot_tell_is_sized_by_one_run():
+    """A Reshape to a computed shape (a channel shuffle's) leaves the tensor's height and
+    width unknown to shape inference; the border map needs them, so one onnxruntime run
+    tells them, and the shifted model still computes what the model computes."""
+    from graphkit.irgraph import to_ir, value_shapes
+
+    rng = np.random.default_rng(3)
+    inits = {
+        "w1": rng.normal(0, 0.4, (8, 3, 3, 3)).astype(np.float32),
+        "w2": rng.normal(0, 0.3, (4, 8, 3, 3)).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="c1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Shape", ["r1"], ["s"], name="shape"),
+        helper.make_node("Reshape", ["r1", "s"], ["rr"], name="reshape"),
+        helper.make_node("Conv", ["rr", "w2"], ["y"], name="c2", pads=[1, 1, 1, 1]),
+    ]
+    model = model_of(nodes, [("x", [1, 3, 10, 10])], [("y", [1, 4, 10, 10])], inits)
+    shape = value_shapes(to_ir(model)).get("rr")
+    assert shape is None or None in shape[2:]  # inference cannot tell it
+    assert shiftable(model, ["rr"]) == ["rr"]
+    plan = CalibrationTable(
+        method="minmax", activations={"rr": ActivationEntry(amax=4.0, unsigned=True)}
+    )
+    _, shifted, names = shift_for_signed(plan, model)
+    assert names == ["rr"]
+    for x in _inputs(2):
+        x = x[:, :, :10, :10]
+        np.testing.assert_allclose(_run(shifted, x)[0], _run(model, x)[0], rtol=1e-5, atol=1e-4)

@@ -30,6 +30,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from graphkit.errors import GraphkitError
 from graphkit.irgraph import (
     Names,
     add_initializer,
@@ -43,6 +44,7 @@ from graphkit.quant.deploy import channel_scales, nearest_integers
 from graphkit.quant.signs import _clip_floor
 from graphkit.quant.table import ActivationEntry, QuantPlan
 from graphkit.quant.weights import QUANTIZED_OPS
+from graphkit.runtime.ort import run, sample_inputs
 
 QMAX = 127  # the shifted tensor's int8 grid: -127..127 steps of the uint8 scale
 
@@ -96,8 +98,7 @@ def shift_for_signed(
 def _sites(model: ir.Model, names: list[str]) -> dict[str, Site]:
     graph = model.graph
     values = {v.name: v for n in graph for v in n.outputs}
-    shapes = None
-    out: dict[str, Site] = {}
+    found: dict[str, tuple[ir.Node, list[ir.Node], bool]] = {}
     for name in names:
         value = values.get(name)
         node = value.producer() if value is not None else None
@@ -109,17 +110,48 @@ def _sites(model: ir.Model, names: list[str]) -> dict[str, Site]:
             continue  # every int8 layer reading it must be a Conv that can take it back
         if any((w := _constant(c, 1)) is None or w.ndim != 4 for c in convs):
             continue  # 2-D Convs with a constant weight only
-        size = None
-        if any(_pads(c) for c in convs):
-            if shapes is None:
-                shapes = value_shapes(model)
-            shape = shapes.get(name)
-            if not shape or len(shape) != 4 or shape[2] is None or shape[3] is None:
-                continue
-            size = (int(shape[2]), int(shape[3]))
-        before = _conv_before(node) if len(convs) == len(readers) else None
-        out[name] = Site(node, convs, size, before)
+        found[name] = (node, convs, len(convs) == len(readers))
+    padded = [n for n, (_, convs, _) in found.items() if any(_pads(c) for c in convs)]
+    sizes = _sizes(model, padded)
+    out: dict[str, Site] = {}
+    for name, (node, convs, only_convs) in found.items():
+        if name in padded and name not in sizes:
+            continue  # the border map needs the height and width
+        before = _conv_before(node) if only_convs else None
+        out[name] = Site(node, convs, sizes.get(name), before)
     return out
+
+
+def _sizes(model: ir.Model, names: list[str]) -> dict[str, tuple[int, int]]:
+    """(H, W) of the 4-D tensors `names`: from shape inference, else from one onnxruntime
+    run on random inputs when the model's inputs have a fixed size (a channel shuffle's
+    computed Reshape defeats inference, Lite-HRNet's)."""
+    if not names:
+        return {}
+    shapes = value_shapes(model)
+    out = {}
+    for name in names:
+        shape = shapes.get(name)
+        if shape is not None and len(shape) == 4 and shape[2] and shape[3]:
+            out[name] = (int(shape[2]), int(shape[3]))
+    missing = [n for n in names if n not in out]
+    if missing and _fixed_inputs(model):
+        proto = to_proto(model)
+        try:
+            got = run(proto, sample_inputs(proto), missing)
+        except GraphkitError:
+            return out
+        out |= {n: (a.shape[2], a.shape[3]) for n, a in got.items() if a.ndim == 4}
+    return out
+
+
+def _fixed_inputs(model: ir.Model) -> bool:
+    """Every graph input's dims known but the first (a free batch runs as 1)."""
+    return all(
+        v.shape is not None and all(isinstance(d, int) for d in list(v.shape)[1:])
+        for v in model.graph.inputs
+        if not v.is_initializer()
+    )
 
 
 def _conv_before(act: ir.Node) -> ir.Node | None:
