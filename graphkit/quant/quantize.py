@@ -765,10 +765,11 @@ def _unsigned_candidates(
 
         inputs = sum(bool(plan.activations[n].consumers) for n in unsigned)  # of int8 layers
         unsigned = shiftable(model, unsigned)
-        say(
-            f"{len(unsigned)} of {inputs} never-negative int8 inputs can be shifted onto "
-            f"int8 for {', '.join(signed_targets)}: measured as uint8, exported shifted"
-        )
+        if inputs:
+            say(
+                f"{len(unsigned)} of {inputs} never-negative int8 inputs can be shifted onto "
+                f"int8 for {', '.join(signed_targets)}: measured as uint8, exported shifted"
+            )
     return unsigned
 
 
