@@ -111,7 +111,7 @@ def _sites(model: ir.Model, names: list[str]) -> dict[str, Site]:
         if any((w := _constant(c, 1)) is None or w.ndim != 4 for c in convs):
             continue  # 2-D Convs with a constant weight only
         found[name] = (node, convs, len(convs) == len(readers))
-    padded = [n for n, (_, convs, _) in found.items() if any(_pads(c) for c in convs)]
+    padded = [n for n, (_, convs, _) in found.items() if any(_same_pads(c) for c in convs)]
     sizes = _sizes(model, padded)
     out: dict[str, Site] = {}
     for name, (node, convs, only_convs) in found.items():
@@ -198,7 +198,12 @@ def _apply(
         for conv in site.consumers:
             w = _as_run(conv, plan)
             _add_to_bias(graph, conv, c * w.sum(axis=(1, 2, 3)), names)
-            if _pads(conv):
+            if _pads(conv) and not _same_pads(conv):
+                # padded with x = 0, i.e. x' = -c: a Pad the backends fold into the Conv
+                # (ncnn's pad_value), no extra pass; its output is the Conv's int8 input
+                padded = _pad_before(graph, conv, -c, opset, names)
+                entries[padded] = replace(entries[name], consumers=[])
+            elif _pads(conv):  # SAME padding: the missing taps put back after the Conv
                 assert site.size is not None  # _sites checked it
                 border = c * (
                     _inside_sums(conv, w, site.size) - w.sum(axis=(1, 2, 3))[:, None, None]
@@ -274,6 +279,38 @@ def _lower_bounds(graph: ir.Graph, act: ir.Node, c: float, opset: int, names: Na
     if high is not None:
         top = np.array(high - c, np.float32)
         act.replace_input_with(2, add_initializer(graph, top, names.fresh(f"{act.name}_shift_max")))
+
+
+def _same_pads(conv: ir.Node) -> bool:
+    auto = conv.attributes.get("auto_pad")
+    return auto is not None and auto.as_string() in ("SAME_UPPER", "SAME_LOWER")
+
+
+def _pad_before(graph: ir.Graph, conv: ir.Node, value: float, opset: int, names: Names) -> str:
+    """Move the Conv's explicit padding into a Pad filling with `value`; returns the Pad's
+    output (the Conv's input now)."""
+    source = conv.inputs[0]
+    assert source is not None
+    pads = _ints(conv, "pads", [0, 0, 0, 0])
+    full = [0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]]  # N, C, H, W begins, then ends
+    hint = f"{source.name}_pad_{conv.name}"
+    name = names.fresh(hint)
+    if opset < 11:
+        pad = ir.Node("", "Pad", inputs=[source], name=names.fresh(f"{hint}_node"))
+        pad.attributes["pads"] = ir.AttrInt64s("pads", full)
+        pad.attributes["value"] = ir.AttrFloat32("value", value)
+    else:
+        widths = add_initializer(graph, np.array(full, np.int64), names.fresh(f"{hint}_pads"))
+        fill = add_initializer(graph, np.array(value, np.float32), names.fresh(f"{hint}_value"))
+        pad = ir.Node("", "Pad", inputs=[source, widths, fill], name=names.fresh(f"{hint}_node"))
+    pad.attributes["mode"] = ir.AttrString("mode", "constant")  # pnnx folds only this form
+    out = pad.outputs[0]
+    out.name = name
+    out.type = source.type
+    conv.attributes["pads"] = ir.AttrInt64s("pads", [0, 0, 0, 0])
+    conv.replace_input_with(0, out)
+    graph.insert_before(conv, pad)
+    return out.name
 
 
 def _pads(conv: ir.Node) -> bool:

@@ -58,6 +58,11 @@ from graphkit.model import save_model
 from graphkit.quant.table import CalibrationTable
 
 QUANT_TYPES = nc.INT8_TERM_TYPES  # the layer types ncnn2int8 quantizes
+# Convolution / ConvolutionDepthWise pad_value (pnnx folds a constant Pad into it): the
+# int8 kernels do not pad their quantized input with it reliably (measured: wrong top rows
+# of a stride-2 conv), so an int8 layer gets its padding as a Padding layer before it
+PAD_VALUE = 18
+PADS = (4, 15, 14, 16)  # pad left, right, top, bottom
 OUTPUTS_FILE = "model.outputs.json"  # beside the params: {"outputs": {ONNX name: blob}}
 Samples = Callable[[], Iterable[dict[str, np.ndarray]]]
 
@@ -181,9 +186,12 @@ def requantize_pairs(param: nc.Param, int8_layers: set[str]) -> dict[str, str]:
         reader = first_reader.get(top)
         if reader is None and top in splits:
             readers = [first_reader.get(t) for t in splits[top].tops]
-            if all(r is not None and r.name in int8_layers for r in readers):
+            if all(
+                r is not None and r.name in int8_layers and not r.get(PAD_VALUE) for r in readers
+            ):
                 reader = readers[0]
-        if reader is not None and reader.name in int8_layers:
+        # a reader with a pad_value reads through a float Padding layer (`to_int8`)
+        if reader is not None and reader.name in int8_layers and not reader.get(PAD_VALUE):
             pairs[lay.name] = reader.name
     return pairs
 
@@ -195,6 +203,7 @@ def to_int8(
     fusion (`requantize_pairs`) unless `requantize=False`."""
     out_blobs = {k: list(v) for k, v in blobs.items()}
     fused = requantize_pairs(param, set(table.activations)) if requantize else {}
+    blob_count = param.blob_count
     layers = []
     for layer in param.layers:
         layer = nc.Layer(layer.type, layer.name, layer.bottoms, layer.tops, dict(layer.params))
@@ -211,6 +220,9 @@ def to_int8(
             raise GraphkitError(f"layer {layer.name} is already int8")
         term = 1 if layer.type == "ConvolutionDepthWise" else 2
         layer.params[8] = str(term + (100 if layer.name in fused else 0))
+        if layer.get(PAD_VALUE):  # the shifted activations' -c (graphkit.quant.shift)
+            layers.insert(len(layers) - 1, _padding_before(layer, f"{layer.name}_padded"))
+            blob_count += 1
         new = [nc.Blob("weight", quantize_weights(cur["weight"].data, ws))]
         if "bias" in cur:
             new.append(cur["bias"])
@@ -222,8 +234,23 @@ def to_int8(
             top = table.activations[fused[layer.name]]
             new.append(nc.Blob("top_scales", np.asarray([top], np.float32)))
         out_blobs[layer.name] = new
-    p = nc.Param(layers, param.blob_count)
+    p = nc.Param(layers, blob_count)
     return p.text(), nc.write_bin(p, out_blobs)
+
+
+def _padding_before(conv: nc.Layer, blob: str) -> nc.Layer:
+    """A float Padding layer doing the conv's padding (with its pad_value) into `blob`,
+    which the conv then reads unpadded."""
+    left = int(conv.get(PADS[0]))
+    right, top = int(conv.get(PADS[1], left)), int(conv.get(PADS[2], left))
+    bottom = int(conv.get(PADS[3], top))
+    value = conv.params.pop(PAD_VALUE)
+    pad = nc.Layer("Padding", f"{conv.name}_pad", list(conv.bottoms), [blob], {})
+    pad.params = {0: str(top), 1: str(bottom), 2: str(left), 3: str(right), 4: "0", 5: value}
+    for key in PADS:
+        conv.params.pop(key, None)
+    conv.bottoms = [blob]
+    return pad
 
 
 def _weight_key(w: np.ndarray) -> str:
