@@ -8,11 +8,12 @@ shift is exact in float, so the model keeps its function:
 
 - the producer Conv's bias takes -c and its Relu / Clip bounds move by -c
   (Relu -> Clip(-c), Clip(0, 6) -> Clip(-c, 6 - c));
-- every consumer Conv computes W * x' and gets back the missing W * c: per output
-  channel c times its kernel summed over the taps that fall inside the input, which is
-  the whole kernel (a bias) except on the border rows and columns zero padding cuts, where
-  a constant map is added after the Conv (the consumer's int8 reads x' padded with 0,
-  which is x = c: the map puts back what the padding should have read).
+- every consumer Conv computes W * x' and gets back the missing W * c, c times its kernel
+  sum, in its bias; its padding must read x = 0, i.e. x' = -c, so an explicitly padded
+  Conv reads x' through a Pad filled with -c (the backends fold it into the Conv: pnnx
+  into ncnn's pad_value, and -c is exactly -127 steps); under SAME padding, a constant
+  map added after the Conv puts back what zero padding cut (c times the kernel taps that
+  fall outside the input, per output position).
 
 When x is not such a Relu / Clip output (a residual Add's Relu, a MaxPool, a Concat) or
 is also read by other ops, a Sub node makes x - c for its Convs and the other readers
