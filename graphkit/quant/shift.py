@@ -200,8 +200,9 @@ def _apply(
             w = _as_run(conv, plan)
             _add_to_bias(graph, conv, c * w.sum(axis=(1, 2, 3)), names)
             if _pads(conv) and not _same_pads(conv):
-                # padded with x = 0, i.e. x' = -c: a Pad the backends fold into the Conv
-                # (ncnn's pad_value), no extra pass; its output is the Conv's int8 input
+                # padded with x = 0, i.e. x' = -c: a Pad that pnnx folds into the ncnn
+                # Convolution's pad_value (its int8 layers get a float Padding layer,
+                # ncnn.exporter.to_int8); the Pad's output is the Conv's int8 input
                 padded = _pad_before(graph, conv, -c, opset, names)
                 entries[padded] = replace(entries[name], consumers=[])
             elif _pads(conv):  # SAME padding: the missing taps put back after the Conv
