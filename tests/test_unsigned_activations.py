@@ -151,6 +151,8 @@ def test_signed_only_backends_get_the_unsigned_activations_shifted_and_say_so(tm
             log=lines.append,
         )
     assert any("2 of the plan's 2 unsigned activations shifted onto int8" in x for x in lines)
+    assert "shift by 127 uint8 steps" in (tmp_path / "True" / "README.md").read_text()
+    assert "shift" not in (tmp_path / "False" / "README.md").read_text()
     qdq = {
         u: onnx.load(next((tmp_path / str(u) / "tensorrt").glob("*.onnx"))) for u in (False, True)
     }

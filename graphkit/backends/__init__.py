@@ -243,7 +243,16 @@ def export_all(
         f.path = out / Path(f.path).relative_to(tmp)
     from graphkit.backends.readme import readme_text
 
-    atomic_write_text(out / "README.md", readme_text(table, files, out, model_name))
+    notes = []
+    if signed is not None and (moved := len(table.unsigned_activations())):
+        notes.append(
+            f"The plan stores {moved} never-negative activations as uint8; the files of the "
+            "targets with signed int8 only get those it can shift by 127 uint8 steps onto "
+            "int8 with the same step (the Convs' biases and Pads filled with the shift take "
+            "it back; graphkit.quant.shift), so their models hold Pad / Sub nodes the "
+            "original has not."
+        )
+    atomic_write_text(out / "README.md", readme_text(table, files, out, model_name, notes))
     return files
 
 

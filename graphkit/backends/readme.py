@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from graphkit.backends._common import ExportedFile
@@ -9,14 +10,21 @@ from graphkit.quant.table import CalibrationTable
 
 
 def readme_text(
-    table: CalibrationTable, files: list[ExportedFile], out_dir: Path, model_name: str
+    table: CalibrationTable,
+    files: list[ExportedFile],
+    out_dir: Path,
+    model_name: str,
+    notes: Sequence[str] = (),
 ) -> str:
-    calibration = (
-        f"Calibration: method `{table.method}`, {table.num_samples} samples"
-        + (f" from {table.data_source}" if table.data_source else "")
-        + (f"; layers kept in float: {', '.join(table.keep_float)}" if table.keep_float else "")
-        + ". Written by graphkit from one quantization plan: every backend below carries "
-        "the same int8 weights. Paths are relative to this directory."
+    calibration = " ".join(
+        [
+            f"Calibration: method `{table.method}`, {table.num_samples} samples"
+            + (f" from {table.data_source}" if table.data_source else "")
+            + (f"; layers kept in float: {', '.join(table.keep_float)}" if table.keep_float else "")
+            + ". Written by graphkit from one quantization plan: every backend below carries "
+            "the same int8 weights. Paths are relative to this directory.",
+            *notes,
+        ]
     )
     return files_readme(model_name, calibration, files, out_dir)
 
