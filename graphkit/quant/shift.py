@@ -74,8 +74,9 @@ def shift_for_signed(
 ) -> tuple[QuantPlan, onnx.ModelProto, list[str]]:
     """(plan, model, shifted) for a backend with signed int8 only: the plan's unsigned
     activations that can be shifted become signed entries of the same step on the shifted
-    model; the others become plain signed entries (one bit less). `model` is the plan's
-    deploy model (its weights are what the consumers' corrections sum)."""
+    model, under new names (`shifted`; x becomes x_shifted); the others become plain
+    signed entries (one bit less). `model` is the plan's deploy model (its weights are
+    what the consumers' corrections sum)."""
     unsigned = plan.unsigned_activations()
     out = copy.deepcopy(plan)
     out.set_unsigned([])
@@ -92,8 +93,8 @@ def shift_for_signed(
         entry.amax = QMAX * step
         entry.min = None if entry.min is None else entry.min - shifts[name]
         entry.max = None if entry.max is None else entry.max - shifts[name]
-    _apply(ir_model, sites, shifts, plan, out.activations)
-    return out, to_proto(ir_model), list(sites)
+    names = _apply(ir_model, sites, shifts, plan, out.activations)
+    return out, to_proto(ir_model), names
 
 
 def _sites(model: ir.Model, names: list[str]) -> dict[str, Site]:
@@ -176,24 +177,35 @@ def _apply(
     shifts: dict[str, float],
     plan: QuantPlan,
     entries: dict[str, ActivationEntry],
-) -> None:
+) -> list[str]:
     """Rewrite the model; keep `entries` (the shifted plan's activations) covering the
-    tensors that moved, for a backend that wants every tensor's range (TensorRT's cache)."""
+    tensors that moved, for a backend that wants every tensor's range (TensorRT's cache).
+    Returns the shifted tensors' new names."""
     graph = model.graph
     names = Names(graph)
     opset = model.opset_imports.get("", 13)
+    # every tensor holding shifted values takes a new name, so that nothing pairs it with
+    # the original's tensor of the old name (`graphkit diff` matches tensors by name)
+    shifted: dict[str, str] = {}
     for name, site in sites.items():  # the shifted tensors first...
         c = shifts[name]
+        entry = entries.pop(name)
         if site.before is not None:  # the Conv before the Relu / Clip takes the shift
             _add_to_bias(graph, site.before, -c, names)
             _lower_bounds(graph, site.producer, c, opset, names)
-            y = site.before.outputs[0].name or ""
-            if y in entries:  # the Conv's output moved by -c
-                entries[y] = _moved(entries[y], -c, -c)
-        else:
-            raw = _subtract(graph, site, c, names)
-            if name in plan.activations:  # the other readers read it as it was
-                entries[raw] = replace(plan.activations[name], unsigned=False, consumers=[])
+            y = site.before.outputs[0]
+            old = y.name or ""
+            y.name = names.fresh(f"{old}_shifted")
+            if old in entries:  # the Conv's output moved by -c
+                entries[y.name] = _moved(entries.pop(old), -c, -c)
+            value = site.consumers[0].inputs[0]
+            assert value is not None  # `_sites`: the Convs read it
+            value.name = names.fresh(f"{name}_shifted")
+            shifted[name] = value.name
+        else:  # the other readers read x as it was (a signed entry of the old grid)
+            shifted[name] = _subtract(graph, site, c, names)
+            entries[name] = replace(plan.activations[name], unsigned=False)
+        entries[shifted[name]] = entry
     for name, site in sites.items():  # ...then the Convs reading them take the shift back
         c = shifts[name]
         for conv in site.consumers:
@@ -204,7 +216,7 @@ def _apply(
                 # Convolution's pad_value (its int8 layers get a float Padding layer,
                 # ncnn.exporter.to_int8); the Pad's output is the Conv's int8 input
                 padded = _pad_before(graph, conv, -c, opset, names)
-                entries[padded] = replace(entries[name], consumers=[])
+                entries[padded] = replace(entries[shifted[name]], consumers=[])
             elif _pads(conv):  # SAME padding: the missing taps put back after the Conv
                 assert site.size is not None  # _sites checked it
                 border = c * (
@@ -216,6 +228,7 @@ def _apply(
                     before = _add_after(graph, conv, border[None].astype(np.float32), names)
                     if out in entries:  # the Conv's own output: the sum less the border
                         entries[before] = _moved(entries[out], -edge, edge)
+    return list(shifted.values())
 
 
 def _moved(entry: ActivationEntry, low: float, high: float) -> ActivationEntry:
@@ -358,22 +371,20 @@ def _ints(node: ir.Node, key: str, default: list[int]) -> list[int]:
 
 
 def _subtract(graph: ir.Graph, site: Site, c: float, names: Names) -> str:
-    """x - c under x's name, read by the site's Convs; the other readers keep x, under the
-    new name returned."""
+    """x - c for the site's Convs; the other readers keep x. Returns the new tensor's name."""
     value = site.consumers[0].inputs[0]
     assert value is not None  # `_sites`: the Convs read it
-    name = value.name
-    value.name = names.fresh(f"{name}_unshifted")
+    name = value.name or ""
     const = add_initializer(graph, np.array(c, np.float32), names.fresh(f"{name}_shift"))
-    sub = ir.Node("", "Sub", inputs=[value, const], name=names.fresh(f"{name}_shift"))
+    sub = ir.Node("", "Sub", inputs=[value, const], name=names.fresh(f"{name}_shift_node"))
     shifted = sub.outputs[0]
     for use in list(value.uses()):
         if use.node in site.consumers:
             use.node.replace_input_with(use.idx, shifted)
-    shifted.name = name
+    shifted.name = names.fresh(f"{name}_shifted")
     shifted.shape, shifted.type = value.shape, value.type
     graph.insert_after(site.producer, sub)
-    return value.name or ""
+    return shifted.name
 
 
 def _add_after(graph: ir.Graph, conv: ir.Node, border: np.ndarray, names: Names) -> str:
