@@ -244,6 +244,11 @@ def test_on_a_cpu_that_saturates_uint8_auto_keeps_activations_signed(tmp_path, m
     plain = quantize(model_path, spec, recipe_of("plain", unsigned="on"), log=said.append)
     assert any("saturates" in m for m in said)
     assert sorted(n for n, e in plain.activations.items() if e.unsigned) == ["r1", "r2"]
+    # for int8-only targets the uint8 grid ships shifted, not through onnxruntime's kernels:
+    # measured (unfused, exact on this CPU too) and kept where it helps
+    ncnn = quantize(model_path, spec, recipe_of("default", targets=("ncnn",), **small))
+    r = ncnn.recipe["unsigned"]
+    assert "skipped" not in r and set(r["unsigned"]) == {"mse", "percentile", "minmax"}
 
 
 def test_a_target_without_unsigned_int8_measures_the_activations_it_gets_shifted(tmp_path, capsys):

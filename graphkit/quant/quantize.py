@@ -365,9 +365,10 @@ def quantize(
     storages = [False, True] if unsigned else [False]  # as uint8 or not
     if unsigned and recipe.unsigned == "on":
         storages = [True]
-    elif unsigned and not uint8_conv_exact():
+    elif unsigned and not uint8_conv_exact() and _deployed_in_onnxruntime(recipe):
         # auto on a CPU whose onnxruntime saturates uint8 x int8 sums: a uint8 plan would
-        # run worse here than measured, so signed (`--unsigned on` for VNNI / ARM targets)
+        # run worse here than measured, so signed (`--unsigned on` for VNNI / ARM targets);
+        # for int8-only targets the uint8 grid ships shifted, measured unfused (exact) here
         storages = [False]
         say(f"{len(unsigned)} never-negative activations kept signed: {SATURATES}")
     tried: dict[tuple[str, bool], Score] = {}
@@ -750,6 +751,11 @@ def nonnegative(plan: QuantPlan, model: onnx.ModelProto | None = None) -> list[s
 def _mark_methods(plan: QuantPlan, how: str) -> None:
     for entry in plan.activations.values():
         entry.method = how
+
+
+def _deployed_in_onnxruntime(recipe: Recipe) -> bool:
+    """Whether the plan's Q/DQ model may run in onnxruntime: no targets named, or onnx."""
+    return not recipe.targets or any(name in UNSIGNED_TARGETS for name in recipe.targets)
 
 
 def _unsigned_candidates(
