@@ -138,8 +138,8 @@ def test_tensorrt_and_amct_store_unsigned_entries_as_symmetric_int8(make):
 
 def test_signed_only_backends_get_the_unsigned_activations_shifted_and_say_so(tmp_path):
     """TensorRT and Ascend store int8 only: a plan's uint8 activations reach them shifted
-    by 127 uint8 steps (graphkit.quant.shift), the same step, so the TensorRT Q/DQ model
-    computes what the onnxruntime uint8 one does; the signed plan's files are unchanged."""
+    by 127 uint8 steps (graphkit.quant.shift), the same step, so their Q/DQ models compute
+    what the onnxruntime uint8 one does; the signed plan's files are unchanged."""
     lines: list[str] = []
     plan = _plan(True)
     for unsigned in (False, True):
@@ -153,25 +153,26 @@ def test_signed_only_backends_get_the_unsigned_activations_shifted_and_say_so(tm
     assert any("2 of the plan's 2 unsigned activations shifted onto int8" in x for x in lines)
     assert "shift by 127 uint8 steps" in (tmp_path / "True" / "README.md").read_text()
     assert "shift" not in (tmp_path / "False" / "README.md").read_text()
-    qdq = {
-        u: onnx.load(next((tmp_path / str(u) / "tensorrt").glob("*.onnx"))) for u in (False, True)
-    }
-    quantizers = _quantizers(qdq[True])
-    for name in ("r1", "r2"):
-        # a padded Conv reads the tensor through a Pad of its own (filled with x = 0)
-        (scale, zp), *_ = [v for k, v in quantizers.items() if k.startswith(f"{name}_shifted")]
-        assert zp.dtype == np.int8 and scale == pytest.approx(plan.activations[name].amax / 255)
-    uint8 = make_session(onnx.load(next((tmp_path / "True" / "onnx").glob("*.onnx"))))
-    shifted, signed = make_session(qdq[True]), make_session(qdq[False])
-    error = {"shifted": 0.0, "signed": 0.0}
-    signal = 0.0
-    for f in feeds(4, seed=9):
-        want = uint8.run(None, f)[0].astype(np.float64)
-        signal += float((want**2).sum())
-        error["shifted"] += float(((shifted.run(None, f)[0] - want) ** 2).sum())
-        error["signed"] += float(((signed.run(None, f)[0] - want) ** 2).sum())
-    # rounding ties and the top uint8 level apart, the same model
-    assert sqnr_db(signal, error["shifted"]) > max(50.0, sqnr_db(signal, error["signed"]) + 10)
+    uint8 = make_session(onnx.load(tmp_path / "True" / "onnx" / "model.qdq.onnx"))
+    for backend in ("tensorrt", "atc"):
+        qdq = {u: onnx.load(tmp_path / str(u) / backend / "model.qdq.onnx") for u in (False, True)}
+        quantizers = _quantizers(qdq[True])
+        for name in ("r1", "r2"):
+            # a padded Conv reads the tensor through a Pad of its own (filled with x = 0)
+            (scale, zp), *_ = [v for k, v in quantizers.items() if k.startswith(f"{name}_shifted")]
+            assert zp.dtype == np.int8
+            assert scale == pytest.approx(plan.activations[name].amax / 255)
+        shifted, signed = make_session(qdq[True]), make_session(qdq[False])
+        error = {"shifted": 0.0, "signed": 0.0}
+        signal = 0.0
+        for f in feeds(4, seed=9):
+            want = uint8.run(None, f)[0].astype(np.float64)
+            signal += float((want**2).sum())
+            error["shifted"] += float(((shifted.run(None, f)[0] - want) ** 2).sum())
+            error["signed"] += float(((signed.run(None, f)[0] - want) ** 2).sum())
+        # rounding ties and the top uint8 level apart, the same model
+        shifted_db, signed_db = sqnr_db(signal, error["shifted"]), sqnr_db(signal, error["signed"])
+        assert shifted_db > max(50.0, signed_db + 10), backend
 
 
 def test_the_unsigned_flag_survives_save_and_load_and_version_2_plans_load(tmp_path):
