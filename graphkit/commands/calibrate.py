@@ -26,6 +26,7 @@ from graphkit.quant.calibrators import ALIASES, CALIBRATORS, canonical_method
 from graphkit.quant.qdq import insert_qdq
 from graphkit.quant.quantize import BUDGET_SPENT, RECIPES, held_out_summary, quantize, recipe_of
 from graphkit.quant.table import float_search
+from graphkit.quant.targets import int8_only, runs_uint8
 from graphkit.runtime.int8_kernels import uint8_conv_exact
 from graphkit.runtime.ort import make_session
 
@@ -422,7 +423,8 @@ def summary(plan, args: argparse.Namespace) -> str:
         )
     ]
     unsigned = len(plan.unsigned_activations())
-    signed_targets = [t for t in r.get("recipe", {}).get("targets", ()) if t != "onnx"]
+    targets = r.get("recipe", {}).get("targets", ())
+    signed_targets = int8_only(targets)
     if unsigned:
         lines.append(
             f"{unsigned} never-negative activations uint8 in onnxruntime's Q/DQ"
@@ -433,7 +435,7 @@ def summary(plan, args: argparse.Namespace) -> str:
                 "a Conv makes them and Convs read them; --target measures the plan so)"
             )
         )
-    if unsigned and (not signed_targets or "onnx" in r["recipe"]["targets"]):
+    if unsigned and runs_uint8(targets):
         lines.append(
             "  onnxruntime runs uint8 x int8 exactly on CPUs with VNNI and on ARM, "
             "not on x86 with AVX2 only (16-bit sums saturate"

@@ -57,7 +57,7 @@ from graphkit.quant.sensitivity import (
 from graphkit.quant.signs import never_negative
 from graphkit.quant.table import QuantPlan, held_out_summary
 from graphkit.quant.targets import NAMES as TARGET_NAMES
-from graphkit.quant.targets import UNSIGNED_TARGETS, layers_without_int8
+from graphkit.quant.targets import int8_only, layers_without_int8, runs_uint8
 from graphkit.quant.variants import qdq_variants, scoring_candidates
 from graphkit.runtime.int8_kernels import uint8_conv_exact
 
@@ -365,7 +365,7 @@ def quantize(
     storages = [False, True] if unsigned else [False]  # as uint8 or not
     if unsigned and recipe.unsigned == "on":
         storages = [True]
-    elif unsigned and not uint8_conv_exact() and _deployed_in_onnxruntime(recipe):
+    elif unsigned and not uint8_conv_exact() and runs_uint8(recipe.targets):
         # auto on a CPU whose onnxruntime saturates uint8 x int8 sums: a uint8 plan would
         # run worse here than measured, so signed (`--unsigned on` for VNNI / ARM targets);
         # for int8-only targets the uint8 grid ships shifted, measured unfused (exact) here
@@ -753,11 +753,6 @@ def _mark_methods(plan: QuantPlan, how: str) -> None:
         entry.method = how
 
 
-def _deployed_in_onnxruntime(recipe: Recipe) -> bool:
-    """Whether the plan's Q/DQ model may run in onnxruntime: no targets named, or onnx."""
-    return not recipe.targets or any(name in UNSIGNED_TARGETS for name in recipe.targets)
-
-
 def _unsigned_candidates(
     plan: QuantPlan, model: onnx.ModelProto, recipe: Recipe, say: Log
 ) -> list[str]:
@@ -765,7 +760,7 @@ def _unsigned_candidates(
     int8-only targets, only those the export can shift onto their int8
     (graphkit.quant.shift); the others are measured signed, as they will run."""
     unsigned = nonnegative(plan, model)
-    signed_targets = [name for name in recipe.targets if name not in UNSIGNED_TARGETS]
+    signed_targets = int8_only(recipe.targets)
     if unsigned and signed_targets:
         from graphkit.quant.shift import shiftable
 

@@ -329,37 +329,25 @@ def _pad_before(graph: ir.Graph, conv: ir.Node, value: float, opset: int, names:
 
 
 def _pads(conv: ir.Node) -> bool:
-    auto = conv.attributes.get("auto_pad")
-    if auto is not None and auto.as_string() in ("SAME_UPPER", "SAME_LOWER"):
+    if _same_pads(conv):
         return True
     pads = conv.attributes.get("pads")
     return pads is not None and any(p != 0 for p in pads.as_ints())
 
 
 def _inside_sums(conv: ir.Node, w: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(C_out, H_out, W_out): each output's kernel summed over the taps inside the input."""
+    """(C_out, H_out, W_out) of a SAME-padded Conv: each output's kernel summed over the
+    taps inside the input (explicit pads go through `_pad_before` instead)."""
     k = w.shape[2:]
     strides = _ints(conv, "strides", [1, 1])
     dilations = _ints(conv, "dilations", [1, 1])
-    attr = conv.attributes.get("auto_pad")
-    auto = attr.as_string() if attr is not None else "NOTSET"
-    pads = _ints(conv, "pads", [0, 0, 0, 0])
+    upper = conv.attributes["auto_pad"].as_string() == "SAME_UPPER"
     inside = []
     for axis in range(2):
-        n, s, d, span = (
-            size[axis],
-            strides[axis],
-            dilations[axis],
-            (k[axis] - 1) * dilations[axis] + 1,
-        )
-        if auto in ("SAME_UPPER", "SAME_LOWER"):
-            total = max((-(-n // s) - 1) * s + span - n, 0)
-            begin = total // 2 if auto == "SAME_UPPER" else total - total // 2
-            count = -(-n // s)
-        else:
-            begin = 0 if auto == "VALID" else pads[axis]
-            end = 0 if auto == "VALID" else pads[axis + 2]
-            count = (n + begin + end - span) // s + 1
+        n, s, d = size[axis], strides[axis], dilations[axis]
+        count = -(-n // s)
+        total = max((count - 1) * s + (k[axis] - 1) * d + 1 - n, 0)
+        begin = total // 2 if upper else total - total // 2
         index = np.arange(count)[:, None] * s - begin + np.arange(k[axis])[None, :] * d
         inside.append(((index >= 0) & (index < n)).astype(np.float64))
     return np.einsum("okl,hk,wl->ohw", w.sum(axis=1), inside[0], inside[1])

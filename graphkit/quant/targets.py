@@ -20,6 +20,17 @@ NAMES = ("ncnn", "tensorrt", "atc", "vacc", "onnx")
 # (shifted onto it where they can be: graphkit.quant.shift)
 UNSIGNED_TARGETS = ("onnx",)
 
+
+def int8_only(targets: Sequence[str]) -> list[str]:
+    """Those of `targets` that store signed int8 only (they get uint8 shifted)."""
+    return [name for name in targets if name not in UNSIGNED_TARGETS]
+
+
+def runs_uint8(targets: Sequence[str]) -> bool:
+    """Whether the plan's uint8 Q/DQ model may run as it is: no target named, or onnx."""
+    return not targets or len(int8_only(targets)) < len(targets)
+
+
 # what a target runs float whatever the plan says, for want of an int8 form there: a plan
 # made for it keeps these float from the start, so what the recipe measures is what that
 # backend runs, and they count against the float budget (docs/accuracy.md)

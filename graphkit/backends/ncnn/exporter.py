@@ -179,6 +179,11 @@ def requantize_pairs(param: nc.Param, int8_layers: set[str]) -> dict[str, str]:
         lay.bottoms[0]: lay for lay in layers if lay.type == "Split" and len(lay.bottoms) == 1
     }
     pairs: dict[str, str] = {}
+
+    def takes_int8(reader: nc.Layer | None) -> bool:
+        # a reader with a pad_value reads through a float Padding layer (`to_int8`)
+        return reader is not None and reader.name in int8_layers and not reader.get(PAD_VALUE)
+
     for lay in layers:
         if lay.type not in CONV_TYPES or lay.name not in int8_layers:
             continue
@@ -186,12 +191,9 @@ def requantize_pairs(param: nc.Param, int8_layers: set[str]) -> dict[str, str]:
         reader = first_reader.get(top)
         if reader is None and top in splits:
             readers = [first_reader.get(t) for t in splits[top].tops]
-            if all(
-                r is not None and r.name in int8_layers and not r.get(PAD_VALUE) for r in readers
-            ):
+            if all(takes_int8(r) for r in readers):
                 reader = readers[0]
-        # a reader with a pad_value reads through a float Padding layer (`to_int8`)
-        if reader is not None and reader.name in int8_layers and not reader.get(PAD_VALUE):
+        if reader is not None and takes_int8(reader):
             pairs[lay.name] = reader.name
     return pairs
 
