@@ -3,15 +3,17 @@
 Per model, calibrated on the train2017 person crops of its examples/models spec (86 by
 default), evaluated on the val2017 person crops (68, ground-truth boxes): COCO keypoint
 AP (pycocotools) and agreement (mean OKS between the FP32 and the int8 keypoints of the
-same crop, MANIFEST.md "Judging int8 accuracy"), and the calibration time as a ratio to
-FP32 inference (data loading included) over the same calibration crops:
+same crop, MANIFEST.md "Judging int8 accuracy"; the table gives it +- the half-width of its
+95 % interval over the persons), and the calibration time as a ratio to FP32 inference
+(data loading included) over the same calibration crops:
 
 - FP32;
 - graphkit default: `graphkit.quantize(model, spec)` = `graphkit calibrate` with no flags,
   run in onnxruntime (Q/DQ; activations never negative may be uint8);
-- graphkit default for ncnn: `graphkit calibrate --target ncnn` (every activation signed
-  int8, as ncnn stores it), run in onnxruntime and, where pnnx converts the model, in ncnn
-  int8 (the ncnn files `graphkit export --target ncnn` writes from that plan);
+- graphkit default for ncnn: `graphkit calibrate --target ncnn` (uint8 only for the
+  activations the export can shift onto ncnn's int8, float the layers ncnn has no int8
+  form for), run in onnxruntime and, where pnnx converts the model, in ncnn int8 (the
+  ncnn files `graphkit export --target ncnn` writes from that plan);
 - the seeds' ncnn recipe: the float model converted by pnnx, ncnn2table with KL on the
   ncnn model itself and ncnn2int8 (`graphkit calibrate model.param --method kl-ncnn
   --out-dir D`), run in ncnn int8;
@@ -210,7 +212,7 @@ NCNN_SETTING = "graphkit default --target ncnn"
 
 def bench_model(name: str, args, tmp: Path) -> dict:
     from graphkit.backends import export_all
-    from graphkit.evaluators.evaluate import agreement_of, evaluate
+    from graphkit.evaluators.evaluate import agreement_details, evaluate
     from graphkit.model import load_model, save_model
     from graphkit.quant.qdq import insert_qdq
     from graphkit.quant.quantize import quantize, recipe_of
@@ -229,7 +231,9 @@ def bench_model(name: str, args, tmp: Path) -> dict:
     def score(model_path: Path, setting: str, backend: str = "onnxruntime", **extra) -> None:
         r = evaluate(str(model_path), spec, **val)
         row = {"setting": setting, "backend": backend, "AP": r["stats"]["AP"]}
-        row["agreement"] = agreement_of(fp, r)
+        details = agreement_details(fp, r)
+        row["agreement"] = details["agreement"]
+        row["agreement95"] = details["interval95"]
         rows.append({**row, **extra})
         ratio = f", calibration {extra['seconds'] / base:.2f}x FP32" if "seconds" in extra else ""
         print(
@@ -308,9 +312,12 @@ def markdown(results: dict) -> str:
             fl = r.get("float_layers")
             kept = f"{fl['count']} of {fl['of']}" if fl and "of" in fl else ("0" if fl else "")
             ratio = f"{r['seconds'] / fp['seconds']:.1f}x" if "seconds" in r and r is not fp else ""
+            agree = f"{r['agreement']:.3f}"
+            if "agreement95" in r:  # the half-width of its 95 % interval over the persons
+                agree += f" ±{(r['agreement95'][1] - r['agreement95'][0]) / 2:.3f}"
             lines.append(
                 f"| {name} | {r['setting']} | {r.get('backend', 'onnxruntime')} | {r['AP']:.4f} "
-                f"| {delta} | {r['agreement']:.3f} | {kept} | {ratio} |"
+                f"| {delta} | {agree} | {kept} | {ratio} |"
             )
     return "\n".join(lines)
 

@@ -383,3 +383,45 @@ def test_a_decoder_reading_some_outputs_runs_the_model_as_onnxruntime_optimizes_
     assert inner.run(feeds, ["r"])["r"].tolist() == [[0, 2, 0, 4]]
     level = inner._sessions[("r",)].get_session_options().graph_optimization_level
     assert level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+
+
+def test_agreement_reports_a_95_percent_interval_that_narrows_with_more_persons():
+    from graphkit.evaluators.evaluate import agreement_details
+    from graphkit.pose.oks import oks
+
+    rng = np.random.default_rng(1)
+    joints = [True] * 17
+
+    def pair(n):
+        ref, other = [], []
+        for i in range(n):
+            kp = np.c_[rng.uniform(0, 200, (17, 2)), np.ones(17)]
+            moved = kp + np.c_[rng.normal(0, 4, (17, 2)), np.zeros(17)]
+            ref.append({"index": i, "instance": 0, "keypoints": kp.tolist(), "area": 1e4})
+            other.append({"index": i, "instance": 0, "keypoints": moved.tolist(), "area": 1e4})
+        d = agreement_details(
+            {"predictions": ref, "predicted_joints": joints},
+            {"predictions": other, "predicted_joints": joints},
+        )
+        scores = [oks(a["keypoints"], b["keypoints"], 1e4) for a, b in zip(ref, other)]
+        return d, scores
+
+    small, scores = pair(20)
+    low, high = small["interval95"]
+    assert low < small["agreement"] < high
+    # mean +- 1.96 standard errors of the per-person similarities
+    se = np.std(scores, ddof=1) / np.sqrt(len(scores))
+    assert small["standard_error"] == pytest.approx(se)
+    assert high - low == pytest.approx(2 * 1.96 * se)
+    large, _ = pair(500)
+    assert large["interval95"][1] - large["interval95"][0] < (high - low) / 3
+    # identical keypoints: agreement 1 with no spread
+    ident = [
+        {"index": i, "instance": 0, "keypoints": [[i, 1.0, 1.0]] * 17, "area": 1e4}
+        for i in range(3)
+    ]
+    same = agreement_details(
+        {"predictions": ident, "predicted_joints": joints},
+        {"predictions": ident, "predicted_joints": joints},
+    )
+    assert same["interval95"] == [1.0, 1.0]

@@ -140,8 +140,10 @@ def run(args: argparse.Namespace) -> int:
                 f" ({d['pairs']} persons matched by OKS; unmatched: "
                 f"{d['unmatched_reference']} of the reference, {d['unmatched']} of this model)"
             )
+        low, high = d["interval95"]
         console.print(
-            f"agreement (mean OKS with {args.agreement_with}): {result['agreement']:.4f}{extra}"
+            f"agreement (mean OKS with {args.agreement_with}): {result['agreement']:.4f}, "
+            f"95 % interval {low:.3f}-{high:.3f} over {d['pairs']} persons{extra}"
         )
     write_json(args.json, result)
     if args.results:
