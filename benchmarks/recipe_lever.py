@@ -7,7 +7,9 @@
 Per shared model, in one run: `graphkit.quantize(model, spec, recipe)` with the default
 recipe and with the default plus the given options (`recipe_of("default", **options)`),
 each Q/DQ model evaluated on the val2017 crops like benchmarks/pose_int8.py (COCO AP and
-agreement with FP32), with its held-out score and calibration time. The held-out score is
+agreement with FP32, +- the half-width of its 95 % interval over the persons, and the option's
+paired difference from the default on the same persons with its own 95 % half-width), with
+its held-out score and calibration time. The held-out score is
 what the recipe optimizes; val2017 says whether that generalizes. Without options, the
 default alone (e.g. under GRAPHKIT_INT8_KERNELS, to see the plan another kind of CPU makes).
 """
@@ -45,7 +47,7 @@ def main() -> int:
 
     from graphkit.data import load_input_spec
     from graphkit.errors import GraphkitError
-    from graphkit.evaluators.evaluate import agreement_of, evaluate
+    from graphkit.evaluators.evaluate import agreement_details, evaluate, paired_difference
     from graphkit.model import load_model, save_model
     from graphkit.quant.qdq import insert_qdq
     from graphkit.quant.quantize import quantize, recipe_of
@@ -63,16 +65,17 @@ def main() -> int:
         "images": str(a / "coco-mini/val2017"),
     }
     print(
-        "| model | recipe | held-out mean head SQNR dB | AP | agreement | seconds "
-        "| float search s | float layers |"
+        "| model | recipe | held-out mean head SQNR dB | AP | agreement | against the "
+        "default, paired | seconds | float search s | float layers |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             path = a / "models" / f"{name}.onnx"
             model = load_model(path)
             spec = load_input_spec(ROOT / "examples" / "models" / f"{name}.yaml")
             fp = evaluate(str(path), spec, **val)
+            default = None  # the default's per-person agreement, for the paired difference
             for label, recipe in recipes.items():
                 start = time.perf_counter()
                 plan = quantize(model, spec, recipe)
@@ -81,9 +84,18 @@ def main() -> int:
                 save_model(insert_qdq(plan.deploy_model(model), plan), qdq)
                 r = evaluate(str(qdq), spec, **val)
                 final = plan.recipe.get("final") or {}
+                details = agreement_details(fp, r)
+                half = (details["interval95"][1] - details["interval95"][0]) / 2
+                versus = ""
+                if default is None:
+                    default = details
+                else:  # the same persons: the noise of the difference, not of each figure
+                    diff, diff_half = paired_difference(default, details)
+                    versus = f"{diff:+.3f} ±{diff_half:.3f}"
                 print(
                     f"| {name} | {label} | {final.get('mean_sqnr_db')} | "
-                    f"{r['stats']['AP']:.4f} | {agreement_of(fp, r):.3f} | {seconds:.1f} | "
+                    f"{r['stats']['AP']:.4f} | {details['agreement']:.3f} ±{half:.3f} | "
+                    f"{versus} | {seconds:.1f} | "
                     f"{plan.recipe['seconds'].get('float', 0.0):.1f} | "
                     f"{', '.join(sorted(plan.keep_float))} |",
                     flush=True,

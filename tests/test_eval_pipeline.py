@@ -425,3 +425,33 @@ def test_agreement_reports_a_95_percent_interval_that_narrows_with_more_persons(
         {"predictions": ident, "predicted_joints": joints},
     )
     assert same["interval95"] == [1.0, 1.0]
+
+
+def test_paired_difference_of_two_models_is_tighter_than_either_interval():
+    from graphkit.evaluators.evaluate import agreement_details, paired_difference
+
+    rng = np.random.default_rng(2)
+    joints = [True] * 17
+    people = [np.c_[rng.uniform(0, 200, (17, 2)), np.ones(17)] for _ in range(60)]
+    # how hard each person is varies a lot; the second model moves each joint 10 % less
+    spread = rng.uniform(1, 12, len(people))
+
+    def model(scale):
+        moved = [
+            p + np.c_[scale * s * rng.standard_normal((17, 2)), np.zeros(17)]
+            for p, s in zip(people, spread)
+        ]
+        preds = [
+            {"index": i, "instance": 0, "keypoints": k.tolist(), "area": 1e4}
+            for i, k in enumerate(moved)
+        ]
+        return {"predictions": preds, "predicted_joints": joints}
+
+    ref = model(0.0)
+    first, second = agreement_details(ref, model(1.0)), agreement_details(ref, model(0.9))
+    diff, half = paired_difference(first, second)
+    assert diff == pytest.approx(second["agreement"] - first["agreement"])
+    assert half < (first["interval95"][1] - first["interval95"][0]) / 2
+    bottom_up = dict(first, matching="greedy by OKS within each image")
+    with pytest.raises(GraphkitError, match="one person per crop"):
+        paired_difference(bottom_up, second)
