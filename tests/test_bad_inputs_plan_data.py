@@ -214,6 +214,8 @@ def test_held_out_summary_skips_a_malformed_recipe_built_in_code(good):  # noqa:
         held_out_summary(plan)
         == "held-out (? crops): mean head SQNR 20.0 dB (worst head 20.0), agreement 0.900"
     )
+    plan.recipe["final"]["agreement_half95"] = 0.04
+    assert held_out_summary(plan).endswith("agreement 0.900 ±0.040 (95 %)")
 
 
 # ---------------------------------------------------------------------------- data

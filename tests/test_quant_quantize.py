@@ -298,6 +298,9 @@ def test_default_on_posenet_measures_agreement_and_beats_plain(assets, monkeypat
     assert shipped.worst == pytest.approx(final["sqnr_db"], abs=1e-3)
     assert shipped.mean == pytest.approx(final["mean_sqnr_db"], abs=1e-3)
     assert shipped.agreement == pytest.approx(final["agreement"], abs=1e-4)
+    # with the half-width of its 95 % interval over the 6 crops (1.96 standard errors)
+    assert 0 < final["agreement_half95"] < 0.5
+    assert shipped.agreement_half95 == pytest.approx(final["agreement_half95"], abs=1e-4)
 
 
 def test_eval_and_diff_check_their_outputs_before_any_work(tmp_path, capsys):

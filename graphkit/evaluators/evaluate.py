@@ -11,7 +11,6 @@ outcome is identical to a single process.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import math
 import multiprocessing as mp
 import os
 import time
@@ -355,7 +354,7 @@ def agreement_details(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     Also the 95 % interval of the mean over persons (`interval95`, normal approximation:
     mean +- 1.96 standard errors): on a few dozen persons the agreement of an int8 model
     is known to about +-0.01, and differences inside that are not evidence."""
-    from graphkit.pose.oks import oks
+    from graphkit.pose.oks import half_width95, oks
 
     def by_sample(result: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
         out: dict[int, list[dict[str, Any]]] = {}
@@ -392,7 +391,7 @@ def agreement_details(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         unmatched_b += len(pb) - len(used_b)
     if not scores:
         raise GraphkitError("no person of one evaluation could be paired with the other's")
-    half = _half_width95(scores)
+    half = half_width95(scores)
     mean = float(np.mean(scores))
     return {
         "agreement": mean,
@@ -412,19 +411,14 @@ def paired_difference(first: dict[str, Any], second: dict[str, Any]) -> tuple[fl
     """(mean, 95 % half-width) of second's agreement minus first's, person by person: two
     `agreement_details` of one reference, top-down (each crop's person paired once). The
     paired difference is far less noisy than the two intervals suggest."""
+    from graphkit.pose.oks import half_width95
+
     if first["matching"] != "by sample" or second["matching"] != "by sample":
         raise GraphkitError("a paired difference needs one person per crop in every model")
     if len(first["scores"]) != len(second["scores"]):
         raise GraphkitError("the two agreements were not measured on the same crops")
     diff = [b - a for a, b in zip(first["scores"], second["scores"])]
-    return float(np.mean(diff)), _half_width95(diff)
-
-
-def _half_width95(scores: list[float]) -> float:
-    """1.96 standard errors of the mean of `scores` (0 for a single one)."""
-    if len(scores) < 2:
-        return 0.0
-    return 1.96 * float(np.std(scores, ddof=1)) / math.sqrt(len(scores))
+    return float(np.mean(diff)), half_width95(diff)
 
 
 def _keypoint_area(person: dict[str, Any]) -> float:

@@ -50,6 +50,15 @@ def oks(a: np.ndarray, b: np.ndarray, area: float, joints: np.ndarray | None = N
     return float(np.exp(-e[sel]).mean()) if sel.any() else 0.0
 
 
+def half_width95(scores: Sequence[float]) -> float:
+    """1.96 standard errors of the mean of `scores` (0 for fewer than two): the half-width
+    of the mean's 95 % interval, normal approximation. An agreement is a mean over persons
+    or crops; on a few dozen of them it is known to about +-0.01, on 8 to about +-0.05."""
+    if len(scores) < 2:
+        return 0.0
+    return 1.96 * float(np.std(scores, ddof=1)) / float(np.sqrt(len(scores)))
+
+
 def agreement(
     pred_a: np.ndarray,
     pred_b: np.ndarray,
@@ -73,4 +82,4 @@ def agreement(
     return float(np.mean([oks(x, y, s, m) for x, y, s in zip(pa, pb, areas)]))
 
 
-__all__ = ["COCO_SIGMAS", "agreement", "oks"]
+__all__ = ["COCO_SIGMAS", "agreement", "half_width95", "oks"]

@@ -235,6 +235,8 @@ class HeldOutScore:
     sqnr_db: float | None  # worst head (None: infinite, the outputs were exact)
     agreement: float | None = None
     mean_sqnr_db: float | None = None
+    # the half-width of the agreement's 95 % interval over the held-out crops
+    agreement_half95: float | None = None
 
     @property
     def mean(self) -> float | None:
@@ -324,12 +326,13 @@ def held_out_summary(plan: QuantPlan) -> str | None:
     if final is None:
         return None
     crops = record.held_out.scored if record.held_out is not None else "?"
-    agree = final.agreement
-    return (
-        f"held-out ({crops} crops): mean head SQNR "
-        f"{final.mean} dB (worst head {final.sqnr_db})"
-        + (f", agreement {agree:.3f}" if agree is not None else "")
-    )
+    agree, half = final.agreement, final.agreement_half95
+    text = f"held-out ({crops} crops): mean head SQNR {final.mean} dB (worst head {final.sqnr_db})"
+    if agree is not None:
+        text += f", agreement {agree:.3f}"
+        if half is not None:  # how little 8 crops can tell
+            text += f" ±{half:.3f} (95 %)"
+    return text
 
 
 def _int8_bytes(text: str, shape: list[int], where: str = "int8") -> bytes:
