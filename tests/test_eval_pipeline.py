@@ -455,3 +455,42 @@ def test_paired_difference_of_two_models_is_tighter_than_either_interval():
     bottom_up = dict(first, matching="greedy by OKS within each image")
     with pytest.raises(GraphkitError, match="one person per crop"):
         paired_difference(bottom_up, second)
+
+
+def test_eval_compares_two_models_against_one_reference_person_by_person(dataset, capsys):
+    """--compare-with: this model's agreement minus an earlier one's, paired per person."""
+    ref, a_json, b_json = (dataset / f"{n}.json" for n in ("ref", "a", "b"))
+    cfg = ["--model-config", str(dataset / "cfg.yaml")]
+    assert main(["eval", str(dataset / "model.onnx"), *cfg, "--json", str(ref)]) == 0
+    # two "quantized" models: the reference's weights moved by a little and by more
+    base = onnx.load(dataset / "model.onnx")
+    w = numpy_helper.to_array(base.graph.initializer[0])
+    for name, eps in (("a", 0.3), ("b", 0.05)):
+        moved = w * (1 + eps * np.random.default_rng(5).standard_normal(w.shape))
+        base.graph.initializer[0].CopyFrom(numpy_helper.from_array(moved.astype(np.float32), "w"))
+        onnx.save(base, dataset / f"{name}.onnx")
+
+    def argv(name, out):
+        return ["eval", str(dataset / f"{name}.onnx"), *cfg, "--json", str(out)]
+
+    assert main([*argv("a", a_json), "--agreement-with", str(ref)]) == 0
+    capsys.readouterr()
+    assert (
+        main([*argv("b", b_json), "--agreement-with", str(ref), "--compare-with", str(a_json)]) == 0
+    )
+    out = " ".join(capsys.readouterr().out.split())
+    a, b = json.loads(a_json.read_text()), json.loads(b_json.read_text())
+    c = b["compared_with"]
+    assert c["agreement"] == pytest.approx(a["agreement"])
+    assert c["difference"] == pytest.approx(b["agreement"] - a["agreement"])
+    assert c["difference"] > 0 and c["half95"] > 0  # less noise, closer to the reference
+    assert f"{c['difference']:+.4f}" in out and "paired over 10 persons" in out
+    # without a reference there is nothing to pair against; a missing file is named
+    assert main([*argv("b", b_json), "--compare-with", str(a_json)]) == 2
+    assert "--compare-with needs --agreement-with" in capsys.readouterr().err
+    missing = dataset / "none.json"
+    assert (
+        main([*argv("b", b_json), "--agreement-with", str(ref), "--compare-with", str(missing)])
+        == 2
+    )
+    assert "--compare-with" in capsys.readouterr().err

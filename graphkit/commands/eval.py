@@ -19,7 +19,13 @@ from graphkit.commands._common import (
     write_json,
 )
 from graphkit.errors import GraphkitError, InputError
-from graphkit.evaluators.evaluate import agreement_details, evaluate, evaluation_split, prepare_spec
+from graphkit.evaluators.evaluate import (
+    agreement_details,
+    evaluate,
+    evaluation_split,
+    paired_difference,
+    prepare_spec,
+)
 from graphkit.validation import read_json, validate
 
 
@@ -49,6 +55,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--agreement-with",
         help="an earlier --json of the FP32 model: also report the mean OKS agreement with it",
     )
+    p.add_argument(
+        "--compare-with",
+        help="an earlier --json of another model on the same crops (with --agreement-with): "
+        "also report this model's agreement minus that one's, person by person, with its "
+        "95 %% interval (is this quantization better, or only different by chance?)",
+    )
     return p
 
 
@@ -67,11 +79,11 @@ class _Reference(BaseModel):
     predicted_joints: list[bool]
 
 
-def load_reference(path: str) -> dict:
+def load_reference(path: str, flag: str = "--agreement-with") -> dict:
     """A previous `graphkit eval --json` file, checked before it is compared with."""
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"--agreement-with {p} does not exist or is not a file")
+        raise InputError(f"{flag} {p} does not exist or is not a file")
     data = read_json(p, "graphkit eval --json file")
     if not isinstance(data, dict) or "predictions" not in data:
         raise InputError(f"{p} is not a graphkit eval --json file (no predictions)")
@@ -79,18 +91,36 @@ def load_reference(path: str) -> dict:
     return data
 
 
+def _paired(reference: dict, other: dict, details: dict, path: str) -> dict:
+    """This model's agreement minus `other`'s (both against `reference`), person by person."""
+    theirs = agreement_details(reference, other)
+    difference, half = paired_difference(theirs, details)
+    return {
+        "path": path,
+        "agreement": theirs["agreement"],
+        "difference": difference,
+        "half95": half,
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise GraphkitError("--workers must be at least 1")
     from graphkit.data import load_input_spec
 
-    read = [args.model, args.model_config, args.agreement_with, args.ann, args.dets]
+    if args.compare_with and not args.agreement_with:
+        raise InputError(
+            "--compare-with needs --agreement-with (the reference both are compared to)"
+        )
+    read = [args.model, args.model_config, args.agreement_with, args.compare_with]
+    read += [args.ann, args.dets]
     check_output_files(read, json=args.json, results=args.results)
     config = load_input_spec(args.model_config)
     spec = prepare_spec(config, args.ann, args.images, args.dets, args.limit)
     read += [spec.source.ann, spec.source.dets, spec.source.path]  # the config's own files
     check_output_files(read, json=args.json, results=args.results)
     reference = load_reference(args.agreement_with) if args.agreement_with else None
+    other = load_reference(args.compare_with, "--compare-with") if args.compare_with else None
     warning = evaluation_split(config, spec)
     if warning:
         console.print(f"[yellow]warning: {warning}[/]")
@@ -113,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
         result["agreement"] = details["agreement"]
         result["agreement_details"] = details
         result["agreement_with"] = args.agreement_with
+        if other is not None:
+            result["compared_with"] = _paired(reference, other, details, args.compare_with)
     t = Table(title=f"COCO keypoint AP: {args.model}", title_justify="left")
     names = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50")
     for n in names:
@@ -145,6 +177,18 @@ def run(args: argparse.Namespace) -> int:
             f"agreement (mean OKS with {args.agreement_with}): {result['agreement']:.4f}, "
             f"95 % interval {low:.3f}-{high:.3f} over {d['pairs']} persons{extra}"
         )
+        if other is not None:
+            c = result["compared_with"]
+            console.print(
+                f"against {args.compare_with} (agreement {c['agreement']:.4f}): "
+                f"{c['difference']:+.4f} ± {c['half95']:.4f} (95 %, paired over {d['pairs']} "
+                "persons)"
+                + (
+                    ""
+                    if abs(c["difference"]) > c["half95"]
+                    else ": no difference this data can tell"
+                )
+            )
     write_json(args.json, result)
     if args.results:
         console.print(f"wrote {args.results}")
