@@ -488,6 +488,13 @@ def test_eval_compares_two_models_against_one_reference_person_by_person(dataset
     # without a reference there is nothing to pair against; a missing file is named
     assert main([*argv("b", b_json), "--compare-with", str(a_json)]) == 2
     assert "--compare-with needs --agreement-with" in capsys.readouterr().err
+    # bottom-up results (several persons per image) cannot be paired crop by crop
+    whole = json.loads(a_json.read_text())
+    whole["predictions"][1]["index"] = whole["predictions"][0]["index"]
+    (dataset / "whole.json").write_text(json.dumps(whole))
+    bottom_up = [*argv("b", b_json), "--agreement-with", str(ref)]
+    assert main([*bottom_up, "--compare-with", str(dataset / "whole.json")]) == 2
+    assert "top-down" in capsys.readouterr().err
     missing = dataset / "none.json"
     assert (
         main([*argv("b", b_json), "--agreement-with", str(ref), "--compare-with", str(missing)])

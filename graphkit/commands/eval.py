@@ -91,6 +91,15 @@ def load_reference(path: str, flag: str = "--agreement-with") -> dict:
     return data
 
 
+def _one_per_crop(*results: dict) -> bool:
+    """Whether every result holds one person per sample (top-down: pairs are crops)."""
+    for result in results:
+        indexes = [p["index"] for p in result["predictions"]]
+        if len(indexes) != len(set(indexes)):
+            return False
+    return True
+
+
 def _paired(reference: dict, other: dict, details: dict, path: str) -> dict:
     """This model's agreement minus `other`'s (both against `reference`), person by person."""
     theirs = agreement_details(reference, other)
@@ -121,6 +130,11 @@ def run(args: argparse.Namespace) -> int:
     check_output_files(read, json=args.json, results=args.results)
     reference = load_reference(args.agreement_with) if args.agreement_with else None
     other = load_reference(args.compare_with, "--compare-with") if args.compare_with else None
+    if other is not None and reference is not None and not _one_per_crop(reference, other):
+        raise InputError(
+            "--compare-with pairs the persons crop by crop: it needs top-down evaluations "
+            "(one person per crop), not whole images"
+        )
     warning = evaluation_split(config, spec)
     if warning:
         console.print(f"[yellow]warning: {warning}[/]")
