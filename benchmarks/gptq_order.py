@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from heldout import MODELS, ROOT, assets
+from heldout import MODELS, ROOT, PairedWithFirst, assets
 
 
 def act_order(gptq):
@@ -47,18 +47,11 @@ def main() -> int:
     args = ap.parse_args()
 
     from graphkit.data import load_input_spec
-    from graphkit.evaluators.evaluate import agreement_details, evaluate, paired_difference
-    from graphkit.model import load_model, save_model
+    from graphkit.model import load_model
     from graphkit.quant import refine
-    from graphkit.quant.qdq import insert_qdq
     from graphkit.quant.quantize import quantize
 
     graph_order = refine._gptq
-    a = assets()
-    val = {
-        "ann": str(a / "coco-mini/annotations/person_keypoints_val2017.json"),
-        "images": str(a / "coco-mini/val2017"),
-    }
     print(
         "| model | column order | held-out mean head SQNR dB | AP | agreement "
         "| against graph order, paired | seconds |"
@@ -66,11 +59,10 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            path = a / "models" / f"{name}.onnx"
+            path = assets() / "models" / f"{name}.onnx"
             model = load_model(path)
             spec = load_input_spec(ROOT / "examples" / "models" / f"{name}.yaml")
-            fp = evaluate(str(path), spec, **val)
-            first = None
+            score = PairedWithFirst(path, spec)
             for label, gptq in (("graph", graph_order), ("act-order", act_order(graph_order))):
                 refine._gptq = gptq
                 try:
@@ -79,21 +71,10 @@ def main() -> int:
                     seconds = time.perf_counter() - start
                 finally:
                     refine._gptq = graph_order
-                qdq = Path(tmp) / f"{name}.onnx"
-                save_model(insert_qdq(plan.deploy_model(model), plan), qdq)
-                r = evaluate(str(qdq), spec, **val)
-                d = agreement_details(fp, r)
-                half = (d["interval95"][1] - d["interval95"][0]) / 2
-                versus = ""
-                if first is None:
-                    first = d
-                else:
-                    diff, diff_half = paired_difference(first, d)
-                    versus = f"{diff:+.4f} ±{diff_half:.4f}"
+                ap, agreement, versus = score(plan, model, Path(tmp) / f"{name}.onnx")
                 print(
-                    f"| {name} | {label} | {plan.recipe['final']['mean_sqnr_db']} | "
-                    f"{r['stats']['AP']:.4f} | {d['agreement']:.3f} ±{half:.3f} | {versus} "
-                    f"| {seconds:.1f} |",
+                    f"| {name} | {label} | {plan.recipe['final']['mean_sqnr_db']} | {ap:.4f} "
+                    f"| {agreement} | {versus} | {seconds:.1f} |",
                     flush=True,
                 )
     return 0

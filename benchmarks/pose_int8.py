@@ -41,6 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from heldout import val_args
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -61,14 +63,6 @@ def spec_of(name: str, limit: int | None):
 
     spec = load_input_spec(ROOT / "examples" / "models" / f"{name}.yaml")
     return spec.with_source(limit=limit) if limit else spec
-
-
-def val_args() -> dict:
-    a = assets()
-    return {
-        "ann": str(a / "coco-mini/annotations/person_keypoints_val2017.json"),
-        "images": str(a / "coco-mini/val2017"),
-    }
 
 
 # ---------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from heldout import MODELS, ROOT, assets
+from heldout import MODELS, ROOT, PairedWithFirst, assets
 
 
 def parse_option(text: str) -> tuple[str, object]:
@@ -47,9 +47,7 @@ def main() -> int:
 
     from graphkit.data import load_input_spec
     from graphkit.errors import GraphkitError
-    from graphkit.evaluators.evaluate import agreement_details, evaluate, paired_difference
-    from graphkit.model import load_model, save_model
-    from graphkit.quant.qdq import insert_qdq
+    from graphkit.model import load_model
     from graphkit.quant.quantize import quantize, recipe_of
 
     try:
@@ -59,11 +57,6 @@ def main() -> int:
     except (GraphkitError, TypeError) as exc:
         print(f"recipe_lever: {exc}", file=sys.stderr)
         return 2
-    a = assets()
-    val = {
-        "ann": str(a / "coco-mini/annotations/person_keypoints_val2017.json"),
-        "images": str(a / "coco-mini/val2017"),
-    }
     print(
         "| model | recipe | held-out mean head SQNR dB | AP | agreement | against the "
         "default, paired | seconds | float search s | float layers |"
@@ -71,31 +64,19 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            path = a / "models" / f"{name}.onnx"
+            path = assets() / "models" / f"{name}.onnx"
             model = load_model(path)
             spec = load_input_spec(ROOT / "examples" / "models" / f"{name}.yaml")
-            fp = evaluate(str(path), spec, **val)
-            default = None  # the default's per-person agreement, for the paired difference
+            score = PairedWithFirst(path, spec)  # the default first: the others against it
             for label, recipe in recipes.items():
                 start = time.perf_counter()
                 plan = quantize(model, spec, recipe)
                 seconds = time.perf_counter() - start
-                qdq = Path(tmp) / f"{name}.onnx"
-                save_model(insert_qdq(plan.deploy_model(model), plan), qdq)
-                r = evaluate(str(qdq), spec, **val)
+                ap, agreement, versus = score(plan, model, Path(tmp) / f"{name}.onnx")
                 final = plan.recipe.get("final") or {}
-                details = agreement_details(fp, r)
-                half = (details["interval95"][1] - details["interval95"][0]) / 2
-                versus = ""
-                if default is None:
-                    default = details
-                else:  # the same persons: the noise of the difference, not of each figure
-                    diff, diff_half = paired_difference(default, details)
-                    versus = f"{diff:+.3f} ±{diff_half:.3f}"
                 print(
-                    f"| {name} | {label} | {final.get('mean_sqnr_db')} | "
-                    f"{r['stats']['AP']:.4f} | {details['agreement']:.3f} ±{half:.3f} | "
-                    f"{versus} | {seconds:.1f} | "
+                    f"| {name} | {label} | {final.get('mean_sqnr_db')} | {ap:.4f} | {agreement} "
+                    f"| {versus} | {seconds:.1f} | "
                     f"{plan.recipe['seconds'].get('float', 0.0):.1f} | "
                     f"{', '.join(sorted(plan.keep_float))} |",
                     flush=True,
