@@ -238,7 +238,7 @@ class HeldOutScorer(OutputScorer):
 
     def measure(self, candidate: onnx.ModelProto, decode: bool = True) -> Score:
         """Worst and mean head SQNR and (decode=True) the agreement of a candidate model."""
-        from graphkit.pose.oks import agreement, half_width95
+        from graphkit.pose.oks import half_width95, oks
 
         sess = self._session(candidate)
         noise = [0.0] * len(self.heads)
@@ -252,8 +252,8 @@ class HeldOutScorer(OutputScorer):
         per_head = [sqnr_db(s, n) for s, n in zip(self.signal, noise)]
         agree = half = None
         if decode and self.decoder is not None:
-            per_crop = [
-                agreement(r[None], p[None], [m["area"]], self.decoder.predicted)
+            per_crop = [  # the agreement of each crop: its person's OKS with FP32's
+                oks(r, p, m["area"], self.decoder.predicted)
                 for r, p, m in zip(self.reference_points, points, self.metas)
             ]
             agree, half = float(np.mean(per_crop)), half_width95(per_crop)

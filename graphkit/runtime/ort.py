@@ -48,8 +48,8 @@ def shared_arena() -> bool:
     Calibration builds hundreds of short-lived sessions and keeps dozens alive (one per
     part of the model in bias correction); each with an arena of its own holds its peak
     and every new one page-faults fresh memory. Shared (`session.use_env_allocators`):
-    efficientpose's default plan 48.0 -> 42.6 s, peak RSS 2.55 -> 1.03 GB, the same plan
-    (docs/calibration.md). False where this onnxruntime cannot register one."""
+    efficientpose's default plan 53.4 -> 43.7 s, peak RSS 2.43 -> 0.98 GB, the same plan
+    (`benchmarks/shared_arena.py`). False where this onnxruntime cannot register one."""
     global _shared_arena
     with _ARENA_LOCK:
         if _shared_arena is None:
