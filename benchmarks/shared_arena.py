@@ -5,7 +5,7 @@
 Per shared model, the default plan (`graphkit.quantize(model, spec)`, what `graphkit
 calibrate` runs) is made twice, each in a fresh process: with every session allocating
 from the process's shared arena (`graphkit.runtime.ort.shared_arena`, the default) and
-with an arena per session (onnxruntime's own default). Prints the wall time of each, its
+with an arena per session (onnxruntime's own default; GRAPHKIT_SHARED_ARENA=0). Prints the wall time of each, its
 stages, the peak RSS of each process, the ratios, and whether the two plans are the same
 (every activation, weight integer, float layer, bias and held-out score).
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -23,9 +24,6 @@ from heldout import MODELS, ROOT, assets
 
 CHILD = """
 import json, resource, sys, time
-from graphkit.runtime import ort as gk_ort
-if sys.argv[3] == "own":
-    gk_ort._shared_arena = False  # every session keeps an arena of its own
 from graphkit.data import load_input_spec
 from graphkit.model import load_model
 from graphkit.quant.quantize import quantize
@@ -35,7 +33,7 @@ start = time.perf_counter()
 plan = quantize(model, spec)
 seconds = time.perf_counter() - start
 stages = plan.recipe.pop("seconds")
-plan.save(sys.argv[4])
+plan.save(sys.argv[3])
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 print(json.dumps({"seconds": seconds, "stages": stages, "peak_gb": peak}))
 """
@@ -44,11 +42,14 @@ print(json.dumps({"seconds": seconds, "stages": stages, "peak_gb": peak}))
 def run(name: str, mode: str, plan: Path) -> dict:
     model = assets() / "models" / f"{name}.onnx"
     spec = ROOT / "examples" / "models" / f"{name}.yaml"
+    # "own": every session keeps an arena of its own
+    env = dict(os.environ, GRAPHKIT_SHARED_ARENA="0" if mode == "own" else "1")
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(model), str(spec), mode, str(plan)],
+        [sys.executable, "-c", CHILD, str(model), str(spec), str(plan)],
         capture_output=True,
         text=True,
         check=True,
+        env=env,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -49,9 +49,13 @@ def shared_arena() -> bool:
     part of the model in bias correction); each with an arena of its own holds its peak
     and every new one page-faults fresh memory. Shared (`session.use_env_allocators`):
     efficientpose's default plan 53.4 -> 43.7 s, peak RSS 2.43 -> 0.98 GB, the same plan
-    (`benchmarks/shared_arena.py`). False where this onnxruntime cannot register one."""
+    (`benchmarks/shared_arena.py`). The arena keeps what it grew to until the process
+    ends: GRAPHKIT_SHARED_ARENA=0 gives every session its own again (a long-running
+    process that calibrates once). False then, or where onnxruntime cannot register one."""
     global _shared_arena
     with _ARENA_LOCK:
+        if _shared_arena is None and os.environ.get("GRAPHKIT_SHARED_ARENA", "1") == "0":
+            _shared_arena = False
         if _shared_arena is None:
             try:
                 info = ort.OrtMemoryInfo(
