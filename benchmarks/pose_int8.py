@@ -4,8 +4,10 @@ Per model, calibrated on the train2017 person crops of its examples/models spec 
 default), evaluated on the val2017 person crops (68, ground-truth boxes): COCO keypoint
 AP (pycocotools) and agreement (mean OKS between the FP32 and the int8 keypoints of the
 same crop, MANIFEST.md "Judging int8 accuracy"; the table gives it +- the half-width of its
-95 % interval over the persons), and the calibration time as a ratio to FP32 inference
-(data loading included) over the same calibration crops:
+95 % interval over the persons, and for every other int8 row the default's lead over it:
+the default's agreement minus that row's, person by person, +- its 95 % half-width), and
+the calibration time as a ratio to FP32 inference (data loading included) over the same
+calibration crops:
 
 - FP32;
 - graphkit default: `graphkit.quantize(model, spec)` = `graphkit calibrate` with no flags,
@@ -202,11 +204,12 @@ def seed_ncnn_kl(name: str, model, spec, tmp: Path, score) -> None:
 
 
 NCNN_SETTING = "graphkit default --target ncnn"
+DEFAULT_SETTING = "graphkit default"
 
 
 def bench_model(name: str, args, tmp: Path) -> dict:
     from graphkit.backends import export_all
-    from graphkit.evaluators.evaluate import agreement_details, evaluate
+    from graphkit.evaluators.evaluate import agreement_details, evaluate, paired_difference
     from graphkit.model import load_model, save_model
     from graphkit.quant.qdq import insert_qdq
     from graphkit.quant.quantize import quantize, recipe_of
@@ -222,12 +225,18 @@ def bench_model(name: str, args, tmp: Path) -> dict:
     rows.append({"setting": "FP32", "AP": fp["stats"]["AP"], "agreement": 1.0, "seconds": base})
     print(f"{name}: FP32 AP {fp['stats']['AP']:.4f}, inference {base:.1f} s", flush=True)
 
+    default: list[dict] = []  # the default's agreement details, once scored
+
     def score(model_path: Path, setting: str, backend: str = "onnxruntime", **extra) -> None:
         r = evaluate(str(model_path), spec, **val)
         row = {"setting": setting, "backend": backend, "AP": r["stats"]["AP"]}
         details = agreement_details(fp, r)
         row["agreement"] = details["agreement"]
         row["agreement95"] = details["interval95"]
+        if setting == DEFAULT_SETTING and backend == "onnxruntime":
+            default.append(details)
+        elif default:  # the default's lead over this row, person by person
+            row["default_lead"] = list(paired_difference(details, default[0]))
         rows.append({**row, **extra})
         ratio = f", calibration {extra['seconds'] / base:.2f}x FP32" if "seconds" in extra else ""
         print(
@@ -240,7 +249,7 @@ def bench_model(name: str, args, tmp: Path) -> dict:
     # never-negative activations uint8 only where they can be shifted onto ncnn's int8,
     # float the layers ncnn has no int8 form for): scored in onnxruntime and in ncnn
     recipes = {
-        "graphkit default": recipe_of("default"),
+        DEFAULT_SETTING: recipe_of("default"),
         NCNN_SETTING: recipe_of("default", targets=("ncnn",)),
         "graphkit --max-float 20%": recipe_of("default", max_float=0.20),
         "graphkit --recipe plain": recipe_of("plain"),
@@ -291,15 +300,18 @@ def bench_model(name: str, args, tmp: Path) -> dict:
 
 def markdown(results: dict) -> str:
     lines = [
-        "| model | setting | backend | AP | ΔAP | agreement | float layers | calibration / FP32 |",
-        "|---|---|---|---|---|---|---|---|",
+        (
+            "| model | setting | backend | AP | ΔAP | agreement | default's lead, paired "
+            "| float layers | calibration / FP32 |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, res in results.items():
         fp = res["rows"][0]
         for r in res["rows"]:
             if "status" in r:
                 lines.append(
-                    f"| {name} | {r['setting']} | {r.get('backend', '')} | {r['status']} | | | | |"
+                    f"| {name} | {r['setting']} | {r.get('backend', '')} | {r['status']} | | | | | |"
                 )
                 continue
             delta = "" if r["setting"] == "FP32" else f"{r['AP'] - fp['AP']:+.4f}"
@@ -309,9 +321,12 @@ def markdown(results: dict) -> str:
             agree = f"{r['agreement']:.3f}"
             if "agreement95" in r:  # the half-width of its 95 % interval over the persons
                 agree += f" ±{(r['agreement95'][1] - r['agreement95'][0]) / 2:.3f}"
+            lead = ""
+            if "default_lead" in r:  # the default's agreement minus this row's, per person
+                lead = f"{r['default_lead'][0]:+.3f} ±{r['default_lead'][1]:.3f}"
             lines.append(
                 f"| {name} | {r['setting']} | {r.get('backend', 'onnxruntime')} | {r['AP']:.4f} "
-                f"| {delta} | {agree} | {kept} | {ratio} |"
+                f"| {delta} | {agree} | {lead} | {kept} | {ratio} |"
             )
     return "\n".join(lines)
 
