@@ -495,6 +495,15 @@ def test_eval_compares_two_models_against_one_reference_person_by_person(dataset
     bottom_up = [*argv("b", b_json), "--agreement-with", str(ref)]
     assert main([*bottom_up, "--compare-with", str(dataset / "whole.json")]) == 2
     assert "top-down" in capsys.readouterr().err
+    # a reference of other crops is refused before any evaluation (here: --limit)
+    assert main([*bottom_up, "--limit", "4"]) == 2
+    assert "was not evaluated on these crops" in " ".join(capsys.readouterr().err.split())
+    # another dataset's results are refused before any evaluation
+    fewer = json.loads(a_json.read_text())
+    fewer["predictions"] = fewer["predictions"][:4]
+    (dataset / "fewer.json").write_text(json.dumps(fewer))
+    assert main([*bottom_up, "--compare-with", str(dataset / "fewer.json")]) == 2
+    assert "was not evaluated on the crops of" in " ".join(capsys.readouterr().err.split())
     missing = dataset / "none.json"
     assert (
         main([*argv("b", b_json), "--agreement-with", str(ref), "--compare-with", str(missing)])

@@ -100,6 +100,10 @@ def _one_per_crop(*results: dict) -> bool:
     return True
 
 
+def _samples(result: dict) -> set[int]:
+    return {p["index"] for p in result["predictions"]}
+
+
 def _paired(reference: dict, other: dict, details: dict, path: str) -> dict:
     """This model's agreement minus `other`'s (both against `reference`), person by person."""
     theirs = agreement_details(reference, other)
@@ -130,11 +134,25 @@ def run(args: argparse.Namespace) -> int:
     check_output_files(read, json=args.json, results=args.results)
     reference = load_reference(args.agreement_with) if args.agreement_with else None
     other = load_reference(args.compare_with, "--compare-with") if args.compare_with else None
-    if other is not None and reference is not None and not _one_per_crop(reference, other):
-        raise InputError(
-            "--compare-with pairs the persons crop by crop: it needs top-down evaluations "
-            "(one person per crop), not whole images"
-        )
+    if reference is not None and _one_per_crop(reference):
+        from graphkit.data import count_samples
+
+        if _samples(reference) != set(range(count_samples(spec))):
+            raise InputError(
+                f"--agreement-with {args.agreement_with} was not evaluated on these crops "
+                "(other data, --limit or --dets)"
+            )
+    if other is not None and reference is not None:
+        if not _one_per_crop(reference, other):
+            raise InputError(
+                "--compare-with pairs the persons crop by crop: it needs top-down evaluations "
+                "(one person per crop), not whole images"
+            )
+        if _samples(reference) != _samples(other):
+            raise InputError(
+                f"--compare-with {args.compare_with} was not evaluated on the crops of "
+                f"--agreement-with {args.agreement_with}"
+            )
     warning = evaluation_split(config, spec)
     if warning:
         console.print(f"[yellow]warning: {warning}[/]")
