@@ -442,3 +442,15 @@ def test_table_show_says_how_the_float_search_ended(
     assert code == 0, err
     shown = [x for x in out.splitlines() if x.startswith("float search")]
     assert shown == ([line] if line else [])
+
+
+def test_table_show_gives_a_uint8_entry_the_step_it_was_measured_with(good, tmp_path, capsys):  # noqa: F811
+    plan = QuantPlan.load(good / "plan.json")
+    entry = next(iter(plan.activations.values()))
+    entry.amax, entry.min, entry.max, entry.unsigned = 2.55, 0.0, 2.55, True
+    plan.save(tmp_path / "plan.json")
+    assert main(["table", "show", str(tmp_path / "plan.json")]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    row = next(line for line in rows if "│" in line and "uint8" in line)  # its table row
+    # amax / 255 (uint8, and the shifted int8 of the signed-only backends), not amax / 127
+    assert "0.01 " in row and "0.0200787" not in row

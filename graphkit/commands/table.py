@@ -99,7 +99,9 @@ def run(args: argparse.Namespace) -> int:
         row = [
             _text(name, 36),
             f"{e.amax:.6g}",
-            f"{e.scale:.6g}",
+            # the step the plan was measured with: a uint8 entry's (amax / 255) is also the
+            # step of its shifted int8 in the signed-only backends
+            f"{(e.unsigned_scale if e.unsigned else e.scale):.6g}",
             _num(e.min),
             _num(e.max),
             clipped,
