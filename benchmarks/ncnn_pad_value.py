@@ -32,12 +32,15 @@ import numpy as np
 from heldout import PairedWithFirst, val_args
 from ncnn_speed import timed
 
-PADDING_PARAMS = {"0": "14", "1": "16", "2": "4", "3": "15"}  # Padding top..right -> conv keys
-
 
 def with_pad_value(param_text: str, value: str) -> str:
     """The param with each `<conv>_pad` Padding layer folded back into its conv as pads
-    and `18=value` (layer and blob counts lowered by one each)."""
+    and `18=value` (layer and blob counts lowered by one each): the inverse of the
+    exporter's `_padding_before`."""
+    from graphkit.backends.ncnn.exporter import PAD_VALUE, PADS
+
+    left, right, top, bottom = PADS  # the conv's keys; Padding's are 0-3: top, bottom, left, right
+    conv_key = {"0": top, "1": bottom, "2": left, "3": right}
     lines = param_text.splitlines()
     pads, kept = {}, []
     for line in lines[2:]:
@@ -53,8 +56,8 @@ def with_pad_value(param_text: str, value: str) -> str:
         if count and f[4] in pads:
             source, params = pads[f[4]]
             f[4] = source
-            f += [f"{PADDING_PARAMS[k]}={params[k]}" for k in sorted(PADDING_PARAMS)]
-            f.append(f"18={value}")
+            f += [f"{conv_key[k]}={params[k]}" for k in sorted(conv_key)]
+            f.append(f"{PAD_VALUE}={value}")
         out.append(" ".join(f))
     layers, blobs = (int(x) for x in lines[1].split())
     return "\n".join([lines[0], f"{layers - len(pads)} {blobs - len(pads)}", *out]) + "\n"

@@ -91,17 +91,36 @@ def load_reference(path: str, flag: str = "--agreement-with") -> dict:
     return data
 
 
-def _one_per_crop(*results: dict) -> bool:
-    """Whether every result holds one person per sample (top-down: pairs are crops)."""
-    for result in results:
-        indexes = [p["index"] for p in result["predictions"]]
-        if len(indexes) != len(set(indexes)):
-            return False
-    return True
+def _crops(result: dict) -> set[int] | None:
+    """The sample indexes of a top-down result (one person per crop); None for bottom-up
+    (several persons per image: no crop to pair them by)."""
+    indexes = [p["index"] for p in result["predictions"]]
+    return set(indexes) if len(indexes) == len(set(indexes)) else None
 
 
-def _samples(result: dict) -> set[int]:
-    return {p["index"] for p in result["predictions"]}
+def _check_pairing(
+    args: argparse.Namespace, total: int, reference: dict, other: dict | None
+) -> None:
+    """Refuse, before any evaluation, references of other crops than the `total` to run."""
+    crops = _crops(reference)
+    if crops is not None and crops != set(range(total)):
+        raise InputError(
+            f"--agreement-with {args.agreement_with} was not evaluated on these crops "
+            "(other data, --limit or --dets)"
+        )
+    if other is None:
+        return
+    theirs = _crops(other)
+    if crops is None or theirs is None:
+        raise InputError(
+            "--compare-with pairs the persons crop by crop: it needs top-down evaluations "
+            "(one person per crop), not whole images"
+        )
+    if theirs != crops:
+        raise InputError(
+            f"--compare-with {args.compare_with} was not evaluated on the crops of "
+            f"--agreement-with {args.agreement_with}"
+        )
 
 
 def _paired(reference: dict, other: dict, details: dict, path: str) -> dict:
@@ -119,7 +138,7 @@ def _paired(reference: dict, other: dict, details: dict, path: str) -> dict:
 def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise GraphkitError("--workers must be at least 1")
-    from graphkit.data import load_input_spec
+    from graphkit.data import count_samples, load_input_spec
 
     if args.compare_with and not args.agreement_with:
         raise InputError(
@@ -134,32 +153,14 @@ def run(args: argparse.Namespace) -> int:
     check_output_files(read, json=args.json, results=args.results)
     reference = load_reference(args.agreement_with) if args.agreement_with else None
     other = load_reference(args.compare_with, "--compare-with") if args.compare_with else None
-    if reference is not None and _one_per_crop(reference):
-        from graphkit.data import count_samples
-
-        if _samples(reference) != set(range(count_samples(spec))):
-            raise InputError(
-                f"--agreement-with {args.agreement_with} was not evaluated on these crops "
-                "(other data, --limit or --dets)"
-            )
-    if other is not None and reference is not None:
-        if not _one_per_crop(reference, other):
-            raise InputError(
-                "--compare-with pairs the persons crop by crop: it needs top-down evaluations "
-                "(one person per crop), not whole images"
-            )
-        if _samples(reference) != _samples(other):
-            raise InputError(
-                f"--compare-with {args.compare_with} was not evaluated on the crops of "
-                f"--agreement-with {args.agreement_with}"
-            )
+    total = count_samples(spec)
+    if reference is not None:
+        _check_pairing(args, total, reference, other)
     warning = evaluation_split(config, spec)
     if warning:
         console.print(f"[yellow]warning: {warning}[/]")
     with progress_bar("evaluating") as bar:
-        from graphkit.data import count_samples
-
-        task = bar.add_task("eval", total=count_samples(spec))
+        task = bar.add_task("eval", total=total)
         result = evaluate(
             args.model,
             spec,

@@ -211,13 +211,13 @@ def _apply(
         for conv in site.consumers:
             w = _as_run(conv, plan)
             _add_to_bias(graph, conv, c * w.sum(axis=(1, 2, 3)), names)
-            if _pads(conv) and not _same_pads(conv):
+            if _explicit_pads(conv):
                 # padded with x = 0, i.e. x' = -c: a Pad that pnnx folds into the ncnn
                 # Convolution's pad_value (its int8 layers get a float Padding layer,
                 # ncnn.exporter.to_int8); the Pad's output is the Conv's int8 input
                 padded = _pad_before(graph, conv, -c, opset, names)
                 entries[padded] = replace(entries[shifted[name]], consumers=[])
-            elif _pads(conv):  # SAME padding: the missing taps put back after the Conv
+            elif _same_pads(conv):  # the missing taps put back after the Conv
                 assert site.size is not None  # _sites checked it
                 border = c * (
                     _inside_sums(conv, w, site.size) - w.sum(axis=(1, 2, 3))[:, None, None]
@@ -328,11 +328,9 @@ def _pad_before(graph: ir.Graph, conv: ir.Node, value: float, opset: int, names:
     return out.name
 
 
-def _pads(conv: ir.Node) -> bool:
-    if _same_pads(conv):
-        return True
+def _explicit_pads(conv: ir.Node) -> bool:
     pads = conv.attributes.get("pads")
-    return pads is not None and any(p != 0 for p in pads.as_ints())
+    return not _same_pads(conv) and pads is not None and any(p != 0 for p in pads.as_ints())
 
 
 def _inside_sums(conv: ir.Node, w: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -59,8 +59,9 @@ from graphkit.quant.table import CalibrationTable
 
 QUANT_TYPES = nc.INT8_TERM_TYPES  # the layer types ncnn2int8 quantizes
 # Convolution / ConvolutionDepthWise pad_value (pnnx folds a constant Pad into it): the
-# int8 kernels do not pad their quantized input with it reliably (measured: wrong top rows
-# of a stride-2 conv), so an int8 layer gets its padding as a Padding layer before it
+# int8 path pads the quantized input with it, and x86's packed int8 padding sign-extends a
+# negative value into 7 of every 8 channels (docs/exporters.md, benchmarks/ncnn_pad_value.py),
+# so an int8 layer gets its padding as a float Padding layer before it
 PAD_VALUE = 18
 PADS = (4, 15, 14, 16)  # pad left, right, top, bottom
 OUTPUTS_FILE = "model.outputs.json"  # beside the params: {"outputs": {ONNX name: blob}}
