@@ -97,12 +97,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         const="on",
         choices=["auto", "on", "off"],
         help="store activations that cannot be negative (by the graph, and never on the "
-        "data) as uint8 over [0, amax] (one more bit; onnxruntime's Q/DQ only, ncnn / "
-        "TensorRT / Ascend / vacc store int8): "
-        "auto (kept if it helps, the default without --target; signed where this CPU's "
-        "onnxruntime saturates uint8 sums: x86 with AVX2 and no VNNI; "
-        "GRAPHKIT_INT8_KERNELS=exact|saturating overrides the probe), on, off (the "
-        "default when --target names a backend without unsigned int8)",
+        "data) as uint8 over [0, amax] (one more bit; onnxruntime's Q/DQ stores uint8, "
+        "ncnn / TensorRT / Ascend / vacc get the grid shifted onto int8): "
+        "auto (the default: uint8 where onnxruntime runs it exactly, signed on x86 with "
+        "AVX2 and no VNNI, whose onnxruntime saturates uint8 sums, unless every --target "
+        "stores int8 and gets them shifted; GRAPHKIT_INT8_KERNELS=exact|saturating "
+        "overrides the probe), on, off",
     )
     p.add_argument(
         "--fit-samples",
