@@ -5,11 +5,11 @@ calibration data it holds out a few crops (after the `fit_samples` that weights 
 biases are fitted on) and measures each choice there, by the mean over the model's heads
 of their SQNR against FP32 (`criterion`):
 
-1. statistics once; each candidate method's thresholds from them, each with every
-   activation signed and with the ones that cannot be negative (by the graph, and never
-   on the calibration data) as uint8 over [0, amax] (one more bit where the backend has
-   unsigned int8 and this CPU's onnxruntime runs it exactly; `unsigned`); the pair whose
-   Q/DQ model scores best wins (records the others' scores);
+1. statistics once; each candidate method's thresholds from them, the activations that
+   cannot be negative (by the graph, and never on the calibration data) as uint8 over
+   [0, amax] (one more bit, where this CPU's onnxruntime runs it exactly or the targets
+   get it shifted onto int8; `unsigned`); the method whose Q/DQ model scores best wins
+   (records the others' scores);
 2. Conv weights rounded against each layer's output (GPTQ-style, `refine`; a layer keeps
    nearest rounding where that has the lower error on its own sampled inputs);
 3. float fallback under a budget: layers ranked by the damage they alone do at the heads,
