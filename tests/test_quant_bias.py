@@ -171,3 +171,21 @@ def test_channel_means_are_float64_means_of_the_optimized_outputs(opset):
     assert set(got) == set(outputs)
     for t in outputs:
         np.testing.assert_allclose(got[t], np.mean(want[t], axis=0), rtol=1e-12, atol=1e-12)
+
+
+def test_through_activation_matches_the_mean_the_next_layers_read():
+    """A Conv read only by a Relu is corrected, with through_activation, for the shift of
+    the Relu's output (what the next layers read) instead of its own: that shift ends far
+    below both the uncorrected one and what the plain correction, whose mean counts the
+    positions the Relu clips, leaves."""
+    model = make_model()
+    samples = sample_feeds(6)
+    qdq = insert_qdq(model, coarse_table(model, samples))
+    plain, _ = correct_bias(model, qdq, samples, nodes=["conv1"])
+    through, _ = correct_bias(model, qdq, samples, nodes=["conv1"], through_activation=True)
+    shift = {
+        name: mean_shift(model, m, ["r1"], samples)["r1"]
+        for name, m in (("none", qdq), ("plain", plain), ("through", through))
+    }
+    assert shift["through"] < 0.2 * shift["none"], shift
+    assert shift["through"] < shift["plain"], shift

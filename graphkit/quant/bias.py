@@ -28,6 +28,7 @@ from graphkit.irgraph import (
     as_tensor,
     drop_unused_initializers,
     name_of,
+    only_consumer,
     reads,
     to_ir,
     to_proto,
@@ -124,6 +125,46 @@ def _channel_mean(y: np.ndarray) -> np.ndarray:
     return y.reshape(n, c, -1).sum(axis=(0, 2), dtype=np.float64) / (y.size / c)
 
 
+# a channel whose activation passes fewer than this share of positions unclipped keeps
+# its bias under `through_activation`: the division by that share would amplify noise
+MIN_ACTIVE = 0.01
+
+
+def _activation(value: ir.Value) -> tuple[float, float, ir.Value] | None:
+    """(low, high, output) of the Relu or constant Clip that alone reads `value`, else None."""
+    node = only_consumer(value)
+    if node is None or node.inputs[0] is not value:
+        return None
+    if node.op_type == "Relu":
+        return 0.0, np.inf, node.outputs[0]
+    if node.op_type != "Clip":
+        return None
+    low, high = -np.inf, np.inf
+    if "min" in node.attributes or "max" in node.attributes:  # opset < 11
+        low = node.attributes.get_float("min", low)
+        high = node.attributes.get_float("max", high)
+    for k, v in ((1, "low"), (2, "high")):
+        bound = node.inputs[k] if len(node.inputs) > k else None
+        if bound is None:
+            continue
+        if bound.const_value is None:
+            return None  # a bound computed at run time
+        if v == "low":
+            low = float(bound.const_value.numpy())
+        else:
+            high = float(bound.const_value.numpy())
+    return low, high, node.outputs[0]
+
+
+def _clipped(y: np.ndarray, bounds: tuple[float, float, ir.Value] | None):
+    """Per-channel means (axis 1) of the activation of `y` and of its unclipped share."""
+    if bounds is None:
+        return _channel_mean(y), np.ones(y.shape[1])
+    low, high, _ = bounds
+    inside = (y > low) & (y < high)
+    return _channel_mean(np.clip(y, low, high)), _channel_mean(inside.astype(np.float32))
+
+
 def _depths(graph: ir.Graph, convs: list[ir.Node]) -> dict[str, int]:
     """Depth of each Conv in `convs`: 1 + the largest depth of the `convs` upstream of it
     (graph order is topological). Convs of one depth do not read each other's outputs."""
@@ -147,6 +188,7 @@ def correct_bias(
     *,
     nodes: Sequence[str] | None = None,
     passes: int = 1,
+    through_activation: bool = False,
 ) -> tuple[onnx.ModelProto, BiasCorrection]:
     """A copy of the Q/DQ model `qdq` (from `insert_qdq(float_model, ...)`) whose int8
     Convs' biases cancel the mean shift of their outputs against `float_model` on
@@ -158,7 +200,12 @@ def correct_bias(
     is run again alone with its new bias, so each sweep is about one forward pass per sample.
     Correcting all Convs from one measure (Jacobi) diverges: each downstream shift
     then counts the upstream ones again (posenet: mean |shift| 0.09 -> 0.18 at depth 4,
-    x30 at the heads). `passes` > 1 repeats the sweep on what is left."""
+    x30 at the heads). `passes` > 1 repeats the sweep on what is left.
+
+    through_activation=True: a Conv read only by a Relu or a constant Clip is corrected
+    for the mean shift of that activation's output, what the next layers see (`_clipped`),
+    not of its own: positions the activation clips pass no shift on, and their int8
+    error should not move the bias of the others."""
     if not samples:
         raise GraphkitError("bias correction needs at least one sample")
     if passes < 1:
@@ -175,7 +222,13 @@ def correct_bias(
     if not convs:
         return to_proto(out), BiasCorrection([], [], len(samples))
     outputs = [name_of(n.outputs[0]) for n in convs]
-    ref = channel_means(float_model, outputs, samples)
+    bounds = {
+        t: _activation(n.outputs[0]) if through_activation else None for t, n in zip(outputs, convs)
+    }
+    # what is compared with FP32: the activation's output where there is one
+    compared = {t: name_of(b[2]) if b is not None else t for t, b in bounds.items()}
+    means = channel_means(float_model, list(dict.fromkeys(compared.values())), samples)
+    ref = {t: means[compared[t]] for t in outputs}
     biases = _own_biases(graph, convs, ref)
     # the measuring model reads the biases as inputs: one session for every step
     probe = with_outputs(to_proto(out), outputs)
@@ -192,14 +245,22 @@ def correct_bias(
         total, count = 0.0, 0
         envs = [{**feeds, **values} for feeds in samples]
         for k, layer in enumerate(by_level):
-            acc: dict[str, list[np.ndarray]] = {name_of(n.outputs[0]): [] for n in layer}
+            acc: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {
+                name_of(n.outputs[0]): [] for n in layer
+            }
             for env in envs:
                 parts.run(k, env)
-                for t, means in acc.items():
-                    means.append(_channel_mean(env[t]))
+                for t, got in acc.items():
+                    got.append(_clipped(env[t], bounds[t]))
             for node in layer:
                 t = name_of(node.outputs[0])
-                shift = np.mean(acc[t], axis=0) - ref[t]
+                mean, active = (np.mean(x, axis=0) for x in zip(*acc[t]))
+                # the bias moves the activation's mean by its share of unclipped positions
+                # (to first order): divide by it, and leave channels that are almost
+                # never unclipped as they are
+                shift = np.where(
+                    active >= MIN_ACTIVE, (mean - ref[t]) / np.maximum(active, MIN_ACTIVE), 0.0
+                )
                 bias = node.inputs[2]
                 assert bias is not None  # every corrected Conv got one (_own_biases)
                 b = name_of(bias)

@@ -99,8 +99,11 @@ class Recipe:
     # their SQNR), sqnr (the worst head's) or agreement (decoded keypoints; noisy)
     criterion: str = "mean"
     bias_correction: str = "auto"  # auto (kept if it helps), on, off
-    # never-negative activations as uint8 [0, amax]: auto (kept if it helps), on, off;
-    # only onnxruntime's Q/DQ stores them unsigned, so a plan for ncnn / TensorRT is "off"
+    # bias correction of a Conv read by a Relu / Clip matches that activation's output
+    # mean, what the next layers see, not the Conv's own (`bias.correct_bias`)
+    bias_through_activation: bool = False
+    # never-negative activations as uint8 [0, amax]: auto (where this CPU's onnxruntime
+    # runs uint8 exactly, or every target gets them shifted onto int8), on, off
     unsigned: str = "auto"
     fit_samples: int = 8  # rounding and bias correction are fitted on these
     score_samples: int = 8  # choices are measured on these (held out from the fit)
@@ -451,7 +454,10 @@ def quantize(
         t = time.perf_counter()
         try:
             corrected, done = correct_bias(
-                model, variant(list(plan.keep_float)), [s.feeds for s in fit]
+                model,
+                variant(list(plan.keep_float)),
+                [s.feeds for s in fit],
+                through_activation=recipe.bias_through_activation,
             )
         except GraphkitError:
             corrected = None
@@ -580,7 +586,12 @@ def quantize(
         t = time.perf_counter()
         qdq = variant(list(plan.keep_float))
         try:
-            corrected, done = correct_bias(model, qdq, [s.feeds for s in fit])
+            corrected, done = correct_bias(
+                model,
+                qdq,
+                [s.feeds for s in fit],
+                through_activation=recipe.bias_through_activation,
+            )
         except GraphkitError:
             corrected = None
         if corrected is not None:
