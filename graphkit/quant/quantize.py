@@ -123,10 +123,6 @@ class Recipe:
     # others follow in their screen order); 1, 2 and 3 gave the same plans on the shared
     # models, 2 keeps a margin (efficientpose float search 26.7 -> 22.5 s against 3)
     shortlist: int = 2
-    # rank the float candidates by what keeping each float alone gains on the all-int8
-    # model (leave one out) instead of by the damage each does alone int8 in the float
-    # model; every candidate a whole Q/DQ model
-    leave_one_out: bool = False
 
     @property
     def measures(self) -> bool:
@@ -503,16 +499,6 @@ def quantize(
 
             if on_stage is not None:
                 on_stage(what, 0, total)
-            if recipe.leave_one_out:
-                trial_of, mem = scoring_candidates(variant)
-                few = scorer.subset(count).with_memory(mem)
-                base_keep = list(plan.keep_float)
-                rows = []
-                for name in names or candidates:
-                    got = few(trial_of([*base_keep, name]))
-                    rows.append((name, -got))
-                    ranked(name, -got)
-                return sorted(rows, key=lambda r: (r[1], r[0]))
             if on_ray:
                 rows = _ray_sensitivity(
                     model,
