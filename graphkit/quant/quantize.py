@@ -100,7 +100,8 @@ class Recipe:
     criterion: str = "mean"
     bias_correction: str = "auto"  # auto (kept if it helps), on, off
     # bias correction of a Conv read by a Relu / Clip matches that activation's output
-    # mean, what the next layers see, not the Conv's own (`bias.correct_bias`)
+    # mean, what the next layers see, not the Conv's own (`bias.correct_bias`; off:
+    # held-out higher, val2017 lower on movenet-lightning, docs/accuracy.md)
     bias_through_activation: bool = False
     # never-negative activations as uint8 [0, amax]: auto (where this CPU's onnxruntime
     # runs uint8 exactly, or every target gets them shifted onto int8), on, off
