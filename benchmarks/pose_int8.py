@@ -19,7 +19,9 @@ calibration crops:
 - the seeds' ncnn recipe: the float model converted by pnnx, ncnn2table with KL on the
   ncnn model itself and ncnn2int8 (`graphkit calibrate model.param --method kl-ncnn
   --out-dir D`), run in ncnn int8;
-- graphkit with a larger float budget (`--max-float 20%`, onnxruntime);
+- graphkit with a larger float budget (`--max-float 20%`, onnxruntime), and with none
+  (`--max-float 0`: every layer int8, the method, uint8 storage, weight rounding and bias
+  correction still measured; the float search skipped);
 - graphkit plain (`--recipe plain`: mse, nearest rounding, every layer int8);
 - onnxruntime `quantize_static` (QDQ, per-channel int8 weights, uint8 activations, MinMax),
   in a child process capped at `--mem-gb` of address space;
@@ -252,6 +254,7 @@ def bench_model(name: str, args, tmp: Path) -> dict:
         DEFAULT_SETTING: recipe_of("default"),
         NCNN_SETTING: recipe_of("default", targets=("ncnn",)),
         "graphkit --max-float 20%": recipe_of("default", max_float=0.20),
+        "graphkit --max-float 0": recipe_of("default", max_float=0.0),
         "graphkit --recipe plain": recipe_of("plain"),
     }
     for setting, recipe in recipes.items():
