@@ -139,21 +139,15 @@ def _activation(value: ir.Value) -> tuple[float, float, ir.Value] | None:
         return 0.0, np.inf, node.outputs[0]
     if node.op_type != "Clip":
         return None
-    low, high = -np.inf, np.inf
-    if "min" in node.attributes or "max" in node.attributes:  # opset < 11
-        low = node.attributes.get_float("min", low)
-        high = node.attributes.get_float("max", high)
-    for k, v in ((1, "low"), (2, "high")):
-        bound = node.inputs[k] if len(node.inputs) > k else None
+    # opset < 11 has them as attributes, later opsets as optional inputs
+    limits = [node.attributes.get_float("min", -np.inf), node.attributes.get_float("max", np.inf)]
+    for k, bound in enumerate(node.inputs[1:3]):
         if bound is None:
             continue
         if bound.const_value is None:
             return None  # a bound computed at run time
-        if v == "low":
-            low = float(bound.const_value.numpy())
-        else:
-            high = float(bound.const_value.numpy())
-    return low, high, node.outputs[0]
+        limits[k] = float(bound.const_value.numpy())
+    return limits[0], limits[1], node.outputs[0]
 
 
 def _clipped(y: np.ndarray, bounds: tuple[float, float, ir.Value] | None):

@@ -372,8 +372,8 @@ def quantize(
     t = time.perf_counter()
     unsigned = _unsigned_candidates(plan, model, recipe, say) if recipe.unsigned != "off" else []
     as_uint8 = bool(unsigned)
-    saturating = recipe.unsigned == "auto" and not uint8_conv_exact()
-    if unsigned and saturating and runs_uint8(recipe.targets):
+    exact = uint8_conv_exact()
+    if unsigned and recipe.unsigned == "auto" and not exact and runs_uint8(recipe.targets):
         # a CPU whose onnxruntime saturates uint8 x int8 sums: a uint8 plan would run
         # worse here than measured, so signed (`--unsigned on` for VNNI / ARM targets);
         # int8-only targets get the uint8 grid shifted, measured unfused (exact) here
@@ -404,7 +404,7 @@ def quantize(
             "tensors": len(unsigned),
             "of": len(plan.activations),
             "kept": as_uint8,
-            "exact_here": uint8_conv_exact(),
+            "exact_here": exact,
         }
         if not as_uint8:
             record["unsigned"]["skipped"] = SATURATES
