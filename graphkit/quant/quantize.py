@@ -107,9 +107,6 @@ class Recipe:
     # runs uint8 exactly, or every target gets them shifted onto int8), on, off
     unsigned: str = "auto"
     fit_samples: int = 8  # rounding and bias correction are fitted on these
-    # weight rounding's Hessians from this many crops (the scored ones excluded), the
-    # same number of input vectors as 8 crops x 1024 (None: the fit crops)
-    rounding_samples: int | None = None
     score_samples: int = 8  # choices are measured on these (held out from the fit)
     # the sensitivity ranking runs on the first of the scored crops (None: all of them)
     rank_samples: int | None = None
@@ -427,18 +424,10 @@ def quantize(
         t = time.perf_counter()
         try:
             progress = None if on_stage is None else partial(on_stage, "rounding weights")
-            gptq_fit = [s.feeds for s in fit]
-            if recipe.rounding_samples:
-                from graphkit.data import iter_samples
-
-                after = recipe.fit_samples + recipe.score_samples
-                more = itertools.islice(iter_samples(spec), after, None)
-                gptq_fit += [s.feeds for s in itertools.islice(more, recipe.rounding_samples - len(fit))]
             candidate, _ = optimize_weights(
                 model,
-                gptq_fit,
+                [s.feeds for s in fit],
                 plan,
-                patches_per_sample=max(32, 1024 * len(fit) // len(gptq_fit)),
                 min_vectors=recipe.rounding_min_vectors,
                 on_progress=progress,
             )
