@@ -29,270 +29,43 @@ the final integers, corrected biases, float layers with their reasons, and in
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any
 
-import numpy as np
 import onnx
 
 from graphkit.errors import GraphkitError
 from graphkit.irgraph import to_ir
 from graphkit.logs import step
-from graphkit.metrics import sqnr_db, squared_error
 from graphkit.quant.calibrators import canonical_method
 from graphkit.quant.deploy import fill_integers, with_biases
+from graphkit.quant.float_search import BUDGET_SPENT, FloatSearch, Stage
 from graphkit.quant.qdq import insert_qdq
-from graphkit.quant.sensitivity import (
-    OutputScorer,
-    head_tensors,
-    quantized_layers,
-    sensitivity,
+from graphkit.quant.recipe import RECIPES, Recipe, recipe_of
+from graphkit.quant.scoring import (
+    HeldOutScorer,
+    Score,
+    held_out,
+    score_key,
+    score_record,
+    show_score,
+    target_reached,
 )
+from graphkit.quant.sensitivity import head_tensors, quantized_layers
 from graphkit.quant.signs import never_negative
 from graphkit.quant.table import QuantPlan, held_out_summary
-from graphkit.quant.targets import NAMES as TARGET_NAMES
 from graphkit.quant.targets import int8_only, layers_without_int8, runs_uint8
-from graphkit.quant.variants import qdq_variants, scoring_candidates
+from graphkit.quant.variants import qdq_variants
 from graphkit.runtime.int8_kernels import uint8_conv_exact
 
 Log = Callable[[str], None]
-Stage = Callable[[str, int, int], None]  # (what, done, total)
 # why `unsigned="auto"` does not try uint8 on this CPU (graphkit.runtime.int8_kernels)
 SATURATES = "onnxruntime on this CPU (AVX2 without VNNI) saturates uint8 x int8 sums"
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """What `quantize` may try. Every step is kept only where the held-out crops say so."""
-
-    methods: tuple[str, ...] = ("mse", "percentile", "minmax")
-    round_weights: bool = True
-    # a layer whose fit crops give fewer input vectors than this many per weight column
-    # keeps nearest rounding (GPTQ would fit the few it has); 0: every layer is rounded
-    # (1.0 measured: no gain, docs/accuracy.md)
-    rounding_min_vectors: float = 0.0
-    max_float: float = 0.10  # at most this fraction of the weighted layers kept float
-    # the layer types the float search may choose (None: any); a target that can keep only
-    # some float (vacc: Conv, ConvTranspose, MatMul) narrows it (`backends.float_op_types`)
-    float_op_types: tuple[str, ...] | None = None
-    # the backends the plan is for: the layers one of them runs float whatever the plan
-    # says (ncnn: ConvTranspose, MatMuls of two activations) are float from the start,
-    # measured so and counted against max_float (`quant.targets.layers_without_int8`)
-    targets: tuple[str, ...] = ()
-    target_agreement: float | None = 0.98  # stop adding float layers once reached
-    lookahead: int = 1  # float candidates tried per step (most sensitive first)
-    # a layer is kept float only if it raises the criterion by more than this (dB; not
-    # for criterion="agreement"): a smaller gain is noise on the held-out crops, and a
-    # budget slot spent on it is not there for a later layer that matters
-    min_float_gain_db: float = 0.1
-    # the float search stops once this many ranked layers in a row fail to earn a slot:
-    # past the few layers that matter the rest gain less than the margin, and trying all
-    # of them cost a 293-Conv HRNet 290 full measures (float search 101 -> 338 s)
-    patience: int = 5
-    # what every choice must raise on the held-out crops: mean (the mean over the heads of
-    # their SQNR), sqnr (the worst head's) or agreement (decoded keypoints; noisy)
-    criterion: str = "mean"
-    bias_correction: str = "auto"  # auto (kept if it helps), on, off
-    # bias correction of a Conv read by a Relu / Clip matches that activation's output
-    # mean, what the next layers see, not the Conv's own (`bias.correct_bias`; off:
-    # held-out higher, val2017 lower on movenet-lightning, docs/accuracy.md)
-    bias_through_activation: bool = False
-    # never-negative activations as uint8 [0, amax]: auto (where this CPU's onnxruntime
-    # runs uint8 exactly, or every target gets them shifted onto int8), on, off
-    unsigned: str = "auto"
-    fit_samples: int = 8  # rounding and bias correction are fitted on these
-    score_samples: int = 8  # choices are measured on these (held out from the fit)
-    # the sensitivity ranking runs on the first of the scored crops (None: all of them)
-    rank_samples: int | None = None
-    # after the method: each activation tries the other methods' thresholds on its own,
-    # kept where the held-out score rises (coordinate search; off: measured, docs)
-    tensor_methods: bool = False
-    # bias correction also before the float search, so the search ranks the layers by
-    # what correction leaves (then corrected again with the final float layers)
-    bias_first: bool = False
-    # rank every layer on this many scored crops first, then the `shortlist` x budget most
-    # sensitive again on all of them (0: every layer on all crops; same plans on the shared models,
-    # efficientpose's 1.4x faster, docs/accuracy.md)
-    screen_samples: int = 2
-    # the screen keeps this many times the float budget for the ranking on all crops (the
-    # others follow in their screen order); 1, 2 and 3 gave the same plans on the shared
-    # models, 2 keeps a margin (efficientpose float search 26.7 -> 22.5 s against 3)
-    shortlist: int = 2
-
-    @property
-    def measures(self) -> bool:
-        return (
-            len(self.methods) > 1
-            or self.round_weights
-            or self.max_float > 0
-            or self.bias_correction != "off"
-            or self.unsigned == "auto"
-        )
-
-
-RECIPES = {
-    "default": Recipe(),
-    # one method, nearest rounding, every layer int8: the plain calibration of ncnn2table,
-    # TensorRT's calibrators and onnxruntime's quantize_static
-    "plain": Recipe(
-        methods=("mse",), round_weights=False, max_float=0.0, bias_correction="off", unsigned="off"
-    ),
-}
-
-
-def recipe_of(recipe: Recipe | str, method: str | None = None, **overrides: Any) -> Recipe:
-    """A Recipe from a name or a Recipe, with `method` (one method, no choice) and any
-    field overridden; options that cannot work are refused in one sentence."""
-    if isinstance(recipe, str):
-        if recipe not in RECIPES:
-            raise GraphkitError(f"unknown recipe '{recipe}' (known: {', '.join(RECIPES)})")
-        recipe = RECIPES[recipe]
-    if method is not None:
-        recipe = replace(recipe, methods=(canonical_method(method),))
-    recipe = replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
-    if not 0 <= recipe.max_float <= 1:
-        raise GraphkitError(f"--max-float must be between 0 and 100%, got {recipe.max_float:.0%}")
-    if recipe.target_agreement is not None and not 0 < recipe.target_agreement <= 1:
-        raise GraphkitError(f"--target-agreement must be in (0, 1], got {recipe.target_agreement}")
-    for what, value in (("bias correction", recipe.bias_correction), ("unsigned", recipe.unsigned)):
-        if value not in ("auto", "on", "off"):
-            raise GraphkitError(f"{what} must be auto, on or off, not {value}")
-    if recipe.criterion not in ("sqnr", "mean", "agreement"):
-        raise GraphkitError(f"criterion must be sqnr, mean or agreement, not {recipe.criterion}")
-    if recipe.min_float_gain_db < 0:
-        raise GraphkitError(f"the least float gain must be >= 0 dB, got {recipe.min_float_gain_db}")
-    if recipe.patience < 1:
-        raise GraphkitError(f"patience must be at least 1, got {recipe.patience}")
-    if recipe.lookahead < 1:
-        raise GraphkitError(f"lookahead must be at least 1, got {recipe.lookahead}")
-    if min(recipe.fit_samples, recipe.score_samples, recipe.rank_samples or 1) < 1:
-        raise GraphkitError("fit, score and rank sample counts must be at least 1")
-    if recipe.shortlist < 1:
-        raise GraphkitError(
-            f"the shortlist must be at least 1 x the budget, got {recipe.shortlist}"
-        )
-    if recipe.screen_samples < 0:
-        raise GraphkitError(f"screen samples must be 0 (off) or more, got {recipe.screen_samples}")
-    for m in recipe.methods:
-        canonical_method(m)
-    unknown = [name for name in recipe.targets if name not in TARGET_NAMES]
-    if unknown:
-        raise GraphkitError(
-            f"unknown target '{unknown[0]}' in the recipe (known: {', '.join(TARGET_NAMES)})"
-        )
-    return recipe
-
-
-class Score(NamedTuple):
-    """A candidate on the held-out crops: worst head SQNR (dB), agreement (None without
-    a decoder), mean head SQNR (dB), and the half-width of the agreement's 95 % interval
-    over the crops (on 8 crops about +-0.05: the target check reads the mean)."""
-
-    worst: float
-    agreement: float | None
-    mean: float
-    agreement_half95: float | None = None
-
-
-class HeldOutScorer(OutputScorer):
-    """Head SQNR (what `sensitivity` ranks by) and, with a decoder, the agreement of the
-    decoded keypoints with FP32's, from one run of each candidate on the held-out crops."""
-
-    def __init__(
-        self,
-        model: onnx.ModelProto,
-        samples: Sequence[Any],
-        heads,
-        decoder=None,
-        rank_by: str = "min",
-        threads: int | None = None,
-    ):
-        self.rank_by = rank_by
-        self.decoder = decoder if decoder is not None and _has_areas(samples) else None
-        self.metas = [s.meta for s in samples]
-        extra = [o for o in (self.decoder.outputs if self.decoder else []) if o not in heads]
-        self.heads = list(heads)
-        super().__init__(model, [s.feeds for s in samples], [*heads, *extra], threads)
-        self.signal = self.signal[: len(self.heads)]
-        self.reference_points = (
-            [self._points(r, m) for r, m in zip(self.reference, self.metas)]
-            if self.decoder is not None
-            else []
-        )
-
-    def subset(self, count: int) -> HeldOutScorer:
-        out = super().subset(count)
-        out.metas, out.reference_points = self.metas[:count], self.reference_points[:count]
-        return out
-
-    def _points(self, outputs: list[np.ndarray], meta: dict) -> np.ndarray:
-        """The decoded keypoints of one crop, in image pixels (17, 3)."""
-        named = dict(zip(self.outputs, outputs))
-        assert self.decoder is not None  # only called when there is one
-        people = self.decoder({k: named[k] for k in self.decoder.outputs}, meta["input_size"])
-        kp = people[0].keypoints if people else np.zeros((17, 3))
-        m = np.asarray(meta["crop_to_image"], np.float64)
-        return np.c_[kp[:, :2] @ m[:, :2].T + m[:, 2], kp[:, 2:]]
-
-    def measure(self, candidate: onnx.ModelProto, decode: bool = True) -> Score:
-        """Worst and mean head SQNR and (decode=True) the agreement of a candidate model."""
-        from graphkit.pose.oks import half_width95, oks
-
-        sess = self._session(candidate)
-        noise = [0.0] * len(self.heads)
-        points = []
-        for feeds, ref, meta in zip(self.samples, self.reference, self.metas):
-            got = sess.run(self.outputs, feeds)
-            for k in range(len(self.heads)):
-                noise[k] += squared_error(ref[k], got[k])
-            if decode and self.decoder is not None:
-                points.append(self._points(got, meta))
-        per_head = [sqnr_db(s, n) for s, n in zip(self.signal, noise)]
-        agree = half = None
-        if decode and self.decoder is not None:
-            per_crop = [  # the agreement of each crop: its person's OKS with FP32's
-                oks(r, p, m["area"], self.decoder.predicted)
-                for r, p, m in zip(self.reference_points, points, self.metas)
-            ]
-            agree, half = float(np.mean(per_crop)), half_width95(per_crop)
-        worst, mean = _worst_and_mean(per_head)
-        return Score(worst, agree, mean, half)
-
-    def __call__(self, candidate: onnx.ModelProto) -> float:
-        """The number `sensitivity` ranks layers by: the mean head SQNR (`rank_by="mean"`)
-        or the worst head's; no decoding, which the ranking does not use."""
-        noise = self.errors(candidate, len(self.heads))  # from the float tensors if it can
-        worst, mean = _worst_and_mean([sqnr_db(s, n) for s, n in zip(self.signal, noise)])
-        return mean if self.rank_by == "mean" else worst
-
-
-def _worst_and_mean(per_head: list[float]) -> tuple[float, float]:
-    """The worst head SQNR and the mean of the finite ones (the worst if none is)."""
-    finite = [h for h in per_head if math.isfinite(h)]
-    worst = min(per_head)
-    return worst, sum(finite) / len(finite) if finite else worst
-
-
-def _has_areas(samples: Sequence[Any]) -> bool:
-    return all(s.meta.get("area") and s.meta.get("crop_to_image") is not None for s in samples)
-
-
-def held_out(spec, recipe: Recipe) -> tuple[list[Any], list[Any]]:
-    """(fit samples, score samples): the first `fit_samples`, then the next `score_samples`
-    (the first ones again when the data is too short to hold any out)."""
-    from graphkit.data import iter_samples
-
-    want = recipe.fit_samples + recipe.score_samples
-    samples = list(itertools.islice(iter_samples(spec), want))
-    fit = samples[: recipe.fit_samples]
-    score = samples[recipe.fit_samples :] or samples[: recipe.score_samples]
-    return fit, score
 
 
 def quantize(
@@ -363,13 +136,124 @@ def quantize(
         model, score, heads, decoder, "mean" if recipe.criterion == "mean" else "min"
     )
     record["held_out"] = {"fit": len(fit), "scored": len(score), "heads": heads}
+    fit_feeds = [s.feeds for s in fit]
 
-    # 1. method: each method's thresholds (all from the same statistics), the
-    # never-negative activations stored as uint8 (twice the resolution on [0, amax] for
-    # the same range; measured against signed on the shared models, it scored 0.6-3 dB
-    # higher with every method and made the same plans, so signed is not measured too);
-    # the best on the held-out crops wins
+    # 1. the method whose thresholds score best (never-negative activations uint8)
     t = time.perf_counter()
+    plan, current, plans = _choose_method(model, plan, build, scorer, recipe, record, say)
+    times["method"] = time.perf_counter() - t
+    if recipe.tensor_methods and len(plans) > 1:
+        t = time.perf_counter()
+        current, changed = _tensor_methods(model, plan, plans, scorer, current, recipe)
+        record["tensor_methods"] = {"changed": changed, "after": score_record(current)}
+        say(f"per-tensor thresholds: {len(changed)} changed, {show_score(current)}")
+        times["tensor_methods"] = time.perf_counter() - t
+
+    # 2. weight rounding against the layer outputs: each layer keeps the rounding with the
+    # lower output error on its sampled inputs (`optimize_weights`), a local and certain
+    # gain, kept without a vote of the few held-out crops, whose score is recorded
+    rounded = None
+    if recipe.round_weights:
+        t = time.perf_counter()
+        progress = None if on_stage is None else partial(on_stage, "rounding weights")
+        rounded = _rounded_weights(model, fit_feeds, plan, recipe, progress)
+        times["rounding"] = time.perf_counter() - t
+    # Q/DQ models of the plan with some layers float (the int8 ones on the rounded weights)
+    variant = qdq_variants(model, plan, rounded)
+    if rounded is not None:
+        t = time.perf_counter()
+        got = scorer.measure(variant(list(plan.keep_float)))
+        record["rounding"] = {"before": score_record(current), "after": score_record(got)}
+        say(f"weight rounding: {show_score(current)} -> {show_score(got)}")
+        current = got
+        times["rounding"] += time.perf_counter() - t
+
+    if recipe.bias_first and recipe.bias_correction != "off":
+        t = time.perf_counter()
+        corrected = _corrected(model, variant(list(plan.keep_float)), fit_feeds, recipe)
+        if corrected is not None:
+            got = scorer.measure(corrected[0])
+            record["bias_first"] = {"before": score_record(current), "after": score_record(got)}
+            say(f"bias correction first: {show_score(current)} -> {show_score(got)}")
+            if score_key(got, recipe) > score_key(current, recipe):
+                plan.biases = _conv_biases(*corrected)
+                rounded = with_biases(rounded if rounded is not None else model, plan.biases)
+                variant = qdq_variants(model, plan, rounded)
+                current = got
+        times["bias_first"] = time.perf_counter() - t
+
+    # 3. float fallback under the budget (`float_search`)
+    layers = quantized_layers(model, plan, plan.keep_float)
+    # the layers the targets run float spend the budget first (--keep-float ones do not)
+    budget = max(0, math.floor(recipe.max_float * (len(layers) + len(forced)) + 1e-9) - len(forced))
+    if recipe.float_op_types is not None:  # the others cannot be float in some target
+        op_of = {n.name: n.op_type for n in model.graph.node}
+        candidates = [n for n in layers if op_of.get(n) in recipe.float_op_types]
+    else:
+        candidates = layers
+    if budget and not target_reached(current, recipe) and candidates:
+        t = time.perf_counter()
+        on_ray = calibrate_options.get("executor", "local") == "ray"
+        search = FloatSearch(
+            model, variant, rounded, scorer, score, heads, recipe, on_stage,
+            calibrate_options if on_ray else None,
+        )  # fmt: skip
+        chosen, current, found = search.run(plan, layers, candidates, budget, current, say)
+        record.update(found)
+        times["float"] = time.perf_counter() - t
+        if chosen:
+            plan = _with_float(plan, chosen)
+
+    # 4. bias correction of the int8 Convs, measured with the final float layers
+    if recipe.bias_correction != "off":
+        t = time.perf_counter()
+        corrected = _corrected(model, variant(list(plan.keep_float)), fit_feeds, recipe)
+        if corrected is not None:
+            got = scorer.measure(corrected[0])
+            better = score_key(got, recipe) > score_key(current, recipe)
+            kept = recipe.bias_correction == "on" or better
+            record["bias_correction"] = {
+                "before": score_record(current),
+                "after": score_record(got),
+                "kept": kept,
+            }
+            say(
+                f"bias correction: {show_score(current)} -> {show_score(got)}"
+                + ("" if kept else "; not kept")
+            )
+            if kept:
+                plan.biases = _conv_biases(*corrected)
+                current = got
+        times["bias"] = time.perf_counter() - t
+
+    # a bias corrected before the float search does not belong to a layer it made float
+    plan.biases = {n: b for n, b in plan.biases.items() if n not in plan.keep_float}
+    fill_integers(plan, model, rounded)
+    record["final"] = score_record(current)
+    # None: no decode section (or no person areas), so the agreement was not measured
+    record["target_reached"] = (
+        None if current.agreement is None else target_reached(current, recipe)
+    )
+    record["float_layers"] = _float_count(plan, layers, keep_float, forced)
+    record["seconds"] = _round(times)
+    plan.recipe = record
+    return plan
+
+
+def _choose_method(
+    model: onnx.ModelProto,
+    plan: QuantPlan,
+    build: Callable[..., QuantPlan],
+    scorer: HeldOutScorer,
+    recipe: Recipe,
+    record: dict[str, Any],
+    say: Log,
+) -> tuple[QuantPlan, Score, dict[str, QuantPlan]]:
+    """(the best method's plan, its held-out score, every method's plan): each method's
+    thresholds come from the same statistics, the never-negative activations stored as
+    uint8 (twice the resolution on [0, amax] for the same range; against signed on the
+    shared models it scored 0.6-3 dB higher with every method and made the same plans, so
+    signed is not measured too)."""
     unsigned = _unsigned_candidates(plan, model, recipe, say) if recipe.unsigned != "off" else []
     as_uint8 = bool(unsigned)
     exact = uint8_conv_exact()
@@ -384,7 +268,7 @@ def quantize(
     for m in recipe.methods:
         if m not in plans:
             plans[m] = build(m)
-            plans[m].float_reasons, plans[m].model_path = plan.float_reasons, model_path
+            plans[m].float_reasons, plans[m].model_path = plan.float_reasons, plan.model_path
         plans[m].set_unsigned(unsigned if as_uint8 else [])
         # a method whose thresholds equal an earlier one's makes the same Q/DQ model:
         # its score is that one's (posenet: percentile's 99.99 % = every maximum)
@@ -392,236 +276,58 @@ def quantize(
         tried[m] = tried[twin] if twin is not None else scorer.measure(insert_qdq(model, plans[m]))
         how = f", {len(unsigned)} activations uint8" if as_uint8 else ""
         same = f" (the thresholds of {twin})" if twin is not None else ""
-        say(f"method {m}{how}: {_show(tried[m])}{same}")
-    best, current = max(tried.items(), key=lambda kv: _key(kv[1], recipe))
-    plan = plans[best]
-    _mark_methods(plan, best)
-    record["methods"] = {m: _score(v) for m, v in tried.items()}
+        say(f"method {m}{how}: {show_score(tried[m])}{same}")
+    best, current = max(tried.items(), key=lambda kv: score_key(kv[1], recipe))
+    _mark_methods(plans[best], best)
+    record["methods"] = {m: score_record(v) for m, v in tried.items()}
     if unsigned:
         # onnxruntime's uint8 x int8 kernels saturate on AVX2 CPUs without VNNI:
         # there uint8 measures worse than it is elsewhere (graphkit.runtime.int8_kernels)
         record["unsigned"] = {
             "tensors": len(unsigned),
-            "of": len(plan.activations),
+            "of": len(plans[best].activations),
             "kept": as_uint8,
             "exact_here": exact,
         }
         if not as_uint8:
             record["unsigned"]["skipped"] = SATURATES
-    times["method"] = time.perf_counter() - t
-    if recipe.tensor_methods and len(plans) > 1:
-        t = time.perf_counter()
-        current, changed = _tensor_methods(model, plan, plans, scorer, current, recipe)
-        record["tensor_methods"] = {"changed": changed, "after": _score(current)}
-        say(f"per-tensor thresholds: {len(changed)} changed, {_show(current)}")
-        times["tensor_methods"] = time.perf_counter() - t
+    return plans[best], current, plans
 
-    # 2. weight rounding against the layer outputs
-    rounded = None
-    if recipe.round_weights:
-        from graphkit.quant.refine import optimize_weights
 
-        t = time.perf_counter()
-        try:
-            progress = None if on_stage is None else partial(on_stage, "rounding weights")
-            candidate, _ = optimize_weights(
-                model,
-                [s.feeds for s in fit],
-                plan,
-                min_vectors=recipe.rounding_min_vectors,
-                on_progress=progress,
-            )
-        except GraphkitError:
-            candidate = None  # no Conv to round (Gemm/MatMul only)
-        if candidate is not None:
-            # each layer keeps the rounding with the lower output error on its sampled
-            # inputs (optimize_weights), a local and certain gain: kept without a vote of
-            # the few held-out crops, whose head SQNR is recorded for the report
-            rounded = candidate
-        times["rounding"] = time.perf_counter() - t
-    # Q/DQ models of the plan with some layers float (the int8 ones on the rounded weights)
-    variant = qdq_variants(model, plan, rounded)
-    if rounded is not None:
-        t = time.perf_counter()
-        got = scorer.measure(variant(list(plan.keep_float)))
-        record["rounding"] = {"before": _score(current), "after": _score(got)}
-        say(f"weight rounding: {_show(current)} -> {_show(got)}")
-        current = got
-        times["rounding"] += time.perf_counter() - t
+def _rounded_weights(
+    model: onnx.ModelProto,
+    fit: list[dict[str, Any]],
+    plan: QuantPlan,
+    recipe: Recipe,
+    progress: Callable[[int, int], None] | None,
+) -> onnx.ModelProto | None:
+    """The model with its Conv weights GPTQ-rounded on the plan's grid (`refine`), or
+    None when it has no Conv to round (Gemm / MatMul only)."""
+    from graphkit.quant.refine import optimize_weights
 
-    if recipe.bias_first and recipe.bias_correction != "off":
-        from graphkit.quant.bias import correct_bias
+    try:
+        rounded, _ = optimize_weights(
+            model, fit, plan, min_vectors=recipe.rounding_min_vectors, on_progress=progress
+        )
+    except GraphkitError:
+        return None
+    return rounded
 
-        t = time.perf_counter()
-        try:
-            corrected, done = correct_bias(
-                model,
-                variant(list(plan.keep_float)),
-                [s.feeds for s in fit],
-                through_activation=recipe.bias_through_activation,
-            )
-        except GraphkitError:
-            corrected = None
-        if corrected is not None:
-            got = scorer.measure(corrected)
-            record["bias_first"] = {"before": _score(current), "after": _score(got)}
-            say(f"bias correction first: {_show(current)} -> {_show(got)}")
-            if _key(got, recipe) > _key(current, recipe):
-                plan.biases = _conv_biases(corrected, done.nodes)
-                rounded = with_biases(rounded if rounded is not None else model, plan.biases)
-                variant = qdq_variants(model, plan, rounded)
-                current = got
-        times["bias_first"] = time.perf_counter() - t
 
-    # 3. float fallback under the budget
-    layers = quantized_layers(model, plan, plan.keep_float)
-    # the layers the targets run float spend the budget first (--keep-float ones do not)
-    budget = max(0, math.floor(recipe.max_float * (len(layers) + len(forced)) + 1e-9) - len(forced))
-    if recipe.float_op_types is not None:  # the others cannot be float in some target
-        op_of = {n.name: n.op_type for n in model.graph.node}
-        candidates = [n for n in layers if op_of.get(n) in recipe.float_op_types]
-    else:
-        candidates = layers
-    reached = _reached(current, recipe)
-    chosen: list[str] = []
-    if budget and not reached and candidates:
-        t = time.perf_counter()
-        on_ray = calibrate_options.get("executor", "local") == "ray"
+def _corrected(
+    model: onnx.ModelProto, qdq: onnx.ModelProto, fit: list[dict[str, Any]], recipe: Recipe
+) -> tuple[onnx.ModelProto, list[str]] | None:
+    """(`qdq` with its int8 Convs' biases corrected, the corrected Convs), or None when
+    there is nothing to correct (`bias.correct_bias`)."""
+    from graphkit.quant.bias import correct_bias
 
-        def rank(count: int, names: list[str] | None = None) -> list[tuple[str, float]]:
-            what = f"ranking layers on {count} crops"
-            total, done = len(names or layers), 0
-
-            def ranked(name: str, score: float) -> None:
-                nonlocal done
-                done += 1
-                if on_stage is not None:
-                    on_stage(what, done, total)
-
-            if on_stage is not None:
-                on_stage(what, 0, total)
-            if on_ray:
-                rows = _ray_sensitivity(
-                    model,
-                    rounded,
-                    plan,
-                    score[:count],
-                    heads,
-                    scorer.rank_by,
-                    calibrate_options,
-                    names,
-                )
-                if on_stage is not None:
-                    on_stage(what, total, total)
-                return rows
-            return sensitivity(
-                model,
-                scorer.subset(count),
-                plan,
-                layers=names,
-                keep_float=plan.keep_float,
-                base=rounded,
-                on_layer=ranked,
-                variants=variant,  # the plan's, built once: its weights reach onnxruntime once
-            )
-
-        count, shortlist = recipe.rank_samples or len(score), recipe.shortlist * budget
-        if 0 < recipe.screen_samples < count and shortlist < len(candidates):
-            # a cheap pass on a few crops, then the shortlist on all of them: a layer far
-            # from the top on 2 crops is not among the budget's few on 8
-            rough = rank(recipe.screen_samples, candidates)
-            ranking = rank(count, [n for n, _ in rough[:shortlist]]) + rough[shortlist:]
-            record["screened"] = {"samples": recipe.screen_samples, "shortlist": shortlist}
-        else:
-            ranking = rank(count, candidates)
-        alone = dict(ranking)
-        pool = [name for name, _ in ranking]
-        steps, tried_layers = [], 0
-        trial, memory = scoring_candidates(variant)  # run, never kept: weight stubs
-        trials_scorer = scorer.with_memory(memory)
-        misses = 0  # ranked layers tried in a row that did not earn a slot
-        while (
-            pool
-            and len(chosen) < budget
-            and misses < recipe.patience
-            and not _reached(current, recipe)
-        ):
-            # the next `lookahead` most sensitive layers, each tried with those chosen;
-            # the one that raises the held-out SQNR most is kept, the others stay in the pool
-            trials: list[tuple[Score, str]] = []
-            for name in pool[: recipe.lookahead]:
-                cand = trial([*plan.keep_float, *chosen, name])
-                trials.append((trials_scorer.measure(cand), name))
-                tried_layers += 1
-            got, name = max(trials, key=lambda t: _key(t[0], recipe))
-            worse = {t[1] for t in trials if not _gains(t[0], current, recipe)}
-            pool = [n for n in pool if n not in worse]
-            if not _gains(got, current, recipe):
-                misses += len(trials)
-                continue
-            misses = 0
-            pool.remove(name)
-            chosen.append(name)
-            current = got
-            plan.float_reasons[name] = (
-                f"sensitivity: alone int8 {alone[name]:.1f} dB at the heads; "
-                f"float lifts held-out to {_show(got)}"
-            )
-            steps.append({"layer": name, **_score(got)})
-            say(f"kept float {name}: {_show(got)}")
-        record["float"] = {
-            "budget": budget,
-            "layers": len(layers),
-            "steps": steps,
-            "tried": tried_layers,  # candidates measured, kept or not
-            "stopped": _stop_reason(current, recipe, len(chosen) >= budget, misses),
-        }
-        times["float"] = time.perf_counter() - t
-    if chosen:
-        plan = _with_float(plan, chosen)
-
-    # 4. bias correction of the int8 Convs, measured with the final float layers
-    if recipe.bias_correction != "off":
-        from graphkit.quant.bias import correct_bias
-
-        t = time.perf_counter()
-        qdq = variant(list(plan.keep_float))
-        try:
-            corrected, done = correct_bias(
-                model,
-                qdq,
-                [s.feeds for s in fit],
-                through_activation=recipe.bias_through_activation,
-            )
-        except GraphkitError:
-            corrected = None
-        if corrected is not None:
-            got = scorer.measure(corrected)
-            kept = recipe.bias_correction == "on" or _key(got, recipe) > _key(current, recipe)
-            record["bias_correction"] = {
-                "before": _score(current),
-                "after": _score(got),
-                "kept": kept,
-            }
-            say(
-                f"bias correction: {_show(current)} -> {_show(got)}"
-                + ("" if kept else "; not kept")
-            )
-            if kept:
-                plan.biases = _conv_biases(corrected, done.nodes)
-                current = got
-        times["bias"] = time.perf_counter() - t
-
-    # a bias corrected before the float search does not belong to a layer it made float
-    plan.biases = {n: b for n, b in plan.biases.items() if n not in plan.keep_float}
-    fill_integers(plan, model, rounded)
-    record["final"] = _score(current)
-    # None: no decode section (or no person areas), so the agreement was not measured
-    record["target_reached"] = None if current.agreement is None else _reached(current, recipe)
-    record["float_layers"] = _float_count(plan, layers, keep_float, forced)
-    record["seconds"] = _round(times)
-    plan.recipe = record
-    return plan
+    try:
+        corrected, done = correct_bias(
+            model, qdq, fit, through_activation=recipe.bias_through_activation
+        )
+    except GraphkitError:
+        return None
+    return corrected, done.nodes
 
 
 def _tensor_methods(model, plan, plans, scorer, current, recipe):
@@ -636,7 +342,7 @@ def _tensor_methods(model, plan, plans, scorer, current, recipe):
             before = entry.amax
             entry.amax = amax
             got = scorer.measure(insert_qdq(model, plan))
-            if _key(got, recipe) > _key(current, recipe):
+            if score_key(got, recipe) > score_key(current, recipe):
                 current, changed[name] = got, m
                 entry.method = f"{m} (per tensor, held-out)"
             else:
@@ -644,102 +350,11 @@ def _tensor_methods(model, plan, plans, scorer, current, recipe):
     return current, changed
 
 
-def _sensitivity_group(layers, plan, heads, rank_by, model_bytes, base_bytes, samples):
-    """One Ray task: `sensitivity` of some layers, on one core."""
-    model = onnx.ModelProto.FromString(model_bytes)
-    base = onnx.ModelProto.FromString(base_bytes) if base_bytes else None
-    scorer = HeldOutScorer(model, samples, heads, None, rank_by, threads=1)
-    return sensitivity(model, scorer, plan, layers=layers, keep_float=plan.keep_float, base=base)
-
-
-def _ray_sensitivity(model, rounded, plan, samples, heads, rank_by, options, names=None):
-    """`sensitivity` with the layers (`names`, default all) split over Ray tasks; the same
-    ranking."""
-    from graphkit.runtime.ray_tasks import connect, run_tasks
-
-    address = options.get("ray_address")
-    layers = names or quantized_layers(model, plan, plan.keep_float)
-    count = max(1, min(len(layers), connect(address)))
-    # every layer costs one run of the whole model: equal shares, interleaved
-    groups = [layers[i::count] for i in range(count)]
-    parts = run_tasks(
-        _sensitivity_group,
-        [(g, plan, heads, rank_by) for g in groups],
-        shared={
-            "model_bytes": model.SerializeToString(),
-            "base_bytes": rounded.SerializeToString() if rounded is not None else b"",
-            "samples": list(samples),
-        },
-        address=address,
-    )
-    return sorted((row for part in parts for row in part), key=lambda r: (r[1], r[0]))
-
-
-def _key(score: Score, recipe: Recipe) -> tuple[float, float]:
-    """What every choice maximizes (`recipe.criterion`): the mean head SQNR, the worst
-    head's, or the agreement (when measured); the worst head breaks ties."""
-    if recipe.criterion == "agreement" and score.agreement is not None:
-        return (score.agreement, score.worst)
-    if recipe.criterion == "mean":
-        return (score.mean, score.worst)
-    return (score.worst, 0.0)
-
-
-# why the float search stopped (plan.recipe["float"]["stopped"]) when the budget did it
-BUDGET_SPENT = "budget spent"
-
-
-def _stop_reason(current: Score, recipe: Recipe, spent: bool, misses: int) -> str:
-    """Which of the float search's stop rules ended it."""
-    if _reached(current, recipe):
-        return "target reached"
-    if spent:
-        return BUDGET_SPENT
-    if misses >= recipe.patience:
-        return f"{misses} ranked layer(s) in a row gained {recipe.min_float_gain_db} dB or less"
-    return "ranking exhausted"
-
-
 def _same_thresholds(a: QuantPlan, b: QuantPlan) -> bool:
     """Whether two plans quantize every activation on the same threshold."""
     return a.activations.keys() == b.activations.keys() and all(
         a.activations[k].amax == b.activations[k].amax for k in a.activations
     )
-
-
-def _gains(new: Score, old: Score, recipe: Recipe) -> bool:
-    """Whether a float layer earns its budget slot: `new` beats `old` by more than
-    `recipe.min_float_gain_db` on a dB criterion (by anything on the agreement)."""
-    margin = 0.0 if recipe.criterion == "agreement" else recipe.min_float_gain_db
-    first, second = _key(old, recipe)
-    return _key(new, recipe) > (first + margin, second)
-
-
-def _reached(score: Score, recipe: Recipe) -> bool:
-    target = recipe.target_agreement
-    return target is not None and score.agreement is not None and score.agreement >= target
-
-
-def _show(score: Score) -> str:
-    """A held-out score for the console: mean head SQNR (worst head), agreement."""
-    text = f"{score.mean:.2f} dB"
-    if score.mean != score.worst:
-        text += f" (worst head {score.worst:.2f})"
-    return text + ("" if score.agreement is None else f", agreement {score.agreement:.3f}")
-
-
-def _score(v: Score) -> dict[str, float | None]:
-    def db(x: float) -> float | None:
-        return round(x, 3) if math.isfinite(x) else None
-
-    out = {
-        "sqnr_db": db(v.worst),
-        "agreement": None if v.agreement is None else round(v.agreement, 4),
-        "mean_sqnr_db": db(v.mean),
-    }
-    if v.agreement_half95 is not None:
-        out["agreement_half95"] = round(v.agreement_half95, 4)
-    return out
 
 
 def _round(times: dict[str, float]) -> dict[str, float]:
@@ -825,11 +440,14 @@ def _conv_biases(qdq: onnx.ModelProto, nodes: Sequence[str]) -> dict[str, list[f
 
 
 __all__ = [
+    "BUDGET_SPENT",
     "RECIPES",
     "HeldOutScorer",
     "Recipe",
     "Score",
+    "held_out",
     "held_out_summary",
+    "nonnegative",
     "quantize",
     "recipe_of",
 ]
