@@ -133,9 +133,8 @@ def quantize(
     decoder = build_decoder(spec.decode, where) if getattr(spec, "decode", None) else None
     heads = head_tensors(model, decoder.outputs if decoder else None)
     scorer = HeldOutScorer(
-        model, score, heads, decoder, "mean" if recipe.criterion in ("mean", "crops") else "min"
+        model, score, heads, decoder, "mean" if recipe.criterion == "mean" else "min"
     )
-    scorer.per_crop = recipe.criterion == "crops"
     record["held_out"] = {"fit": len(fit), "scored": len(score), "heads": heads}
     fit_feeds = [s.feeds for s in fit]
 

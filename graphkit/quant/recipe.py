@@ -110,7 +110,7 @@ def recipe_of(recipe: Recipe | str, method: str | None = None, **overrides: Any)
     for what, value in (("bias correction", recipe.bias_correction), ("unsigned", recipe.unsigned)):
         if value not in ("auto", "on", "off"):
             raise GraphkitError(f"{what} must be auto, on or off, not {value}")
-    if recipe.criterion not in ("sqnr", "mean", "agreement", "crops"):
+    if recipe.criterion not in ("sqnr", "mean", "agreement"):
         raise GraphkitError(f"criterion must be sqnr, mean or agreement, not {recipe.criterion}")
     if recipe.min_float_gain_db < 0:
         raise GraphkitError(f"the least float gain must be >= 0 dB, got {recipe.min_float_gain_db}")

@@ -79,15 +79,10 @@ class HeldOutScorer(OutputScorer):
         sess = self._session(candidate)
         noise = [0.0] * len(self.heads)
         points = []
-        crop_db = []
         for feeds, ref, meta in zip(self.samples, self.reference, self.metas):
             got = sess.run(self.outputs, feeds)
-            row = []
             for k in range(len(self.heads)):
-                e = squared_error(ref[k], got[k])
-                noise[k] += e
-                row.append(sqnr_db(float(np.sum(np.square(ref[k], dtype=np.float64))), e))
-            crop_db.append(_worst_and_mean(row)[1])
+                noise[k] += squared_error(ref[k], got[k])
             if decode and self.decoder is not None:
                 points.append(self._points(got, meta))
         per_head = [sqnr_db(s, n) for s, n in zip(self.signal, noise)]
@@ -99,9 +94,6 @@ class HeldOutScorer(OutputScorer):
             ]
             agree, half = float(np.mean(per_crop)), half_width95(per_crop)
         worst, mean = _worst_and_mean(per_head)
-        if getattr(self, "per_crop", False):
-            finite = [c for c in crop_db if math.isfinite(c)]
-            mean = sum(finite) / len(finite) if finite else mean
         return Score(worst, agree, mean, half)
 
     def __call__(self, candidate: onnx.ModelProto) -> float:
@@ -140,7 +132,7 @@ def score_key(score: Score, recipe: Recipe) -> tuple[float, float]:
     head's, or the agreement (when measured); the worst head breaks ties."""
     if recipe.criterion == "agreement" and score.agreement is not None:
         return (score.agreement, score.worst)
-    if recipe.criterion in ("mean", "crops"):
+    if recipe.criterion == "mean":
         return (score.mean, score.worst)
     return (score.worst, 0.0)
 
