@@ -94,6 +94,18 @@ def with_int8(text: str, shape: list[int] | None = None) -> Callable[[dict], Non
         (lambda d: first_act(d).update(amax=1e300), "amax: must be at most 1e+30"),
         (lambda d: first_weight(d).update(amax=[1e31] * 8), "amax.0: must be at most 1e+30"),
         (lambda d: d.update(activations={}), "has no activation ranges"),
+        (
+            lambda d: d.update(
+                equalization=[{"producer": "a", "consumers": ["b"], "scales": [0.0]}]
+            ),
+            "equalization.0.scales.0",
+        ),
+        (
+            lambda d: d.update(
+                equalization=[{"producer": "nope", "consumers": ["b"], "scales": [1.0]}]
+            ),
+            "equalization names node 'nope', not in the model",
+        ),
     ],
     ids=[
         "int8-not-base64",
@@ -105,6 +117,8 @@ def with_int8(text: str, shape: list[int] | None = None) -> Callable[[dict], Non
         "activation-amax-overflows",
         "weight-amax-overflows",
         "no-activations",
+        "equalization-scale-zero",
+        "equalization-unknown-node",
     ],
 )
 def test_export_refuses_a_broken_plan_at_load_naming_the_entry(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -12,9 +13,11 @@ from test_export_fixtures import calibrated_table, feeds, tiny_cnn
 
 from graphkit.backends import export_all
 from graphkit.errors import GraphkitError
+from graphkit.model import model_hash
 from graphkit.quant.deploy import fill_integers, nearest_integers
+from graphkit.quant.equalize import apply_equalization, equalization
 from graphkit.quant.refine import optimize_weights
-from graphkit.quant.table import QuantPlan
+from graphkit.quant.table import EqualizationEntry, QuantPlan
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +28,23 @@ def planned():
     rounded, _ = optimize_weights(model, feeds(8, seed=3), plan)
     fill_integers(plan, model, rounded)
     plan.biases["pw"] = [0.5] * 8
+    return model, plan
+
+
+@pytest.fixture(scope="module")
+def planned_equalized():
+    """tiny_cnn with its dw -> relu -> pw pair equalized, planned like `planned` on the
+    result: the plan is for tiny_cnn as it is, and records the pair's scales."""
+    model = tiny_cnn()
+    pairs = equalization(model, feeds(8), clip=False)
+    assert [(p["producer"], p["act"], p["consumers"]) for p in pairs] == [("dw", "relu2", ["pw"])]
+    rescaled = apply_equalization(model, pairs)
+    plan = calibrated_table(rescaled, feeds(8), method="minmax")
+    rounded, _ = optimize_weights(rescaled, feeds(8, seed=3), plan)
+    fill_integers(plan, rescaled, rounded)
+    plan.biases["pw"] = [0.5] * 8
+    plan.model_hash = model_hash(model)
+    plan.equalization = [EqualizationEntry(**p) for p in pairs]
     return model, plan
 
 
@@ -58,7 +78,7 @@ def test_plan_survives_save_and_load(tmp_path, planned):
     _, plan = planned
     plan.save(tmp_path / "p.json")
     back = QuantPlan.load(tmp_path / "p.json")
-    assert back.biases == plan.biases and back.schema_version == 3
+    assert back.biases == plan.biases and back.schema_version == 4
     for name, entry in plan.weights.items():
         assert np.array_equal(back.weights[name].integers(), entry.integers())
 
@@ -114,8 +134,9 @@ def test_snapped_weights_give_back_the_integers_by_absmax(planned):
         assert np.array_equal(np.round(w / (amax / 127)), entry.integers()), name
 
 
-def test_every_backend_carries_the_same_integers(tmp_path, planned, pnnx_installed):
-    model, plan = planned
+@pytest.mark.parametrize("which", ["planned", "planned_equalized"])
+def test_every_backend_carries_the_same_integers(tmp_path, which, request, pnnx_installed):
+    model, plan = request.getfixturevalue(which)
     export_all(plan, model, ["onnx", "tensorrt", "atc", "ncnn"], tmp_path / "out")
     out = tmp_path / "out"
     for qdq in ("onnx/model.qdq.onnx", "tensorrt/model.qdq.onnx", "atc/model.qdq.onnx"):
@@ -145,6 +166,41 @@ def test_every_backend_carries_the_same_integers(tmp_path, planned, pnnx_install
     pw = next(n for n in deploy.graph.node if n.name == "pw")
     bias = next(i for i in deploy.graph.initializer if i.name == pw.input[2])
     assert np.allclose(numpy_helper.to_array(bias), 0.5)
+    if plan.equalization:  # the producer's bias went with its rows, into the shipped model
+        dw = next(n for n in deploy.graph.node if n.name == "dw")
+        got = next(i for i in deploy.graph.initializer if i.name == dw.input[2])
+        b2 = next(i for i in model.graph.initializer if i.name == "b2")
+        s = np.asarray(plan.equalization[0].scales)
+        assert np.allclose(numpy_helper.to_array(got), numpy_helper.to_array(b2) / s, rtol=1e-5)
+
+
+def test_an_equalized_plan_deploys_the_rescaled_model_with_the_same_function(
+    tmp_path, planned_equalized
+):
+    """The user's model in, the pair rescaled out (dw's rows, pw's columns), the float
+    function kept up to the plan's int8 weights; the scales survive save and load."""
+    from graphkit.runtime.ort import make_session
+
+    model, plan = planned_equalized
+    plan.save(tmp_path / "p.json")
+    back = QuantPlan.load(tmp_path / "p.json")
+    assert back.equalization == plan.equalization and back.schema_version == 4
+    deploy = back.deploy_model(model)
+    before = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    after = {i.name: numpy_helper.to_array(i) for i in deploy.graph.initializer}
+    s = np.asarray(plan.equalization[0].scales)
+    assert not np.allclose(s, 1.0)
+    # dw's rows divided by s, pw's input channels multiplied by it (both then on the grid)
+    assert np.allclose(after["w2"] * s.reshape(-1, 1, 1, 1), before["w2"], rtol=0.02, atol=0.01)
+    assert np.allclose(after["w3"] / s.reshape(1, -1, 1, 1), before["w3"], rtol=0.02, atol=0.01)
+    unbiased = copy.deepcopy(back)
+    unbiased.biases = {}  # the fixture's planted bias aside, the function is the model's
+    a, b = make_session(model), make_session(unbiased.deploy_model(model))
+    for f in feeds(4, seed=9):
+        want, got = a.run(None, f)[0], b.run(None, f)[0]
+        assert np.abs(got - want).max() < 0.03 * np.abs(want).max()
+    with pytest.raises(GraphkitError, match="made for another model"):
+        back.deploy_model(apply_equalization(model, [vars(e) for e in back.equalization]))
 
 
 def test_a_plan_for_other_weights_is_refused(tmp_path, planned):

@@ -217,6 +217,7 @@ def _relu6_chain() -> onnx.ModelProto:
         "w1": rng.normal(0, 1, (4, 3, 3, 3)) * np.array([3, 0.05, 1, 0.2]).reshape(4, 1, 1, 1),
         "b1": rng.normal(0, 0.1, 4),
         "w2": rng.normal(0, 1, (4, 1, 3, 3)),
+        "b2": rng.normal(0, 0.5, 4),
         "w3": rng.normal(0, 1, (5, 4, 1, 1)),
         "lo": np.array(0.0),
         "hi": np.array(6.0),
@@ -226,7 +227,7 @@ def _relu6_chain() -> onnx.ModelProto:
     nodes = [
         n("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
         n("Clip", ["c1", "lo", "hi"], ["r1"], name="relu6"),
-        n("Conv", ["r1", "w2"], ["c2"], name="dw", pads=[1, 1, 1, 1], group=4),
+        n("Conv", ["r1", "w2", "b2"], ["c2"], name="dw", pads=[1, 1, 1, 1], group=4),
         n("Relu", ["c2"], ["r2"], name="relu"),
         n("Conv", ["r2", "w3"], ["y"], name="pw"),
     ]
@@ -255,6 +256,47 @@ def test_equalization_keeps_the_function_and_equalizes_the_channels():
     # applied again from the record, the same model comes out (what a plan relies on)
     again = apply_equalization(model, eq)
     assert again.SerializeToString() == out.SerializeToString()
+
+
+def test_equalize_rescales_the_relu_pair_skips_the_relu6_one_and_ships_it(tmp_path):
+    """`graphkit calibrate --equalize`: the Conv -> Relu -> Conv pair is equalized (the
+    Clip one would need a new node), the plan is for the model as given, and its Q/DQ
+    output computes what that model computes, up to int8."""
+    import yaml
+
+    from graphkit.model import model_hash
+
+    model = _relu6_chain()
+    onnx.save(model, tmp_path / "chain.onnx")
+    rng = np.random.default_rng(2)
+    x = rng.uniform(-1, 1, (6, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "data.npz", x=x)
+    spec = {
+        "input": {"name": "x", "layout": "NCHW", "size": [8, 8], "dtype": "float32"},
+        "source": {"type": "npz", "path": str(tmp_path / "data.npz")},
+    }
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    argv = ["calibrate", str(tmp_path / "chain.onnx"), "--data", str(tmp_path / "spec.yaml")]
+    out = ["-o", str(tmp_path / "p.json"), "--qdq", str(tmp_path / "q.onnx")]
+    assert main([*argv, "--recipe", "plain", "--equalize", *out]) == 0
+    plan = QuantPlan.load(tmp_path / "p.json")
+    assert [(e.producer, e.act, e.consumers) for e in plan.equalization] == [("dw", "relu", ["pw"])]
+    assert plan.model_hash == model_hash(model) and plan.recipe["equalization"] == {"pairs": 1}
+    # the producer's bias reaches the shipped model rescaled with its rows
+    from onnx import numpy_helper
+
+    shipped = onnx.load(tmp_path / "q.onnx")
+    dw = next(n for n in shipped.graph.node if n.name == "dw")
+    bias = next(
+        numpy_helper.to_array(i) for i in shipped.graph.initializer if i.name == dw.input[2]
+    )
+    b2 = next(numpy_helper.to_array(i) for i in model.graph.initializer if i.name == "b2")
+    scales = np.asarray(plan.equalization[0].scales)
+    assert not np.allclose(scales, 1.0) and np.allclose(bias, b2 / scales, rtol=1e-5)
+    fp32, q = make_session(model), make_session(shipped)
+    for i in range(3):
+        want, got = fp32.run(None, {"x": x[i : i + 1]})[0], q.run(None, {"x": x[i : i + 1]})[0]
+        assert np.abs(got - want).max() < 0.1 * np.abs(want).max()
 
 
 def test_quantize_on_a_planted_model_runs_in_onnxruntime(tmp_path):

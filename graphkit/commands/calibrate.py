@@ -105,6 +105,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "overrides the probe), on, off",
     )
     p.add_argument(
+        "--equalize",
+        action="store_true",
+        default=None,
+        help="equalize Conv pairs with a Relu or nothing between first (cross-layer "
+        "equalization, channel ranges from every calibration crop; the plan records the "
+        "scales and every backend gets the rescaled model). Off by default: measured, it "
+        "helped one shared model of three (docs/accuracy.md)",
+    )
+    p.add_argument(
         "--fit-samples",
         "--weight-samples",
         type=positive_int,
@@ -253,6 +262,7 @@ def run(args: argparse.Namespace) -> int:
         round_weights=args.round_weights,
         bias_correction=args.bias_correction,
         unsigned=args.unsigned,
+        equalize=args.equalize,
         float_op_types=float_types(args),
         targets=targets_of(args),
         fit_samples=args.fit_samples,
@@ -342,6 +352,7 @@ def run_ncnn(args: argparse.Namespace) -> int:
         "--round-weights": args.round_weights is not None,
         "--bias-correction": args.bias_correction,
         "--unsigned": args.unsigned,
+        "--equalize": args.equalize,
         "--fit-samples": args.fit_samples,
         "--score-samples": args.score_samples,
         "--rank-samples": args.rank_samples,

@@ -73,6 +73,11 @@ def run(args: argparse.Namespace) -> int:
         )
     if table.biases:
         console.print(f"bias corrected: {len(table.biases)} layer(s)")
+    if table.equalization:
+        console.print(
+            f"equalized: {len(table.equalization)} Conv pair(s), rescaled before the plan's "
+            "weights go in (every backend gets the rescaled model)"
+        )
     unsigned = len(table.unsigned_activations())
     if unsigned:
         console.print(

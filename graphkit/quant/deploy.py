@@ -10,6 +10,7 @@ snapped weights is the plan's scale and a backend's own round-to-nearest gives b
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -106,9 +107,10 @@ def _array(value: ir.Value) -> np.ndarray:
 
 
 def deploy_model(plan: QuantPlan, model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of `model` with the plan's weights (q * scale) and biases in place."""
+    """A copy of `model` with the plan's equalization, weights (q * scale) and biases in
+    place."""
     plan.check_model(model)
-    out = to_ir(model)
+    out = to_ir(equalized(plan, model))
     inits = out.graph.initializers
     for name, entry in plan.weights.items():
         q = entry.integers()
@@ -126,6 +128,15 @@ def deploy_model(plan: QuantPlan, model: onnx.ModelProto) -> onnx.ModelProto:
     if plan.biases:
         _set_biases(out.graph, plan.biases)
     return to_proto(out)
+
+
+def equalized(plan: QuantPlan, model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with the plan's equalized pairs rescaled (itself when there are none)."""
+    if not plan.equalization:
+        return model
+    from graphkit.quant.equalize import apply_equalization
+
+    return apply_equalization(model, [asdict(e) for e in plan.equalization])
 
 
 def with_biases(model: onnx.ModelProto, biases: dict[str, list[float]]) -> onnx.ModelProto:

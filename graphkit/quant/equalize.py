@@ -20,7 +20,7 @@ them, deterministically, so a plan can be applied again to the original model.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,16 +52,17 @@ def _weight(value: ir.Value | None) -> np.ndarray | None:
     return value.const_value.numpy()
 
 
-def find_pairs(model: onnx.ModelProto, skip: Sequence[str] = ()) -> list[Pair]:
-    """Conv -> [Relu | Clip(0, M)] -> Conv(s) chains whose middle tensor nothing else reads."""
+def find_pairs(model: onnx.ModelProto, skip: Sequence[str] = (), clip: bool = True) -> list[Pair]:
+    """Conv -> [Relu | Clip(0, M)] -> Conv(s) chains whose middle tensor nothing else reads
+    (clip=False: not through a Clip, the pairs rescaled without a new node)."""
     return [
         Pair(p.name or "", act.name or "" if act is not None else "", [c.name or "" for c in cs])
-        for p, act, cs in _find_pairs(to_ir(model).graph, skip)
+        for p, act, cs in _find_pairs(to_ir(model).graph, skip, clip)
     ]
 
 
 def _find_pairs(
-    g: ir.Graph, skip: Sequence[str] = ()
+    g: ir.Graph, skip: Sequence[str] = (), clip: bool = True
 ) -> list[tuple[ir.Node, ir.Node | None, list[ir.Node]]]:
     """`find_pairs` on the IR: (producer, activation or None, consumers)."""
     skipped = set(skip)
@@ -92,7 +93,7 @@ def _find_pairs(
         act = None
         if nxt is not None and len(nxt) == 1 and nxt[0].op_type in ("Relu", "Clip"):
             act = nxt[0]
-            if act.op_type == "Clip" and not _clip_from_zero(act):
+            if act.op_type == "Clip" and not (clip and _clip_from_zero(act)):
                 continue
             if act.outputs[0].is_graph_output():
                 continue
@@ -126,7 +127,7 @@ def _takes_channels(c: ir.Node, channels: int) -> bool:
 
 
 def channel_ranges(
-    model: onnx.ModelProto, samples: Sequence[dict[str, np.ndarray]], tensors: Sequence[str]
+    model: onnx.ModelProto, samples: Iterable[dict[str, np.ndarray]], tensors: Sequence[str]
 ) -> dict[str, np.ndarray]:
     """Per-channel (axis 1) max |x| of `tensors` over the samples."""
     from graphkit.runtime.ort import make_session, with_outputs
@@ -142,11 +143,14 @@ def channel_ranges(
 
 
 def equalization(
-    model: onnx.ModelProto, samples: Sequence[dict[str, np.ndarray]], skip: Sequence[str] = ()
+    model: onnx.ModelProto,
+    samples: Iterable[dict[str, np.ndarray]],
+    skip: Sequence[str] = (),
+    clip: bool = True,
 ) -> list[dict]:
-    """The pairs of `model` with their scales, measured on `samples`: [{producer, act,
-    consumers, scales}] (the plan's `equalization` field)."""
-    pairs = _find_pairs(to_ir(model).graph, skip)
+    """The pairs of `model` (`find_pairs`) with their scales, measured on `samples` (read
+    once): [{producer, act, consumers, scales}] (the plan's `equalization` field)."""
+    pairs = _find_pairs(to_ir(model).graph, skip, clip)
     if not pairs:
         return []
     tensor = [name_of((act or p).outputs[0]) for p, act, _ in pairs]

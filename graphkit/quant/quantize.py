@@ -18,6 +18,9 @@ of their SQNR against FP32 (`criterion`):
    `max_float` of the weighted layers are float;
 4. bias correction of the int8 Convs (`bias`), kept only if the held-out score rises.
 
+With `equalize` (off by default), Conv pairs with a Relu or nothing between are equalized
+first (`equalize`); the plan records their scales.
+
 Every candidate runs in onnxruntime with the integer arithmetic its Q/DQ nodes write
 (`graphkit.runtime.int8_kernels.qdq_level`): on CPUs whose fused int8 kernels saturate,
 unfused, so that the plan depends on the model and the data, not on the calibrating CPU.
@@ -42,6 +45,7 @@ import onnx
 from graphkit.errors import GraphkitError
 from graphkit.irgraph import to_ir
 from graphkit.logs import step
+from graphkit.model import model_hash
 from graphkit.quant.calibrators import canonical_method
 from graphkit.quant.deploy import fill_integers, with_biases
 from graphkit.quant.float_search import BUDGET_SPENT, FloatSearch, Stage
@@ -58,7 +62,7 @@ from graphkit.quant.scoring import (
 )
 from graphkit.quant.sensitivity import head_tensors, quantized_layers
 from graphkit.quant.signs import never_negative
-from graphkit.quant.table import QuantPlan, held_out_summary
+from graphkit.quant.table import EqualizationEntry, QuantPlan, held_out_summary
 from graphkit.quant.targets import int8_only, layers_without_int8, runs_uint8
 from graphkit.quant.variants import qdq_variants
 from graphkit.runtime.int8_kernels import uint8_conv_exact
@@ -92,6 +96,13 @@ def quantize(
     recipe = recipe_of(recipe, method)
     model, model_path = _load(model)
     spec = _load_spec(data, calibrate_options.pop("limit", None))
+    times: dict[str, float] = {}
+    pairs: list[dict[str, Any]] = []
+    original = model
+    if recipe.equalize:  # 0. every later step sees the equalized model
+        t = time.perf_counter()
+        model, pairs = _equalized(model, spec, keep_float, say)
+        times["equalization"] = time.perf_counter() - t
     # layers a target cannot run int8: float in the plan, so it measures what ships
     forced = {n: why for n, why in _without_int8(model, recipe).items() if n not in keep_float}
     if forced:
@@ -104,7 +115,7 @@ def quantize(
         histograms=any(canonical_method(m) != "minmax" for m in recipe.methods),
         **calibrate_options,
     )
-    times = {"statistics": time.perf_counter() - t0}
+    times["statistics"] = time.perf_counter() - t0
     plan = build(recipe.methods[0], settings)
     plan.model_path = model_path
     plan.float_reasons = {n: "asked (--keep-float)" for n in keep_float} | forced
@@ -123,7 +134,7 @@ def quantize(
             layers = quantized_layers(model, plan, plan.keep_float)
             record["float_layers"] = _float_count(plan, layers, keep_float, forced)
         plan.recipe = {**record, "seconds": _round(times)}
-        return plan
+        return _for_original(plan, original, pairs)
 
     from graphkit.pose.decoders import build_decoder
 
@@ -237,6 +248,32 @@ def quantize(
     record["float_layers"] = _float_count(plan, layers, keep_float, forced)
     record["seconds"] = _round(times)
     plan.recipe = record
+    return _for_original(plan, original, pairs)
+
+
+def _equalized(
+    model: onnx.ModelProto, spec: Any, keep_float: Sequence[str], say: Log
+) -> tuple[onnx.ModelProto, list[dict[str, Any]]]:
+    """(the model with its Relu / direct Conv pairs equalized, the pairs with their
+    scales): channel ranges from every calibration crop (`graphkit.quant.equalize`)."""
+    from graphkit.data import iter_samples
+    from graphkit.quant.equalize import apply_equalization, equalization
+
+    feeds = (s.feeds for s in iter_samples(spec))
+    pairs = equalization(model, feeds, skip=keep_float, clip=False)
+    say(f"equalization: {len(pairs)} Conv pairs with a Relu or nothing between")
+    return (apply_equalization(model, pairs) if pairs else model), pairs
+
+
+def _for_original(
+    plan: QuantPlan, original: onnx.ModelProto, pairs: list[dict[str, Any]]
+) -> QuantPlan:
+    """The plan made on the equalized model, for the model the user gave: its hash, and
+    the pairs `deploy_model` rescales before the plan's weights go in."""
+    if pairs:
+        plan.model_hash = model_hash(original)
+        plan.equalization = [EqualizationEntry(**p) for p in pairs]
+        plan.recipe["equalization"] = {"pairs": len(pairs)}
     return plan
 
 

@@ -21,7 +21,7 @@ once per candidate.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -228,13 +228,9 @@ def refine_thresholds(
         report.append(r)
         if on_tensor is not None:
             on_tensor(r)
-    out = CalibrationTable(
-        method=table.method,
+    out = replace(  # every other field as it was (weights, biases, equalization...)
+        table,
         settings={**table.settings, "refined": {"factors": list(factors), "samples": len(samples)}},
-        model_hash=table.model_hash,
-        model_path=table.model_path,
-        data_source=table.data_source,
-        num_samples=table.num_samples,
         activations=refined,
         weights=dict(table.weights),
         keep_float=list(table.keep_float),

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Self
 
 import numpy as np
@@ -323,16 +323,13 @@ def with_keep_float(table: CalibrationTable, nodes: Sequence[str]) -> Calibratio
     """The table with `nodes` added to keep_float and their (unshared) weight entries dropped."""
     keep = list(dict.fromkeys([*table.keep_float, *nodes]))
     weights = {k: w for k, w in table.weights.items() if w.node not in set(nodes)}
-    return CalibrationTable(
-        method=table.method,
+    return replace(  # every other field as it was (biases, equalization...)
+        table,
         settings=dict(table.settings),
-        model_hash=table.model_hash,
-        model_path=table.model_path,
-        data_source=table.data_source,
-        num_samples=table.num_samples,
         activations=dict(table.activations),
         weights=weights,
         keep_float=keep,
+        biases={n: b for n, b in table.biases.items() if n not in set(nodes)},
     )
 
 

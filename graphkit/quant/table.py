@@ -11,8 +11,11 @@ keyed by the initializer name, with the axis it was taken on, the grid (`qmax`) 
 final integers (`int8`: zlib-compressed, base64), so rounding decided here (GPTQ-style or
 nearest) reaches every backend. `biases` holds the final float bias of layers whose bias
 the plan changed (bias correction). `keep_float` lists the layers left in float, with the
-reason for each in `float_reasons`. Schema version 1 files (thresholds and ranges only)
-and version 2 files (no `unsigned`) still load; see docs/calibration.md "The plan file" for every field.
+reason for each in `float_reasons`. `equalization` lists the Conv pairs whose channels the
+plan rescaled (cross-layer equalization; every backend gets the rescaled model, the
+integers are its weights'). Schema version 1 files (thresholds and ranges only), version 2
+files (no `unsigned`) and version 3 files (no `equalization`) still load; see
+docs/calibration.md "The plan file" for every field.
 """
 
 from __future__ import annotations
@@ -33,10 +36,10 @@ from graphkit.errors import InputError, ModelError
 from graphkit.model import atomic_write_text
 from graphkit.validation import STRICT, read_json, validate
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 MIN_AMAX = 1e-12  # below this a scale underflows float32 arithmetic in backends
 MAX_AMAX = 1e30  # above this a scale (and x / scale) overflows float32 in backends
-READABLE_VERSIONS = (1, 2, 3)
+READABLE_VERSIONS = (1, 2, 3, 4)
 QMAX = 127.0
 UQMAX = 255.0  # the grid of an unsigned activation: uint8 [0, 255], zero point 0
 
@@ -120,6 +123,19 @@ class WeightEntry:
 
 
 @dataclass
+class EqualizationEntry:
+    """One equalized pair (`graphkit.quant.equalize`): the producer Conv's output channel
+    i divided by scales[i], each consumer Conv's input channel i multiplied by it."""
+
+    __pydantic_config__ = STRICT
+
+    producer: str
+    consumers: Annotated[list[str], Field(min_length=1)]
+    scales: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1)]
+    act: str = ""  # the Relu / Clip between them, "" when the producer feeds them directly
+
+
+@dataclass
 class QuantPlan:
     __pydantic_config__ = STRICT
 
@@ -135,6 +151,9 @@ class QuantPlan:
     float_reasons: dict[str, str] = field(default_factory=dict)  # node -> why it is float
     biases: dict[str, list[float]] = field(default_factory=dict)  # node -> final float bias
     recipe: dict[str, Any] = field(default_factory=dict)  # what quantize() did, for reports
+    # Conv pairs rescaled before calibration: the model the rest of the plan is about is
+    # the given one with these applied (`deploy_model` does it)
+    equalization: list[EqualizationEntry] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
 
     def unsigned_activations(self) -> list[str]:
@@ -171,7 +190,8 @@ class QuantPlan:
     def deploy_model(self, model: onnx.ModelProto) -> onnx.ModelProto:
         """The float model every backend should be given: each int8 layer's weights are
         exactly q * scale (so a backend that quantizes them itself, per channel by absmax,
-        lands on the plan's integers), and the plan's biases are in place."""
+        lands on the plan's integers), and the plan's biases are in place (on the
+        equalized model when the plan equalized pairs)."""
         from graphkit.quant.deploy import deploy_model
 
         return deploy_model(self, model)
