@@ -15,6 +15,9 @@ pairs that need no new node equalized (Relu or nothing between), scales from the
 score, val2017 agreement and its paired difference.
 
     python benchmarks/equalization.py --default --models movenet-lightning --range-crops 86
+
+With `--ncnn` as well: the plans made for ncnn (`--target ncnn`), also exported there and
+scored in ncnn int8 (agreement with FP32).
 """
 
 from __future__ import annotations
@@ -38,9 +41,10 @@ def main() -> int:
     ap.add_argument("--methods", nargs="+", default=["mse", "percentile"])
     ap.add_argument("--default", action="store_true", help="the default recipe, val2017")
     ap.add_argument("--range-crops", type=int, default=86, help="crops the scales come from")
+    ap.add_argument("--ncnn", action="store_true", help="with --default: also in ncnn int8")
     args = ap.parse_args()
     if args.default:
-        return with_default(args.models, args.range_crops)
+        return with_default(args.models, args.range_crops, args.ncnn)
     from graphkit.data import iter_samples
     from graphkit.quant.calibrate import calibrate
     from graphkit.quant.equalize import apply_equalization, equalization
@@ -70,20 +74,26 @@ def main() -> int:
     return 0
 
 
-def with_default(models: list[str], crops: int) -> int:
+def with_default(models: list[str], crops: int, ncnn: bool) -> int:
     """The --default mode (module doc)."""
     import itertools
     import tempfile
 
-    from heldout import PairedWithFirst, assets
+    from heldout import PairedWithFirst, assets, val_args
 
+    from graphkit.backends import export_all
     from graphkit.data import iter_samples, load_input_spec
+    from graphkit.evaluators.evaluate import agreement_details, evaluate
     from graphkit.model import load_model
     from graphkit.quant.equalize import apply_equalization, equalization
-    from graphkit.quant.quantize import quantize
+    from graphkit.quant.quantize import quantize, recipe_of
 
-    print("| model | pairs | held-out mean head SQNR dB | agreement | paired | float layers |")
-    print("|---|---|---|---|---|---|")
+    recipe = recipe_of("default", targets=("ncnn",) if ncnn else ())
+    print(
+        "| model | pairs | held-out mean head SQNR dB | agreement | paired | float layers "
+        "| ncnn int8 agreement |"
+    )
+    print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for name in models:
             path = assets() / "models" / f"{name}.onnx"
@@ -94,13 +104,28 @@ def with_default(models: list[str], crops: int) -> int:
             pairs = [e for e in equalization(model, feeds) if ops.get(e["act"], "Relu") == "Relu"]
             score = PairedWithFirst(path, spec)
             for m in (model, apply_equalization(model, pairs)) if pairs else (model,):
-                plan = quantize(m, spec)
+                plan = quantize(m, spec, recipe)
                 _, agreement, versus = score(plan, m, Path(tmp) / f"{name}.onnx")
                 held = plan.recipe["final"]["mean_sqnr_db"]
                 count = len(pairs) if m is not model else 0
+                in_ncnn = ""
+                if ncnn:  # the plan for the model as given: the exporter rescales it itself
+                    plan.model_hash, plan.equalization = _as_given(model, pairs if count else [])
+                    out = Path(tmp) / f"{name}.{count}"
+                    export_all(plan, model, ["ncnn"], out)
+                    got = evaluate(str(out / "ncnn" / "model.int8.param"), spec, **val_args())
+                    in_ncnn = f"{agreement_details(score.fp32, got)['agreement']:.3f}"
                 print(f"| {name} | {count} | {held} | {agreement} | {versus} | "
-                      f"{len(plan.keep_float)} |", flush=True)  # fmt: skip
+                      f"{len(plan.keep_float)} | {in_ncnn} |", flush=True)  # fmt: skip
     return 0
+
+
+def _as_given(model, pairs):
+    """(hash, equalization) of a plan made on `model` rescaled by `pairs`, for `model`."""
+    from graphkit.model import model_hash
+    from graphkit.quant.table import EqualizationEntry
+
+    return model_hash(model), [EqualizationEntry(**p) for p in pairs]
 
 
 if __name__ == "__main__":
