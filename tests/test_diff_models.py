@@ -226,6 +226,26 @@ def test_table_thresholds_are_marked_on_histograms(pair):
     assert rep.histograms["r1"]["threshold"] == 1.5
     assert rep.histograms["c2"]["threshold"] is None
     assert '"threshold": 1.5' in render_html(rep.to_dict())
+    assert not any("equalized" in n for n in rep.notes)
+
+
+def test_an_equalized_plan_s_thresholds_come_with_a_note(pair):
+    """Its thresholds between the rescaled Convs are not the reference model's: said."""
+    from graphkit.quant.table import ActivationEntry, CalibrationTable, EqualizationEntry
+
+    table = CalibrationTable(
+        method="minmax",
+        activations={"r1": ActivationEntry(amax=1.5)},
+        equalization=[EqualizationEntry(producer="c1", consumers=["c2"], scales=[0.5])],
+    )
+    table.save(pair / "t.json")
+    rep = run_diff(
+        str(pair / "ref.onnx"),
+        str(pair / "q.onnx"),
+        str(pair / "data.yaml"),
+        table=str(pair / "t.json"),
+    )
+    assert any("equalized 1 Conv pair(s)" in n for n in rep.notes)
 
 
 def test_mismatched_models_and_data_are_refused_in_one_sentence(pair, tmp_path):

@@ -318,6 +318,11 @@ def run_diff(
             entry = cal.activations.get(name)
             h["threshold"] = entry.amax if entry is not None else None
         report.notes.append(f"thresholds from calibration table {table} ({cal.method})")
+        if cal.equalization:
+            report.notes.append(
+                f"the plan equalized {len(cal.equalization)} Conv pair(s): the thresholds of "
+                "the tensors between them are the rescaled model's, not the reference's"
+            )
     from itertools import islice
 
     if own and ref.kind == quant.kind == "onnx":
