@@ -212,17 +212,18 @@ def test_json_and_html_reports_hold_the_figures_and_are_self_contained(pair, cap
     assert f'class="worst" data-name="{worst["name"]}"' in page
 
 
-def test_table_thresholds_are_marked_on_histograms(pair):
+def _diff_with_table(pair, **equalized):
+    """`run_diff` of the pair with a table giving r1 the threshold 1.5 (and `equalized`)."""
     from graphkit.quant.table import ActivationEntry, CalibrationTable
 
-    table = CalibrationTable(method="minmax", activations={"r1": ActivationEntry(amax=1.5)})
-    table.save(pair / "t.json")
-    rep = run_diff(
-        str(pair / "ref.onnx"),
-        str(pair / "q.onnx"),
-        str(pair / "data.yaml"),
-        table=str(pair / "t.json"),
-    )
+    acts = {"r1": ActivationEntry(amax=1.5)}
+    CalibrationTable(method="minmax", activations=acts, **equalized).save(pair / "t.json")
+    files = [str(pair / f) for f in ("ref.onnx", "q.onnx", "data.yaml")]
+    return run_diff(*files, table=str(pair / "t.json"))
+
+
+def test_table_thresholds_are_marked_on_histograms(pair):
+    rep = _diff_with_table(pair)
     assert rep.histograms["r1"]["threshold"] == 1.5
     assert rep.histograms["c2"]["threshold"] is None
     assert '"threshold": 1.5' in render_html(rep.to_dict())
@@ -231,20 +232,11 @@ def test_table_thresholds_are_marked_on_histograms(pair):
 
 def test_an_equalized_plan_s_thresholds_come_with_a_note(pair):
     """Its thresholds between the rescaled Convs are not the reference model's: said."""
-    from graphkit.quant.table import ActivationEntry, CalibrationTable, EqualizationEntry
+    from graphkit.quant.table import EqualizationEntry
 
-    table = CalibrationTable(
-        method="minmax",
-        activations={"r1": ActivationEntry(amax=1.5)},
-        equalization=[EqualizationEntry(producer="c1", consumers=["c2"], scales=[0.5])],
-    )
-    table.save(pair / "t.json")
-    rep = run_diff(
-        str(pair / "ref.onnx"),
-        str(pair / "q.onnx"),
-        str(pair / "data.yaml"),
-        table=str(pair / "t.json"),
-    )
+    pairs = [EqualizationEntry(producer="c1", consumers=["c2"], scales=[0.5])]
+    rep = _diff_with_table(pair, equalization=pairs)
+    assert rep.histograms["r1"]["threshold"] == 1.5
     assert any("equalized 1 Conv pair(s)" in n for n in rep.notes)
 
 
