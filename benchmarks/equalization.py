@@ -99,9 +99,8 @@ def with_default(models: list[str], crops: int, ncnn: bool) -> int:
             path = assets() / "models" / f"{name}.onnx"
             model = load_model(path)
             spec = load_input_spec(ROOT / "examples" / "models" / f"{name}.yaml")
-            feeds = [s.feeds for s in itertools.islice(iter_samples(spec), crops)]
-            ops = {n.name: n.op_type for n in model.graph.node}
-            pairs = [e for e in equalization(model, feeds) if ops.get(e["act"], "Relu") == "Relu"]
+            feeds = (s.feeds for s in itertools.islice(iter_samples(spec), crops))
+            pairs = equalization(model, feeds, clip=False)  # what `--equalize` takes
             score = PairedWithFirst(path, spec)
             for m in (model, apply_equalization(model, pairs)) if pairs else (model,):
                 plan = quantize(m, spec, recipe)
@@ -109,23 +108,14 @@ def with_default(models: list[str], crops: int, ncnn: bool) -> int:
                 held = plan.recipe["final"]["mean_sqnr_db"]
                 count = len(pairs) if m is not model else 0
                 in_ncnn = ""
-                if ncnn:  # the plan for the model as given: the exporter rescales it itself
-                    plan.model_hash, plan.equalization = _as_given(model, pairs if count else [])
+                if ncnn:  # the rescaled model itself: what `--equalize` has deploy_model make
                     out = Path(tmp) / f"{name}.{count}"
-                    export_all(plan, model, ["ncnn"], out)
+                    export_all(plan, m, ["ncnn"], out)
                     got = evaluate(str(out / "ncnn" / "model.int8.param"), spec, **val_args())
                     in_ncnn = f"{agreement_details(score.fp32, got)['agreement']:.3f}"
                 print(f"| {name} | {count} | {held} | {agreement} | {versus} | "
                       f"{len(plan.keep_float)} | {in_ncnn} |", flush=True)  # fmt: skip
     return 0
-
-
-def _as_given(model, pairs):
-    """(hash, equalization) of a plan made on `model` rescaled by `pairs`, for `model`."""
-    from graphkit.model import model_hash
-    from graphkit.quant.table import EqualizationEntry
-
-    return model_hash(model), [EqualizationEntry(**p) for p in pairs]
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ from graphkit.quant.scoring import (
     show_score,
     target_reached,
 )
-from graphkit.quant.sensitivity import head_tensors, quantized_layers
+from graphkit.quant.sensitivity import head_tensors, quantized_layers, with_keep_float
 from graphkit.quant.signs import never_negative
 from graphkit.quant.table import EqualizationEntry, QuantPlan, held_out_summary
 from graphkit.quant.targets import int8_only, layers_without_int8, runs_uint8
@@ -213,7 +213,7 @@ def quantize(
         record.update(found)
         times["float"] = time.perf_counter() - t
         if chosen:
-            plan = _with_float(plan, chosen)
+            plan = with_keep_float(plan, chosen)
 
     # 4. bias correction of the int8 Convs, measured with the final float layers
     if recipe.bias_correction != "off":
@@ -453,14 +453,6 @@ def _kinds(reasons: dict[str, str]) -> str:
     from collections import Counter
 
     return "; ".join(f"{k} x {why}" for why, k in Counter(reasons.values()).items())
-
-
-def _with_float(plan: QuantPlan, nodes: Sequence[str]) -> QuantPlan:
-    """The plan with `nodes` float: their weight entries dropped (shared ones kept)."""
-    plan.keep_float = list(dict.fromkeys([*plan.keep_float, *nodes]))
-    gone = set(nodes)
-    plan.weights = {k: w for k, w in plan.weights.items() if w.node not in gone}
-    return plan
 
 
 def _conv_biases(qdq: onnx.ModelProto, nodes: Sequence[str]) -> dict[str, list[float]]:

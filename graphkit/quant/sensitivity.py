@@ -320,16 +320,16 @@ def choose_keep_float(
 
 
 def with_keep_float(table: CalibrationTable, nodes: Sequence[str]) -> CalibrationTable:
-    """The table with `nodes` added to keep_float and their (unshared) weight entries dropped."""
-    keep = list(dict.fromkeys([*table.keep_float, *nodes]))
-    weights = {k: w for k, w in table.weights.items() if w.node not in set(nodes)}
-    return replace(  # every other field as it was (biases, equalization...)
+    """A copy of the table with `nodes` added to keep_float and their (unshared) weight
+    entries and corrected biases dropped."""
+    gone = set(nodes)
+    return replace(  # every other field as it was (equalization, reasons, recipe...)
         table,
         settings=dict(table.settings),
         activations=dict(table.activations),
-        weights=weights,
-        keep_float=keep,
-        biases={n: b for n, b in table.biases.items() if n not in set(nodes)},
+        weights={k: w for k, w in table.weights.items() if w.node not in gone},
+        keep_float=list(dict.fromkeys([*table.keep_float, *nodes])),
+        biases={n: b for n, b in table.biases.items() if n not in gone},
     )
 
 
